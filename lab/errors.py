@@ -1,0 +1,54 @@
+"""The lab's error family: every error the lab raises on purpose derives from LabError.
+
+Foreign errors (dnslib, cryptography, aiohttp, sqlite) are translated into these at the
+boundary where they happen, so callers and the CLI only ever handle one family.
+"""
+
+from __future__ import annotations
+
+
+class LabError(Exception):
+    """Base of every error the lab raises on purpose."""
+
+
+class ConfigError(LabError, ValueError):
+    """A lab configuration file is missing, unreadable or invalid."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+
+
+class PKIError(LabError):
+    """Certificates or keys cannot be made, loaded or checked."""
+
+
+class FirewallError(LabError, ValueError):
+    """A firewall override names something that is not an address or range."""
+
+
+class DNSError(LabError):
+    """The DNS server cannot start or is given an invalid fault."""
+
+
+class LabStateError(LabError):
+    """The state directory is missing what a command needs (for example no running lab)."""
+
+
+class StoreError(LabError):
+    """The update store refuses a change (unknown rule, a command that makes no sense)."""
+
+
+class CabError(LabError, ValueError):
+    """A vendor cab file is corrupt, unsigned, tampered with or unsafe; names the member."""
+
+
+class ServiceError(LabError):
+    """The update service cannot start or is asked for something it cannot do."""
+
+
+class AdminError(LabError):
+    """The running lab's admin API refused a request or cannot be reached."""
