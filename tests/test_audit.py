@@ -1,0 +1,47 @@
+"""The audit log: header once, one flushed line per record, a file per server per day."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab.audit import COLUMNS, AuditLog, AuditRecord, read_audit
+from lab.events import Event, EventBus
+
+
+def record(time: str, decision: str, **extra: str) -> AuditRecord:
+    return AuditRecord(
+        time=time, server="fe01", client_address="127.10.0.100", site="internal",
+        path="/RequestHandler/ucdevice.upx", status=200, decision=decision, **extra,
+    )
+
+
+def test_lines_are_written_at_once_and_roll_over_by_day(tmp_path: Path) -> None:
+    events = EventBus()
+    seen: list[Event] = []
+    events.subscribe(seen.append)
+    log = AuditLog("fe01", tmp_path, events)
+    log.write(record("2026-11-21T23:59:59.000Z", "none", mac="00-04-F2-00-00-01",
+                     reason="no rule, quoted \"text\", with comma"))
+    first = tmp_path / "RequestHandlerAuditLog_fe01_20261121.log"
+    # Readable before close: every line is flushed as it is written.
+    rows = read_audit(first)
+    assert rows[0]["mac"] == "00-04-F2-00-00-01"
+    assert rows[0]["reason"] == 'no rule, quoted "text", with comma'
+    log.write(record("2026-11-22T00:00:01.000Z", "update", modules_returned="CPE.nbt 4.0.1"))
+    log.write(record("2026-11-22T00:00:02.000Z", "none"))
+    log.close()
+    second = tmp_path / "RequestHandlerAuditLog_fe01_20261122.log"
+    assert [r["decision"] for r in read_audit(second)] == ["update", "none"]
+    assert second.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert [e.kind for e in seen] == ["audit"] * 3
+    assert seen[1].data["modules_returned"] == "CPE.nbt 4.0.1"
+
+
+def test_reopening_appends_without_a_second_header(tmp_path: Path) -> None:
+    for decision in ("a", "b"):
+        log = AuditLog("fe02", tmp_path)
+        log.write(record("2026-11-22T10:00:00.000Z", decision))
+        log.close()
+    path = tmp_path / "RequestHandlerAuditLog_fe02_20261122.log"
+    assert [r["decision"] for r in read_audit(path)] == ["a", "b"]
+    assert path.read_text().count("time,server") == 1
