@@ -1,0 +1,221 @@
+"""Routes to the service, and the walk over them: internal URL first, address by address.
+
+A phone talks to the service through an ordered list of routes (URLs). For each route it
+resolves the host and tries the addresses in the order DNS gave them: a 503 or a
+connection failure moves to the next address. When a route ends without any server having
+answered (no DNS answer, no connection), the phone moves to the next route: that is how an
+inside phone falls back from the internal URL to the external one. When a server did
+answer (busy, errors), trying another route would reach the same pool: the walk ends and
+the phone backs off instead. A walk logs each failure with its reason and names the next
+step; the phone core (emulator/core.py) turns steps into actions.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from emulator.codec import describe_status, parse_diagnostics
+from emulator.events import Purpose
+from emulator.phonelog import LogLevel, PhoneLog
+
+
+class RouteKind(enum.Enum):
+    """Where a URL came from, which decides the order of the routes."""
+
+    DISCOVERY = "discovery"
+    INTERNAL = "internal"
+    EXTERNAL = "external"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One URL to try, with its host and port taken apart."""
+
+    url: str
+    kind: RouteKind
+
+    @property
+    def host(self) -> str:
+        """The URL's host name (or address literal), lower-case."""
+        return (urlsplit(self.url).hostname or "").lower()
+
+    @property
+    def port(self) -> int:
+        """The URL's port (443 when it names none)."""
+        return urlsplit(self.url).port or 443
+
+    @property
+    def is_address(self) -> bool:
+        """Whether the host is an IP address literal, which needs no DNS lookup."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+class Phase(enum.Enum):
+    """What the walk waits for."""
+
+    RESOLVING = "a DNS answer"
+    REQUESTING = "an answer to a request"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Next step: look up this host name."""
+
+    host: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Next step: send the request to the walk's current route and address."""
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The server answered 200: the caller reads the body."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The service refused (401/403 or another 4xx): no retry; ``message`` says why."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    """Every route and address failed: back off (at least ``retry_after`` seconds, if set)."""
+
+    retry_after: float | None
+
+
+Step = Lookup | Attempt | Succeeded | Refused | Exhausted
+
+
+class Walk:
+    """One exchange (check, sign-in, download) over its routes and addresses; logs failures."""
+
+    def __init__(self, purpose: Purpose, routes: tuple[Route, ...], log: PhoneLog) -> None:
+        """Walk ``routes`` (at least one) in order, writing failures to ``log``."""
+        self.purpose = purpose
+        self.routes = routes
+        self.route_index = 0
+        self.addresses: tuple[str, ...] = ()
+        self.address_index = 0
+        self.phase = Phase.RESOLVING
+        self.answered = False
+        """Whether some server on the current route gave an HTTP answer (then no fallback)."""
+        self.retry_after: float | None = None
+        """The longest Retry-After any server gave during this walk."""
+        self._log = log
+
+    @property
+    def route(self) -> Route:
+        """The route being tried."""
+        return self.routes[self.route_index]
+
+    @property
+    def address(self) -> str:
+        """The address being tried."""
+        return self.addresses[self.address_index]
+
+    @property
+    def where(self) -> str:
+        """The URL and address being tried, for the log."""
+        return f"{self.route.url} ({self.address})"
+
+    def start(self) -> Step:
+        """Begin the current route: look its host up, or try an address literal at once."""
+        if self.route.is_address:
+            self.addresses, self.address_index = (self.route.host,), 0
+            self.phase = Phase.REQUESTING
+            return Attempt()
+        self.addresses, self.address_index = (), 0
+        self.phase = Phase.RESOLVING
+        return Lookup(self.route.host)
+
+    def resolved(self, now: float, addresses: tuple[str, ...]) -> Step:
+        """The DNS answer: try its first address, or give up on the route if it holds none."""
+        host = self.route.host
+        self.addresses, self.address_index = tuple(dict.fromkeys(addresses)), 0
+        self.phase = Phase.REQUESTING
+        if not self.addresses:
+            self._log.add(now, LogLevel.ERROR, "dns", f"{host}: the DNS answer holds no address")
+            return self._route_failed(now)
+        self._log.add(now, LogLevel.INFO, "dns", f"{host} is {', '.join(self.addresses)}")
+        return Attempt()
+
+    def resolution_failed(self, now: float, reason: str) -> Step:
+        """The lookup failed: the route cannot be reached."""
+        self._log.add(now, LogLevel.ERROR, "dns", f"lookup of {self.route.host} failed: {reason}")
+        return self._route_failed(now)
+
+    def connection_failed(self, now: float, reason: str) -> Step:
+        """No connection (refused, timed out, TLS): try the next address."""
+        route = self.route
+        message = f"cannot reach {route.host} at {self.address}:{route.port}: {reason}"
+        self._log.add(now, LogLevel.ERROR, self.purpose.value, message)
+        return self._next_address(now)
+
+    def interrupted(self, now: float, message: str) -> Step:
+        """A transfer was cut: the server was reached, so try its peers, not another route."""
+        self.answered = True
+        self._log.add(now, LogLevel.WARNING, self.purpose.value, message)
+        return self._next_address(now)
+
+    def malformed(self, now: float, problem: str) -> Step:
+        """A 200 answer the phone cannot use: another server may answer properly."""
+        message = f"{self.where} answered nonsense: {problem}"
+        self._log.add(now, LogLevel.ERROR, self.purpose.value, message)
+        return self._next_address(now)
+
+    def response(
+        self, now: float, status: int, diagnostics: str | None, retry_after: float | None
+    ) -> Step:
+        """Judge an HTTP answer: success, refusal, or a reason to try the next address."""
+        self.answered = True
+        if status == 200:
+            return Succeeded()
+        purpose = self.purpose.value
+        described = describe_status(status, parse_diagnostics(diagnostics))
+        if status in (401, 403):
+            return Refused(f"{self.where} denied the {purpose}: {described}")
+        if status == 503:
+            if retry_after is not None and (
+                self.retry_after is None or retry_after > self.retry_after
+            ):
+                self.retry_after = retry_after
+            wait = f"; it asks to retry after {retry_after:g} s" if retry_after else ""
+            message = f"{self.where} is unavailable: {described}{wait}"
+            self._log.add(now, LogLevel.WARNING, purpose, message)
+            return self._next_address(now)
+        if status >= 500 or (status == 404 and self.purpose is Purpose.DOWNLOAD):
+            # Another front end may be healthy, or hold the file: import is per server.
+            self._log.add(now, LogLevel.ERROR, purpose, f"{self.where} answered {described}")
+            return self._next_address(now)
+        return Refused(f"{self.where} refused the {purpose}: {described}")
+
+    def _next_address(self, now: float) -> Step:
+        self.address_index += 1
+        if self.address_index < len(self.addresses):
+            return Attempt()
+        return self._route_failed(now)
+
+    def _route_failed(self, now: float) -> Step:
+        failed = self.route
+        if self.answered or self.route_index + 1 >= len(self.routes):
+            return Exhausted(self.retry_after)
+        self.route_index += 1
+        self.answered = False
+        message = (
+            f"{failed.kind.value} URL {failed.url} cannot be reached; trying "
+            f"{self.route.kind.value} URL {self.route.url}"
+        )
+        self._log.add(now, LogLevel.WARNING, self.purpose.value, message)
+        return self.start()
