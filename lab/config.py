@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from lab.errors import ConfigError
+from lab.models import MODEL_NAMES
 
 DEFAULT_SOURCE = "<default config>"
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
@@ -28,7 +29,7 @@ REAL_PORTS = {"dns": 53, "internal": 443, "external": 4443, "edge": 443, "admin"
 LOCATIONS = ("inside", "outside")
 KEY_TYPES = ("ecdsa-p256", "rsa-2048")
 # Models the lab knows (the emulator carries their full description); a fleet entry names one.
-MODELS = ("CX500", "CX600", "CX3000", "CX700", "6721ip", "6725ip", "HP4110", "HP4120")
+MODELS = MODEL_NAMES
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -249,7 +250,9 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
     """Validate parsed TOML ``data`` and build a LabConfig; ``source`` names it in errors."""
     r = _Reader(source)
     r.reject_unknown(
-        data, "", {"lab", "domains", "network", "ports", "pool", "edge", "pki", "directory", "fleet"}
+        data,
+        "",
+        {"lab", "domains", "network", "ports", "pool", "edge", "pki", "directory", "fleet"},
     )
 
     lab = r.table(data, "lab", "")
@@ -295,9 +298,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
         fqdn = _fqdn(r, f"{path}.fqdn", r.get(fe, "fqdn", path, str, f"{short}.{sip}"))
         address = _loopback(r, f"{path}.address", r.get(fe, "address", path, str))
         r.check(address in inside, f"{path}.address", f"{address} is not in inside {inside}")
-        r.check(
-            all(short != other.name for other in front_ends), f"{path}.name", "duplicate name"
-        )
+        r.check(all(short != other.name for other in front_ends), f"{path}.name", "duplicate name")
         r.check(
             all(address != other.address for other in front_ends),
             f"{path}.address",
@@ -309,9 +310,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
     edge_t = r.table(data, "edge", "")
     r.reject_unknown(edge_t, "edge", {"fqdn", "address", "external_web"})
     edge_address = _loopback(r, "edge.address", r.get(edge_t, "address", "edge", str))
-    r.check(
-        edge_address in outside, "edge.address", f"{edge_address} is not in outside {outside}"
-    )
+    r.check(edge_address in outside, "edge.address", f"{edge_address} is not in outside {outside}")
     edge = Edge(
         fqdn=_fqdn(r, "edge.fqdn", r.get(edge_t, "fqdn", "edge", str)),
         address=edge_address,
@@ -346,7 +345,9 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
         )
         upn = r.get(u, "upn", path, str, f"{user_name}@{sip}")
         r.check("@" in upn, f"{path}.upn", f"{upn!r} is not a user principal name")
-        users.append(User(user_name, r.get(u, "domain", path, str, "CONTOSO").upper(), upn, nt_hash))
+        users.append(
+            User(user_name, r.get(u, "domain", path, str, "CONTOSO").upper(), upn, nt_hash)
+        )
 
     fleet: list[FleetPhone] = []
     known_users = {u.name.lower() for u in users}

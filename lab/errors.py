@@ -52,3 +52,23 @@ class ServiceError(LabError):
 
 class AdminError(LabError):
     """The running lab's admin API refused a request or cannot be reached."""
+
+
+class IdentityError(LabError, ValueError):
+    """A device identity is malformed or unknown: model, vendor, version, MAC or serial number."""
+
+
+class RuleError(StoreError, ValueError):
+    """A rule command cannot be done: no such rule, or the rule's state does not allow it."""
+
+
+class SettingError(StoreError, ValueError):
+    """A device-update configuration setting is unknown, malformed or out of its range."""
+
+
+class EntryError(StoreError, ValueError):
+    """A store entry cannot be added or removed: a test device already there, or not there."""
+
+
+class AdminRequestError(AdminError, ValueError):
+    """The running lab's admin API refused a request as invalid input."""

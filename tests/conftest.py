@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from lab.config import LabConfig, default_config
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +29,19 @@ def _close_stray_event_loop() -> Iterator[None]:
         if not loop.is_closed():
             loop.close()
         policy.set_event_loop(None)
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One lab PKI for the whole session: making keys is the slow part of starting a lab."""
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture
+def lab_config(pki_dir: Path) -> LabConfig:
+    """The default lab on free ports (0) with the session's PKI."""
+    return (
+        default_config()
+        .with_ports(dns=0, internal=0, external=0, edge=0, admin=0)
+        .with_pki_dir(pki_dir)
+    )

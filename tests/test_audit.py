@@ -10,8 +10,14 @@ from lab.events import Event, EventBus
 
 def record(time: str, decision: str, **extra: str) -> AuditRecord:
     return AuditRecord(
-        time=time, server="fe01", client_address="127.10.0.100", site="internal",
-        path="/RequestHandler/ucdevice.upx", status=200, decision=decision, **extra,
+        time=time,
+        server="fe01",
+        client_address="127.10.0.100",
+        site="internal",
+        path="/RequestHandler/ucdevice.upx",
+        status=200,
+        decision=decision,
+        **extra,
     )
 
 
@@ -20,8 +26,14 @@ def test_lines_are_written_at_once_and_roll_over_by_day(tmp_path: Path) -> None:
     seen: list[Event] = []
     events.subscribe(seen.append)
     log = AuditLog("fe01", tmp_path, events)
-    log.write(record("2026-11-21T23:59:59.000Z", "none", mac="00-04-F2-00-00-01",
-                     reason="no rule, quoted \"text\", with comma"))
+    log.write(
+        record(
+            "2026-11-21T23:59:59.000Z",
+            "none",
+            mac="00-04-F2-00-00-01",
+            reason='no rule, quoted "text", with comma',
+        )
+    )
     first = tmp_path / "RequestHandlerAuditLog_fe01_20261121.log"
     # Readable before close: every line is flushed as it is written.
     rows = read_audit(first)

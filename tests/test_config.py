@@ -21,7 +21,8 @@ def test_default_config_describes_the_whole_lab() -> None:
     assert [fe.fqdn for fe in config.front_ends] == ["fe01.contoso.test", "fe02.contoso.test"]
     assert all(fe.address in config.inside for fe in config.front_ends)
     assert config.edge.address in config.outside
-    assert config.ports.dns == HIGH_PORTS["dns"] and config.ports.dns > 1024
+    assert config.ports.dns == HIGH_PORTS["dns"]
+    assert config.ports.dns > 1024
     assert {u.name for u in config.users} == {"alice", "bob"}
     assert len(config.fleet) == 6
 
@@ -47,14 +48,26 @@ def _write(tmp_path: Path, change: dict[str, object]) -> Path:
 @pytest.mark.parametrize(
     ("change", "key", "problem"),
     [
-        ({"pool.front_ends[1].address": "127.10.0.300"}, "pool.front_ends[1].address",
-         "is not an IPv4 address"),
-        ({"pool.front_ends[0].address": "10.0.0.1"}, "pool.front_ends[0].address",
-         "not a loopback address"),
-        ({"pool.front_ends[0].address": "127.20.0.5"}, "pool.front_ends[0].address",
-         "is not in inside"),
-        ({"pool.front_ends[1].address": "127.10.0.11"}, "pool.front_ends[1].address",
-         "already used"),
+        (
+            {"pool.front_ends[1].address": "127.10.0.300"},
+            "pool.front_ends[1].address",
+            "is not an IPv4 address",
+        ),
+        (
+            {"pool.front_ends[0].address": "10.0.0.1"},
+            "pool.front_ends[0].address",
+            "not a loopback address",
+        ),
+        (
+            {"pool.front_ends[0].address": "127.20.0.5"},
+            "pool.front_ends[0].address",
+            "is not in inside",
+        ),
+        (
+            {"pool.front_ends[1].address": "127.10.0.11"},
+            "pool.front_ends[1].address",
+            "already used",
+        ),
         ({"network.outside": "127.10.5.0/24"}, "network.outside", "overlaps"),
         ({"ports.dns": 70000}, "ports.dns", "is not a port"),
         ({"ports.dns": "53"}, "ports.dns", "must be int"),
@@ -62,8 +75,11 @@ def _write(tmp_path: Path, change: dict[str, object]) -> Path:
         ({"domains.dhcp": "not a domain"}, "domains.dhcp", "is not a DNS name"),
         ({"domains.dhcp": None}, "domains.dhcp", "is required"),
         ({"directory.users[0].nt_hash": "abc"}, "directory.users[0].nt_hash", "32 hex digits"),
-        ({"directory.users[0].password": "Passw0rd!"}, "directory.users[0].password",
-         "plaintext passwords are not accepted"),
+        (
+            {"directory.users[0].password": "Passw0rd!"},
+            "directory.users[0].password",
+            "plaintext passwords are not accepted",
+        ),
         ({"fleet[0].model": "CX9000"}, "fleet[0].model", "is not a known model"),
         ({"fleet[1].user": "mallory"}, "fleet[1].user", "no directory user"),
         ({"edge.colour": "blue"}, "edge.colour", "unknown key"),
@@ -100,11 +116,23 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
 def test_cli_exits_2_with_one_line_for_a_broken_config(tmp_path: Path) -> None:
     path = _write(tmp_path, {"pool.front_ends[1].address": "127.10.0.300"})
     result = subprocess.run(
-        [sys.executable, "-m", "lab.cli", "--config", str(path), "--state-dir",
-         str(tmp_path / "state"), "status"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            "-m",
+            "lab.cli",
+            "--config",
+            str(path),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"lab: {path}: pool.front_ends[1].address: '127.10.0.300' is not an "
-                     "IPv4 address"]
+    assert lines == [
+        f"lab: {path}: pool.front_ends[1].address: '127.10.0.300' is not an IPv4 address"
+    ]

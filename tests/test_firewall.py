@@ -46,7 +46,8 @@ def test_flip_swaps_everything_and_reset_undoes_all(policy: FirewallPolicy) -> N
     assert policy.classify("127.20.0.50") is Zone.INSIDE
     assert policy.classify("127.20.0.9") is Zone.OUTSIDE
     policy.clear()
-    assert not policy.flipped and policy.overrides == []
+    assert not policy.flipped
+    assert policy.overrides == []
     assert policy.classify("127.10.0.50") is Zone.INSIDE
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the lab's parts against reference implementations (``python -m bench``)."""

@@ -1,0 +1,186 @@
+"""The admin API of a running lab: loopback only, guarded by a token in the state directory.
+
+The CLI's runtime commands (`lab firewall`, `lab dns fault`, `lab maintenance`, `lab
+events`) talk to a running lab through it. Every request carries ``Authorization: Bearer
+<token>``; the token is made at start-up into ``<state>/admin.token`` (mode 0600), so only
+the user who runs the lab can change it. Errors come back as JSON ``{"error": "..."}``
+with 400 for bad input, 401 for a missing or wrong token, 404 for unknown things and 409
+for a change the lab refuses in its current state.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from lab.errors import DNSError, FirewallError, LabError, ServiceError
+
+if TYPE_CHECKING:
+    from lab.runner import Lab
+
+TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
+LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
+TOKEN_KEY = web.AppKey("token", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_token(state_dir: Path) -> str:
+    """Make a fresh token and write it privately into the state directory."""
+    token = secrets.token_urlsafe(32)
+    path = state_dir / TOKEN_FILE
+    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def read_token(state_dir: Path) -> str:
+    """The token of the lab running from ``state_dir``."""
+    return (state_dir / TOKEN_FILE).read_text(encoding="ascii").strip()
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the token, then translate the lab's errors into JSON answers."""
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), request.app[TOKEN_KEY].encode()):
+        return _error(401, "missing or wrong admin token (see admin.token in the state dir)")
+    try:
+        return await handler(request)
+    except (FirewallError, DNSError, ValueError) as exc:
+        return _error(400, str(exc))
+    except ServiceError as exc:
+        return _error(409, str(exc))
+    except LabError as exc:
+        return _error(409, str(exc))
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except json.JSONDecodeError:
+        raise ValueError("the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("the request body must be a JSON object")
+    return data
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key!r} must be a non-empty string")
+    return value
+
+
+async def status(request: web.Request) -> web.Response:
+    """GET /v1/status: endpoints, firewall, DNS counters and servers."""
+    return web.json_response(request.app[LAB_KEY].status())
+
+
+async def firewall_show(request: web.Request) -> web.Response:
+    """GET /v1/firewall."""
+    return web.json_response(request.app[LAB_KEY].firewall.snapshot())
+
+
+async def firewall_change(request: web.Request) -> web.Response:
+    """POST /v1/firewall: {"action": set|clear|flip|reset, ...}."""
+    firewall = request.app[LAB_KEY].firewall
+    data = await _body(request)
+    action = data.get("action")
+    if action == "set":
+        firewall.set_zone(_str(data, "target"), _str(data, "zone"))
+    elif action == "clear":
+        firewall.clear(_str(data, "target"))
+    elif action == "flip":
+        firewall.flip(bool(data.get("on", True)))
+    elif action == "reset":
+        firewall.clear()
+    else:
+        raise ValueError(f"unknown firewall action {action!r} (set, clear, flip, reset)")
+    return web.json_response(firewall.snapshot())
+
+
+async def faults_show(request: web.Request) -> web.Response:
+    """GET /v1/dns/faults."""
+    return web.json_response(request.app[LAB_KEY].dns.faults.snapshot())
+
+
+async def faults_set(request: web.Request) -> web.Response:
+    """POST /v1/dns/faults: {"name", "kind", "delay"?}."""
+    faults = request.app[LAB_KEY].dns.faults
+    data = await _body(request)
+    delay = data.get("delay", 0)
+    if not isinstance(delay, int | float) or isinstance(delay, bool):
+        raise ValueError("'delay' must be a number of seconds")
+    faults.set(_str(data, "name"), _str(data, "kind"), delay=float(delay))
+    return web.json_response(faults.snapshot())
+
+
+async def faults_clear(request: web.Request) -> web.Response:
+    """DELETE /v1/dns/faults[/{name}]."""
+    faults = request.app[LAB_KEY].dns.faults
+    name = request.match_info.get("name")
+    if name:
+        faults.clear(name)
+    else:
+        faults.clear_all()
+    return web.json_response(faults.snapshot())
+
+
+async def maintenance(request: web.Request) -> web.Response:
+    """POST /v1/maintenance/{server}/{enter|exit}: {"immediate"?, "force"?}."""
+    lab = request.app[LAB_KEY]
+    server = request.match_info["server"]
+    verb = request.match_info["verb"]
+    data = await _body(request) if request.can_read_body else {}
+    if verb == "enter":
+        lab.pool.enter_maintenance(
+            server, immediate=bool(data.get("immediate")), force=bool(data.get("force"))
+        )
+    elif verb == "exit":
+        lab.pool.exit_maintenance(server)
+    else:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"unknown verb {verb!r}"}))
+    return web.json_response(lab.status())
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/events: lab events as they happen, one JSON object per line."""
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    with request.app[LAB_KEY].events.stream() as stream:
+        async for event in stream:
+            line = json.dumps(event.as_dict(), default=str) + "\n"
+            await response.write(line.encode())
+    return response
+
+
+def make_app(lab: Lab, token: str) -> web.Application:
+    """The admin application for ``lab``."""
+    app = web.Application(middlewares=[_guard], client_max_size=64 * 1024)
+    app[LAB_KEY] = lab
+    app[TOKEN_KEY] = token
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/firewall", firewall_show)
+    app.router.add_post("/v1/firewall", firewall_change)
+    app.router.add_get("/v1/dns/faults", faults_show)
+    app.router.add_post("/v1/dns/faults", faults_set)
+    app.router.add_delete("/v1/dns/faults", faults_clear)
+    app.router.add_delete("/v1/dns/faults/{name}", faults_clear)
+    app.router.add_post("/v1/maintenance/{server}/{verb}", maintenance)
+    app.router.add_get("/v1/events", events)
+    return app

@@ -1,0 +1,54 @@
+"""The ``lab`` command line: one sub-command module per area, each with ``register``.
+
+Exit codes: 0 success, 1 the operation failed (for example a scenario's outcome was not
+the expected one), 2 bad input (arguments, config, cab files): the message says what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from lab.cli import cab, common, devconfig, run, runtime, testdevice, update
+from lab.errors import ConfigError, LabError
+
+# Each module adds its sub-commands; keep this list in the order `lab --help` shows them.
+COMMANDS: tuple[ModuleType, ...] = (run, update, testdevice, devconfig, runtime, cab)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``lab`` argument parser."""
+    parser = common.ArgumentParser(
+        prog="lab", description="Device Update Lab: DNS, update service and operations."
+    )
+    common.add_global_options(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lab`` CLI and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.config is not None:
+            # A named config is checked before anything runs, whatever the command.
+            common.config_from(args)
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
+    except (LabError, ValueError) as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

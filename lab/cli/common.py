@@ -1,0 +1,66 @@
+"""What every ``lab`` sub-command shares: global options, the config and the state directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lab.config import LabConfig, load_config
+
+DEFAULT_STATE_DIR = Path("state")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --state-dir, accepted before or after the sub-command."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="lab TOML file (default: the embedded default lab)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where the lab keeps its store, run.json and logs (default: ./state)",
+    )
+
+
+def subcommand(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """Add a sub-command that also accepts the global options after its name."""
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    # SUPPRESS keeps a value given before the sub-command from being overwritten.
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> LabConfig:
+    """The lab config the arguments name."""
+    return load_config(args.config)
+
+
+def state_dir(args: argparse.Namespace, create: bool = True) -> Path:
+    """The state directory, created (private to this user) when ``create``."""
+    path: Path = args.state_dir
+    if create:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def print_json(data: Any) -> None:
+    """Pretty JSON on stdout."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")

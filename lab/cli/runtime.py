@@ -1,0 +1,145 @@
+"""Runtime commands that change a running lab through its admin API.
+
+`lab firewall`, `lab dns fault`, `lab maintenance` and `lab events`; each finds the lab
+from ``--state-dir`` and fails with exit code 1 and the reason when none is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from lab.adminclient import AdminClient
+from lab.cli import common
+
+FAULT_KINDS = ("remove", "servfail", "delay", "drop")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add firewall, dns, maintenance and events."""
+    fw = common.subcommand(sub, "firewall", "show or change the firewall policy at runtime")
+    fw_sub = fw.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = fw_sub.add_parser("show", help="segments, overrides and the flip")
+    show.add_argument("--json", action="store_true")
+    move = fw_sub.add_parser("set", help="put an address or range inside or outside")
+    move.add_argument("target", help="address (127.10.0.100) or range (127.10.1.0/24)")
+    move.add_argument("zone", choices=("inside", "outside"))
+    clear = fw_sub.add_parser("clear", help="drop the override for an address or range")
+    clear.add_argument("target")
+    flip = fw_sub.add_parser("flip", help="swap inside and outside for everything")
+    flip.add_argument("--off", action="store_true", help="undo the flip")
+    fw_sub.add_parser("reset", help="drop every override and the flip")
+    fw.set_defaults(func=cmd_firewall)
+
+    dns = common.subcommand(sub, "dns", "runtime DNS faults of the running lab")
+    dns_sub = dns.add_subparsers(dest="dns_command", required=True, metavar="COMMAND")
+    fault = dns_sub.add_parser("fault", help="set, clear or list faults per name")
+    fault_sub = fault.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fset = fault_sub.add_parser("set", help="make a name misbehave")
+    fset.add_argument("name", help="a name in a lab zone, e.g. ucupdates-r2.contoso.test")
+    fset.add_argument("kind", choices=FAULT_KINDS)
+    fset.add_argument("--delay", type=float, default=0.0, help="seconds, for kind delay")
+    fclear = fault_sub.add_parser("clear", help="clear the fault on a name (or --all)")
+    fclear.add_argument("name", nargs="?")
+    fclear.add_argument("--all", action="store_true")
+    flist = fault_sub.add_parser("list", help="the faults in force")
+    flist.add_argument("--json", action="store_true")
+    dns.set_defaults(func=cmd_dns)
+
+    mnt = common.subcommand(sub, "maintenance", "drain a front end (enter) or return it (exit)")
+    mnt_sub = mnt.add_subparsers(dest="action", required=True, metavar="ACTION")
+    enter = mnt_sub.add_parser("enter", help="take SERVER out of production")
+    enter.add_argument("server")
+    enter.add_argument("--immediate", action="store_true", help="also cut transfers in progress")
+    enter.add_argument("--force", action="store_true", help="even if it is the last one")
+    leave = mnt_sub.add_parser("exit", help="return SERVER to production")
+    leave.add_argument("server")
+    mnt.set_defaults(func=cmd_maintenance)
+
+    ev = common.subcommand(sub, "events", "follow the running lab's events (Ctrl-C to stop)")
+    ev.set_defaults(func=cmd_events)
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(common.state_dir(args, create=False))
+
+
+def cmd_firewall(args: argparse.Namespace) -> int:
+    """Show or change the firewall policy."""
+    client = _client(args)
+    if args.action == "show":
+        policy = client.get("/v1/firewall")
+    elif args.action == "set":
+        policy = client.post(
+            "/v1/firewall", {"action": "set", "target": args.target, "zone": args.zone}
+        )
+    elif args.action == "clear":
+        policy = client.post("/v1/firewall", {"action": "clear", "target": args.target})
+    elif args.action == "flip":
+        policy = client.post("/v1/firewall", {"action": "flip", "on": not args.off})
+    else:
+        policy = client.post("/v1/firewall", {"action": "reset"})
+    if getattr(args, "json", False):
+        common.print_json(policy)
+        return 0
+    console = Console()
+    flipped = "  [bold red]FLIPPED: inside and outside swapped[/]" if policy["flipped"] else ""
+    console.print(f"inside {policy['inside']}  outside {policy['outside']}{flipped}")
+    table = Table(title="overrides", title_justify="left")
+    table.add_column("address or range")
+    table.add_column("zone")
+    for override in policy["overrides"]:
+        table.add_row(override["network"], override["zone"])
+    console.print(table if policy["overrides"] else "no overrides")
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    """Set, clear or list DNS faults."""
+    client = _client(args)
+    if args.action == "set":
+        faults = client.post(
+            "/v1/dns/faults", {"name": args.name, "kind": args.kind, "delay": args.delay}
+        )
+    elif args.action == "clear":
+        if args.all == bool(args.name):
+            raise ValueError("name a fault to clear, or give --all (not both)")
+        faults = client.delete("/v1/dns/faults" + ("" if args.all else f"/{args.name}"))
+    else:
+        faults = client.get("/v1/dns/faults")
+    if getattr(args, "json", False):
+        common.print_json(faults)
+        return 0
+    table = Table(title="DNS faults", title_justify="left")
+    for column in ("name", "fault", "delay"):
+        table.add_column(column)
+    for name, fault in sorted(faults.items()):
+        table.add_row(name, str(fault.get("kind")), str(fault.get("delay", "")))
+    Console().print(table if faults else "no DNS faults")
+    return 0
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    """Enter or exit maintenance on a front end."""
+    client = _client(args)
+    path = f"/v1/maintenance/{args.server}/{args.action}"
+    body = {"immediate": args.immediate, "force": args.force} if args.action == "enter" else {}
+    status = client.post(path, body)
+    common.print_json(status.get("servers", status))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Print events as they happen."""
+    console = Console()
+    try:
+        for event in _client(args).events():
+            kind = event.pop("kind")
+            event.pop("at", None)
+            details = " ".join(f"{k}={v}" for k, v in sorted(event.items()))
+            console.print(f"[bold]{kind}[/] {details}", highlight=False)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,213 @@
+"""A whole running lab: what `lab up` starts, the demo drives and tests use.
+
+The runner owns start-up order and the files a running lab publishes in its state
+directory: ``run.json`` (every endpoint it bound, for `lab status` and tools) and
+``lease.json`` (what DHCP would hand a phone; see docs/wire-protocol.md). Both are written
+atomically and ``run.json`` is removed again on a clean stop, so its presence means a lab
+is (or was, if it crashed) running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from lab.admin import make_app, make_token
+from lab.config import LabConfig
+from lab.dns import DNSServer
+from lab.errors import LabStateError
+from lab.events import EventBus
+from lab.firewall import FirewallPolicy
+from lab.pki import VENDORS, LabPKI
+
+RUN_FILE = "run.json"
+LEASE_FILE = "lease.json"
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+def read_run_file(state_dir: Path) -> dict[str, Any]:
+    """The endpoints of the lab running from ``state_dir``; LabStateError when none is."""
+    path = state_dir / RUN_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LabStateError(f"no lab is running from {state_dir} (no {RUN_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise LabStateError(f"{path} cannot be read: {exc}") from None
+    data["alive"] = _pid_alive(int(data.get("pid", 0)))
+    return data
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lab:
+    """The lab's services on one event loop: started in order, stopped in reverse."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        state_dir: Path,
+        *,
+        events: EventBus | None = None,
+        pki_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.events = events or EventBus()
+        self.firewall = FirewallPolicy(config.inside, config.outside, self.events)
+        self.pki = LabPKI(config, pki_dir)
+        self.dns = DNSServer(
+            config,
+            self.firewall,
+            events=self.events,
+            query_log_path=state_dir / "logs" / "dns-queries.jsonl",
+        )
+        self._stack = AsyncExitStack()
+        self._admin: web.AppRunner | None = None
+        self.admin_address: tuple[str, int] = ("127.0.0.1", config.ports.admin)
+        self.started_at: float | None = None
+
+    async def start(self) -> None:
+        """Make the PKI if needed, start every service, publish run.json and lease.json."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        # Certificates are CPU work; keep the loop free for anything already running.
+        await asyncio.to_thread(self.pki.ensure)
+        try:
+            await self._stack.enter_async_context(self.dns)
+            await self._start_admin()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.started_at = time.time()
+        write_json_atomic(self.state_dir / LEASE_FILE, self.lease())
+        write_json_atomic(self.state_dir / RUN_FILE, self.run_info())
+        self.events.publish("lab.started", endpoints=self.endpoints())
+
+    async def _start_admin(self) -> None:
+        token = make_token(self.state_dir)
+        runner = web.AppRunner(make_app(self, token), access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, "127.0.0.1", self.config.ports.admin)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise LabStateError(
+                f"the admin API cannot listen on 127.0.0.1:{self.config.ports.admin}: "
+                f"{exc.strerror}; is another lab running? (ports.admin in the config)"
+            ) from None
+        host, port = runner.addresses[0][:2]
+        self.admin_address = (host, port)
+
+    async def stop(self) -> None:
+        """Stop every service and withdraw run.json."""
+        (self.state_dir / RUN_FILE).unlink(missing_ok=True)
+        await self._stack.aclose()
+        self.events.publish("lab.stopped")
+
+    async def __aenter__(self) -> Lab:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def endpoints(self) -> dict[str, Any]:
+        """Every endpoint the lab bound, as JSON-ready data."""
+        host, port = self.dns.address
+        admin_host, admin_port = self.admin_address
+        return {
+            "dns": {"udp": f"{host}:{port}", "tcp": f"{host}:{port}"},
+            "admin": {"http": f"{admin_host}:{admin_port}"},
+        }
+
+    def status(self) -> dict[str, Any]:
+        """What the admin API's status shows: endpoints, firewall and DNS state."""
+        return {
+            **self.run_info(),
+            "firewall": self.firewall.snapshot(),
+            "dns": {"stats": self.dns.stats(), "faults": self.dns.faults.snapshot()},
+        }
+
+    def run_info(self) -> dict[str, Any]:
+        """The content of run.json."""
+        return {
+            "pid": os.getpid(),
+            "started": self.started_at,
+            "config": self.config.source,
+            "state_dir": str(self.state_dir.resolve()),
+            "endpoints": self.endpoints(),
+        }
+
+    def lease(self) -> dict[str, Any]:
+        """What DHCP hands a phone at this lab (docs/wire-protocol.md)."""
+        host, port = self.dns.address
+        return {
+            "domain": self.config.dhcp_domain,
+            "sip_domain": self.config.sip_domain,
+            "sip_server": self.config.pool_fqdn,
+            "dns": [host, port],
+            "https_port": self.config.ports.internal,
+            "segments": {"inside": str(self.config.inside), "outside": str(self.config.outside)},
+            "ca_cert": str(self.pki.ca_cert.resolve()),
+            "vendor_certs": {
+                vendor: str(self.pki.vendor(vendor).cert.resolve()) for vendor in VENDORS
+            },
+        }
+
+
+async def serve_until_signalled(lab: Lab, on_ready: Callable[[Lab], None]) -> None:
+    """Run ``lab`` until SIGINT or SIGTERM, calling ``on_ready`` once it is up."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with lab:
+            on_ready(lab)
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def run_event_loop(main: Callable[[], Any]) -> Any:
+    """Run coroutine function ``main`` on uvloop where the platform has it."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is installed wherever it builds
+        return asyncio.run(main())
+    return uvloop.run(main())

@@ -1,0 +1,97 @@
+"""The admin API of a running lab: token guard, firewall and DNS faults at runtime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from lab.admin import TOKEN_FILE, read_token
+from lab.config import LabConfig
+from lab.dnsprobe import query
+from lab.runner import Lab
+
+INSIDE_PHONE = "127.10.0.150"
+
+
+@pytest.fixture
+async def lab(lab_config: LabConfig, tmp_path: Path) -> AsyncIterator[Lab]:
+    async with Lab(lab_config, tmp_path / "state") as running:
+        yield running
+
+
+@pytest.fixture
+async def admin(lab: Lab) -> AsyncIterator[aiohttp.ClientSession]:
+    host, port = lab.admin_address
+    token = read_token(lab.state_dir)
+    async with aiohttp.ClientSession(
+        f"http://{host}:{port}", headers={"Authorization": f"Bearer {token}"}
+    ) as session:
+        yield session
+
+
+async def _addresses(lab: Lab, source: str) -> set[str]:
+    answer = await query(lab.config.ucupdates_names[0], lab.dns.address, source)
+    return {str(rr.rdata) for rr in answer.rr}
+
+
+async def test_token_is_private_and_required(lab: Lab) -> None:
+    assert (lab.state_dir / TOKEN_FILE).stat().st_mode & 0o777 == 0o600
+    host, port = lab.admin_address
+    async with aiohttp.ClientSession(f"http://{host}:{port}") as anonymous:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with anonymous.get("/v1/status", headers=headers) as response:
+                assert response.status == 401
+                assert "admin token" in (await response.json())["error"]
+
+
+async def test_firewall_change_moves_a_phone_to_the_external_view(
+    lab: Lab, admin: aiohttp.ClientSession
+) -> None:
+    assert await _addresses(lab, INSIDE_PHONE) == {"127.10.0.11", "127.10.0.12"}
+    async with admin.post(
+        "/v1/firewall", json={"action": "set", "target": INSIDE_PHONE, "zone": "outside"}
+    ) as response:
+        assert response.status == 200
+        assert (await response.json())["overrides"] == [
+            {"network": f"{INSIDE_PHONE}/32", "zone": "outside"}
+        ]
+    assert await _addresses(lab, INSIDE_PHONE) == {"127.20.0.10"}
+    async with admin.post("/v1/firewall", json={"action": "reset"}) as response:
+        assert response.status == 200
+    assert await _addresses(lab, INSIDE_PHONE) == {"127.10.0.11", "127.10.0.12"}
+
+
+async def test_dns_fault_through_the_api(lab: Lab, admin: aiohttp.ClientSession) -> None:
+    name = lab.config.ucupdates_names[0]
+    async with admin.post("/v1/dns/faults", json={"name": name, "kind": "remove"}) as response:
+        assert response.status == 200
+    answer = await query(name, lab.dns.address, INSIDE_PHONE)
+    assert answer.header.rcode == 3  # NXDOMAIN
+    async with admin.delete(f"/v1/dns/faults/{name}") as response:
+        assert response.status == 200
+    assert await _addresses(lab, INSIDE_PHONE) == {"127.10.0.11", "127.10.0.12"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        (
+            "/v1/firewall",
+            {"action": "set", "target": "300.1.1.1", "zone": "outside"},
+            "is not an IP address",
+        ),
+        ("/v1/firewall", {"action": "explode"}, "unknown firewall action"),
+        ("/v1/firewall", ["not", "an", "object"], "must be a JSON object"),
+        ("/v1/dns/faults", {"name": "ucupdates-r2.contoso.test", "kind": "melt"}, "melt"),
+        ("/v1/dns/faults", {"name": "www.example.org", "kind": "drop"}, "www.example.org"),
+    ],
+)
+async def test_bad_requests_get_400_with_the_reason(
+    admin: aiohttp.ClientSession, path: str, body: object, message: str
+) -> None:
+    async with admin.post(path, json=body) as response:
+        assert response.status == 400
+        assert message in (await response.json())["error"]

@@ -1,0 +1,179 @@
+"""`lab up` as a process: endpoints printed and published, status, clean stop on signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import pytest
+import tomli_w
+
+from lab.config import default_text
+
+
+def lab_cmd(config: Path, state: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lab.cli",
+        "--config",
+        str(config),
+        "--state-dir",
+        str(state),
+        *args,
+    ]
+
+
+@pytest.fixture
+def lab_config(tmp_path: Path) -> Path:
+    data = tomllib.loads(default_text())
+    data["ports"] = {"dns": 0, "internal": 0, "external": 0, "edge": 0, "admin": 0}
+    data["pki"]["dir"] = str(tmp_path / "certs")
+    path = tmp_path / "lab.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+@pytest.fixture
+def running_lab(lab_config: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        lab_cmd(lab_config, state, "up"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    try:
+        seen = []
+        # Blocking reads, not sleeps: the lab says "ready" once everything is bound.
+        for line in proc.stdout:
+            seen.append(line)
+            if line.strip() == "ready":
+                break
+        else:
+            proc.wait(timeout=10)
+            pytest.fail(f"lab up ended early: {''.join(seen)} {proc.stderr.read()}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_up_publishes_endpoints_and_stops_cleanly(
+    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path, signum: int
+) -> None:
+    state = tmp_path / "state"
+    status = subprocess.run(
+        lab_cmd(lab_config, state, "status", "--json"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    info = json.loads(status.stdout)
+    assert info["alive"] is True
+    assert info["pid"] == running_lab.pid
+    host, port = info["endpoints"]["dns"]["udp"].rsplit(":", 1)
+    assert host == "127.10.0.2"
+    assert int(port) > 0
+
+    query = dns.message.make_query("ucupdates-r2.contoso.test", "A")
+    answer = dns.query.udp(query, host, port=int(port), source="127.10.0.77", timeout=5)
+    assert sorted(str(r) for rrset in answer.answer for r in rrset) == [
+        "127.10.0.11",
+        "127.10.0.12",
+    ]
+
+    lease = json.loads((state / "lease.json").read_text())
+    assert lease["dns"] == [host, int(port)]
+    assert lease["domain"] == "contoso.test"
+    assert Path(lease["ca_cert"]).is_file()
+
+    running_lab.send_signal(signum)
+    assert running_lab.wait(timeout=20) == 0
+    assert not (state / "run.json").exists()
+    gone = subprocess.run(
+        lab_cmd(lab_config, state, "status"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert gone.returncode == 1
+    assert "no lab is running" in gone.stderr
+
+
+def test_up_refuses_an_address_in_use(
+    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
+) -> None:
+    info = json.loads((tmp_path / "state" / "run.json").read_text())
+    port = int(info["endpoints"]["dns"]["udp"].rsplit(":", 1)[1])
+    data = tomllib.loads(lab_config.read_text())
+    data["ports"]["dns"] = port
+    clash = tmp_path / "clash.toml"
+    clash.write_text(tomli_w.dumps(data))
+    result = subprocess.run(
+        lab_cmd(clash, tmp_path / "other-state", "up"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"127.10.0.2:{port}" in result.stderr
+
+
+def test_runtime_commands_change_the_running_lab(
+    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    info = json.loads((state / "run.json").read_text())
+    host, port = info["endpoints"]["dns"]["udp"].rsplit(":", 1)
+
+    def lab(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            lab_cmd(lab_config, state, *args),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def ask(source: str) -> tuple[int, list[str]]:
+        query = dns.message.make_query("ucupdates-r2.contoso.test", "A")
+        answer = dns.query.udp(query, host, port=int(port), source=source, timeout=5)
+        return answer.rcode(), sorted(str(r) for rrset in answer.answer for r in rrset)
+
+    assert lab("firewall", "set", "127.10.0.77", "outside").returncode == 0
+    assert ask("127.10.0.77") == (0, ["127.20.0.10"])
+    shown = lab("firewall", "show", "--json")
+    assert json.loads(shown.stdout)["overrides"] == [
+        {"network": "127.10.0.77/32", "zone": "outside"}
+    ]
+    assert lab("firewall", "reset").returncode == 0
+    assert ask("127.10.0.77") == (0, ["127.10.0.11", "127.10.0.12"])
+
+    assert lab("dns", "fault", "set", "ucupdates-r2.contoso.test", "remove").returncode == 0
+    assert ask("127.10.0.77") == (3, [])
+    listed = lab("dns", "fault", "list")
+    assert "ucupdates-r2.contoso.test" in listed.stdout
+    assert "remove" in listed.stdout
+    assert lab("dns", "fault", "clear", "--all").returncode == 0
+    assert ask("127.10.0.77")[0] == 0
+
+    bad = lab("firewall", "set", "127.10.0.300", "outside")
+    assert bad.returncode == 2
+    assert "'127.10.0.300' is not an IP address or CIDR range" in bad.stderr
