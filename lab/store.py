@@ -1,0 +1,751 @@
+"""The update store: rules, the files of their versions, test devices and the device-update
+configuration, in ``<state>/store.sqlite3``.
+
+SQLite in WAL mode, so a running service reads while the CLI writes. Every write is one
+``BEGIN IMMEDIATE`` transaction with a busy timeout: concurrent writers (CLI processes, the
+service) wait for each other instead of failing, and a read-modify-write such as approve
+never loses a concurrent import. The schema carries a version (``PRAGMA user_version``) and
+is brought up to date by ``MIGRATIONS`` when the store is opened.
+
+A running service calls ``snapshot()`` on every check: it costs one ``PRAGMA data_version``
+while nothing changed, and reloads everything (one read transaction) after any commit by
+any process, so changes are seen at the very next check without a restart.
+
+The rules of the lifecycle and of serving are in lab.decision, the settings' names and
+ranges in lab.devconfig; this module stores them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from lab import filestore
+from lab.decision import (
+    Action,
+    Decision,
+    Rule,
+    ServedFile,
+    after_import,
+    decide,
+    index_rules,
+    refusal,
+    transition,
+)
+from lab.devconfig import DeviceUpdateConfig, check_setting
+from lab.errors import EntryError, IdentityError, RuleError, SettingError, StoreError
+from lab.models import DeviceKind, KindKey, normalise_mac, normalise_serial
+
+STORE_FILE = "store.sqlite3"
+BUSY_TIMEOUT = 30.0
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestDevice:
+    """A device that receives pending updates, named by MAC address or serial number."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    kind: str  # "mac" or "serial"
+    value: str
+    name: str
+    added_at: str
+
+    def as_dict(self) -> dict[str, str]:
+        """A JSON-ready form."""
+        return {
+            "kind": self.kind,
+            "value": self.value,
+            "name": self.name,
+            "added_at": self.added_at,
+        }
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    """What a command did to one rule: its state before and after, and a word about it."""
+
+    action: str  # created, pending, unchanged, approve, reset, restore, removed, skipped
+    before: Rule | None
+    after: Rule | None
+    detail: str = ""
+
+    @property
+    def rule(self) -> Rule:
+        """The rule as it is now (or was, if removed)."""
+        rule = self.after or self.before
+        assert rule is not None
+        return rule
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "action": self.action,
+            "detail": self.detail,
+            "rule": self.rule.as_dict(),
+            "before": self.before.as_dict() if self.before else None,
+        }
+
+
+@dataclass(frozen=True)
+class ImportedVersion:
+    """One version an import brings to one server: the input of ``record_import``."""
+
+    server: str
+    server_fqdn: str
+    kind: DeviceKind
+    version: str
+    files: tuple[ServedFile, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rules a command is for: named ones, or filters (``all_`` for every rule)."""
+
+    refs: tuple[str, ...] = ()
+    server: str | None = None
+    model: str | None = None
+    all_: bool = False
+
+    @property
+    def by_filter(self) -> bool:
+        """True when rules are chosen by filters rather than by name."""
+        return not self.refs
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Rules, test devices and configuration at one moment: what a running service reuses."""
+
+    generation: int
+    rules: tuple[Rule, ...]
+    test_macs: frozenset[str]
+    test_serials: frozenset[str]
+    config: DeviceUpdateConfig
+    by_server: Mapping[str, Mapping[KindKey, Rule]] = field(repr=False, compare=False)
+
+    def rules_for(self, server: str) -> Mapping[KindKey, Rule]:
+        """One server's rules by device kind (the ``rules`` argument of decide)."""
+        return self.by_server.get(server, {})
+
+    def is_test_device(self, mac: str | None, serial: str | None) -> bool:
+        """Whether a device reporting ``mac`` / ``serial`` is a test device."""
+        if mac:
+            try:
+                if normalise_mac(mac) in self.test_macs:
+                    return True
+            except IdentityError:
+                pass
+        if serial:
+            try:
+                return normalise_serial(serial) in self.test_serials
+            except IdentityError:
+                return False
+        return False
+
+    def decide(
+        self,
+        server: str,
+        kind: DeviceKind,
+        installed: str | None,
+        mac: str | None = None,
+        serial: str | None = None,
+    ) -> Decision:
+        """What ``server`` serves a device: lab.decision.decide on this snapshot."""
+        return decide(kind, installed, self.is_test_device(mac, serial), self.rules_for(server))
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+class Migration(NamedTuple):
+    """One step of the schema: the version it brings the store to and its statements."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+_KIND_COLUMNS = """
+    device_type TEXT NOT NULL COLLATE NOCASE,
+    vendor TEXT NOT NULL COLLATE NOCASE,
+    model TEXT NOT NULL COLLATE NOCASE,
+    revision TEXT NOT NULL COLLATE NOCASE,
+    locale TEXT NOT NULL COLLATE NOCASE"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "rules, versions and their files, test devices, settings, imports",
+        (
+            f"""CREATE TABLE rules (
+                uuid TEXT PRIMARY KEY,
+                identity TEXT NOT NULL UNIQUE,
+                server TEXT NOT NULL,{_KIND_COLUMNS},
+                pending TEXT,
+                approved TEXT,
+                restore TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                UNIQUE (server, device_type, vendor, model, revision, locale)
+            ) STRICT""",
+            f"""CREATE TABLE versions (
+                server TEXT NOT NULL,{_KIND_COLUMNS},
+                version TEXT NOT NULL,
+                files TEXT NOT NULL,
+                imported_at TEXT NOT NULL,
+                PRIMARY KEY (server, device_type, vendor, model, revision, locale, version)
+            ) STRICT""",
+            """CREATE TABLE test_devices (
+                kind TEXT NOT NULL CHECK (kind IN ('mac', 'serial')),
+                value TEXT NOT NULL,
+                name TEXT NOT NULL,
+                added_at TEXT NOT NULL,
+                PRIMARY KEY (kind, value)
+            ) STRICT""",
+            """CREATE TABLE settings (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL,
+                changed_at TEXT NOT NULL
+            ) STRICT""",
+            """CREATE TABLE imports (
+                id TEXT PRIMARY KEY,
+                cab TEXT NOT NULL,
+                cab_sha256 TEXT NOT NULL,
+                servers TEXT NOT NULL,
+                summary TEXT NOT NULL,
+                at TEXT NOT NULL
+            ) STRICT""",
+        ),
+    ),
+    # 2: the phone inventory (devices the service has seen) arrives here.
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class Store:
+    """The update store of one state directory; open with ``Store.open(state_dir)``."""
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        state_dir: Path,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._db = db
+        self.state_dir = state_dir
+        self.path = state_dir / STORE_FILE
+        self._now = now
+        self._snapshot: Snapshot | None = None
+        self._snapshot_version = -1
+        self._dirty = True
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+        recover: bool = True,
+        now: Callable[[], datetime] = _utc_now,
+    ) -> Store:
+        """Open (creating and migrating) the store; finish or undo an interrupted import.
+
+        Recovery is skipped when another process holds the file-store lock: that process
+        is alive and will clean up after itself.
+        """
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / STORE_FILE
+        try:
+            db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot be opened: {exc}") from None
+        store = cls(db, state_dir, now)
+        try:
+            with store._errors():
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StoreError(f"{path}: WAL mode is not available (got {mode})")
+                db.execute("PRAGMA synchronous=FULL")
+                store._migrate()
+            if recover:
+                store.recover_files()
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- plumbing ---
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreError(
+                    f"{self.path}: still busy after waiting (another process is writing)"
+                ) from None
+            raise StoreError(f"{self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: waits for other writers, commits or rolls back whole."""
+        with self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._dirty = True
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query inside sees the same commit."""
+        with self._errors():
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {current}, newer than this lab knows "
+                f"({SCHEMA_VERSION}); use a newer lab"
+            )
+        if current == SCHEMA_VERSION:
+            return
+        with self._write() as db:
+            # Another process may have migrated while this one waited for the lock.
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            for migration in MIGRATIONS:
+                if migration.version > current:
+                    for statement in migration.statements:
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {int(migration.version)}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the store file."""
+        with self._errors():
+            version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return version
+
+    def data_version(self) -> int:
+        """A number that changes when another connection commits (SQLite's data_version)."""
+        with self._errors():
+            value: int = self._db.execute("PRAGMA data_version").fetchone()[0]
+        return value
+
+    def _stamp(self) -> str:
+        return self._now().astimezone(UTC).isoformat(timespec="seconds")
+
+    def recover_files(self) -> str | None:
+        """Finish or undo a file-store change a killed process left (if the lock is free)."""
+        if not filestore.journal_pending(self.state_dir):
+            return None
+        lock = filestore.FileStoreLock(self.state_dir)
+        if not lock.acquire(blocking=False):
+            return None
+        try:
+            return filestore.recover(self.state_dir, self.import_recorded)
+        finally:
+            lock.release()
+
+    # --- snapshot for a running service ---
+
+    def snapshot(self) -> Snapshot:
+        """The current rules, test devices and configuration; cached until the store changes."""
+        version = self.data_version()
+        if self._snapshot is None or self._dirty or version != self._snapshot_version:
+            self._dirty = False
+            self._snapshot_version = version
+            generation = self._snapshot.generation + 1 if self._snapshot else 1
+            with self._read() as db:
+                rules = self._load_rules(db)
+                devices = self._load_test_devices(db)
+                config = self._load_config(db)
+            by_server: dict[str, list[Rule]] = {}
+            for rule in rules:
+                by_server.setdefault(rule.server, []).append(rule)
+            self._snapshot = Snapshot(
+                generation,
+                tuple(rules),
+                frozenset(d.value for d in devices if d.kind == "mac"),
+                frozenset(d.value for d in devices if d.kind == "serial"),
+                config,
+                {server: index_rules(group) for server, group in by_server.items()},
+            )
+        return self._snapshot
+
+    # --- rules ---
+
+    def rules(self, server: str | None = None, model: str | None = None) -> list[Rule]:
+        """Rules, optionally of one server and/or model, ordered by server and kind."""
+        with self._read() as db:
+            return _filter(self._load_rules(db), server, model)
+
+    def rule(self, ref: str) -> Rule:
+        """The rule named by its identity or an unambiguous prefix of its uuid."""
+        with self._read() as db:
+            return _resolve(self._load_rules(db), ref)
+
+    def select(self, selection: Selection) -> list[Rule]:
+        """The rules a command with ``selection`` is for; RuleError when that is unclear."""
+        with self._read() as db:
+            return _select(self._load_rules(db), selection)
+
+    def change(self, action: Action, selection: Selection) -> list[RuleChange]:
+        """Approve, reset or restore the selected rules, all in one transaction.
+
+        Named rules must all allow the command (else nothing changes and RuleError says
+        why); with filters, rules it makes no sense for are skipped with the reason, and
+        RuleError is raised only when none is left.
+        """
+        with self._write() as db:
+            chosen = _select(self._load_rules(db), selection)
+            changes: list[RuleChange] = []
+            for rule in chosen:
+                why = refusal(rule, action)
+                if why is not None and not selection.by_filter:
+                    transition(rule, action)  # raises RuleError with the reason
+                if why is not None:
+                    changes.append(RuleChange("skipped", rule, rule, why))
+                    continue
+                after = transition(rule, action)
+                self._save_versions(db, after)
+                changes.append(RuleChange(str(action), rule, after))
+            if not any(c.action != "skipped" for c in changes):
+                reasons = "; ".join(f"{c.rule.kind}: {c.detail}" for c in changes)
+                raise RuleError(f"cannot {action} any of the selected rules ({reasons})")
+        return changes
+
+    def remove(self, selection: Selection) -> list[RuleChange]:
+        """Delete the selected rules and the records of their versions' files."""
+        with self._write() as db:
+            chosen = _select(self._load_rules(db), selection)
+            for rule in chosen:
+                db.execute("DELETE FROM rules WHERE uuid = ?", (rule.uuid,))
+                db.execute(
+                    "DELETE FROM versions WHERE server = ? AND device_type = ? AND vendor = ?"
+                    " AND model = ? AND revision = ? AND locale = ?",
+                    (rule.server, *_kind_row(rule.kind)),
+                )
+        return [RuleChange("removed", rule, None) for rule in chosen]
+
+    def _save_versions(self, db: sqlite3.Connection, rule: Rule) -> None:
+        db.execute(
+            "UPDATE rules SET pending = ?, approved = ?, restore = ?, updated_at = ?"
+            " WHERE uuid = ?",
+            (rule.pending, rule.approved, rule.restore, self._stamp(), rule.uuid),
+        )
+
+    # --- imports ---
+
+    def preview_import(self, items: Sequence[ImportedVersion]) -> tuple[list[RuleChange], int]:
+        """What ``record_import`` would do now: rule changes, and how many version records
+        it would write (new, or with other files)."""
+        with self._read() as db:
+            changes, rows = self._plan_import(db, items)
+        return changes, len(rows)
+
+    def record_import(
+        self,
+        change_id: str,
+        cab_name: str,
+        cab_sha256: str,
+        items: Sequence[ImportedVersion],
+    ) -> list[RuleChange]:
+        """Record imported versions and make them pending, with ``change_id``, atomically."""
+        with self._write() as db:
+            changes, rows = self._plan_import(db, items)
+            stamp = self._stamp()
+            for server, kind, version, files in rows:
+                db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT DO UPDATE SET files = excluded.files,"
+                    " imported_at = excluded.imported_at",
+                    (server, *_kind_row(kind), version, files, stamp),
+                )
+            for change in changes:
+                rule = change.rule
+                if change.action == "created":
+                    db.execute(
+                        "INSERT INTO rules VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            rule.uuid,
+                            rule.identity,
+                            rule.server,
+                            *_kind_row(rule.kind),
+                            rule.pending,
+                            rule.approved,
+                            rule.restore,
+                            stamp,
+                            stamp,
+                        ),
+                    )
+                elif change.action == "pending":
+                    self._save_versions(db, rule)
+            servers = sorted({item.server for item in items})
+            summary = json.dumps([[c.action, c.rule.identity, c.detail] for c in changes])
+            db.execute(
+                "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?)",
+                (change_id, cab_name, cab_sha256, ",".join(servers), summary, stamp),
+            )
+        return changes
+
+    def import_recorded(self, change_id: str) -> bool:
+        """Whether the import with ``change_id`` was committed."""
+        with self._errors():
+            row = self._db.execute("SELECT 1 FROM imports WHERE id = ?", (change_id,)).fetchone()
+        return row is not None
+
+    def _plan_import(
+        self, db: sqlite3.Connection, items: Sequence[ImportedVersion]
+    ) -> tuple[list[RuleChange], list[tuple[str, DeviceKind, str, str]]]:
+        rules = {(r.server, r.kind.key): r for r in self._load_rules(db)}
+        known = self._load_files(db)
+        rows: list[tuple[str, DeviceKind, str, str]] = []
+        touched: dict[tuple[str, KindKey], tuple[Rule | None, Rule, list[str]]] = {}
+        ordered = sorted(items, key=lambda i: (i.server, i.kind.key, _version_key(i.version)))
+        for item in ordered:
+            files_json = json.dumps([[f.module, f.path, f.size, f.sha256] for f in item.files])
+            key = (item.server, item.kind.key)
+            if known.get((item.server, item.kind.key, item.version)) != item.files:
+                rows.append((item.server, item.kind, item.version, files_json))
+            before = rules.get(key)
+            if key in touched:
+                original, current, versions = touched[key]
+            else:
+                original, versions = before, []
+                current = before or Rule(
+                    f"service:WebServer:{item.server_fqdn}/{uuid.uuid4()}", item.server, item.kind
+                )
+            versions.append(item.version)
+            touched[key] = (original, after_import(current, item.version), versions)
+        changes: list[RuleChange] = []
+        for original, after, versions in touched.values():
+            detail = ", ".join(versions)
+            if original is None:
+                changes.append(RuleChange("created", None, after, detail))
+            elif after.versions != original.versions:
+                changes.append(RuleChange("pending", original, after, detail))
+            else:
+                changes.append(RuleChange("unchanged", original, original, detail))
+        return changes, rows
+
+    # --- test devices ---
+
+    def test_devices(self) -> list[TestDevice]:
+        """Every test device, MAC addresses first."""
+        with self._read() as db:
+            return self._load_test_devices(db)
+
+    def add_test_device(
+        self, mac: str | None = None, serial: str | None = None, name: str | None = None
+    ) -> TestDevice:
+        """Make a device (by MAC or by serial number) a test device."""
+        kind, value = _device_id(mac, serial)
+        device = TestDevice(kind, value, (name or "").strip() or value, self._stamp())
+        with self._write() as db:
+            row = db.execute(
+                "SELECT name FROM test_devices WHERE kind = ? AND value = ?", (kind, value)
+            ).fetchone()
+            if row is not None:
+                raise EntryError(f"{value} is already a test device (named {row[0]!r})")
+            db.execute(
+                "INSERT INTO test_devices VALUES (?, ?, ?, ?)",
+                (device.kind, device.value, device.name, device.added_at),
+            )
+        return device
+
+    def remove_test_device(self, mac: str | None = None, serial: str | None = None) -> TestDevice:
+        """Stop treating a device (by MAC or by serial number) as a test device."""
+        kind, value = _device_id(mac, serial)
+        with self._write() as db:
+            row = db.execute(
+                "DELETE FROM test_devices WHERE kind = ? AND value = ? RETURNING *", (kind, value)
+            ).fetchone()
+            if row is None:
+                raise EntryError(f"{value} is not a test device (see lab test-device list)")
+        return TestDevice(*row)
+
+    def is_test_device(self, mac: str | None, serial: str | None) -> bool:
+        """Whether a device reporting ``mac`` / ``serial`` is a test device."""
+        return self.snapshot().is_test_device(mac, serial)
+
+    # --- device-update configuration ---
+
+    def device_update_config(self) -> DeviceUpdateConfig:
+        """The configuration in force."""
+        with self._read() as db:
+            return self._load_config(db)
+
+    def set_settings(self, changes: Mapping[str, str]) -> DeviceUpdateConfig:
+        """Change settings (name -> text; ``default`` restores one), all or none."""
+        if not changes:
+            raise SettingError("no setting given (NAME=VALUE)")
+        checked = [check_setting(name, text) for name, text in changes.items()]
+        with self._write() as db:
+            for entry, value in checked:
+                if value == entry.default:
+                    db.execute("DELETE FROM settings WHERE name = ?", (entry.name,))
+                else:
+                    db.execute(
+                        "INSERT INTO settings VALUES (?, ?, ?) ON CONFLICT DO UPDATE"
+                        " SET value = excluded.value, changed_at = excluded.changed_at",
+                        (entry.name, value, self._stamp()),
+                    )
+            return self._load_config(db)
+
+    # --- loading ---
+
+    def _load_files(
+        self, db: sqlite3.Connection
+    ) -> dict[tuple[str, KindKey, str], tuple[ServedFile, ...]]:
+        files: dict[tuple[str, KindKey, str], tuple[ServedFile, ...]] = {}
+        for server, *kind, version, data in db.execute(
+            "SELECT server, device_type, vendor, model, revision, locale, version, files"
+            " FROM versions"
+        ):
+            key = DeviceKind(*kind).key
+            files[(server, key, version)] = tuple(ServedFile(*f) for f in json.loads(data))
+        return files
+
+    def _load_rules(self, db: sqlite3.Connection) -> list[Rule]:
+        files = self._load_files(db)
+        rules = []
+        for identity, server, *kind, pending, approved, restore in db.execute(
+            "SELECT identity, server, device_type, vendor, model, revision, locale,"
+            " pending, approved, restore FROM rules"
+            " ORDER BY server, vendor, model, revision, locale"
+        ):
+            device = DeviceKind(*kind)
+            versions = {v for v in (pending, approved, restore) if v is not None}
+            rules.append(
+                Rule(
+                    identity,
+                    server,
+                    device,
+                    pending,
+                    approved,
+                    restore,
+                    {v: files.get((server, device.key, v), ()) for v in sorted(versions)},
+                )
+            )
+        return rules
+
+    def _load_test_devices(self, db: sqlite3.Connection) -> list[TestDevice]:
+        return [
+            TestDevice(*row)
+            for row in db.execute(
+                "SELECT kind, value, name, added_at FROM test_devices ORDER BY kind, value"
+            )
+        ]
+
+    def _load_config(self, db: sqlite3.Connection) -> DeviceUpdateConfig:
+        return DeviceUpdateConfig.from_texts(
+            dict(db.execute("SELECT name, value FROM settings").fetchall())
+        )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _kind_row(kind: DeviceKind) -> tuple[str, str, str, str, str]:
+    return (kind.device_type, kind.vendor, kind.model, kind.revision, kind.locale)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def _device_id(mac: str | None, serial: str | None) -> tuple[str, str]:
+    if (mac is None) == (serial is None):
+        raise IdentityError("name the device by MAC address or by serial number (one of them)")
+    if mac is not None:
+        return "mac", normalise_mac(mac)
+    assert serial is not None
+    return "serial", normalise_serial(serial)
+
+
+def _filter(rules: list[Rule], server: str | None, model: str | None) -> list[Rule]:
+    return [
+        r
+        for r in rules
+        if (server is None or r.server == server)
+        and (model is None or r.kind.model.casefold() == model.casefold())
+    ]
+
+
+def _resolve(rules: list[Rule], ref: str) -> Rule:
+    text = ref.strip()
+    exact = [r for r in rules if text in (r.identity, r.uuid)]
+    if exact:
+        return exact[0]
+    if len(text) < 4:
+        raise RuleError(f"{ref!r} is too short to name a rule (give 4 or more uuid characters)")
+    found = [r for r in rules if r.uuid.startswith(text.lower())]
+    if not found:
+        raise RuleError(f"no rule {ref!r} (see lab update list)")
+    if len(found) > 1:
+        names = ", ".join(f"{r.identity} ({r.kind})" for r in found)
+        raise RuleError(f"{ref!r} names {len(found)} rules: {names}; give more of the uuid")
+    return found[0]
+
+
+def _select(rules: list[Rule], selection: Selection) -> list[Rule]:
+    filters = selection.all_ or selection.server is not None or selection.model is not None
+    if selection.refs and filters:
+        raise RuleError("name rules or use --server/--model/--all, not both")
+    if selection.refs:
+        chosen = [_resolve(rules, ref) for ref in selection.refs]
+        return list({rule.identity: rule for rule in chosen}.values())
+    if not filters:
+        raise RuleError("name a rule (identity or uuid prefix) or use --server, --model or --all")
+    chosen = _filter(rules, selection.server, selection.model)
+    if not chosen:
+        raise RuleError("no rule matches the filters (see lab update list)")
+    return chosen

@@ -1,0 +1,322 @@
+"""Vendor cabs: the builder's output, the catalog format, and every way a cab is refused."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cabarchive import CabArchive, CabFile
+
+from lab.cab import (
+    CabContents,
+    build_cab,
+    cab_members,
+    make_update,
+    member_parts,
+    pack_cab,
+    read_cab,
+    synthetic_image,
+)
+from lab.catalog import catalog_body, parse_catalog, sign_catalog
+from lab.config import default_config
+from lab.errors import CabError
+from lab.models import phone_model
+from lab.pki import LabPKI, verify_vendor_signature
+
+V1, V2 = "4.0.7577.4372", "4.0.7577.4400"
+SIZE = 4096
+FOLDER = "UCPhone\\Polycom\\CX600\\A\\ENU\\4.0.7577.4372\\CPE"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> LabPKI:
+    return LabPKI(default_config(), tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def good(pki: LabPKI) -> bytes:
+    return build_cab([(phone_model("CX600"), V1), (phone_model("HP4110"), V1)], pki.vendor, SIZE)
+
+
+def read(pki: LabPKI, data: bytes) -> CabContents:
+    return read_cab(
+        data, "UCUpdates.cab", lambda v: pki.vendor(v).certificate_pem(), verify_vendor_signature
+    )
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    return {name: f.buf or b"" for name, f in CabArchive(data).items()}
+
+
+class _RawName(CabFile):
+    """A member whose name is stored exactly as given (the writer turns / into \\)."""
+
+    @property
+    def _filename_win32(self) -> str | None:
+        return self.filename
+
+
+def pack_raw(files: dict[str, bytes]) -> bytes:
+    archive = CabArchive()
+    for name, data in files.items():
+        archive[name] = _RawName(data)
+    return archive.save(compress=True)
+
+
+def test_a_built_cab_reads_back_with_every_update(pki: LabPKI, good: bytes) -> None:
+    contents = read(pki, good)
+    assert contents.sha256 == hashlib.sha256(good).hexdigest()
+    assert [(str(u.kind), u.version) for u in contents.updates] == [
+        ("UCPhone/HP/HP4110/A/ENU", V1),
+        ("UCPhone/Polycom/CX600/A/ENU", V1),
+    ]
+    update = contents.updates[1]
+    assert [f.module for f in update.files] == ["CPE.cat", "CPE.nbt"]
+    assert str(update.image.path) == f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt"
+    assert update.image.data == synthetic_image(phone_model("CX600"), V1, SIZE)
+    assert sorted(members(good)) == sorted(
+        f"{folder}\\{name}"
+        for folder in (FOLDER, FOLDER.replace("Polycom\\CX600", "HP\\HP4110"))
+        for name in ("CPE.cat", "CPE.nbt", "CPE.xml")
+    )
+
+
+def test_the_cab_is_mszip_compressed(good: bytes) -> None:
+    # CFFOLDER.typeCompress (offset 36 + 6) is 1 for MSZIP.
+    assert good[:4] == b"MSCF"
+    assert int.from_bytes(good[42:44], "little") & 0x000F == 1
+
+
+def test_images_are_deterministic_per_model_and_version_and_sized() -> None:
+    cx600, cx500 = phone_model("CX600"), phone_model("CX500")
+    image = synthetic_image(cx600, V1, SIZE)
+    assert len(image) == SIZE
+    assert image == synthetic_image(cx600, V1, SIZE)
+    assert image != synthetic_image(cx600, V2, SIZE)
+    assert image != synthetic_image(cx500, V1, SIZE)
+    assert image.startswith(b"LPE-IMAGE 1\nvendor: Polycom\nmodel: CX600\nversion: 4.0.7577.4372")
+    assert len(synthetic_image(cx600, V1, 3 * 1024 * 1024)) == 3 * 1024 * 1024
+    with pytest.raises(CabError, match="out of range"):
+        synthetic_image(cx600, V1, 10)
+
+
+def test_the_catalog_is_the_documented_format_and_verifies(pki: LabPKI) -> None:
+    update = make_update(phone_model("CX600"), V1, pki.vendor("Polycom"), SIZE)
+    lines = update.catalog.data.decode().splitlines()
+    assert lines[:6] == [
+        "DEVICE-UPDATE-CATALOG 1",
+        "vendor: Polycom",
+        "model: CX600",
+        "revision: A",
+        "locale: ENU",
+        f"version: {V1}",
+    ]
+    assert lines[6] == f"file: CPE.nbt {SIZE} {hashlib.sha256(update.image.data).hexdigest()}"
+    assert lines[7].startswith("signature: ")
+    assert len(lines) == 8
+    catalog = parse_catalog(update.catalog.data, "CPE.cat")
+    assert catalog.signed == "".join(line + "\n" for line in lines[:7]).encode()
+    verify_vendor_signature(
+        pki.vendor("Polycom").certificate_pem(), catalog.signed, catalog.signature
+    )
+
+
+def test_the_description_names_the_kind_and_both_files(pki: LabPKI) -> None:
+    update = make_update(phone_model("HP4120"), V1, pki.vendor("HP"), SIZE)
+    xml = cab_members(update)[f"UCPhone\\HP\\HP4120\\A\\ENU\\{V1}\\CPE\\CPE.xml"].decode()
+    for text in ("<DeviceType>UCPhone</DeviceType>", "<Vendor>HP</Vendor>", "<Model>HP4120</Model>",
+                 "<Revision>A</Revision>", "<Locale>ENU</Locale>", f"<Version>{V1}</Version>",
+                 f'<File name="CPE.nbt" size="{SIZE}" sha256="{update.image.sha256}"/>',
+                 f'<File name="CPE.cat" size="{update.catalog.size}"'):  # fmt: skip
+        assert text in xml
+
+
+def test_a_build_refuses_bad_input(pki: LabPKI) -> None:
+    with pytest.raises(CabError, match="not a version"):
+        build_cab([(phone_model("CX600"), "4.0")], pki.vendor, SIZE)
+    with pytest.raises(CabError, match="named twice"):
+        build_cab([(phone_model("CX600"), V1), (phone_model("CX600"), V1)], pki.vendor, SIZE)
+    with pytest.raises(CabError, match="at least one"):
+        build_cab([], pki.vendor, SIZE)
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+Mutation = Callable[[LabPKI, dict[str, bytes]], bytes]
+
+
+def _flip_image_byte(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    image = bytearray(files[f"{FOLDER}\\CPE.nbt"])
+    image[len(image) // 2] ^= 0x01
+    return pack_cab({**files, f"{FOLDER}\\CPE.nbt": bytes(image)})
+
+
+def _signed_by_other_vendor(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    return build_cab([(phone_model("CX600"), V1)], lambda vendor: pki.vendor("Aastra"), SIZE)
+
+
+def _unsigned(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    catalog = files[f"{FOLDER}\\CPE.cat"]
+    return pack_cab({**files, f"{FOLDER}\\CPE.cat": catalog[: catalog.index(b"signature: ")]})
+
+
+def _catalog_for_other_model(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    update = make_update(phone_model("CX500"), V1, pki.vendor("Polycom"), SIZE)
+    return pack_cab({**files, f"{FOLDER}\\CPE.cat": update.catalog.data})
+
+
+def _extra(name: str) -> Mutation:
+    return lambda pki, files: pack_cab({**files, name: b"payload"})
+
+
+def _raw_extra(name: str) -> Mutation:
+    return lambda pki, files: pack_raw({**files, name: b"payload"})
+
+
+def _without(file: str) -> Mutation:
+    return lambda pki, files: pack_cab({k: v for k, v in files.items() if not k.endswith(file)})
+
+
+def _description(text: str) -> Mutation:
+    return lambda pki, files: pack_cab({**files, f"{FOLDER}\\CPE.xml": text.encode()})
+
+
+def _corrupt(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    data = bytearray(pack_cab(files))
+    data[-100] ^= 0xFF  # inside the compressed data of the last block
+    return bytes(data)
+
+
+BOMB = (
+    '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
+    '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><DeviceUpdate>&b;</DeviceUpdate>'
+)
+
+CX600_FILE = "CX600\\A\\ENU\\4.0.7577.4372\\CPE\\"
+
+
+def _description_of_cx500(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    xml = files[f"{FOLDER}\\CPE.xml"].replace(b"CX600", b"CX500")
+    return pack_cab({**files, f"{FOLDER}\\CPE.xml": xml})
+
+
+REFUSALS: list[tuple[str, Mutation, str]] = [
+    ("one image byte changed", _flip_image_byte, r"CPE\.nbt'.*SHA-256 .* not match the signed"),
+    ("other vendor signed", _signed_by_other_vendor, r"CPE\.cat'.*not verify with .*Polycom"),
+    ("unsigned catalog", _unsigned, r"CPE\.cat'.*not a valid catalog.*signature"),
+    ("catalog of another model", _catalog_for_other_model, r"catalog says model 'CX500'"),
+    ("parent steps", _extra("..\\..\\evil"), r"member '\.\.\\\.\.\\evil': '\.\.' step"),
+    ("absolute (as stored)", _extra("/etc/x"), r"member '\\etc\\x': absolute path"),
+    ("absolute, literal slash", _raw_extra("/etc/x"), r"member '/etc/x': absolute path"),
+    ("drive letter", _extra("C:\\evil"), r"absolute path"),
+    ("forward slashes", _raw_extra("UCPhone/Polycom/x"), r"forward slash"),
+    ("dot-dot inside", _extra(f"{FOLDER}\\..\\..\\x"), r"'\.\.' step"),
+    ("control character", _raw_extra("UCPhone\\a\x01b"), r"control character"),
+    ("outside the layout", _extra("readme.txt"), r"member 'readme\.txt': not part of an update"),
+    ("unknown model", _extra(FOLDER.replace("CX600", "CX999") + "\\CPE.nbt"), r"not a phone model"),
+    ("model in lower case", _extra(FOLDER.replace("CX600", "cx600") + "\\CPE.nbt"), "written"),
+    ("version with zeros", _extra(FOLDER.replace(".4372", ".04372") + "\\CPE.nbt"), "zeros"),
+    ("another vendor's model", _extra(FOLDER.replace("Polycom", "HP") + "\\CPE.nbt"), "by Polycom"),
+    ("missing catalog", _without(CX600_FILE + "CPE.cat"), r"CPE\.cat' is missing"),
+    ("missing description", _without(CX600_FILE + "CPE.xml"), r"CPE\.xml' is missing"),
+    ("entity bomb description", _description(BOMB), r"CPE\.xml'.*not a valid description"),
+    ("malformed description", _description("<DeviceUpdate>"), r"not a valid description"),
+    ("description of another model", _description_of_cx500, r"Model is 'CX500'"),
+    ("corrupt cab data", _corrupt, r"corrupt cab"),
+    ("not a cab", lambda p, f: b"PK\x03\x04 a zip file", r"not a cab file"),
+    ("truncated cab", lambda p, f: pack_cab(f)[:200], r"corrupt cab"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "mutate", "message"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_a_bad_cab_is_refused_saying_what_is_wrong_with_which_member(
+    pki: LabPKI, good: bytes, name: str, mutate: Mutation, message: str
+) -> None:
+    with pytest.raises(CabError, match=message) as caught:
+        read(pki, mutate(pki, members(good)))
+    text = str(caught.value)
+    assert text.startswith("UCUpdates.cab: ")
+    assert "\n" not in text
+
+
+SAFE_NAMES = [
+    (f"{FOLDER}\\CPE.nbt", True),
+    (f"{FOLDER}\\CPE.exe", False),
+    ("UCPhone\\Polycom\\CX600\\A\\ENU\\4.0.7577.4372\\CPE.nbt", False),
+    (f"{FOLDER}.\\CPE.nbt", False),
+    (f"{FOLDER}\\\\CPE.nbt", False),
+    (f"{FOLDER}\\CPE.nbt ", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize(("name", "ok"), SAFE_NAMES)
+def test_member_names(name: str, ok: bool) -> None:
+    if ok:
+        assert member_parts(name)[-1] == "CPE.nbt"
+    else:
+        with pytest.raises(CabError):
+            member_parts(name)
+
+
+def _catalog(pki: LabPKI) -> bytes:
+    return make_update(phone_model("CX600"), V1, pki.vendor("Polycom"), SIZE).catalog.data
+
+
+def _swap_keys(c: bytes) -> bytes:
+    return c.replace(b"vendor: Polycom\nmodel: CX600", b"model: CX600\nvendor: Polycom")
+
+
+def _upper_case_hash(c: bytes) -> bytes:
+    head, _, rest = c.partition(b"file: CPE.nbt ")
+    size, _, tail = rest.partition(b" ")
+    return head + b"file: CPE.nbt " + size + b" " + tail[:64].upper() + tail[64:]
+
+
+def _no_file_line(c: bytes) -> bytes:
+    return b"".join(line for line in c.splitlines(True) if not line.startswith(b"file:"))
+
+
+CATALOG_FAULTS: list[tuple[str, Callable[[bytes], bytes], str]] = [
+    ("unknown key", lambda c: c.replace(b"locale:", b"language:"), "line 5 must be 'locale"),
+    ("missing key", lambda c: c.replace(b"revision: A\n", b""), "line 4 must be 'revision"),
+    ("keys out of order", _swap_keys, "line 2"),
+    ("second signature", lambda c: c + c[c.index(b"signature:") :], "text after the 'signature:'"),
+    ("text after it", lambda c: c + b"more\n", "text after"),
+    ("CRLF", lambda c: c.replace(b"\n", b"\r\n"), "LF"),
+    ("upper-case hash", _upper_case_hash, "sha256"),
+    ("no final newline", lambda c: c[:-1], "newline"),
+    ("bad base64", lambda c: c[:-3] + b"!!\n", "base64"),
+    ("no file line", _no_file_line, "'file:'"),
+    ("wrong magic", lambda c: c.replace(b"CATALOG 1", b"CATALOG 2"), "first line"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "fault", "message"), CATALOG_FAULTS, ids=[c[0] for c in CATALOG_FAULTS]
+)
+def test_catalog_parsing_is_strict(
+    pki: LabPKI, name: str, fault: Callable[[bytes], bytes], message: str
+) -> None:
+    with pytest.raises(CabError, match=message):
+        parse_catalog(fault(_catalog(pki)), "'CPE.cat'")
+
+
+def test_catalog_round_trip(pki: LabPKI) -> None:
+    body = catalog_body("HP", "HP4110", "A", "ENU", V1, [])
+    signed = sign_catalog(body + b"file: CPE.nbt 5 " + b"0" * 64 + b"\n", pki.vendor("HP"))
+    catalog = parse_catalog(signed, "x")
+    assert (catalog.vendor, catalog.model, catalog.version) == ("HP", "HP4110", V1)
+    assert catalog.file("CPE.nbt") is not None
+    assert catalog.file("CPE.cat") is None
+
+
+def test_a_written_cab_file_is_what_was_built(tmp_path: Path, good: bytes) -> None:
+    from lab.cab import write_file_atomic
+
+    target = tmp_path / "UCUpdates.cab"
+    write_file_atomic(target, good)
+    assert target.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["UCUpdates.cab"]

@@ -1,0 +1,425 @@
+"""Importing cabs: files and rules together, all or nothing, even when the process is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cabarchive import CabArchive
+
+from lab.cab import build_cab, pack_cab
+from lab.catalog import Signer
+from lab.config import default_config
+from lab.decision import Action
+from lab.errors import CabError, StoreError
+from lab.filestore import JOURNAL_FILE, FileStore
+from lab.importer import KILL_ENV, STEPS, ImportResult, import_cab, read_cab_file, remove_rules
+from lab.models import phone_model
+from lab.pki import LabPKI, verify_vendor_signature
+from lab.store import STORE_FILE, Selection, Store
+
+V1, V2 = "4.0.7577.4372", "4.0.7577.4400"
+FOLDER = "UCPhone\\Polycom\\CX600\\A\\ENU\\4.0.7577.4372\\CPE"
+CONFIG = default_config()
+FE01, FE02 = CONFIG.front_ends
+
+IMPORT_SCRIPT = """
+import sys
+from pathlib import Path
+from lab.config import default_config
+from lab.importer import import_cab, read_cab_file
+from lab.pki import LabPKI, verify_vendor_signature
+certs, state, server, *cabs = sys.argv[1:]
+config = default_config()
+pki = LabPKI(config, Path(certs))
+if sys.stdin.readline().strip() != "go":
+    raise SystemExit("not started")
+for cab in cabs:
+    contents = read_cab_file(
+        Path(cab), lambda v: pki.vendor(v).certificate_pem(), verify_vendor_signature
+    )
+    import_cab(Path(state), contents, [config.front_end(server)])
+"""
+
+# Approves while adding test devices, until the last version is approved (or a limit).
+APPROVE_SCRIPT = """
+import sys
+from pathlib import Path
+from lab.decision import Action
+from lab.errors import RuleError
+from lab.store import Selection, Store
+state, last, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+if sys.stdin.readline().strip() != "go":
+    raise SystemExit("not started")
+rounds = approvals = 0
+with Store.open(state) as store:
+    while rounds < limit:
+        store.add_test_device(mac=f"00-04-F2-10-{rounds // 256:02X}-{rounds % 256:02X}")
+        rounds += 1
+        try:
+            store.change(Action.APPROVE, Selection(server="fe01", model="CX600"))
+            approvals += 1
+        except RuleError:
+            pass
+        if any(rule.approved == last for rule in store.rules()):
+            break
+print(rounds, approvals)
+"""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> LabPKI:
+    return LabPKI(CONFIG, tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def make_cab(pki: LabPKI, tmp_path: Path) -> Callable[..., Path]:
+    """Write a cab of (model, version) pairs and return its path."""
+    count = 0
+
+    def make(*items: tuple[str, str], size: int = 4096, signer: Signer | None = None) -> Path:
+        nonlocal count
+        count += 1
+        data = build_cab(
+            [(phone_model(m), v) for m, v in items],
+            (lambda vendor: signer) if signer else pki.vendor,
+            size,
+        )
+        path = tmp_path / f"cab{count}" / "UCUpdates.cab"
+        path.parent.mkdir()
+        path.write_bytes(data)
+        return path
+
+    return make
+
+
+def run_import(
+    pki: LabPKI, state: Path, cab: Path, servers: tuple[str, ...] = ("fe01",)
+) -> ImportResult:
+    """What `lab update import` does: check the whole cab, then import it."""
+    contents = read_cab_file(
+        cab, lambda v: pki.vendor(v).certificate_pem(), verify_vendor_signature
+    )
+    return import_cab(state, contents, [CONFIG.front_end(s) for s in servers])
+
+
+def state_bytes(state: Path) -> dict[str, bytes | None]:
+    """Every file (bytes) and folder (None) of the state directory, and the store's rows."""
+    found: dict[str, bytes | None] = {}
+    for path in sorted(state.rglob("*")):
+        name = path.relative_to(state).as_posix()
+        if name.endswith(("-wal", "-shm")):
+            continue  # only while a connection is open; the rows are compared below
+        found[name] = None if path.is_dir() else path.read_bytes()
+    db = sqlite3.connect(state / STORE_FILE)
+    try:
+        found["<rows>"] = "\n".join(db.iterdump()).encode()
+    finally:
+        db.close()
+    return found
+
+
+def rules(state: Path) -> list[tuple[str, str, tuple[str | None, ...]]]:
+    with Store.open(state) as store:
+        return [(r.server, r.kind.model, r.versions) for r in store.rules()]
+
+
+# --- importing --------------------------------------------------------------------------------
+
+
+def test_an_import_writes_the_files_and_pending_rules_of_one_server(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    cab = make_cab(("CX600", V1), ("HP4110", V1))
+    result = run_import(pki, state, cab)
+    assert result.changed
+    assert result.files_written == 4
+    assert [c.action for c in result.changes] == ["created", "created"]
+    assert rules(state) == [
+        ("fe01", "HP4110", (V1, None, None)),
+        ("fe01", "CX600", (V1, None, None)),
+    ]
+    members = {n.replace("\\", "/"): f.buf for n, f in CabArchive(cab.read_bytes()).items()}
+    files = FileStore(state, "fe01")
+    for name in ("CPE.nbt", "CPE.cat"):
+        path = f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/{name}"
+        assert files.path(path).read_bytes() == members[path]
+    assert sorted(p.name for p in (state / "servers").iterdir()) == ["fe01"]
+    assert sorted(p.name for p in (state / "servers" / "fe01").iterdir()) == ["DeviceUpdateFiles"]
+    assert not (state / JOURNAL_FILE).exists()
+
+
+def test_an_import_to_all_servers_reaches_each_file_store(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)), ("fe01", "fe02"))
+    assert [r[0] for r in rules(state)] == ["fe01", "fe02"]
+    with Store.open(state) as store:
+        identities = [r.identity for r in store.rules()]
+    assert identities[0].startswith(f"service:WebServer:{FE01.fqdn}/")
+    assert identities[1].startswith(f"service:WebServer:{FE02.fqdn}/")
+    for server in ("fe01", "fe02"):
+        assert (
+            FileStore(state, server).path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt").exists()
+        )
+
+
+def test_importing_the_same_cab_twice_changes_nothing_the_second_time(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    cab = make_cab(("CX600", V1), ("6721ip", V1))
+    run_import(pki, state, cab, ("fe01", "fe02"))
+    before = state_bytes(state)
+    again = run_import(pki, state, cab, ("fe01", "fe02"))
+    assert not again.changed
+    assert {c.action for c in again.changes} == {"unchanged"}
+    assert state_bytes(state) == before
+
+
+def test_a_newer_version_becomes_pending_and_the_old_files_stay(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    with Store.open(state) as store:
+        store.change(Action.APPROVE, Selection(all_=True))
+    run_import(pki, state, make_cab(("CX600", V2)))
+    assert rules(state) == [("fe01", "CX600", (V2, V1, None))]
+    kind_folder = FileStore(state, "fe01").path("UCPhone/Polycom/CX600/A/ENU")
+    assert sorted(p.name for p in kind_folder.iterdir()) == [V1, V2]
+
+
+def test_a_cab_with_other_images_for_a_version_replaces_its_files(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    result = run_import(pki, state, make_cab(("CX600", V1), size=8192))
+    assert result.files_written == 2
+    image = FileStore(state, "fe01").path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt")
+    assert image.stat().st_size == 8192
+    with Store.open(state) as store:
+        (rule,) = store.rules()
+    assert rule.files[V1][1].size == 8192
+
+
+# --- refusals leave everything as it was --------------------------------------------------------
+
+
+def _tampered_image(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    image = bytearray(files[f"{FOLDER}\\CPE.nbt"])
+    image[100] ^= 0x80
+    return pack_cab({**files, f"{FOLDER}\\CPE.nbt": bytes(image)})
+
+
+def _other_vendor(pki: LabPKI, files: dict[str, bytes]) -> bytes:
+    return build_cab([(phone_model("CX600"), V1)], lambda vendor: pki.vendor("HP"), 4096)
+
+
+TAMPERING: list[tuple[str, Callable[[LabPKI, dict[str, bytes]], bytes], str]] = [
+    ("one image byte", _tampered_image, r"CPE\.nbt'.*does not match the signed catalog"),
+    ("another vendor's key", _other_vendor, r"CPE\.cat'.*does not verify with the Polycom"),
+    ("..\\..\\evil", lambda p, f: pack_cab({**f, "..\\..\\evil": b"x"}), r"'\.\.\\\.\.\\evil'"),
+    ("/etc/x", lambda p, f: pack_cab({**f, "/etc/x": b"x"}), r"'\\etc\\x': absolute path"),
+]
+
+
+@pytest.mark.parametrize(("name", "tamper", "message"), TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_a_tampered_cab_is_refused_and_nothing_changes(
+    pki: LabPKI,
+    make_cab: Callable[..., Path],
+    tmp_path: Path,
+    name: str,
+    tamper: Callable[[LabPKI, dict[str, bytes]], bytes],
+    message: str,
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", "4.0.7577.4366"), ("HP4110", V1)))
+    before = state_bytes(state)
+    good = make_cab(("CX600", V1))
+    files = {n: f.buf or b"" for n, f in CabArchive(good.read_bytes()).items()}
+    bad = tmp_path / "bad.cab"
+    bad.write_bytes(tamper(pki, files))
+    with pytest.raises(CabError, match=message):
+        run_import(pki, state, bad, ("fe01", "fe02"))
+    assert state_bytes(state) == before
+
+
+# --- interrupted imports --------------------------------------------------------------------------
+
+
+def _killed_import(pki: LabPKI, state: Path, cab: Path, step: str) -> None:
+    process = subprocess.run(
+        [sys.executable, "-c", IMPORT_SCRIPT, str(pki.directory), str(state), "fe01", str(cab)],
+        input="go\n",
+        env={**os.environ, KILL_ENV: step},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+
+
+@pytest.mark.parametrize("step", ["journal-written", "staged", "file-placed", "all-placed"])
+def test_an_import_killed_midway_leaves_everything_as_it_was(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path, step: str
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    with Store.open(state) as store:
+        store.change(Action.APPROVE, Selection(all_=True))
+    before = state_bytes(state)
+    # Replaces V1's files (other image size), adds V2 and a new device kind.
+    cab = make_cab(("CX600", V1), ("CX600", V2), ("HP4120", V2), size=8192)
+    _killed_import(pki, state, cab, step)
+    assert (state / JOURNAL_FILE).exists()
+    Store.open(state).close()  # the next process to open the store puts things back
+    assert state_bytes(state) == before
+    result = run_import(pki, state, cab)
+    assert result.files_written == 6
+    assert rules(state) == [("fe01", "HP4120", (V2, None, None)), ("fe01", "CX600", (V2, V1, None))]
+
+
+def test_an_import_killed_after_its_commit_is_finished(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    cab = make_cab(("CX600", V1))
+    _killed_import(pki, state, cab, "committed")
+    Store.open(state).close()
+    assert rules(state) == [("fe01", "CX600", (V1, None, None))]
+    assert not (state / JOURNAL_FILE).exists()
+    assert sorted(p.name for p in (state / "servers" / "fe01").iterdir()) == ["DeviceUpdateFiles"]
+    assert not run_import(pki, state, cab).changed
+
+
+def test_every_kill_step_is_known_to_the_importer() -> None:
+    tested = {"journal-written", "staged", "file-placed", "all-placed", "committed"}
+    assert tested <= set(STEPS)
+
+
+def test_a_failure_during_an_import_undoes_it_in_the_same_process(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    before = state_bytes(state)
+    contents = read_cab_file(
+        make_cab(("CX600", V1), ("CX600", V2), size=8192),
+        lambda v: pki.vendor(v).certificate_pem(),
+        verify_vendor_signature,
+    )
+
+    def fail(step: str) -> None:
+        if step == "file-placed":
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(StoreError, match=r"No space left.*nothing was imported"):
+        import_cab(state, contents, [FE01], checkpoint=fail)
+    assert state_bytes(state) == before
+
+
+# --- the file store ------------------------------------------------------------------------------
+
+
+def test_a_file_store_keeps_paths_inside_itself(tmp_path: Path) -> None:
+    files = FileStore(tmp_path, "fe01")
+    assert files.root == tmp_path / "servers" / "fe01" / "DeviceUpdateFiles"
+    for bad in ("../x", "/etc/passwd", "UCPhone/../../x", ""):
+        with pytest.raises(StoreError, match="not a path inside the file store"):
+            files.path(bad)
+    files.root.mkdir(parents=True)
+    outside = tmp_path / "secret"
+    outside.write_text("no")
+    (files.root / "link").symlink_to(outside)
+    (files.root / "real").write_text("yes")
+    assert files.resolve("link") is None
+    assert files.resolve("real") == (files.root / "real").resolve()
+    assert files.resolve("missing") is None
+
+
+# --- remove ------------------------------------------------------------------------------------
+
+
+def test_remove_deletes_the_rule_and_the_files_no_rule_refers_to(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1), ("HP4110", V1)), ("fe01", "fe02"))
+    run_import(pki, state, make_cab(("CX600", V2)))
+    changes = remove_rules(state, Selection(server="fe01", model="CX600"))
+    assert [(c.action, c.rule.server) for c in changes] == [("removed", "fe01")]
+    fe01, fe02 = FileStore(state, "fe01"), FileStore(state, "fe02")
+    assert not fe01.path("UCPhone/Polycom").exists()
+    assert fe01.path(f"UCPhone/HP/HP4110/A/ENU/{V1}/CPE/CPE.nbt").exists()
+    assert fe02.path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt").exists()
+    assert [r[:2] for r in rules(state)] == [
+        ("fe01", "HP4110"),
+        ("fe02", "HP4110"),
+        ("fe02", "CX600"),
+    ]
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+
+def _start(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_processes_approving_and_importing_at_once_lose_nothing(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    versions = [f"4.0.7577.{4400 + i}" for i in range(6)]
+    cabs = [make_cab(("CX600", v)) for v in versions]
+    # No store yet: the two processes also race to create it.
+    importer = _start(IMPORT_SCRIPT, str(pki.directory), str(state), "fe01", *map(str, cabs))
+    # The approver keeps going until it has approved the last version: if an approve ever
+    # overwrote an import (or the other way round), that version would never be approved.
+    approver = _start(APPROVE_SCRIPT, str(state), versions[-1], "3000")
+    for process in (importer, approver):  # both wait for this line, so they start together
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    _, err_i = importer.communicate(timeout=60)
+    out_a, err_a = approver.communicate(timeout=60)
+    assert importer.returncode == 0, err_i
+    assert approver.returncode == 0, err_a
+    rounds, approvals = map(int, out_a.split())
+
+    with Store.open(state) as store:
+        (rule,) = store.rules()
+        devices = store.test_devices()
+    assert rule.approved == versions[-1]
+    assert rule.pending is None
+    assert 1 <= approvals <= len(versions)
+    assert rounds < 3000
+    # Every test device the approver added is there.
+    assert len(devices) == rounds
+    # Every import was recorded with its files, and the files are in the file store.
+    db = sqlite3.connect(state / STORE_FILE)
+    try:
+        assert db.execute("SELECT count(*) FROM imports").fetchone()[0] == len(versions)
+        assert db.execute("SELECT count(*) FROM versions").fetchone()[0] == len(versions)
+    finally:
+        db.close()
+    files = FileStore(state, "fe01")
+    for version in filter(None, rule.versions):
+        for served in rule.files[version]:
+            assert files.holds(served.path, served.size, served.sha256)
