@@ -1,0 +1,203 @@
+"""Image downloads from one front end's file store: safe paths, strong ETags, Range and If-Range.
+
+Rules of this module:
+- Only files inside the store are ever served. A request path is checked segment by segment
+  (no empty, ``.``, ``..`` or hidden segments, no backslashes or NULs, whatever encoding
+  carried them) and then resolved with symlinks followed; a result outside the store's
+  real root, or anything that is not a regular file, is "not here" (404).
+- The ETag is strong and derived from the content (SHA-256), so it is the same on every
+  front end holding the same image and a phone can resume a download on another server.
+  It is computed once per file version (device, inode, size, mtime) and cached.
+- ``Range: bytes=...`` (one range) is honoured unless ``If-Range`` is present and does not
+  match the current ETag exactly; then the whole file is sent with 200, never a mix. An
+  unsatisfiable range gets 416 with ``Content-Range: bytes */<size>``.
+- Bytes are read with ``os.pread`` in a worker thread and written through aiohttp, which
+  waits for the client (flow control), so a slow reader holds a transfer open without the
+  server buffering the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Callable
+from email.utils import formatdate
+from pathlib import Path
+
+from aiohttp import web
+
+from lab.service.problems import Diagnostic, Problem
+
+CHUNK_SIZE = 1024 * 1024
+ETAG_CACHE_SIZE = 4096
+_FORBIDDEN_CHARACTERS = ("\\", "\x00")
+
+
+class ImageFiles:
+    """One front end's file store (lab.filestore) as the service reads and serves it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._etags: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+
+    def resolve(self, relative: str) -> Path:
+        """The real path of ``relative`` inside the store; Problem (400/404) otherwise."""
+        if any(ch in relative for ch in _FORBIDDEN_CHARACTERS) or "%" in relative:
+            # A percent sign left after decoding means a double-encoded path: refuse it
+            # rather than guess which decoding the client meant.
+            raise Problem(Diagnostic.BAD_PATH, "the file path holds characters no image has")
+        segments = relative.split("/")
+        if any(s in ("", ".", "..") or s.startswith(".") for s in segments):
+            raise Problem(Diagnostic.BAD_PATH, "the file path has empty, dot or hidden segments")
+        try:
+            root = self.root.resolve(strict=True)
+            real = (root / relative).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise Problem(
+                Diagnostic.FILE_NOT_FOUND, f"this server has no file {relative}"
+            ) from None
+        if not real.is_relative_to(root) or not real.is_file():
+            raise Problem(Diagnostic.FILE_NOT_FOUND, f"this server has no file {relative}")
+        return real
+
+    async def etag(self, fd: int, st: os.stat_result) -> str:
+        """The strong ETag of the open file ``fd`` whose stat is ``st``."""
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._etags.get(key)
+        if cached is None:
+            cached = await asyncio.to_thread(_content_etag, fd, st.st_size)
+            self._etags[key] = cached
+            while len(self._etags) > ETAG_CACHE_SIZE:
+                self._etags.popitem(last=False)
+        return cached
+
+    async def send(
+        self,
+        request: web.BaseRequest,
+        path: Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> web.StreamResponse:
+        """Answer ``request`` with the file at ``path`` (from resolve), honouring Range."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            raise Problem(
+                Diagnostic.FILE_NOT_FOUND, f"this server has no file {path.name}"
+            ) from None
+        pending: asyncio.Future[bytes] | None = None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise Problem(Diagnostic.FILE_NOT_FOUND, f"this server has no file {path.name}")
+            etag = await self.etag(fd, st)
+            size = st.st_size
+            last_modified = formatdate(st.st_mtime, usegmt=True)
+            start, end = 0, size
+            status = 200
+            headers = {
+                "ETag": etag,
+                "Last-Modified": last_modified,
+                "Accept-Ranges": "bytes",
+                "Content-Type": "application/octet-stream",
+            }
+            wanted = parse_range(request.headers.get("Range"), size)
+            if wanted is not None and if_range_holds(
+                request.headers.get("If-Range"), etag, last_modified
+            ):
+                start, end = wanted
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = end - start
+            await response.prepare(request)
+            if request.method == "HEAD":
+                await response.write_eof()
+                return response
+            loop = asyncio.get_running_loop()
+            offset = start
+            while offset < end:
+                pending = loop.run_in_executor(
+                    None, os.pread, fd, min(CHUNK_SIZE, end - offset), offset
+                )
+                chunk = await pending
+                pending = None
+                if not chunk:
+                    # The file shrank under us: the promised length cannot be kept.
+                    raise ConnectionResetError(f"{path} shrank while being sent")
+                await response.write(chunk)
+                offset += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            await response.write_eof()
+            return response
+        finally:
+            if pending is not None and not pending.done():
+                # A worker thread may still read from fd; close it when that read is done.
+                pending.add_done_callback(lambda _: os.close(fd))
+            else:
+                os.close(fd)
+
+
+def _content_etag(fd: int, size: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, CHUNK_SIZE, offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range ``header`` asks for as [start, end); None to send the whole file.
+
+    Malformed or multi-range headers are ignored (RFC 9110 allows it); a range that
+    starts at or after the end of the file raises a 416 Problem.
+    """
+    if header is None:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash:
+        return None
+    first, last = first.strip(), last.strip()
+    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "" or int(last) == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - int(last)), size
+    start = int(first)
+    end = size if last == "" else min(int(last) + 1, size)
+    if last != "" and int(last) < start:
+        return None
+    if start >= size:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def if_range_holds(header: str | None, etag: str, last_modified: str) -> bool:
+    """True when a Range may be honoured: no If-Range, or one naming this exact version."""
+    if header is None:
+        return True
+    value = header.strip()
+    if value.startswith(('"', "W/")):
+        # Only a strong, identical ETag proves the client holds the same bytes.
+        return value == etag
+    return value == last_modified
+
+
+def _unsatisfiable(size: int) -> Problem:
+    return Problem(
+        Diagnostic.RANGE_NOT_SATISFIABLE,
+        f"the requested range lies outside the file ({size} bytes)",
+        headers={"Content-Range": f"bytes */{size}"},
+    )

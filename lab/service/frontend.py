@@ -1,0 +1,268 @@
+"""One front-end server of the pool: its internal and external site, file store and mode.
+
+A front end is in one of three modes. In production it serves everything. Entering
+maintenance by draining makes it ``draining``: transfers already in progress go on, every
+new request is answered 503 with ``Retry-After``, and it becomes ``maintenance`` when the
+last transfer ends. Entering immediately goes straight to ``maintenance`` and resets every
+open connection, transfers included. Which servers may enter maintenance (never the last
+one in production without force) is the pool's rule, not this module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiohttp import web
+
+from lab.audit import AuditRecord
+from lab.config import FrontEnd, LabConfig
+from lab.events import EventBus
+from lab.service.files import ImageFiles
+from lab.service.ntlm import Directory
+from lab.service.problems import DiagnosedRequestHandler, Diagnostic, Problem
+from lab.service.sites import TLSSite
+from lab.service.updates import Decider
+
+DEFAULT_RETRY_AFTER = 60
+DEFAULT_CHECK_INTERVAL = 86400
+# aiohttp's per-connection options: no access log (the audit seam records requests), and
+# idle keep-alive connections closed after what IIS uses by default.
+HANDLER_OPTIONS: dict[str, Any] = {"access_log": None, "keepalive_timeout": 120.0}
+
+
+class Mode(StrEnum):
+    """Whether a front end takes new work."""
+
+    PRODUCTION = "production"
+    DRAINING = "draining"
+    MAINTENANCE = "maintenance"
+
+
+class Role(StrEnum):
+    """Which of a front end's two sites: the internal one, or the external one (edge)."""
+
+    INTERNAL = "internal"
+    EXTERNAL = "external"
+
+
+@dataclass
+class ServiceContext:
+    """What every front end of a pool shares: config, directory, decisions, events."""
+
+    config: LabConfig
+    directory: Directory
+    decider: Decider
+    events: EventBus
+    retry_after: int = DEFAULT_RETRY_AFTER
+    check_interval: int = DEFAULT_CHECK_INTERVAL
+    # The port of every URL the service hands out (the lease's https_port); set at start.
+    https_port: int = 0
+    # Called with every request to the update endpoints (the audit log's seam).
+    on_request: Callable[[AuditRecord], None] | None = None
+
+    def internal_url(self, path: str) -> str:
+        """An https URL at the pool FQDN (what inside phones use)."""
+        return f"https://{self.config.pool_fqdn}:{self.https_port}{path}"
+
+    def external_url(self, path: str) -> str:
+        """An https URL at the published external web name (through the edge)."""
+        return f"https://{self.config.edge.external_web}:{self.https_port}{path}"
+
+
+@dataclass(eq=False)
+class Transfer:
+    """A download in progress."""
+
+    peer: str
+    path: str
+    size: int
+    started: float = field(default_factory=time.time)
+    sent: int = 0
+
+    def add(self, count: int) -> None:
+        """Count bytes sent."""
+        self.sent += count
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "peer": self.peer,
+            "path": self.path,
+            "size": self.size,
+            "sent": self.sent,
+            "started": self.started,
+        }
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A snapshot of one front end: mode, transfers in progress, open connections."""
+
+    name: str
+    fqdn: str
+    mode: Mode
+    transfers: tuple[dict[str, Any], ...]
+    connections: int
+
+    @property
+    def in_progress(self) -> int:
+        """How many transfers are in progress."""
+        return len(self.transfers)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "name": self.name,
+            "fqdn": self.fqdn,
+            "mode": self.mode.value,
+            "transfers": list(self.transfers),
+            "connections": self.connections,
+        }
+
+
+class FrontEndServer:
+    """One front end: an internal and an external TLS site over one file store."""
+
+    def __init__(
+        self,
+        front_end: FrontEnd,
+        files: ImageFiles,
+        context: ServiceContext,
+        ssl_context: ssl.SSLContext,
+        *,
+        make_app: Callable[[FrontEndServer, Role], web.Application],
+        admit_internal: Callable[[str], bool],
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self.front_end = front_end
+        self.files = files
+        self.context = context
+        self.ssl_context = ssl_context
+        self.mode = Mode.PRODUCTION
+        self.transfers: set[Transfer] = set()
+        self.internal: TLSSite | None = None
+        self.external: TLSSite | None = None
+        self._make_app = make_app
+        self._admit_internal = admit_internal
+        self._shutdown_timeout = shutdown_timeout
+        self._runners: list[web.AppRunner] = []
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    @property
+    def name(self) -> str:
+        """The front end's short name."""
+        return self.front_end.name
+
+    async def start(self, internal_sock: socket.socket, external_sock: socket.socket) -> None:
+        """Serve both sites on the given listening sockets."""
+        try:
+            self.internal = await self._site(
+                self._make_app(self, Role.INTERNAL), internal_sock, admit=self._admit_internal
+            )
+            self.external = await self._site(self._make_app(self, Role.EXTERNAL), external_sock)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _site(
+        self,
+        app: web.Application,
+        sock: socket.socket,
+        admit: Callable[[str], bool] | None = None,
+    ) -> TLSSite:
+        runner = web.AppRunner(app, shutdown_timeout=self._shutdown_timeout)
+        await runner.setup()
+        self._runners.append(runner)
+        site = TLSSite(
+            runner,
+            sock,
+            self.ssl_context,
+            admit=admit,
+            on_refused=self._refused,
+            handler_class=DiagnosedRequestHandler,
+            handler_options=HANDLER_OPTIONS,
+        )
+        await site.start()
+        return site
+
+    def _refused(self, peer: str) -> None:
+        self.context.events.publish("service.connection_refused", server=self.name, peer=peer)
+
+    async def stop(self) -> None:
+        """Stop both sites; transfers still running after the shutdown timeout are cut."""
+        runners, self._runners = self._runners, []
+        await asyncio.gather(*(runner.cleanup() for runner in runners))
+
+    @property
+    def sites(self) -> tuple[TLSSite, ...]:
+        """The sites that are up."""
+        return tuple(site for site in (self.internal, self.external) if site is not None)
+
+    def site(self, role: Role) -> TLSSite:
+        """The site for ``role``."""
+        site = self.internal if role is Role.INTERNAL else self.external
+        if site is None:
+            raise ConnectionResetError(f"the {role} site of {self.name} is not running")
+        return site
+
+    def ensure_in_service(self) -> None:
+        """Refuse new work with 503 and Retry-After unless in production."""
+        if self.mode is not Mode.PRODUCTION:
+            raise Problem(
+                Diagnostic.IN_MAINTENANCE,
+                f"server {self.name} is in maintenance ({self.mode}); try another server",
+                headers={"Retry-After": str(self.context.retry_after)},
+                close=True,
+            )
+
+    @contextmanager
+    def transfer(self, peer: str, path: str, size: int) -> Iterator[Transfer]:
+        """Track a download for the length of the block."""
+        item = Transfer(peer, path, size)
+        self.transfers.add(item)
+        self._drained.clear()
+        try:
+            yield item
+        finally:
+            self.transfers.discard(item)
+            if not self.transfers:
+                self._drained.set()
+                if self.mode is Mode.DRAINING:
+                    self.mode = Mode.MAINTENANCE
+                    self.context.events.publish("maintenance.drained", server=self.name)
+
+    def enter_maintenance(self, immediate: bool) -> None:
+        """Drain (transfers finish) or stop at once (every connection reset)."""
+        if immediate:
+            self.mode = Mode.MAINTENANCE
+            for site in self.sites:
+                site.reset_all()
+        elif self.mode is Mode.PRODUCTION:
+            self.mode = Mode.DRAINING if self.transfers else Mode.MAINTENANCE
+
+    def exit_maintenance(self) -> None:
+        """Back to production."""
+        self.mode = Mode.PRODUCTION
+
+    async def wait_drained(self) -> None:
+        """Return once no transfer is in progress."""
+        await self._drained.wait()
+
+    def status(self) -> ServerStatus:
+        """A snapshot of mode, transfers and connections."""
+        return ServerStatus(
+            name=self.name,
+            fqdn=self.front_end.fqdn,
+            mode=self.mode,
+            transfers=tuple(t.as_dict() for t in self.transfers),
+            connections=sum(len(site.connections) for site in self.sites),
+        )

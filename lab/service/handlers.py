@@ -1,0 +1,294 @@
+"""The HTTP endpoints of a front end's two sites (paths and rules of docs/wire-protocol.md).
+
+Internal site: the update check and image downloads are anonymous; sign-in is NTLM.
+External site (reached through the edge): everything is NTLM, on the connection. An
+update check with no credentials is refused with 403 when the phone reports no signed-in
+user (it has nothing to authenticate with) and with a 401 NTLM challenge otherwise;
+internal download paths are refused (403). A front end out of production answers every
+new request with 503 and ``Retry-After``. Every request to these endpoints is reported
+through ``ServiceContext.on_request`` as an audit record.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from aiohttp import web
+
+from lab.audit import AuditRecord, now_iso
+from lab.config import User
+from lab.decision import Decision
+from lab.errors import IdentityError, StoreError
+from lab.models import check_kind
+from lab.service.frontend import FrontEndServer, Role
+from lab.service.ntlm import Authenticated, Challenge, NtlmSession, Rejected, parse_authorization
+from lab.service.problems import Diagnostic, Problem, problem_middleware
+from lab.service.updates import device_kind
+from lab.service.xmlio import (
+    MAX_REQUEST_BYTES,
+    DeviceUpdateRequest,
+    Download,
+    XMLRequestError,
+    parse_update_request,
+    provisioning_document,
+    update_response,
+)
+
+CHECK_PATH = "/RequestHandler/ucdevice.upx"
+EXTERNAL_CHECK_PATH = "/RequestHandlerExt/ucdevice.upx"
+SIGNIN_PATH = "/Provisioning/signin"
+INTERNAL_FILES = "/DeviceUpdateFiles_Int"
+EXTERNAL_FILES = "/DeviceUpdateFiles_Ext"
+XML_TYPE = "text/xml"
+SERVER_HEADER = "X-MS-Server-Fqdn"
+
+PARSED: web.RequestKey[DeviceUpdateRequest] = web.RequestKey("parsed", DeviceUpdateRequest)
+DECISION: web.RequestKey[Decision] = web.RequestKey("decision", Decision)
+USER: web.RequestKey[User] = web.RequestKey("user", User)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(server: FrontEndServer, role: Role) -> web.Application:
+    """The aiohttp application of ``server``'s site for ``role``."""
+    endpoints = Endpoints(server, role)
+    # aiohttp's own body limit is above ours so that read_body can answer 413 itself.
+    app = web.Application(
+        middlewares=[problem_middleware, endpoints.audit_middleware],
+        client_max_size=MAX_REQUEST_BYTES * 2,
+    )
+    files = INTERNAL_FILES if role is Role.INTERNAL else EXTERNAL_FILES
+    checks = [CHECK_PATH] if role is Role.INTERNAL else [EXTERNAL_CHECK_PATH, CHECK_PATH]
+    for path in checks:
+        app.router.add_post(path, endpoints.check)
+    app.router.add_get(files + "/{path:.+}", endpoints.download)
+    app.router.add_post(SIGNIN_PATH, endpoints.signin)
+    if role is Role.EXTERNAL:
+        app.router.add_route("*", INTERNAL_FILES + "/{path:.*}", endpoints.internal_from_outside)
+    app.on_response_prepare.append(endpoints.name_server)
+    return app
+
+
+async def read_body(request: web.Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """The request body, at most ``limit`` bytes; 413 (and the connection closed) beyond."""
+    too_large = Problem(
+        Diagnostic.BODY_TOO_LARGE,
+        f"the request body is larger than {limit} bytes",
+        close=True,
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(data)):
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
+class Endpoints:
+    """The handlers of one site of one front end."""
+
+    def __init__(self, server: FrontEndServer, role: Role) -> None:
+        self.server = server
+        self.role = role
+        self.context = server.context
+
+    async def name_server(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Say which front end answered, as Lync's web services do."""
+        response.headers[SERVER_HEADER] = self.server.front_end.fqdn
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    async def check(self, request: web.Request) -> web.StreamResponse:
+        """POST ucdevice.upx: what the phone should install, if anything."""
+        self.server.ensure_in_service()
+        if self.role is Role.EXTERNAL and self._authenticate(request) is None:
+            await self._refuse_anonymous_check(request)
+        parsed = self._parse(await read_body(request))
+        request[PARSED] = parsed
+        try:
+            check_kind(device_kind(parsed))
+        except IdentityError as exc:
+            raise Problem(Diagnostic.UNKNOWN_MODEL, f"unknown device: {exc}") from None
+        try:
+            decision = self.context.decider.decide(self.server.name, parsed)
+        except StoreError as exc:
+            raise Problem(
+                Diagnostic.STORE_UNAVAILABLE,
+                f"the update store cannot be read now: {exc}",
+                headers={"Retry-After": str(self.context.retry_after)},
+            ) from None
+        request[DECISION] = decision
+        downloads = [
+            Download(
+                module=item.module,
+                version=decision.version or "",
+                size=item.size,
+                sha256=item.sha256,
+                base_url=self.context.internal_url(f"{INTERNAL_FILES}/{item.path}"),
+                external_base_url=self.context.external_url(f"{EXTERNAL_FILES}/{item.path}"),
+            )
+            for item in decision.files
+        ]
+        return web.Response(body=update_response(downloads), content_type=XML_TYPE, charset="utf-8")
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        """GET an image file: Range, ETag and If-Range honoured."""
+        self.server.ensure_in_service()
+        if self.role is Role.EXTERNAL:
+            self._require_user(request)
+        relative = request.match_info["path"]
+        path = self.server.files.resolve(relative)
+        with self.server.transfer(request.remote or "", relative, path.stat().st_size) as transfer:
+            return await self.server.files.send(request, path, progress=transfer.add)
+
+    async def signin(self, request: web.Request) -> web.StreamResponse:
+        """POST /Provisioning/signin: in-band provisioning for the signed-in user."""
+        self.server.ensure_in_service()
+        user = self._require_user(request)
+        document = provisioning_document(
+            internal_url=self.context.internal_url(CHECK_PATH),
+            external_url=self.context.external_url(EXTERNAL_CHECK_PATH),
+            user_uri=user.upn,
+            check_interval=self.context.check_interval,
+        )
+        return web.Response(body=document, content_type=XML_TYPE, charset="utf-8")
+
+    async def internal_from_outside(self, request: web.Request) -> web.StreamResponse:
+        """An internal download path asked for through the edge."""
+        raise Problem(
+            Diagnostic.INTERNAL_PATH_FROM_OUTSIDE,
+            f"{INTERNAL_FILES} is served inside only; use {EXTERNAL_FILES} from outside",
+        )
+
+    # -- authentication ------------------------------------------------------------------
+
+    def _authenticate(self, request: web.Request) -> User | None:
+        """The user of this connection, stepping NTLM when the request carries a token."""
+        conn = self.server.site(self.role).connection(request)
+        session = conn.state.get("ntlm")
+        if not isinstance(session, NtlmSession):
+            session = self.context.directory.session()
+            conn.state["ntlm"] = session
+        header = request.headers.get("Authorization")
+        user = session.user if header is None else self._step(session, header)
+        if user is not None:
+            request[USER] = user
+        return user
+
+    def _step(self, session: NtlmSession, header: str) -> User:
+        token = parse_authorization(header)
+        if token is None:
+            raise _challenge("only NTLM authentication is accepted here")
+        outcome = session.step(token)
+        if isinstance(outcome, Authenticated):
+            return outcome.user
+        if isinstance(outcome, Challenge):
+            raise Problem(
+                Diagnostic.NTLM_REQUIRED,
+                "NTLM challenge: answer it on this connection",
+                headers={"WWW-Authenticate": "NTLM " + base64.b64encode(outcome.token).decode()},
+            )
+        assert isinstance(outcome, Rejected)
+        if outcome.locked:
+            self.context.events.publish(
+                "service.account_locked", server=self.server.name, reason=outcome.reason
+            )
+            raise Problem(Diagnostic.ACCOUNT_LOCKED, outcome.reason)
+        raise Problem(Diagnostic.NTLM_FAILED, outcome.reason, headers={"WWW-Authenticate": "NTLM"})
+
+    def _require_user(self, request: web.Request) -> User:
+        user = self._authenticate(request)
+        if user is None:
+            raise _challenge("sign in with NTLM to use this")
+        return user
+
+    async def _refuse_anonymous_check(self, request: web.Request) -> None:
+        body = await read_body(request)
+        try:
+            parsed = parse_update_request(body)
+        except XMLRequestError:
+            parsed = None
+        if parsed is not None:
+            request[PARSED] = parsed
+            if parsed.last_signed_in_user is None:
+                raise Problem(
+                    Diagnostic.NO_SIGNED_IN_USER,
+                    "update checks from outside need a signed-in user; sign in on the phone",
+                )
+        raise _challenge("update checks from outside need NTLM credentials")
+
+    @staticmethod
+    def _parse(body: bytes) -> DeviceUpdateRequest:
+        try:
+            return parse_update_request(body)
+        except XMLRequestError as exc:
+            raise Problem(Diagnostic.MALFORMED_REQUEST, exc.reason) from None
+
+    # -- audit ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def audit_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Report every request, answered or refused, to the audit seam."""
+        try:
+            response = await handler(request)
+        except Problem as problem:
+            self._report(request, problem.diagnostic.status, problem.reason)
+            raise
+        except web.HTTPException as exc:
+            self._report(request, exc.status, exc.reason)
+            raise
+        self._report(request, response.status, "")
+        return response
+
+    def _report(self, request: web.Request, status: int, reason: str) -> None:
+        observer = self.context.on_request
+        if observer is None:
+            return
+        parsed = request.get(PARSED)
+        decision = request.get(DECISION)
+        user = request.get(USER)
+        record = AuditRecord(
+            time=now_iso(),
+            server=self.server.name,
+            client_address=request.remote or "",
+            site=self.role.value,
+            path=request.path,
+            status=status,
+            reason=reason or (decision.reason if decision is not None else ""),
+            decision=_decision(decision),
+            modules_returned=" ".join(f.module for f in decision.files) if decision else "",
+        )
+        if parsed is not None:
+            record = _with_request(record, parsed, user)
+        observer(record)
+
+
+def _challenge(reason: str) -> Problem:
+    return Problem(Diagnostic.NTLM_REQUIRED, reason, headers={"WWW-Authenticate": "NTLM"})
+
+
+def _decision(decision: Decision | None) -> str:
+    if decision is None:
+        return ""
+    return decision.version if decision.version is not None else "none"
+
+
+def _with_request(
+    record: AuditRecord, parsed: DeviceUpdateRequest, user: User | None
+) -> AuditRecord:
+    return replace(
+        record,
+        device_type=parsed.device_type,
+        mac=parsed.mac,
+        serial=parsed.serial,
+        vendor=parsed.vendor,
+        model=parsed.model,
+        revision=parsed.revision,
+        locale=parsed.locale,
+        installed_modules=" ".join(f"{m.name}:{m.version}" for m in parsed.modules),
+        last_signed_in_user=parsed.last_signed_in_user or (user.upn if user else ""),
+    )

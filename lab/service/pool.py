@@ -1,0 +1,346 @@
+"""The Device Update Web service of the pool: every front end, the edge and maintenance.
+
+Start-up binds every listener before serving anything, so a lab either comes up whole
+or not at all. Ports follow the config; with port 0 a role's port is chosen once and
+every front end of that role listens on the same number (``bind_same_port``), and when
+the edge's port equals the internal one (as in the default lab, both 10443, or both 0)
+the edge shares that number too, so the one ``https_port`` of the lease reaches the
+internal sites inside and the edge outside.
+
+The pool owns the rules that need all servers at once: the edge only sends new connections
+to servers in production, and the last server in production can be taken out only with
+``force``. Firewall changes are applied to open connections the moment they are
+published. Changes are published on the EventBus as ``maintenance.entered``,
+``maintenance.drained``, ``maintenance.exited``, ``service.started`` and
+``service.stopped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from lab import filestore
+from lab.audit import AuditRecord
+from lab.config import LabConfig
+from lab.decision import Decision
+from lab.errors import ConfigError, ServiceError
+from lab.events import Event, EventBus
+from lab.firewall import FirewallPolicy
+from lab.pki import LabPKI
+from lab.service.edge import Edge, Upstream
+from lab.service.files import ImageFiles
+from lab.service.frontend import (
+    DEFAULT_CHECK_INTERVAL,
+    DEFAULT_RETRY_AFTER,
+    FrontEndServer,
+    Mode,
+    ServerStatus,
+    ServiceContext,
+)
+from lab.service.handlers import make_app
+from lab.service.ntlm import Directory, LockoutPolicy
+from lab.service.sites import bind_same_port
+from lab.service.updates import Decider, StoreDecider
+from lab.service.xmlio import DeviceUpdateRequest
+from lab.store import Store
+
+
+class ServerCertificate(Protocol):
+    """A certificate and key that can make a TLS server context (lab.pki.CertPair)."""
+
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS server context presenting the certificate."""
+        ...
+
+
+class CertificateSource(Protocol):
+    """Where front ends get their TLS certificates (lab.pki.LabPKI)."""
+
+    def server(self, name: str) -> ServerCertificate:
+        """The certificate of front end ``name``."""
+        ...
+
+
+def file_store_path(state_dir: Path, server: str) -> Path:
+    """``<state>/servers/<server>/DeviceUpdateFiles``: one front end's file store."""
+    return filestore.FileStore(state_dir, server).root
+
+
+class ServicePool:
+    """Every front end of the pool (internal and external site each) and the edge.
+
+    Checks are decided from the update store of ``state_dir`` unless a ``decider`` is given.
+    """
+
+    def __init__(
+        self,
+        config: LabConfig,
+        state_dir: Path,
+        *,
+        firewall: FirewallPolicy,
+        decider: Decider | None = None,
+        pki: CertificateSource | None = None,
+        events: EventBus | None = None,
+        lockout: LockoutPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        retry_after: int = DEFAULT_RETRY_AFTER,
+        check_interval: int = DEFAULT_CHECK_INTERVAL,
+        on_request: Callable[[AuditRecord], None] | None = None,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.firewall = firewall
+        self.events = events or firewall.events
+        self.pki: CertificateSource = pki if pki is not None else LabPKI(config)
+        self.directory = Directory(config.users, lockout=lockout, clock=clock)
+        self._store: Store | None = None
+        self._own_store = decider is None
+        self.context = ServiceContext(
+            config=config,
+            directory=self.directory,
+            decider=decider or _NoStore(),
+            events=self.events,
+            retry_after=retry_after,
+            check_interval=check_interval,
+            on_request=on_request,
+        )
+        self.servers: dict[str, FrontEndServer] = {}
+        self.edge: Edge | None = None
+        self._shutdown_timeout = shutdown_timeout
+        self._running = False
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listener, then serve; on any failure nothing stays bound."""
+        if self._running or self.servers:
+            raise ServiceError("the service pool is already running")
+        contexts = await asyncio.to_thread(self._server_contexts)
+        internal, external, edge_sock = self._bind()
+        try:
+            if self._own_store:
+                self._store = Store.open(self.state_dir)
+                self.context.decider = StoreDecider(self._store)
+            self.context.https_port = internal[0].getsockname()[1]
+            self.directory.open()
+            for fe, isock, esock, tls in zip(
+                self.config.front_ends, internal, external, contexts, strict=True
+            ):
+                server = FrontEndServer(
+                    fe,
+                    ImageFiles(file_store_path(self.state_dir, fe.name)),
+                    self.context,
+                    tls,
+                    make_app=make_app,
+                    admit_internal=self.firewall.is_inside,
+                    shutdown_timeout=self._shutdown_timeout,
+                )
+                self.servers[fe.name] = server
+                await server.start(isock, esock)
+            self.edge = Edge(
+                edge_sock,
+                self._production,
+                source=str(self.config.edge.address),
+                events=self.events,
+            )
+            await self.edge.start()
+        except BaseException:
+            await self.stop()
+            for sock in (*internal, *external, edge_sock):
+                sock.close()
+            raise
+        self._unsubscribe = self.firewall.events.subscribe(self._on_event)
+        self._running = True
+        self.events.publish("service.started", endpoints=self.endpoints())
+
+    async def stop(self) -> None:
+        """Stop the edge and every front end; withdraw the credential file."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self.edge is not None:
+            await self.edge.stop()
+            self.edge = None
+        servers, self.servers = list(self.servers.values()), {}
+        # Concurrently: each waits up to the shutdown timeout for its transfers.
+        await asyncio.gather(*(server.stop() for server in servers))
+        self.directory.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+            self.context.decider = _NoStore()
+        if self._running:
+            self._running = False
+            self.events.publish("service.stopped")
+
+    async def __aenter__(self) -> ServicePool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _server_contexts(self) -> list[ssl.SSLContext]:
+        return [self.pki.server(fe.name).server_context() for fe in self.config.front_ends]
+
+    def _bind(self) -> tuple[list[socket.socket], list[socket.socket], socket.socket]:
+        ports = self.config.ports
+        hosts = [str(fe.address) for fe in self.config.front_ends]
+        edge_host = str(self.config.edge.address)
+        shared = ports.edge == ports.internal
+        internal = bind_same_port(hosts + ([edge_host] if shared else []), ports.internal)
+        try:
+            external = bind_same_port(hosts, ports.external)
+        except BaseException:
+            for sock in internal:
+                sock.close()
+            raise
+        if shared:
+            edge_sock = internal.pop()
+        else:
+            try:
+                edge_sock = bind_same_port([edge_host], ports.edge)[0]
+            except BaseException:
+                for sock in (*internal, *external):
+                    sock.close()
+                raise
+        return internal, external, edge_sock
+
+    # -- what is running -------------------------------------------------------------------
+
+    @property
+    def https_port(self) -> int:
+        """The port of every URL the service hands out (the lease's https_port)."""
+        return self.context.https_port
+
+    def server(self, name: str) -> FrontEndServer:
+        """The running front end ``name`` (short name or FQDN)."""
+        try:
+            short = self.config.front_end(name.lower()).name
+        except ConfigError:
+            short = ""
+        server = self.servers.get(short)
+        if server is None:
+            known = ", ".join(self.servers) or "none running"
+            raise ServiceError(f"no front end {name!r} in the running pool (known: {known})")
+        return server
+
+    def endpoints(self) -> dict[str, dict[str, str]]:
+        """Every listener, as ``{"fe01": {"internal": "127.10.0.11:10443", ...}, "edge": ...}``."""
+        result: dict[str, dict[str, str]] = {}
+        for name, server in self.servers.items():
+            result[name] = {
+                site_name: f"{site.address[0]}:{site.address[1]}"
+                for site_name, site in (
+                    ("internal", server.internal),
+                    ("external", server.external),
+                )
+                if site is not None
+            }
+        if self.edge is not None:
+            result["edge"] = {"tcp": f"{self.edge.address[0]}:{self.edge.address[1]}"}
+        return result
+
+    def status(self) -> dict[str, ServerStatus]:
+        """A snapshot of every front end (mode, transfers in progress, connections)."""
+        return {name: server.status() for name, server in self.servers.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pool's state as JSON-ready data."""
+        return {
+            "https_port": self.https_port,
+            "servers": {name: status.as_dict() for name, status in self.status().items()},
+            "edge": {
+                "open_connections": self.edge.open_connections if self.edge else 0,
+                "forwarded": dict(self.edge.forwarded_to) if self.edge else {},
+            },
+        }
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    def enter_maintenance(
+        self, server: str, immediate: bool = False, force: bool = False
+    ) -> ServerStatus:
+        """Take ``server`` out of production: drain, or ``immediate``ly cut what is running.
+
+        The last server in production is refused (ServiceError) unless ``force``.
+        """
+        target = self.server(server)
+        if target.mode is Mode.PRODUCTION and not force:
+            others = [
+                s.name
+                for s in self.servers.values()
+                if s is not target and s.mode is Mode.PRODUCTION
+            ]
+            if not others:
+                raise ServiceError(
+                    f"{target.name} is the last server in production in pool "
+                    f"{self.config.pool_fqdn}; phones would have nowhere to go "
+                    "(force to enter maintenance anyway)"
+                )
+        in_progress = len(target.transfers)
+        target.enter_maintenance(immediate)
+        status = target.status()
+        self.events.publish(
+            "maintenance.entered",
+            server=target.name,
+            mode=status.mode.value,
+            immediate=immediate,
+            force=force,
+            transfers=in_progress,
+        )
+        return status
+
+    def exit_maintenance(self, server: str) -> ServerStatus:
+        """Put ``server`` back into production."""
+        target = self.server(server)
+        target.exit_maintenance()
+        self.events.publish("maintenance.exited", server=target.name)
+        return target.status()
+
+    async def wait_drained(self, server: str) -> ServerStatus:
+        """Wait until ``server`` has no transfer in progress."""
+        target = self.server(server)
+        await target.wait_drained()
+        return target.status()
+
+    def _production(self) -> list[Upstream]:
+        return [
+            Upstream(server.name, *server.external.address)
+            for server in self.servers.values()
+            if server.mode is Mode.PRODUCTION and server.external is not None
+        ]
+
+    @property
+    def store(self) -> Store | None:
+        """The update store the pool opened itself (None when given a decider)."""
+        return self._store
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "firewall.changed":
+            # The policy applies to the very next packet: open connections from addresses
+            # now outside are cut as a stateful firewall flushing its table would.
+            for server in self.servers.values():
+                if server.internal is not None:
+                    server.internal.enforce()
+
+
+class _NoStore:
+    """The decider of a pool that opens its own store, before it has."""
+
+    def decide(self, server: str, request: DeviceUpdateRequest) -> Decision:
+        raise ServiceError("the update store is not open: start the pool first")

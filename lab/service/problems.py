@@ -1,0 +1,154 @@
+"""Every error answer of the service: status, X-Ms-Diagnostics code and a plain-text reason.
+
+A handler raises ``Problem``; ``problem_middleware`` turns it (and aiohttp's own HTTP
+errors, and anything unexpected) into the one shape docs/wire-protocol.md promises:
+``X-Ms-Diagnostics: <code>;reason="<text>"`` and the reason as a ``text/plain`` body.
+The codes are the status followed by two digits, one per distinct reason, in this table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from enum import Enum
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from lab.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+DIAGNOSTICS_HEADER = "X-Ms-Diagnostics"
+
+
+class Diagnostic(Enum):
+    """Why a request was refused: (HTTP status, X-Ms-Diagnostics code)."""
+
+    MALFORMED_REQUEST = (400, 40001)
+    BAD_PATH = (400, 40002)
+    NTLM_REQUIRED = (401, 40101)
+    NTLM_FAILED = (401, 40102)
+    NO_SIGNED_IN_USER = (403, 40301)
+    ACCOUNT_LOCKED = (403, 40302)
+    INTERNAL_PATH_FROM_OUTSIDE = (403, 40303)
+    FILE_NOT_FOUND = (404, 40401)
+    UNKNOWN_MODEL = (404, 40402)
+    NO_SUCH_PATH = (404, 40403)
+    METHOD_NOT_ALLOWED = (405, 40501)
+    BODY_TOO_LARGE = (413, 41301)
+    RANGE_NOT_SATISFIABLE = (416, 41601)
+    INTERNAL_ERROR = (500, 50001)
+    IN_MAINTENANCE = (503, 50301)
+    STORE_UNAVAILABLE = (503, 50302)
+
+    @property
+    def status(self) -> int:
+        """The HTTP status."""
+        return self.value[0]
+
+    @property
+    def code(self) -> int:
+        """The X-Ms-Diagnostics code."""
+        return self.value[1]
+
+
+class Problem(ServiceError):
+    """A request the service refuses; rendered by problem_middleware."""
+
+    def __init__(
+        self,
+        diagnostic: Diagnostic,
+        reason: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        super().__init__(reason)
+        self.diagnostic = diagnostic
+        self.reason = reason
+        self.headers = dict(headers or {})
+        self.close = close
+
+
+def diagnostics_value(code: int, reason: str) -> str:
+    """The X-Ms-Diagnostics value for ``code`` and ``reason`` (quotes and newlines made safe)."""
+    clean = " ".join(reason.replace("\\", "\\\\").replace('"', "'").split())
+    return f'{code};reason="{clean}"'
+
+
+def problem_response(problem: Problem) -> web.Response:
+    """The answer for ``problem``."""
+    headers = {
+        **problem.headers,
+        DIAGNOSTICS_HEADER: diagnostics_value(problem.diagnostic.code, problem.reason),
+    }
+    response = web.Response(
+        status=problem.diagnostic.status,
+        text=problem.reason + "\n",
+        content_type="text/plain",
+        headers=headers,
+    )
+    if problem.close:
+        response.force_close()
+    return response
+
+
+class DiagnosedRequestHandler(RequestHandler):
+    """aiohttp's connection handler whose own error answers also carry X-Ms-Diagnostics.
+
+    Malformed HTTP (a bad request line, a header too long, a body that does not match its
+    framing) is answered by aiohttp before any application code runs; this keeps those
+    answers in the shape every other error has.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's error answer, with the diagnostics header added."""
+        response = super().handle_error(request, status, exc, message)
+        diagnostic = _BY_STATUS.get(status, Diagnostic.MALFORMED_REQUEST)
+        if status >= 500:
+            diagnostic = Diagnostic.INTERNAL_ERROR
+        reason = str(exc or message or diagnostic.name.lower().replace("_", " "))
+        response.headers[DIAGNOSTICS_HEADER] = diagnostics_value(diagnostic.code, reason)
+        return response
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_BY_STATUS = {
+    404: Diagnostic.NO_SUCH_PATH,
+    405: Diagnostic.METHOD_NOT_ALLOWED,
+    413: Diagnostic.BODY_TOO_LARGE,
+}
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render Problems, aiohttp's HTTP errors and unexpected failures as diagnosed answers."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        diagnostic = _BY_STATUS.get(exc.status, Diagnostic.MALFORMED_REQUEST)
+        if exc.status >= 500:
+            diagnostic = Diagnostic.INTERNAL_ERROR
+        reason = exc.reason if exc.status != 404 else f"no resource at {request.path}"
+        kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
+        return problem_response(Problem(diagnostic, reason, headers=kept))
+    except (ConnectionError, TimeoutError):
+        # The peer went away (or was cut on purpose); there is no one to answer.
+        raise
+    except Exception:
+        log.exception("unexpected failure serving %s %s", request.method, request.path)
+        return problem_response(
+            Problem(Diagnostic.INTERNAL_ERROR, "the server failed unexpectedly", close=True)
+        )

@@ -1,0 +1,203 @@
+"""The XML the phones and the service exchange: pure functions, no I/O.
+
+Everything that reads untrusted XML lives here and goes through defusedxml with DTDs,
+entities and external references forbidden, after a size check, so an entity-expansion
+bomb or a huge body is refused before any parsing cost. What the phone sends is parsed
+into a frozen DeviceUpdateRequest; what the service answers is built with ElementTree so
+every value is escaped. The shapes follow docs/wire-protocol.md.
+"""
+
+from __future__ import annotations
+
+# Only for building answers and its ParseError: untrusted input goes through defusedxml.
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from lab.errors import IdentityError, ServiceError
+from lab.models import normalise_mac, normalise_serial, parse_version
+
+MAX_REQUEST_BYTES = 64 * 1024
+# Fields of the request that every phone must send, in document order.
+REQUIRED_FIELDS = (
+    "DeviceType",
+    "Vendor",
+    "Model",
+    "Revision",
+    "Locale",
+    "MacAddress",
+    "SerialNumber",
+)
+# The image module: its version is the version installed on the phone.
+IMAGE_MODULE = "CPE.nbt"
+
+
+class XMLRequestError(ServiceError, ValueError):
+    """A request body is not a valid DeviceUpdateRequest; ``code`` says which rule it broke."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Module:
+    """One installed module the phone reports: name, version and timestamp."""
+
+    name: str
+    version: str
+    timestamp: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceUpdateRequest:
+    """A phone's update check: its identity, installed modules and last signed-in user."""
+
+    device_type: str
+    vendor: str
+    model: str
+    revision: str
+    locale: str
+    mac: str
+    serial: str
+    modules: tuple[Module, ...]
+    last_signed_in_user: str | None = None
+
+    @property
+    def installed_version(self) -> str:
+        """The version of the image module (the first module when no image is listed)."""
+        for module in self.modules:
+            if module.name.lower() == IMAGE_MODULE.lower():
+                return module.version
+        return self.modules[0].version
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file of an update as the response lists it, with its internal and external URL."""
+
+    module: str
+    version: str
+    size: int
+    sha256: str
+    base_url: str
+    external_base_url: str
+
+
+def parse_update_request(body: bytes) -> DeviceUpdateRequest:
+    """Parse and validate a DeviceUpdateRequest body; XMLRequestError says what is wrong."""
+    if len(body) > MAX_REQUEST_BYTES:
+        raise XMLRequestError(
+            "too-large", f"the request body is {len(body)} bytes, over {MAX_REQUEST_BYTES}"
+        )
+    if not body.strip():
+        raise XMLRequestError("empty", "the request body is empty; a DeviceUpdateRequest is needed")
+    try:
+        root = SafeET.fromstring(body, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        # DTDs and entities have no place in a phone's request; refusing them outright
+        # is what stops expansion bombs and external references.
+        raise XMLRequestError(
+            "forbidden-xml", f"the request uses a forbidden XML feature: {exc}"
+        ) from None
+    except ET.ParseError as exc:
+        raise XMLRequestError(
+            "malformed-xml", f"the request is not well-formed XML: {exc}"
+        ) from None
+    if root.tag != "DeviceUpdateRequest":
+        raise XMLRequestError(
+            "wrong-document", f"the root element is <{root.tag}>, not <DeviceUpdateRequest>"
+        )
+    values: dict[str, str] = {}
+    for field in REQUIRED_FIELDS:
+        element = root.find(field)
+        text = (element.text or "").strip() if element is not None else ""
+        if not text:
+            raise XMLRequestError("missing-field", f"<{field}> is missing or empty")
+        values[field] = text
+    modules = tuple(_modules(root))
+    user_element = root.find("LastSignedInUser")
+    user = (user_element.text or "").strip() if user_element is not None else ""
+    try:
+        mac = normalise_mac(values["MacAddress"])
+        serial = normalise_serial(values["SerialNumber"])
+    except IdentityError as exc:
+        raise XMLRequestError("bad-identity", str(exc)) from None
+    return DeviceUpdateRequest(
+        device_type=values["DeviceType"],
+        vendor=values["Vendor"],
+        model=values["Model"],
+        revision=values["Revision"],
+        locale=values["Locale"],
+        mac=mac,
+        serial=serial,
+        modules=modules,
+        last_signed_in_user=user or None,
+    )
+
+
+def _modules(root: ET.Element) -> list[Module]:
+    container = root.find("Modules")
+    elements = container.findall("Module") if container is not None else []
+    if not elements:
+        raise XMLRequestError("missing-field", "<Modules> lists no <Module>")
+    modules = []
+    for element in elements:
+        name = element.get("name", "").strip()
+        version = element.get("version", "").strip()
+        if not name or not version:
+            raise XMLRequestError("missing-field", "a <Module> lacks its name or version")
+        try:
+            parse_version(version)
+        except IdentityError as exc:
+            raise XMLRequestError("bad-version", f"module {name!r}: {exc}") from None
+        modules.append(Module(name, version, element.get("timestamp", "").strip()))
+    return modules
+
+
+def update_response(downloads: Sequence[Download]) -> bytes:
+    """The DeviceUpdateResponse body: ``downloads="0"`` or one <Download> per file."""
+    root = ET.Element("DeviceUpdateResponse", downloads=str(len(downloads)))
+    for item in downloads:
+        element = ET.SubElement(
+            root,
+            "Download",
+            module=item.module,
+            version=item.version,
+            size=str(item.size),
+            sha256=item.sha256,
+        )
+        ET.SubElement(element, "BaseURL").text = item.base_url
+        ET.SubElement(element, "ExternalBaseURL").text = item.external_base_url
+    return _document(root)
+
+
+def provisioning_document(
+    *,
+    internal_url: str,
+    external_url: str,
+    user_uri: str,
+    check_interval: int = 86400,
+    enabled: bool = True,
+) -> bytes:
+    """The in-band provisioning group a signed-in phone keeps (docs/wire-protocol.md)."""
+    root = ET.Element("provisionGroup", name="ServerConfiguration")
+    entries = ET.SubElement(root, "propertyEntryList")
+    for name, value in (
+        ("updatesServerInternalUrl", internal_url),
+        ("updatesServerExternalUrl", external_url),
+        ("EnableDeviceUpdate", "true" if enabled else "false"),
+        ("deviceUpdateCheckInterval", str(check_interval)),
+        ("userUri", user_uri),
+    ):
+        ET.SubElement(entries, "property", name=name).text = value
+    return _document(root)
+
+
+def _document(root: ET.Element) -> bytes:
+    document: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return document

@@ -1,0 +1,280 @@
+"""The service's pure parts: request XML, NTLM directory and lockout, ranges, diagnostics."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import spnego
+from service_helpers import check_body
+
+from lab.config import User, default_config
+from lab.errors import ServiceError
+from lab.service.files import ImageFiles, if_range_holds, parse_range
+from lab.service.ntlm import (
+    ENV_VAR,
+    Authenticated,
+    Challenge,
+    Directory,
+    LockoutPolicy,
+    Rejected,
+    parse_authorization,
+    read_authenticate,
+    token_type,
+)
+from lab.service.problems import Problem, diagnostics_value
+from lab.service.xmlio import (
+    Download,
+    XMLRequestError,
+    parse_update_request,
+    provisioning_document,
+    update_response,
+)
+
+USERS = default_config().users
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sign_in(directory: Directory, user: str, password: str) -> object:
+    client = spnego.client(
+        user, password, protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+    )
+    session = directory.session()
+    negotiate = client.step()
+    assert negotiate is not None
+    challenge = session.step(negotiate)
+    assert isinstance(challenge, Challenge)
+    answer = client.step(challenge.token)
+    assert answer is not None
+    return session.step(answer)
+
+
+# -- request and response XML ------------------------------------------------------------
+
+
+def test_a_phone_request_is_parsed_and_normalised() -> None:
+    body = check_body(mac="0004f2000001", serial=" cx6a000001 ", user="alice@contoso.test")
+    request = parse_update_request(body)
+    assert request.mac == "00-04-F2-00-00-01"
+    assert request.serial == "CX6A000001"
+    assert request.installed_version == "4.0.7577.4366"
+    assert request.last_signed_in_user == "alice@contoso.test"
+    assert parse_update_request(check_body()).last_signed_in_user is None
+
+
+def test_bodies_over_the_limit_are_refused_before_parsing() -> None:
+    with pytest.raises(XMLRequestError, match="over 65536") as caught:
+        parse_update_request(b"<" * (64 * 1024 + 1))
+    assert caught.value.code == "too-large"
+
+
+def test_responses_escape_what_they_carry() -> None:
+    empty = ET.fromstring(update_response([]))  # noqa: S314 - our own output
+    assert empty.attrib == {"downloads": "0"}
+    item = Download("CPE.nbt", "4.0.7577.4372", 10, "ab", "https://x/a?b&c", "https://y/<z>")
+    root = ET.fromstring(update_response([item]))  # noqa: S314 - our own output
+    download = root.find("Download")
+    assert download is not None
+    assert download.findtext("BaseURL") == "https://x/a?b&c"
+    assert download.findtext("ExternalBaseURL") == "https://y/<z>"
+    document = provisioning_document(
+        internal_url="https://i", external_url="https://e", user_uri="a&b@contoso.test"
+    )
+    properties = {p.get("name"): p.text for p in ET.fromstring(document).iter("property")}  # noqa: S314
+    assert properties["userUri"] == "a&b@contoso.test"
+
+
+def test_diagnostics_values_stay_one_quoted_line() -> None:
+    assert diagnostics_value(40001, 'bad "x"\nline\\two') == "40001;reason=\"bad 'x' line\\\\two\""
+
+
+# -- NTLM --------------------------------------------------------------------------------
+
+
+def test_credential_file_is_private_shared_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    first = Directory(USERS)
+    second = Directory(USERS[:1])
+    with first:
+        path = first.credential_file
+        assert path is not None
+        assert os.environ[ENV_VAR] == str(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        text = path.read_text()
+        assert "fc525c9683e8fe067095ba2ddc971889".upper() in text
+        assert "Passw0rd" not in text
+        with second:
+            assert second.credential_file == path
+        assert path.exists()  # still needed by the first directory
+    assert not path.exists()
+    assert not path.parent.exists()
+    assert ENV_VAR not in os.environ
+
+
+def test_two_directories_may_not_disagree_on_a_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    other = User("alice", "CONTOSO", "alice@contoso.test", "0" * 32)
+    with Directory(USERS), pytest.raises(ServiceError, match=r"CONTOSO\\alice.*another NT hash"):
+        Directory([other]).open()
+
+
+@pytest.mark.parametrize(
+    "name", ["CONTOSO\\alice", "contoso\\ALICE", "alice", "alice@contoso.test"]
+)
+def test_every_form_of_the_name_signs_in(name: str) -> None:
+    with Directory(USERS) as directory:
+        outcome = sign_in(directory, name, "Passw0rd!")
+    assert isinstance(outcome, Authenticated)
+    assert outcome.user.name == "alice"
+
+
+def test_lockout_counts_failures_in_the_window_and_ends_with_it() -> None:
+    clock = Clock()
+    policy = LockoutPolicy(threshold=3, window=60)
+    with Directory(USERS, lockout=policy, clock=clock) as directory:
+        first = sign_in(directory, "CONTOSO\\bob", "wrong")
+        assert isinstance(first, Rejected)
+        assert not first.locked
+        clock.now += 61  # the first failure falls out of the window
+        for _ in range(2):
+            assert isinstance(sign_in(directory, "CONTOSO\\bob", "wrong"), Rejected)
+        assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
+        for _ in range(2):
+            sign_in(directory, "CONTOSO\\bob", "wrong")
+        third = sign_in(directory, "CONTOSO\\bob", "wrong")
+        assert isinstance(third, Rejected)
+        assert third.locked
+        locked = sign_in(directory, "CONTOSO\\bob", "Summer2026!")
+        assert isinstance(locked, Rejected)
+        assert locked.locked
+        assert "locked out" in locked.reason
+        clock.now += 60
+        assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
+        for _ in range(3):
+            sign_in(directory, "CONTOSO\\bob", "wrong")
+        bob = directory.find("CONTOSO", "bob")
+        assert bob is not None
+        assert directory.is_locked(bob)
+        directory.unlock(bob)  # what an administrator does
+        assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
+
+
+def test_lockout_policy_is_checked() -> None:
+    with pytest.raises(ServiceError, match="at least 1"):
+        LockoutPolicy(threshold=0)
+
+
+def test_ntlmv1_answers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An initiator at compatibility level 0 sends NTLMv1 (and LM) answers.
+    monkeypatch.setenv("LM_COMPAT_LEVEL", "0")
+    client = spnego.client(
+        "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+    )
+    monkeypatch.delenv("LM_COMPAT_LEVEL")
+    with Directory(USERS) as directory:
+        session = directory.session()
+        negotiate = client.step()
+        assert negotiate is not None
+        challenge = session.step(negotiate)
+        assert isinstance(challenge, Challenge)
+        answer = client.step(challenge.token)
+        assert answer is not None
+        assert not read_authenticate(answer).ntlmv2
+        outcome = session.step(answer)
+    assert isinstance(outcome, Rejected)
+    assert "only NTLMv2" in outcome.reason
+
+
+def test_tokens_and_headers() -> None:
+    assert parse_authorization("Basic YWxhZGRpbjpvcGVuc2VzYW1l") is None
+    assert parse_authorization("NTLM !!!") is None
+    assert parse_authorization("NTLM TlRMTVNTUAABAAAA") == b"NTLMSSP\x00\x01\x00\x00\x00"
+    assert token_type(b"NTLMSSP\x00\x01\x00\x00\x00") == 1
+    assert token_type(b"NTLMSSP\x00\x09\x00\x00\x00") == 0
+    assert token_type(b"garbage") == 0
+    forged = b"NTLMSSP\x00" + struct.pack("<I", 3) + struct.pack("<HHI", 4000, 4000, 64) * 6
+    forged += b"\x00" * (64 - len(forged))
+    with pytest.raises(ValueError, match="past the message"):
+        read_authenticate(forged)
+    with Directory(USERS) as directory:
+        session = directory.session()
+        assert isinstance(session.step(forged), Rejected)
+        assert isinstance(session.step(b"nonsense"), Rejected)
+
+
+# -- ranges and paths --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-", (0, 100)),
+        ("bytes=10-19", (10, 20)),
+        ("bytes=90-500", (90, 100)),
+        ("bytes=-10", (90, 100)),
+        ("bytes=-500", (0, 100)),
+        ("bytes=5-1", None),
+        ("bytes=0-1,5-6", None),
+        ("items=0-1", None),
+        ("bytes=abc", None),
+        ("bytes=1-x", None),
+    ],
+)
+def test_ranges(header: str | None, expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, 100) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=-0"])
+def test_unsatisfiable_ranges(header: str) -> None:
+    with pytest.raises(Problem) as caught:
+        parse_range(header, 100)
+    assert caught.value.diagnostic.status == 416
+    assert caught.value.headers == {"Content-Range": "bytes */100"}
+
+
+def test_if_range_needs_the_exact_strong_etag() -> None:
+    date = "Sun, 22 Nov 2026 02:00:00 GMT"
+    assert if_range_holds(None, '"a"', date)
+    assert if_range_holds('"a"', '"a"', date)
+    assert not if_range_holds('"b"', '"a"', date)
+    assert not if_range_holds('W/"a"', '"a"', date)
+    assert if_range_holds(date, '"a"', date)
+    assert not if_range_holds("Sat, 21 Nov 2026 02:00:00 GMT", '"a"', date)
+
+
+def test_resolve_stays_inside_the_store(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "UCPhone").mkdir(parents=True)
+    (root / "UCPhone" / "CPE.nbt").write_bytes(b"image")
+    (tmp_path / "secret").write_bytes(b"secret")
+    (root / "UCPhone" / "inner-link").symlink_to(root / "UCPhone" / "CPE.nbt")
+    (root / "UCPhone" / "outer-link").symlink_to(tmp_path / "secret")
+    store = ImageFiles(root)
+    assert store.resolve("UCPhone/CPE.nbt") == (root / "UCPhone" / "CPE.nbt").resolve()
+    assert store.resolve("UCPhone/inner-link").read_bytes() == b"image"
+    for bad, status in [
+        ("UCPhone/outer-link", 404),
+        ("../secret", 400),
+        ("UCPhone/../../secret", 400),
+        ("UCPhone\\..\\..\\secret", 400),
+        ("/etc/passwd", 400),
+        ("UCPhone/%2e%2e", 400),
+        ("UCPhone", 404),
+        ("UCPhone/missing", 404),
+    ]:
+        with pytest.raises(Problem) as caught:
+            store.resolve(bad)
+        assert caught.value.diagnostic.status == status, bad
