@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	@for dir in tests/*/; do echo "mypy $$dir"; $(BIN)/mypy "$$dir" || exit 1; done
 
 check: lint typecheck test
 

@@ -23,12 +23,14 @@ from typing import Any
 from aiohttp import web
 
 from lab.admin import make_app, make_token
+from lab.audit import AuditLog, AuditRecord
 from lab.config import LabConfig
 from lab.dns import DNSServer
 from lab.errors import LabStateError
 from lab.events import EventBus
 from lab.firewall import FirewallPolicy
 from lab.pki import VENDORS, LabPKI
+from lab.service.pool import ServicePool
 
 RUN_FILE = "run.json"
 LEASE_FILE = "lease.json"
@@ -68,7 +70,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Lab:
-    """The lab's services on one event loop: started in order, stopped in reverse."""
+    """The lab's services on one event loop: DNS, the pool with its edge, the admin API.
+
+    Started in that order and stopped in reverse; each front end's requests are written to
+    its own audit log under ``<state>/servers/<fe>/AuditLogs``.
+    """
 
     def __init__(
         self,
@@ -89,8 +95,19 @@ class Lab:
             events=self.events,
             query_log_path=state_dir / "logs" / "dns-queries.jsonl",
         )
+        self.audit = {
+            fe.name: AuditLog(fe.name, state_dir / "servers" / fe.name / "AuditLogs", self.events)
+            for fe in config.front_ends
+        }
+        self.pool = ServicePool(
+            config,
+            state_dir,
+            firewall=self.firewall,
+            pki=self.pki,
+            events=self.events,
+            on_request=self._audit,
+        )
         self._stack = AsyncExitStack()
-        self._admin: web.AppRunner | None = None
         self.admin_address: tuple[str, int] = ("127.0.0.1", config.ports.admin)
         self.started_at: float | None = None
 
@@ -102,6 +119,8 @@ class Lab:
         await asyncio.to_thread(self.pki.ensure)
         try:
             await self._stack.enter_async_context(self.dns)
+            await self._stack.enter_async_context(self.pool)
+            self._stack.callback(self._close_audit)
             await self._start_admin()
         except BaseException:
             await self._stack.aclose()
@@ -127,6 +146,13 @@ class Lab:
         host, port = runner.addresses[0][:2]
         self.admin_address = (host, port)
 
+    def _audit(self, record: AuditRecord) -> None:
+        self.audit[record.server].write(record)
+
+    def _close_audit(self) -> None:
+        for log in self.audit.values():
+            log.close()
+
     async def stop(self) -> None:
         """Stop every service and withdraw run.json."""
         (self.state_dir / RUN_FILE).unlink(missing_ok=True)
@@ -151,6 +177,7 @@ class Lab:
         admin_host, admin_port = self.admin_address
         return {
             "dns": {"udp": f"{host}:{port}", "tcp": f"{host}:{port}"},
+            **self.pool.endpoints(),
             "admin": {"http": f"{admin_host}:{admin_port}"},
         }
 
@@ -160,6 +187,7 @@ class Lab:
             **self.run_info(),
             "firewall": self.firewall.snapshot(),
             "dns": {"stats": self.dns.stats(), "faults": self.dns.faults.snapshot()},
+            "pool": self.pool.snapshot(),
         }
 
     def run_info(self) -> dict[str, Any]:
@@ -180,7 +208,7 @@ class Lab:
             "sip_domain": self.config.sip_domain,
             "sip_server": self.config.pool_fqdn,
             "dns": [host, port],
-            "https_port": self.config.ports.internal,
+            "https_port": self.pool.https_port,
             "segments": {"inside": str(self.config.inside), "outside": str(self.config.outside)},
             "ca_cert": str(self.pki.ca_cert.resolve()),
             "vendor_certs": {

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from lab.admin import TOKEN_FILE, read_token
+from lab.audit import read_audit
 from lab.config import LabConfig
 from lab.dnsprobe import query
 from lab.runner import Lab
@@ -95,3 +96,55 @@ async def test_bad_requests_get_400_with_the_reason(
     async with admin.post(path, json=body) as response:
         assert response.status == 400
         assert message in (await response.json())["error"]
+
+
+async def test_maintenance_through_the_api_and_the_last_server_needs_force(
+    lab: Lab, admin: aiohttp.ClientSession
+) -> None:
+    async with admin.post("/v1/maintenance/fe01/enter", json={}) as response:
+        assert response.status == 200
+        servers = (await response.json())["pool"]["servers"]
+    assert servers["fe01"]["mode"] == "maintenance"  # nothing in progress: drained at once
+    assert servers["fe02"]["mode"] == "production"
+    async with admin.post("/v1/maintenance/fe02/enter", json={}) as response:
+        assert response.status == 409
+        assert "last server in production" in (await response.json())["error"]
+    async with admin.post("/v1/maintenance/fe02/enter", json={"force": True}) as response:
+        assert response.status == 200
+    async with admin.post("/v1/maintenance/fe01/exit", json={}) as response:
+        assert response.status == 200
+        assert (await response.json())["pool"]["servers"]["fe01"]["mode"] == "production"
+    async with admin.post("/v1/maintenance/fe09/enter", json={}) as response:
+        assert response.status == 409
+        assert "no front end 'fe09'" in (await response.json())["error"]
+
+
+CHECK = """<DeviceUpdateRequest><DeviceType>UCPhone</DeviceType><Vendor>Polycom</Vendor>
+<Model>CX600</Model><Revision>A</Revision><Locale>ENU</Locale>
+<MacAddress>00-04-F2-00-00-07</MacAddress><SerialNumber>CX6A000007</SerialNumber>
+<Modules><Module name="CPE.nbt" version="4.0.7577.4366"/></Modules></DeviceUpdateRequest>"""
+
+
+async def test_every_check_leaves_one_audit_line_in_its_servers_log(lab: Lab) -> None:
+    fe = lab.config.front_ends[0]
+    connector = aiohttp.TCPConnector(
+        ssl=lab.pki.client_context(), local_addr=(INSIDE_PHONE, 0)
+    )
+    async with aiohttp.ClientSession(connector=connector) as phone:
+        for _ in range(2):
+            async with phone.post(
+                f"https://{fe.address}:{lab.pool.https_port}/RequestHandler/ucdevice.upx",
+                data=CHECK,
+                headers={"Content-Type": "text/xml"},
+                server_hostname=lab.config.ucupdates_names[0],
+            ) as response:
+                assert response.status == 200
+                assert 'downloads="0"' in await response.text()
+    logs = list((lab.state_dir / "servers" / fe.name / "AuditLogs").iterdir())
+    assert len(logs) == 1
+    rows = read_audit(logs[0])
+    assert len(rows) == 2
+    assert {row["mac"] for row in rows} == {"00-04-F2-00-00-07"}
+    assert {row["client_address"] for row in rows} == {INSIDE_PHONE}
+    assert {row["status"] for row in rows} == {"200"}
+    assert not (lab.state_dir / "servers" / "fe02" / "AuditLogs").exists()

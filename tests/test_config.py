@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -30,12 +31,11 @@ def test_default_config_describes_the_whole_lab() -> None:
 def _write(tmp_path: Path, change: dict[str, object]) -> Path:
     data = tomllib.loads(default_text())
     for dotted, value in change.items():
-        node: dict[str, object] = data
+        node: Any = data
         *parents, last = dotted.split(".")
         for part in parents:
             key, _, index = part.partition("[")
-            child = node[key]
-            node = child[int(index[:-1])] if index else child  # type: ignore[index]
+            node = node[key][int(index[:-1])] if index else node[key]
         if value is None:
             del node[last]
         else:

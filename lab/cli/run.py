@@ -8,6 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from lab.adminclient import AdminClient
 from lab.cli import common
 from lab.runner import Lab, read_run_file, run_event_loop, serve_until_signalled
 
@@ -61,8 +62,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print run.json of the running lab."""
-    info = read_run_file(common.state_dir(args, create=False))
+    """Print the running lab's endpoints and each front end's mode and transfers."""
+    state = common.state_dir(args, create=False)
+    info = read_run_file(state)
+    if info["alive"]:
+        # The live view (modes, transfers, firewall) comes from the lab itself.
+        info = {**info, **AdminClient(state).get("/v1/status"), "alive": True}
     if args.json:
         common.print_json(info)
         return 0
@@ -70,6 +75,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     alive = "running" if info["alive"] else "NOT running (stale run.json)"
     console.print(f"lab from {info['config']}: pid {info['pid']} {alive}")
     console.print(endpoints_table(info["endpoints"], "endpoints"))
+    servers = info.get("pool", {}).get("servers", {})
+    if servers:
+        table = Table(title="front ends", title_justify="left")
+        for column in ("server", "mode", "transfers in progress", "connections"):
+            table.add_column(column)
+        for name, server in sorted(servers.items()):
+            table.add_row(
+                name, server["mode"], str(len(server["transfers"])), str(server["connections"])
+            )
+        console.print(table)
     return 0 if info["alive"] else 1
 
 
