@@ -1,5 +1,5 @@
-"""The update store: rules, the files of their versions, test devices and the device-update
-configuration, in ``<state>/store.sqlite3``.
+"""The update store: rules, the files of their versions, test devices, the device-update
+configuration and the phone inventory, in ``<state>/store.sqlite3``.
 
 SQLite in WAL mode, so a running service reads while the CLI writes. Every write is one
 ``BEGIN IMMEDIATE`` transaction with a busy timeout: concurrent writers (CLI processes, the
@@ -11,8 +11,13 @@ A running service calls ``snapshot()`` on every check: it costs one ``PRAGMA dat
 while nothing changed, and reloads everything (one read transaction) after any commit by
 any process, so changes are seen at the very next check without a restart.
 
+Each rule records when its approved version became approved (``approved_at``, set by
+approve and restore; schema 1 stores are migrated with their last change time as the best
+known). The phone inventory keeps one record per MAC address, the latest sighting winning;
+what is written there and when is lab.inventory's business.
+
 The rules of the lifecycle and of serving are in lab.decision, the settings' names and
-ranges in lab.devconfig; this module stores them.
+ranges in lab.devconfig, the inventory's flags in lab.inventory; this module stores them.
 """
 
 from __future__ import annotations
@@ -125,6 +130,51 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class PhoneRecord:
+    """A phone the service has seen: its identity, what it runs, where and when it last checked."""
+
+    mac: str
+    serial: str
+    kind: DeviceKind
+    version: str
+    address: str
+    zone: str  # "inside" (internal site) or "outside" (external site, through the edge)
+    server: str
+    first_seen: str
+    last_seen: str
+    last_user: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "mac": self.mac,
+            "serial": self.serial,
+            "device_type": self.kind.device_type,
+            "vendor": self.kind.vendor,
+            "model": self.kind.model,
+            "revision": self.kind.revision,
+            "locale": self.kind.locale,
+            "version": self.version,
+            "address": self.address,
+            "zone": self.zone,
+            "server": self.server,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "last_user": self.last_user,
+        }
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A rule's approved version and when it became approved (None when not known)."""
+
+    server: str
+    kind: DeviceKind
+    version: str
+    approved_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Rules, test devices and configuration at one moment: what a running service reuses."""
 
@@ -229,7 +279,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) STRICT""",
         ),
     ),
-    # 2: the phone inventory (devices the service has seen) arrives here.
+    Migration(
+        2,
+        "phone inventory; when each rule's approved version was approved",
+        (
+            f"""CREATE TABLE phones (
+                mac TEXT PRIMARY KEY,
+                serial TEXT NOT NULL,{_KIND_COLUMNS},
+                version TEXT NOT NULL,
+                address TEXT NOT NULL,
+                zone TEXT NOT NULL CHECK (zone IN ('inside', 'outside')),
+                server TEXT NOT NULL,
+                first_seen TEXT NOT NULL,
+                last_seen TEXT NOT NULL,
+                last_user TEXT
+            ) STRICT""",
+            "ALTER TABLE rules ADD COLUMN approved_at TEXT",
+            # The real approval time of an existing rule is not known; its last change is
+            # the closest record (an approve or restore is a change).
+            "UPDATE rules SET approved_at = updated_at WHERE approved IS NOT NULL",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -476,10 +546,24 @@ class Store:
         return [RuleChange("removed", rule, None) for rule in chosen]
 
     def _save_versions(self, db: sqlite3.Connection, rule: Rule) -> None:
+        stamp = self._stamp()
+        # approved_at moves only when the approved version changes (approve, restore); on
+        # the right-hand side ``approved`` is still the old value.
         db.execute(
-            "UPDATE rules SET pending = ?, approved = ?, restore = ?, updated_at = ?"
+            "UPDATE rules SET pending = ?, approved = ?, restore = ?, updated_at = ?,"
+            " approved_at = CASE WHEN approved IS ? THEN approved_at"
+            " WHEN ? IS NULL THEN NULL ELSE ? END"
             " WHERE uuid = ?",
-            (rule.pending, rule.approved, rule.restore, self._stamp(), rule.uuid),
+            (
+                rule.pending,
+                rule.approved,
+                rule.restore,
+                stamp,
+                rule.approved,
+                rule.approved,
+                stamp,
+                rule.uuid,
+            ),
         )
 
     # --- imports ---
@@ -513,7 +597,9 @@ class Store:
                 rule = change.rule
                 if change.action == "created":
                     db.execute(
-                        "INSERT INTO rules VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO rules (uuid, identity, server, device_type, vendor, model,"
+                        " revision, locale, pending, approved, restore, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             rule.uuid,
                             rule.identity,
@@ -639,6 +725,68 @@ class Store:
                         (entry.name, value, self._stamp()),
                     )
             return self._load_config(db)
+
+    # --- phone inventory ---
+
+    def record_phones(self, records: Sequence[PhoneRecord]) -> None:
+        """Insert or update phones by MAC, all in one transaction.
+
+        A known phone keeps its ``first_seen``, and its ``last_user`` when the record has none.
+        """
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO phones VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (mac) DO UPDATE SET serial = excluded.serial,"
+                " device_type = excluded.device_type, vendor = excluded.vendor,"
+                " model = excluded.model, revision = excluded.revision,"
+                " locale = excluded.locale, version = excluded.version,"
+                " address = excluded.address, zone = excluded.zone, server = excluded.server,"
+                " last_seen = excluded.last_seen,"
+                " last_user = coalesce(excluded.last_user, phones.last_user)",
+                [
+                    (
+                        r.mac,
+                        r.serial,
+                        *_kind_row(r.kind),
+                        r.version,
+                        r.address,
+                        r.zone,
+                        r.server,
+                        r.first_seen,
+                        r.last_seen,
+                        r.last_user,
+                    )
+                    for r in records
+                ],
+            )
+
+    def phones(self) -> list[PhoneRecord]:
+        """Every phone the service has seen, by server and MAC address."""
+        with self._read() as db:
+            return [
+                PhoneRecord(mac, serial, DeviceKind(device_type, vendor, model, rev, loc), *rest)
+                for mac, serial, device_type, vendor, model, rev, loc, *rest in db.execute(
+                    "SELECT mac, serial, device_type, vendor, model, revision, locale, version,"
+                    " address, zone, server, first_seen, last_seen, last_user"
+                    " FROM phones ORDER BY server, mac"
+                )
+            ]
+
+    def approvals(self) -> list[Approval]:
+        """Every rule's approved version with the time it was approved."""
+        with self._read() as db:
+            return [
+                Approval(
+                    server,
+                    DeviceKind(*kind),
+                    approved,
+                    datetime.fromisoformat(at) if at is not None else None,
+                )
+                for server, *kind, approved, at in db.execute(
+                    "SELECT server, device_type, vendor, model, revision, locale, approved,"
+                    " approved_at FROM rules WHERE approved IS NOT NULL"
+                )
+            ]
 
     # --- loading ---
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -24,8 +25,11 @@ from aiohttp import web
 
 from lab.audit import AuditRecord
 from lab.config import FrontEnd, LabConfig
+from lab.devconfig import DeviceUpdateConfig
 from lab.events import EventBus
+from lab.inventory import Sighting, utc_now
 from lab.service.files import ImageFiles
+from lab.service.logs import DeviceLogStore
 from lab.service.ntlm import Directory
 from lab.service.problems import DiagnosedRequestHandler, Diagnostic, Problem
 from lab.service.sites import TLSSite
@@ -67,6 +71,12 @@ class ServiceContext:
     https_port: int = 0
     # Called with every request to the update endpoints (the audit log's seam).
     on_request: Callable[[AuditRecord], None] | None = None
+    # Called with every answered update check (the phone inventory's seam); must be cheap.
+    on_check: Callable[[Sighting], None] | None = None
+    # The device-update configuration in force (log limits), read at every log upload.
+    device_config: Callable[[], DeviceUpdateConfig] = DeviceUpdateConfig
+    # Wall-clock time of sightings and log names (injectable for tests).
+    now: Callable[[], datetime] = utc_now
 
     def internal_url(self, path: str) -> str:
         """An https URL at the pool FQDN (what inside phones use)."""
@@ -129,7 +139,7 @@ class ServerStatus:
 
 
 class FrontEndServer:
-    """One front end: an internal and an external TLS site over one file store."""
+    """One front end: an internal and an external TLS site over one file store and its logs."""
 
     def __init__(
         self,
@@ -141,9 +151,12 @@ class FrontEndServer:
         make_app: Callable[[FrontEndServer, Role], web.Application],
         admit_internal: Callable[[str], bool],
         shutdown_timeout: float = 5.0,
+        logs: DeviceLogStore | None = None,
     ) -> None:
         self.front_end = front_end
         self.files = files
+        # Device log uploads are taken only when there is a log store.
+        self.logs = logs
         self.context = context
         self.ssl_context = ssl_context
         self.mode = Mode.PRODUCTION

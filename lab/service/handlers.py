@@ -6,7 +6,10 @@ update check with no credentials is refused with 403 when the phone reports no s
 user (it has nothing to authenticate with) and with a 401 NTLM challenge otherwise;
 internal download paths are refused (403). A front end out of production answers every
 new request with 503 and ``Retry-After``. Every request to these endpoints is reported
-through ``ServiceContext.on_request`` as an audit record.
+through ``ServiceContext.on_request`` as an audit record, and every answered update check
+through ``ServiceContext.on_check`` as a sighting for the phone inventory. Device log
+uploads follow the same site rules (anonymous inside, NTLM outside); lab.service.logs
+holds their own.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from lab.audit import AuditRecord, now_iso
 from lab.config import User
 from lab.decision import Decision
 from lab.errors import IdentityError, StoreError
-from lab.models import check_kind
+from lab.firewall import Zone
+from lab.inventory import Sighting
+from lab.models import DeviceKind, check_kind
 from lab.service.frontend import FrontEndServer, Role
+from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
 from lab.service.ntlm import Authenticated, Challenge, NtlmSession, Rejected, parse_authorization
 from lab.service.problems import Diagnostic, Problem, problem_middleware
 from lab.service.updates import device_kind
@@ -47,6 +53,7 @@ SERVER_HEADER = "X-MS-Server-Fqdn"
 PARSED: web.RequestKey[DeviceUpdateRequest] = web.RequestKey("parsed", DeviceUpdateRequest)
 DECISION: web.RequestKey[Decision] = web.RequestKey("decision", Decision)
 USER: web.RequestKey[User] = web.RequestKey("user", User)
+UPLOAD: web.RequestKey[LogUpload] = web.RequestKey("upload", LogUpload)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,6 +70,10 @@ def make_app(server: FrontEndServer, role: Role) -> web.Application:
     checks = [CHECK_PATH] if role is Role.INTERNAL else [EXTERNAL_CHECK_PATH, CHECK_PATH]
     for path in checks:
         app.router.add_post(path, endpoints.check)
+    if server.logs is not None:
+        logs = [LOG_PATH] if role is Role.INTERNAL else [EXTERNAL_LOG_PATH, LOG_PATH]
+        for path in logs:
+            app.router.add_post(path, endpoints.device_log)
     app.router.add_get(files + "/{path:.+}", endpoints.download)
     app.router.add_post(SIGNIN_PATH, endpoints.signin)
     if role is Role.EXTERNAL:
@@ -110,7 +121,7 @@ class Endpoints:
         parsed = self._parse(await read_body(request))
         request[PARSED] = parsed
         try:
-            check_kind(device_kind(parsed))
+            kind = check_kind(device_kind(parsed))
         except IdentityError as exc:
             raise Problem(Diagnostic.UNKNOWN_MODEL, f"unknown device: {exc}") from None
         try:
@@ -133,7 +144,28 @@ class Endpoints:
             )
             for item in decision.files
         ]
+        self._seen(request, parsed, kind)
         return web.Response(body=update_response(downloads), content_type=XML_TYPE, charset="utf-8")
+
+    async def device_log(self, request: web.Request) -> web.StreamResponse:
+        """POST ucdevicelog.upx: store a phone's log within the configured limits."""
+        self.server.ensure_in_service()
+        if self.role is Role.EXTERNAL:
+            self._require_user(request)
+        logs = self.server.logs
+        assert logs is not None  # the route exists only with a log store
+        upload = parse_log_upload(request.query)
+        request[UPLOAD] = upload
+        try:
+            config = self.context.device_config()
+        except StoreError as exc:
+            raise Problem(
+                Diagnostic.STORE_UNAVAILABLE,
+                f"the device-update configuration cannot be read now: {exc}",
+                headers={"Retry-After": str(self.context.retry_after)},
+            ) from None
+        stored = await logs.receive(upload, request.content, request.content_length, config)
+        return web.Response(text=f"stored {stored.path.name} ({stored.size} bytes)\n")
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         """GET an image file: Range, ETag and If-Range honoured."""
@@ -221,6 +253,26 @@ class Endpoints:
                 )
         raise _challenge("update checks from outside need NTLM credentials")
 
+    def _seen(self, request: web.Request, parsed: DeviceUpdateRequest, kind: DeviceKind) -> None:
+        observer = self.context.on_check
+        if observer is None:
+            return
+        user = request.get(USER)
+        observer(
+            Sighting(
+                mac=parsed.mac,
+                serial=parsed.serial,
+                kind=kind,
+                version=parsed.installed_version,
+                address=request.remote or "",
+                # The internal site admits inside peers only; the external one is the edge's.
+                zone=Zone.INSIDE if self.role is Role.INTERNAL else Zone.OUTSIDE,
+                server=self.server.name,
+                seen=self.context.now(),
+                user=parsed.last_signed_in_user or (user.upn if user else None),
+            )
+        )
+
     @staticmethod
     def _parse(body: bytes) -> DeviceUpdateRequest:
         try:
@@ -264,6 +316,14 @@ class Endpoints:
         )
         if parsed is not None:
             record = _with_request(record, parsed, user)
+        upload = request.get(UPLOAD)
+        if upload is not None:
+            record = replace(
+                record,
+                mac=upload.mac,
+                reason=reason or upload.summary,
+                last_signed_in_user=user.upn if user else "",
+            )
         observer(record)
 
 

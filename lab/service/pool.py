@@ -13,6 +13,11 @@ to servers in production, and the last server in production can be taken out onl
 published. Changes are published on the EventBus as ``maintenance.entered``,
 ``maintenance.drained``, ``maintenance.exited``, ``service.started`` and
 ``service.stopped``.
+
+A pool that opens its own store also records the phone inventory (lab.inventory: checks
+are gathered in memory and written in batches) and reads the device-update configuration
+for log uploads from it. Each front end keeps device logs under
+``<state>/servers/<fe>/DeviceLogs`` (lab.service.logs).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -30,9 +36,11 @@ from lab import filestore
 from lab.audit import AuditRecord
 from lab.config import LabConfig
 from lab.decision import Decision
+from lab.devconfig import DeviceUpdateConfig
 from lab.errors import ConfigError, ServiceError
 from lab.events import Event, EventBus
 from lab.firewall import FirewallPolicy
+from lab.inventory import FLUSH_INTERVAL, InventoryRecorder, utc_now
 from lab.pki import LabPKI
 from lab.service.edge import Edge, Upstream
 from lab.service.files import ImageFiles
@@ -45,6 +53,7 @@ from lab.service.frontend import (
     ServiceContext,
 )
 from lab.service.handlers import make_app
+from lab.service.logs import DeviceLogStore, log_store_path
 from lab.service.ntlm import Directory, LockoutPolicy
 from lab.service.sites import bind_same_port
 from lab.service.updates import Decider, StoreDecider
@@ -94,6 +103,8 @@ class ServicePool:
         check_interval: int = DEFAULT_CHECK_INTERVAL,
         on_request: Callable[[AuditRecord], None] | None = None,
         shutdown_timeout: float = 5.0,
+        now: Callable[[], datetime] = utc_now,
+        inventory_interval: float = FLUSH_INTERVAL,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
@@ -111,7 +122,10 @@ class ServicePool:
             retry_after=retry_after,
             check_interval=check_interval,
             on_request=on_request,
+            now=now,
         )
+        self.inventory: InventoryRecorder | None = None
+        self._inventory_interval = inventory_interval
         self.servers: dict[str, FrontEndServer] = {}
         self.edge: Edge | None = None
         self._shutdown_timeout = shutdown_timeout
@@ -128,8 +142,14 @@ class ServicePool:
         internal, external, edge_sock = self._bind()
         try:
             if self._own_store:
-                self._store = Store.open(self.state_dir)
-                self.context.decider = StoreDecider(self._store)
+                store = self._store = Store.open(self.state_dir)
+                self.context.decider = StoreDecider(store)
+                self.context.device_config = lambda: store.snapshot().config
+                self.inventory = InventoryRecorder(
+                    self.state_dir, events=self.events, interval=self._inventory_interval
+                )
+                await self.inventory.start()
+                self.context.on_check = self.inventory.record
             self.context.https_port = internal[0].getsockname()[1]
             self.directory.open()
             for fe, isock, esock, tls in zip(
@@ -143,6 +163,12 @@ class ServicePool:
                     make_app=make_app,
                     admit_internal=self.firewall.is_inside,
                     shutdown_timeout=self._shutdown_timeout,
+                    logs=DeviceLogStore(
+                        log_store_path(self.state_dir, fe.name),
+                        server=fe.name,
+                        events=self.events,
+                        now=self.context.now,
+                    ),
                 )
                 self.servers[fe.name] = server
                 await server.start(isock, esock)
@@ -174,10 +200,16 @@ class ServicePool:
         # Concurrently: each waits up to the shutdown timeout for its transfers.
         await asyncio.gather(*(server.stop() for server in servers))
         self.directory.close()
+        if self.inventory is not None:
+            # After the servers: no check can come in, so the last flush is complete.
+            self.context.on_check = None
+            await self.inventory.stop()
+            self.inventory = None
         if self._store is not None:
             self._store.close()
             self._store = None
             self.context.decider = _NoStore()
+            self.context.device_config = DeviceUpdateConfig
         if self._running:
             self._running = False
             self.events.publish("service.stopped")
