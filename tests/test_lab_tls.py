@@ -1,0 +1,86 @@
+"""What openssl sees of a running lab's front ends: the names phones rely on, and the firewall."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from lab.config import LabConfig
+from lab.runner import Lab
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+@pytest.fixture
+async def lab(lab_config: LabConfig, tmp_path: Path) -> AsyncIterator[Lab]:
+    async with Lab(lab_config, tmp_path / "state") as running:
+        yield running
+
+
+async def s_client(lab: Lab, source: str, address: str) -> tuple[int, str]:
+    """Run ``openssl s_client`` from ``source`` without blocking the lab's loop."""
+    proc = await asyncio.create_subprocess_exec(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"{address}:{lab.pool.https_port}",
+        "-bind",
+        f"{source}:0",
+        "-servername",
+        lab.config.ucupdates_names[0],
+        "-CAfile",
+        str(lab.pki.ca_cert),
+        "-verify_return_error",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return await proc.wait(), out.decode(errors="replace")
+
+
+async def subject_alt_names(pem: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "openssl",
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate(pem.encode())
+    return out.decode()
+
+
+async def test_s_client_inside_shows_the_names_phones_use(lab: Lab) -> None:
+    for fe in lab.config.front_ends:
+        code, out = await s_client(lab, "127.10.0.100", str(fe.address))
+        assert code == 0, out
+        assert "Verify return code: 0 (ok)" in out
+        start = out.index("-----BEGIN CERTIFICATE-----")
+        end = out.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+        names = await subject_alt_names(out[start:end])
+        for name in (
+            fe.fqdn,
+            lab.config.pool_fqdn,
+            "ucupdates-r2.contoso.test",
+            lab.config.edge.external_web,
+        ):
+            assert f"DNS:{name}" in names
+
+
+async def test_s_client_from_outside_gets_no_handshake_at_an_internal_site(lab: Lab) -> None:
+    code, out = await s_client(lab, "127.20.0.100", str(lab.config.front_ends[0].address))
+    assert code != 0
+    assert "BEGIN CERTIFICATE" not in out
+
+
+async def test_s_client_through_the_edge_reaches_a_front_end(lab: Lab) -> None:
+    code, out = await s_client(lab, "127.20.0.100", str(lab.config.edge.address))
+    assert code == 0, out
+    assert "Verify return code: 0 (ok)" in out
