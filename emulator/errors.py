@@ -149,3 +149,15 @@ class DownloadInterruptedError(NetworkError):
         self.offset = offset
         self.etag = etag
         super().__init__(message)
+
+
+class DriverError(EmulatorError):
+    """A phone's driver cannot go on: the core refused what the driver fed it, or I/O broke it."""
+
+
+class WaitTimeoutError(DriverError, TimeoutError):
+    """A wait for a phone to reach some condition ran past the virtual deadline it was given."""
+
+
+class FleetError(EmulatorError, ValueError):
+    """A fleet or a fault is described with options that make no sense (no phones, bad times)."""

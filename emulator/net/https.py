@@ -25,7 +25,7 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,7 +54,12 @@ from emulator.lease import Lease
 from emulator.net import ntlm
 from emulator.net.client import Answer, Download, Progress
 from emulator.net.resolver import Resolver
-from emulator.net.tls import CertificateChecker, PhoneCertificateRejected, phone_context
+from emulator.net.tls import (
+    CertificateChecker,
+    PhoneCertificateRejected,
+    PhoneTLSContext,
+    phone_context,
+)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
@@ -62,6 +67,9 @@ DEFAULT_USER_AGENT = "UCPhone (Lync Phone Edition emulator)"
 ERROR_BODY_LIMIT = 4096
 """How much of an error answer's body is kept (its reason is in the headers anyway)."""
 CHUNK_SIZE = 64 * 1024
+
+TLSContexts = Callable[[float], PhoneTLSContext]
+"""The TLS context for a clock offset: lets many phones on one clock share a few contexts."""
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
@@ -128,7 +136,12 @@ class _Exchange:
 
 
 class PhoneHTTPSClient:
-    """The HTTPS client of one phone: its source address, its resolver, its CA, its clock."""
+    """The HTTPS client of one phone: its source address, its resolver, its CA, its clock.
+
+    ``tls``, when given, supplies the TLS context for each clock offset instead of a context
+    of the client's own (which costs an OpenSSL context per phone); its checks must read the
+    same clock plus that offset.
+    """
 
     def __init__(
         self,
@@ -142,6 +155,7 @@ class PhoneHTTPSClient:
         answer_limit: int = ANSWER_LIMIT,
         user_agent: str = DEFAULT_USER_AGENT,
         ntlm_client: ntlm.AuthFactory = ntlm.NTLMClient,
+        tls: TLSContexts | None = None,
     ) -> None:
         self.source = source
         self.clock = clock
@@ -154,12 +168,16 @@ class PhoneHTTPSClient:
         self._ntlm = ntlm_client
         self._resolver = PhoneAiohttpResolver(resolver)
         self._offset = 0.0
-        checker = (
-            CertificateChecker.from_file(ca_cert, self.phone_time)
-            if ca_cert is not None
-            else CertificateChecker((), self.phone_time)
-        )
-        self._tls = phone_context(checker)
+        if tls is None:
+            checker = (
+                CertificateChecker.from_file(ca_cert, self.phone_time)
+                if ca_cert is not None
+                else CertificateChecker((), self.phone_time)
+            )
+            # Its checker reads phone_time, which follows the offset: one context will do.
+            tls = _always(phone_context(checker))
+        self._tls_for = tls
+        self._tls = tls(self._offset)
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -453,6 +471,7 @@ class PhoneHTTPSClient:
             # Connections were checked at the old time: the next one must be checked anew.
             await self.drop_connections()
             self._offset = clock_offset
+            self._tls = self._tls_for(clock_offset)
         if self._session is None:
             trace = aiohttp.TraceConfig()
             trace.on_connection_create_end.append(self._connection_made)
@@ -552,6 +571,10 @@ class _FileSink:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _always(context: PhoneTLSContext) -> TLSContexts:
+    return lambda offset: context
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:

@@ -1,0 +1,542 @@
+"""The ``emulator`` command: run phones against a running lab, and show a phone's screens.
+
+    emulator run     [--state-dir DIR] [--phones N] [--model M]... [--location L] [--user U]
+                     [--scale S] [--duration D] [--json] [faults...]
+    emulator screen  --from RUN.json [--phone MAC|SERIAL|ADDRESS|N] [--log]
+    emulator screen  [--state-dir DIR] [--model M] [run options...]   (runs one phone first)
+    emulator models
+
+The lab is found through its state directory: ``lease.json`` is what DHCP would give a
+phone there (DNS server, domain, the CA its image trusts). Phone time starts at the
+current time (or ``--start``) and runs ``--scale`` times faster than the wall clock.
+Exit status: 0 when the run was made, 1 when it could not be (no lab, a broken lease),
+2 for bad arguments, with a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from rich.console import Console
+
+from emulator.clock import ScaledClock, from_datetime
+from emulator.driver import LeaseNetwork
+from emulator.errors import CredentialsError, EmulatorError, LeaseError, ModelError
+from emulator.events import Credentials
+from emulator.faults import AnyFault, BootFailure, Call, PowerCut, Trigger, WrongClock
+from emulator.fleet import (
+    Fleet,
+    FleetResult,
+    Location,
+    PhoneSpec,
+    ProgressDisplay,
+    format_span,
+)
+from emulator.lease import Lease, load_lease
+from emulator.models import MAX_INDEX, MODELS, PhoneModel, get_model
+from emulator.states import PhoneState
+
+PROG = "emulator"
+LEASE_FILE = "lease.json"
+DEFAULT_SCALE = 3600.0
+"""Phone seconds per wall-clock second by default: an hour a second, a day in 24 s."""
+DEFAULT_MAX_CLIENTS = 128
+"""Phones with an HTTPS exchange in progress at once: bounds a large fleet's memory."""
+MIXED = "mixed"
+TABLE_LIMIT = 20
+"""Runs of up to this many phones list every phone after the summary."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(d|h|min|m|s)?", re.IGNORECASE)
+_UNITS = {"d": 86_400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, None: 1.0}
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``24h``, ``1d``, ``1h30m`` or ``-400d``."""
+    body = text.strip()
+    sign = -1.0 if body.startswith("-") else 1.0
+    body = body.lstrip("+-").strip()
+    total, position = 0.0, 0
+    while position < len(body):
+        match = _DURATION.match(body, position)
+        if match is None or match.end() == position:
+            break
+        unit = match.group(2).lower() if match.group(2) else None
+        total += float(match.group(1)) * _UNITS[unit]
+        position = match.end()
+        while position < len(body) and body[position] == " ":
+            position += 1
+    if not body or position != len(body):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (write it like 90s, 5m, 24h, 1d or 1h30m)"
+        )
+    return sign * total
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a duration longer than 0")
+    return value
+
+
+def _non_negative_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be a negative duration")
+    return value
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"the time scale must be a number > 0, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_INDEX:
+        raise argparse.ArgumentTypeError(f"{text} must be between 1 and {MAX_INDEX}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share must be between 0 and 1, not {text}")
+    return value
+
+
+def _model(text: str) -> PhoneModel:
+    try:
+        return get_model(text)
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _start(text: str) -> float:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO date and time (like 2026-12-01T09:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a time zone (end it with Z for UTC)")
+    return from_datetime(when)
+
+
+def _call(text: str) -> tuple[float, float]:
+    at, sep, length = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not AT:DURATION (a call 1m after power-on for 10m: 1m:10m)"
+        )
+    return _non_negative_duration(at), _positive_duration(length)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``emulator`` command line."""
+    parser = _Parser(prog=PROG, description="Lync Phone Edition phones against a running lab.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a fleet of phones against a running lab")
+    _add_run_options(run)
+    run.add_argument("--phones", type=_count, default=1, help="how many phones (default 1)")
+    run.add_argument("--json", action="store_true", help="print the summary and phones as JSON")
+    run.add_argument("--log", action="store_true", help="keep every phone's log in the JSON")
+
+    screen = commands.add_parser(
+        "screen", help="a phone's System Information, from a run's JSON or by running one"
+    )
+    screen.add_argument("--from", dest="source", type=Path, help="the JSON of `emulator run`")
+    screen.add_argument(
+        "--phone", help="which phone of the JSON: MAC, serial number, address or position (1..)"
+    )
+    screen.add_argument("--log", action="store_true", help="also show the phone's log")
+    _add_run_options(screen)
+
+    commands.add_parser("models", help="the phone models the emulator can be")
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path("state"), help="the lab's state directory"
+    )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        type=_model,
+        help=f"phone model, repeatable (phones take them in turn; default CX600): "
+        f"{', '.join(MODELS)}",
+    )
+    parser.add_argument(
+        "--location",
+        choices=[Location.INSIDE.value, Location.OUTSIDE.value, MIXED],
+        default=Location.INSIDE.value,
+        help="inside the firewall, outside it, or every other phone (default inside)",
+    )
+    parser.add_argument("--first-index", type=_count, default=1, help="index of the first phone")
+    parser.add_argument(
+        "--user", help="a user to sign in on every phone (alice, CONTOSO\\alice or alice@...)"
+    )
+    parser.add_argument("--domain", help="the user's NTLM domain (default: from the SIP domain)")
+    parser.add_argument(
+        "--nt-hash", help="the user's NT hash (without it the password is asked for)"
+    )
+    parser.add_argument(
+        "--sign-in-at",
+        type=_non_negative_duration,
+        help="sign the user in this long after power-on (default: once the phone is idle)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=_scale,
+        default=DEFAULT_SCALE,
+        help=f"phone seconds per wall-clock second (default {DEFAULT_SCALE:g})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_duration,
+        default=86_400.0,
+        help="longest run in phone time (default 1d); it ends early once every phone settled",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="run the whole duration even once phones settled"
+    )
+    parser.add_argument(
+        "--stagger",
+        type=_non_negative_duration,
+        default=60.0,
+        help="spread the boots over this much phone time (default 1m)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of boot times and jitter")
+    parser.add_argument("--start", type=_start, help="phone time at the start (default: now)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--max-clients",
+        type=_count,
+        default=DEFAULT_MAX_CLIENTS,
+        help="most phones talking HTTPS at once; the others wait their turn "
+        f"(default {DEFAULT_MAX_CLIENTS})",
+    )
+    faults = parser.add_argument_group("faults")
+    faults.add_argument(
+        "--power-cut",
+        action="store_true",
+        help="power is lost 10 s into installing, and back 1 min later",
+    )
+    faults.add_argument(
+        "--boot-failure", action="store_true", help="the first boot into a new image fails"
+    )
+    faults.add_argument(
+        "--clock-offset",
+        type=parse_duration,
+        help="phone clocks this far from true time (like -400d)",
+    )
+    faults.add_argument(
+        "--busy",
+        type=_positive_duration,
+        help="a call of this length starts when a download starts",
+    )
+    faults.add_argument(
+        "--call",
+        type=_call,
+        action="append",
+        default=[],
+        metavar="AT:DURATION",
+        help="a call AT after power-on lasting DURATION, repeatable",
+    )
+    faults.add_argument(
+        "--fault-share",
+        type=_share,
+        default=1.0,
+        help="share of the phones that get the faults (default all)",
+    )
+
+
+# --- Turning options into a fleet -------------------------------------------------------------
+
+
+def credentials_from(args: argparse.Namespace, lease: Lease, stdin: TextIO) -> Credentials | None:
+    """The credentials a user types on the phones, or None without ``--user``."""
+    if not args.user:
+        return None
+    user, domain = args.user, args.domain
+    if "\\" in user:
+        domain, user = user.split("\\", 1)
+    elif "@" in user:
+        user, _, realm = user.partition("@")
+        domain = domain or realm.split(".")[0]
+    domain = (domain or lease.sip_domain.split(".")[0]).upper()
+    if not user:
+        raise UsageError(f"--user {args.user!r} names no user")
+    try:
+        if args.nt_hash:
+            return Credentials(user, domain, nt_hash=args.nt_hash)
+        password = _ask_password(f"{domain}\\{user}", stdin)
+        return Credentials(user, domain, password=password)
+    except CredentialsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _ask_password(account: str, stdin: TextIO) -> str:
+    if stdin.isatty():
+        password = getpass.getpass(f"password of {account}: ")
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError(f"no password given for {account}")
+    return password
+
+
+def faults_from(args: argparse.Namespace) -> tuple[AnyFault, ...]:
+    """The faults the options ask for (each phone that gets faults gets all of them)."""
+    faults: list[AnyFault] = []
+    if args.power_cut:
+        faults.append(PowerCut())
+    if args.boot_failure:
+        faults.append(BootFailure())
+    if args.clock_offset:
+        faults.append(WrongClock(offset=args.clock_offset))
+    if args.busy:
+        faults.append(Call(trigger=Trigger(on=PhoneState.DOWNLOADING), duration=args.busy))
+    for at, length in args.call:
+        faults.append(Call(trigger=Trigger(at=at), duration=length))
+    return tuple(faults)
+
+
+def specs_from(
+    args: argparse.Namespace, count: int, credentials: Credentials | None
+) -> list[PhoneSpec]:
+    """The phones of the run: models in turn, locations, the user, faults on a share."""
+    models: list[PhoneModel] = args.models or [get_model("CX600")]
+    if args.first_index + count - 1 > MAX_INDEX:
+        raise UsageError(f"phone indexes would go past {MAX_INDEX}")
+    faults = faults_from(args)
+    faulty = set(range(count))
+    if faults and args.fault_share < 1:
+        chosen = round(count * args.fault_share)
+        faulty = set(random.Random(args.seed).sample(range(count), chosen))
+    sign_in = (
+        Trigger(at=args.sign_in_at) if args.sign_in_at is not None else Trigger(on=PhoneState.IDLE)
+    )
+    specs = []
+    for i in range(count):
+        if args.location == MIXED:
+            location = Location.INSIDE if i % 2 == 0 else Location.OUTSIDE
+        else:
+            location = Location(args.location)
+        specs.append(
+            PhoneSpec(
+                model=models[i % len(models)],
+                index=args.first_index + i,
+                location=location,
+                credentials=credentials,
+                sign_in=sign_in,
+                faults=faults if i in faulty else (),
+            )
+        )
+    return specs
+
+
+async def run_fleet(
+    lease: Lease,
+    specs: Sequence[PhoneSpec],
+    args: argparse.Namespace,
+    console: Console | None = None,
+) -> FleetResult:
+    """Run the phones of ``specs`` on a scaled clock against the lab of ``lease``."""
+    loop = asyncio.get_running_loop()
+    # The date a run starts at is the one place the system clock is read: phones only
+    # ever see the scaled clock made from it.
+    start = args.start if args.start is not None else time.time()
+    clock = ScaledClock(loop.time, start=start, scale=args.scale)
+    network = LeaseNetwork(lease, clock, max_clients=args.max_clients)
+    with tempfile.TemporaryDirectory(prefix="emulator-") as workdir:
+        fleet = Fleet(
+            specs,
+            lease=lease,
+            clock=clock,
+            network=network,
+            workdir=Path(workdir),
+            seed=args.seed,
+            stagger=args.stagger if len(specs) > 1 else 0.0,
+        )
+        display = ProgressDisplay(console or Console(stderr=True), args.duration)
+        with display:
+            return await fleet.run(
+                duration=args.duration,
+                until_settled=not args.full,
+                progress=display.update if display.enabled else None,
+            )
+
+
+# --- Commands ---------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``emulator`` command."""
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except EmulatorError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "models":
+        for model in MODELS.values():
+            print(
+                f"{model.name:<8} {model.vendor.name:<8} revision {model.revision}, "
+                f"locale {model.locale}, factory image {model.factory_version}"
+            )
+        return 0
+    if args.command == "screen" and args.source is not None:
+        return _screen_from_file(args)
+    if args.command == "screen" and args.phone:
+        raise UsageError("--phone picks a phone of a run's JSON: give --from too")
+    if args.nt_hash and not args.user:
+        raise UsageError("--nt-hash needs --user")
+    lease = _lease(args.state_dir)
+    credentials = credentials_from(args, lease, sys.stdin)
+    count = args.phones if args.command == "run" else 1
+    specs = specs_from(args, count, credentials)
+    result = _run_loop(args.loop, lambda: run_fleet(lease, specs, args))
+    if args.command == "screen":
+        phone = result.phones[0]
+        print(phone.screen, end="")
+        if args.log:
+            print()
+            print("".join(entry.render() + "\n" for entry in phone.log), end="")
+        return 0
+    if args.json:
+        json.dump(result.as_dict(with_log=args.log), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_result(result)
+    return 0
+
+
+def _lease(state_dir: Path) -> Lease:
+    path = state_dir / LEASE_FILE
+    if not path.exists():
+        raise LeaseError(
+            f"no {LEASE_FILE} in {state_dir}: is a lab running there? (lab up --state-dir "
+            f"{state_dir})"
+        )
+    return load_lease(path)
+
+
+def _run_loop(loop: str, main: Callable[[], Coroutine[Any, Any, FleetResult]]) -> FleetResult:
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - installed wherever it builds
+            pass
+        else:
+            return uvloop.run(main())
+    return asyncio.run(main())
+
+
+def _print_result(result: FleetResult) -> None:
+    print(result.summary.render(), end="")
+    if len(result.phones) > TABLE_LIMIT:
+        return
+    print()
+    for phone in result.phones:
+        backup = f" (backup {phone.backup_version})" if phone.backup_version else ""
+        converged = (
+            f"settled after {format_span(phone.converged_after)}"
+            if phone.converged_after is not None
+            else "not settled"
+        )
+        print(
+            f"  {phone.mac}  {phone.model:<7} {phone.location:<7} {phone.address:<15} "
+            f"{phone.state.value:<20} {phone.version}{backup}; {converged}"
+        )
+        if phone.error:
+            print(f"    error: {phone.error}")
+
+
+def _screen_from_file(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.source.read_text(encoding="utf-8"))
+        phones = data["phones"]
+        if not isinstance(phones, list) or not phones:
+            raise ValueError("no phones")
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.source}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{args.source} is not the JSON of `emulator run --json`") from None
+    phone = _pick(phones, args.phone, args.source)
+    print(phone.get("system_information", ""), end="")
+    if args.log:
+        log = phone.get("log")
+        if log is None:
+            raise UsageError(f"{args.source} holds no phone logs: run with --json --log")
+        print()
+        print("".join(line + "\n" for line in log), end="")
+    return 0
+
+
+def _pick(phones: list[dict[str, Any]], wanted: str | None, source: Path) -> dict[str, Any]:
+    if wanted is None:
+        return phones[0]
+    key = wanted.strip().upper().replace(":", "-")
+    if key.isdigit() and 1 <= int(key) <= len(phones):
+        return phones[int(key) - 1]
+    for phone in phones:
+        names = {
+            str(phone.get("mac", "")).upper(),
+            str(phone.get("mac", "")).upper().replace("-", ""),
+            str(phone.get("serial", "")).upper(),
+            str(phone.get("address", "")),
+        }
+        if key in names:
+            return phone
+    raise UsageError(f"no phone {wanted!r} in {source} (give a MAC, serial, address or 1..)")
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m emulator.cli
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""A real lab and real phones on one event loop, for the end-to-end tests.
+
+`running_lab` starts `lab.runner.Lab` (DNS, the pool's front ends and edge, the admin API)
+on port 0 inside the test, and puts firmware in the way an administrator does: a vendor
+cab built with lab.cab, checked and imported into every front end with lab.importer,
+approved or restored with lab.store. `Phones` makes emulator phones on the lease the lab
+published, each with its own loopback address inside or outside.
+
+Why lab and phones share the test's loop under fake time (looptime), and why the clock is
+held while a phone talks: looptime moves the clock only when nothing on the loop is ready
+to run, and then straight to the next timer. With both ends of a connection on the same
+loop most of an exchange is always ready to run, but not all of it: an exchange through
+the edge (which opens a second connection to a front end) was seen to leave the loop with
+nothing ready for a moment of real time, and looptime then jumped over the phone's
+30-second read timeout; on a loaded machine any exchange could. So `HeldNetwork`
+wraps the real network and, while any phone's lookup, request or download is on the wire,
+keeps one executor job open: looptime waits for executor jobs in real time without moving
+the clock. Network I/O thus takes no fake time, however long it takes for real, and the
+clock jumps only when everyone waits for a timer (a boot, the 24-hour check, the five
+minutes before a restart). A lab in another process could not be held like this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emulator.clock import LoopClock
+from emulator.core import Phone
+from emulator.driver import LeaseNetwork, PhoneDriver
+from emulator.events import Credentials
+from emulator.faults import AnyFault
+from emulator.lease import Lease, load_lease
+from emulator.models import get_model
+from emulator.net.client import Answer, Download, HTTPSClient
+from emulator.net.resolver import Resolver
+from emulator.settings import PhoneSettings
+from emulator.states import PhoneState
+from lab.audit import AuditRecord
+from lab.cab import build, read_cab
+from lab.catalog import Signer
+from lab.config import LabConfig
+from lab.decision import Action
+from lab.events import Event
+from lab.filestore import FileStore
+from lab.importer import import_cab
+from lab.models import phone_model
+from lab.pki import verify_vendor_signature
+from lab.runner import LEASE_FILE, Lab
+from lab.service import ServicePool
+from lab.store import Selection, Store
+
+FACTORY = "4.0.7577.4366"
+NEW = "4.0.7577.4372"
+IMAGE_SIZE = 64 * 1024
+ALICE = Credentials("alice", "CONTOSO", nt_hash="fc525c9683e8fe067095ba2ddc971889")
+EDGE = "127.20.0.10"
+
+T0 = float(math.ceil(time.time() / 3600) * 3600)
+"""Phone time at the start of every test: the next whole hour (the lab's certificates are
+made for now, and a phone checks them against its own clock)."""
+
+BOOT = PhoneSettings().boot_time
+FLASH = PhoneSettings().flash_time
+IDLE_WAIT = 300.0
+DAY = 86_400.0
+INVENTORY_INTERVAL = 3600.0
+
+
+@dataclass
+class RunningLab:
+    """A lab started by the test, its lease, and what an administrator does to it."""
+
+    lab: Lab
+    lease: Lease
+    audit: list[AuditRecord] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        """The lab's state directory."""
+        return self.lab.state_dir
+
+    @property
+    def config(self) -> LabConfig:
+        """The lab's configuration."""
+        return self.lab.config
+
+    def publish(
+        self,
+        model: str,
+        version: str,
+        *,
+        approve: bool = True,
+        signer: Signer | None = None,
+        trusted: Callable[[str], bytes] | None = None,
+        size: int = IMAGE_SIZE,
+    ) -> None:
+        """Build a vendor cab for ``model`` at ``version``, import it everywhere, approve it.
+
+        ``signer`` signs the catalog instead of the model's vendor; ``trusted`` is what the
+        import checks signatures against (an administrator who trusts the wrong key).
+        """
+        pki = self.lab.pki
+        data, _ = build(
+            [(phone_model(model), version)],
+            (lambda vendor: signer) if signer else pki.vendor,
+            size,
+        )
+        contents = read_cab(
+            data,
+            "UCUpdates.cab",
+            trusted or (lambda vendor: pki.vendor(vendor).certificate_pem()),
+            verify_vendor_signature,
+        )
+        import_cab(self.state_dir, contents, self.config.front_ends)
+        if approve:
+            self.change(Action.APPROVE, model)
+
+    def change(self, action: Action, model: str) -> None:
+        """Approve, reset or restore the rules of ``model`` on every front end."""
+        with Store.open(self.state_dir) as store:
+            store.change(action, Selection(model=model))
+
+    def tamper(self, model: str, version: str) -> None:
+        """Flip one byte of the image in every front end's file store (after import)."""
+        kind = phone_model(model).kind()
+        for fe in self.config.front_ends:
+            path = FileStore(self.state_dir, fe.name).path(f"{kind.path}/{version}/CPE/CPE.nbt")
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+
+    def stored_bytes(self, model: str, version: str) -> int:
+        """The size of the catalog and image of ``model`` at ``version`` in a file store."""
+        files = FileStore(self.state_dir, self.config.front_ends[0].name)
+        folder = f"{phone_model(model).kind().path}/{version}/CPE"
+        return sum(files.path(f"{folder}/{name}").stat().st_size for name in ("CPE.cat", "CPE.nbt"))
+
+    def requests(self, mac: str) -> list[AuditRecord]:
+        """Every request of the phone with ``mac`` the front ends logged, in order."""
+        return [r for r in self.audit if r.mac == mac]
+
+
+@contextlib.asynccontextmanager
+async def running_lab(config: LabConfig, state_dir: Path) -> AsyncIterator[RunningLab]:
+    """Start a whole lab on the running loop; stop it afterwards."""
+    lab = Lab(config, state_dir)
+    # The pool's inventory recorder wakes up every half second, phones or not: 172,800
+    # wake-ups in a virtual day, each costing real time under looptime. The tests' lab
+    # writes its inventory every hour of fake time instead (nothing here reads it).
+    lab.pool = ServicePool(
+        config,
+        state_dir,
+        firewall=lab.firewall,
+        pki=lab.pki,
+        events=lab.events,
+        on_request=lambda record: lab.audit[record.server].write(record),
+        inventory_interval=INVENTORY_INTERVAL,
+    )
+    async with lab:
+        running = RunningLab(lab, load_lease(state_dir / LEASE_FILE))
+
+        def on_event(event: Event) -> None:
+            if event.kind == "audit":
+                running.audit.append(AuditRecord(**event.data))
+
+        unsubscribe = lab.events.subscribe(on_event)
+        try:
+            yield running
+        finally:
+            unsubscribe()
+
+
+class ClockHold:
+    """Keeps looptime from moving the clock while anything holds it (counted, re-entrant)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="clock-hold")
+        self._holders = 0
+        self._release: threading.Event | None = None
+        self._jobs: set[asyncio.Future[bool]] = set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the clock for the duration of the block."""
+        if self._holders == 0:
+            self._release = threading.Event()
+            job = self._loop.run_in_executor(self._executor, self._release.wait)
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+        self._holders += 1
+        try:
+            yield
+        finally:
+            self._holders -= 1
+            if self._holders == 0 and self._release is not None:
+                self._release.set()
+
+    async def aclose(self) -> None:
+        """Let go and stop the thread."""
+        if self._release is not None:
+            self._release.set()
+        await asyncio.gather(*self._jobs)
+        self._executor.shutdown(wait=True)
+
+
+class HeldResolver:
+    """A phone's resolver that holds the clock while a lookup is on the wire."""
+
+    def __init__(self, inner: Resolver, hold: ClockHold) -> None:
+        self.inner = inner
+        self.hold = hold
+
+    async def resolve(self, name: str, qtype: str = "A") -> list[str]:
+        """The inner resolver's answer."""
+        with self.hold.held():
+            return await self.inner.resolve(name, qtype)
+
+
+DownloadWatch = Callable[[str, int, int | None], None]
+"""Told as a download grows: the address it comes from, bytes so far, the full size."""
+
+
+class HeldClient:
+    """A phone's HTTPS client that holds the clock while a request or download is on the wire."""
+
+    def __init__(self, inner: HTTPSClient, hold: ClockHold, watch: DownloadWatch | None) -> None:
+        self.inner = inner
+        self.hold = hold
+        self.watch = watch
+
+    async def post_xml(self, url: str, body: bytes, **options: Any) -> Answer:
+        """The inner client's answer."""
+        with self.hold.held():
+            return await self.inner.post_xml(url, body, **options)
+
+    async def download(self, url: str, path: Path, **options: Any) -> Download:
+        """The inner client's download, reported to ``watch`` as it grows."""
+        watch, address = self.watch, options.get("address") or ""
+        if watch is not None:
+            options["progress"] = lambda size, total: watch(address, size, total)
+        with self.hold.held():
+            return await self.inner.download(url, path, **options)
+
+    async def post_log(self, url: str, body: bytes, **options: Any) -> Answer:
+        """The inner client's answer."""
+        with self.hold.held():
+            return await self.inner.post_log(url, body, **options)
+
+    async def drop_connections(self) -> None:
+        """Drop the inner client's connections."""
+        await self.inner.drop_connections()
+
+    async def close(self) -> None:
+        """Close the inner client."""
+        await self.inner.close()
+
+
+class HeldNetwork:
+    """The real network of the lease (LeaseNetwork), with the clock held during exchanges."""
+
+    def __init__(self, inner: LeaseNetwork, hold: ClockHold) -> None:
+        self.inner = inner
+        self.hold = hold
+        self.watch: DownloadWatch | None = None
+
+    def resolver(self, source: str) -> Resolver:
+        """The real resolver, held."""
+        return HeldResolver(self.inner.resolver(source), self.hold)
+
+    async def open_client(self, source: str, resolver: Resolver) -> HTTPSClient:
+        """A real client, held."""
+        return HeldClient(await self.inner.open_client(source, resolver), self.hold, self.watch)
+
+    async def close_client(self, client: HTTPSClient) -> None:
+        """Close a client open_client gave."""
+        assert isinstance(client, HeldClient)
+        await self.inner.close_client(client.inner)
+
+    def vendor_certificate(self, vendor: str) -> bytes:
+        """The lease's vendor certificate."""
+        return self.inner.vendor_certificate(vendor)
+
+
+class Phones:
+    """Emulator phones on a lab's lease, sharing one clock (phone time T0 now) and network."""
+
+    def __init__(self, lease: Lease, workdir: Path) -> None:
+        loop = asyncio.get_running_loop()
+        self.lease = lease
+        self.workdir = workdir
+        self.clock = LoopClock(loop.time, start=T0 - loop.time())
+        self.hold = ClockHold()
+        self.network = HeldNetwork(LeaseNetwork(lease, self.clock), self.hold)
+        self.drivers: list[PhoneDriver] = []
+
+    def phone(
+        self,
+        model: str = "CX600",
+        *,
+        index: int = 1,
+        inside: bool = True,
+        faults: Sequence[AnyFault] = (),
+        settings: PhoneSettings | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> PhoneDriver:
+        """A phone (powered off) at 127.10.1.<index> inside or 127.20.1.<index> outside."""
+        identity = get_model(model).identity(index)
+        core = Phone(identity, rng=random.Random(seed), settings=settings)
+        driver = PhoneDriver(
+            core,
+            lease=self.lease,
+            clock=self.clock,
+            network=self.network,
+            address=f"127.{10 if inside else 20}.1.{index}",
+            workdir=self.workdir,
+            faults=faults,
+            **options,
+        )
+        self.drivers.append(driver)
+        return driver
+
+    async def aclose(self) -> None:
+        """Stop every phone."""
+        for driver in self.drivers:
+            await driver.aclose()
+        await self.hold.aclose()
+
+
+@contextlib.asynccontextmanager
+async def phones_on(lab: RunningLab, workdir: Path) -> AsyncIterator[Phones]:
+    """Phones on ``lab``'s lease, stopped at the end."""
+    phones = Phones(lab.lease, workdir)
+    try:
+        yield phones
+    finally:
+        await phones.aclose()
+
+
+def idle_on(version: str) -> Callable[[PhoneDriver], bool]:
+    """A wait condition: the phone runs ``version`` and has nothing left to do."""
+    return lambda d: d.phone.current_version == version and d.phone.state is PhoneState.IDLE
+
+
+def entered(driver: PhoneDriver, state: PhoneState, after: float = 0.0) -> list[float]:
+    """The phone times at which ``driver``'s phone entered ``state`` (from ``after`` on)."""
+    return [c.time for c in driver.timeline if c.state is state and c.time >= after]
+
+
+def version_at(driver: PhoneDriver, t: float) -> str:
+    """The version ``driver``'s phone ran at phone time ``t``."""
+    return [c.version for c in driver.timeline if c.time <= t][-1]
+
+
+def logged(driver: PhoneDriver, text: str) -> list[float]:
+    """The phone times of the log lines that contain ``text``."""
+    return [e.time for e in driver.phone.log.matching(text)]

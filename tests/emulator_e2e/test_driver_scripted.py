@@ -1,0 +1,163 @@
+"""The driver with scripted network adapters: what is hard to make a real lab do on cue.
+
+The adapters answer from memory with a real signed catalog and image (made by the lab's
+cab builder with the lab PKI's vendor key), so the driver's real firmware checks run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_lab import BOOT, FACTORY, NEW, T0, idle_on, logged
+
+from emulator.clock import LoopClock
+from emulator.core import Phone
+from emulator.driver import PhoneDriver
+from emulator.errors import DriverError
+from emulator.lease import Lease
+from emulator.models import get_model
+from emulator.net.client import Answer, Download, HTTPSClient
+from emulator.net.resolver import Resolver
+from lab.cab import DeviceUpdate, make_update
+from lab.config import LabConfig
+from lab.models import phone_model
+from lab.pki import LabPKI
+
+LEASE = Lease("contoso.test", "pool01.contoso.test", ("127.10.0.2", 53), 10443)
+URL = "https://pool01.contoso.test:10443/DeviceUpdateFiles_Int/x/"
+
+
+class ScriptedResolver:
+    async def resolve(self, name: str, qtype: str = "A") -> list[str]:
+        return ["127.10.0.11"]
+
+
+class ScriptedClient:
+    """Offers one update and serves its files; calls ``before_image`` as the image arrives."""
+
+    def __init__(self, update: DeviceUpdate, before_image: Any) -> None:
+        self.update = update
+        self.before_image = before_image
+
+    async def post_xml(self, url: str, body: bytes, **options: Any) -> Answer:
+        if self.update.version.encode() in body:
+            return Answer(200, b'<DeviceUpdateResponse downloads="0"/>', "text/xml")
+        offers = "".join(
+            f'<Download module="{f.module}" version="{self.update.version}" size="{f.size}" '
+            f'sha256="{f.sha256}"><BaseURL>{URL}{f.module}</BaseURL></Download>'
+            for f in self.update.files
+        )
+        answer = f'<DeviceUpdateResponse downloads="2">{offers}</DeviceUpdateResponse>'
+        return Answer(200, answer.encode(), "text/xml")
+
+    async def download(self, url: str, path: Path, **options: Any) -> Download:
+        (file,) = [f for f in self.update.files if url.endswith(f.module)]
+        await asyncio.to_thread(path.write_bytes, file.data)
+        if file.module == "CPE.nbt":
+            asyncio.get_running_loop().call_soon(self.before_image)
+        return Download(200, file.size, file.size, '"etag"')
+
+    async def post_log(self, url: str, body: bytes, **options: Any) -> Answer:
+        raise AssertionError("not used")
+
+    async def drop_connections(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class ScriptedNetwork:
+    def __init__(self, client: ScriptedClient, vendor_pem: bytes) -> None:
+        self.client = client
+        self.vendor_pem = vendor_pem
+
+    def resolver(self, source: str) -> Resolver:
+        return ScriptedResolver()
+
+    async def open_client(self, source: str, resolver: Resolver) -> HTTPSClient:
+        return self.client
+
+    async def close_client(self, client: HTTPSClient) -> None:
+        pass
+
+    def vendor_certificate(self, vendor: str) -> bytes:
+        return self.vendor_pem
+
+
+@pytest.fixture
+def pki(lab_config: LabConfig) -> LabPKI:
+    pki = LabPKI(lab_config)
+    pki.ensure()
+    return pki
+
+
+@pytest.mark.looptime
+async def test_a_result_computed_at_once_is_stamped_when_it_is_fed(
+    pki: LabPKI, tmp_path: Path
+) -> None:
+    # The catalog is verified at once, but its answer is fed on the next turn of the loop.
+    # Here the loop stalls for an hour of phone time in between and someone presses a
+    # key: the answer must not carry the time from before the key press.
+    loop = asyncio.get_running_loop()
+    clock = LoopClock(loop.time, start=T0 - loop.time())
+    signer = pki.vendor("Polycom")
+    update = make_update(phone_model("CX600"), NEW, signer, 4096)
+    driver: PhoneDriver | None = None
+
+    def stall_then_press_a_key() -> None:
+        assert driver is not None
+        clock.start += 3600
+        driver.use()
+
+    client = ScriptedClient(update, stall_then_press_a_key)
+    driver = PhoneDriver(
+        Phone(get_model("CX600").identity(1), rng=random.Random(0)),
+        lease=LEASE,
+        clock=clock,
+        network=ScriptedNetwork(client, signer.certificate_pem()),
+        address="127.10.1.1",
+        workdir=tmp_path,
+    )
+    driver.power_on()
+    await driver.wait_for(idle_on(NEW), until=T0 + 2 * 3600)
+    assert logged(driver, "catalog signature verified") == [T0 + BOOT + 3600]
+    assert driver.phone.backup_version == FACTORY
+    await driver.aclose()
+
+
+class BrokenClient(ScriptedClient):
+    """An adapter with a bug: it raises what no HTTPS client may raise."""
+
+    async def download(self, url: str, path: Path, **options: Any) -> Download:
+        raise RuntimeError("a bug in the adapter")
+
+
+@pytest.mark.looptime
+async def test_a_broken_adapter_stops_the_driver_and_wakes_whoever_waits(
+    pki: LabPKI, tmp_path: Path
+) -> None:
+    loop = asyncio.get_running_loop()
+    clock = LoopClock(loop.time, start=T0 - loop.time())
+    signer = pki.vendor("Polycom")
+    client = BrokenClient(make_update(phone_model("CX600"), NEW, signer, 4096), None)
+    driver = PhoneDriver(
+        Phone(get_model("CX600").identity(1), rng=random.Random(0)),
+        lease=LEASE,
+        clock=clock,
+        network=ScriptedNetwork(client, signer.certificate_pem()),
+        address="127.10.1.1",
+        workdir=tmp_path,
+    )
+    driver.power_on()
+    with pytest.raises(DriverError, match="I/O failed unexpectedly: RuntimeError") as failed:
+        await driver.wait_for(idle_on(NEW), until=T0 + 3600)
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert driver.settled  # a stopped phone holds no fleet up
+    with pytest.raises(DriverError):
+        await driver.wait_for(idle_on(NEW))  # later waits fail at once too
+    await driver.aclose()

@@ -1,0 +1,194 @@
+"""Fleets at a real lab: staggered boots from a seed, timelines, faults, the summary; and a
+run in real time on uvloop with a scaled clock, as `emulator run` does."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+from pathlib import Path
+
+import pytest
+import uvloop
+from e2e_lab import (
+    ALICE,
+    BOOT,
+    FACTORY,
+    FLASH,
+    IDLE_WAIT,
+    NEW,
+    T0,
+    phones_on,
+    running_lab,
+)
+from rich.console import Console
+
+from emulator.clock import ScaledClock
+from emulator.driver import LeaseNetwork
+from emulator.errors import FleetError
+from emulator.faults import BootFailure, Call, PowerCut, Trigger
+from emulator.fleet import Fleet, Location, PhoneSpec, ProgressDisplay
+from emulator.lease import Lease
+from emulator.models import get_model
+from emulator.states import PhoneState
+from lab.config import LabConfig
+
+S = PhoneState
+SEED = 7
+STAGGER = 600.0
+RESOLUTION = 1e-5
+UPDATE = BOOT + FLASH + IDLE_WAIT + BOOT
+"""From power-on to running the new image, when the network takes no time."""
+
+
+@pytest.mark.looptime
+async def test_a_fleet_with_faults_converges_on_exact_times_from_its_seed(
+    lab_config: LabConfig, tmp_path: Path
+) -> None:
+    cx600 = get_model("CX600")
+    specs = [
+        PhoneSpec(cx600, 1),
+        PhoneSpec(get_model("HP4120"), 2, Location.OUTSIDE, credentials=ALICE),
+        PhoneSpec(cx600, 3, faults=(PowerCut(),)),
+        PhoneSpec(cx600, 4, faults=(BootFailure(),)),
+        PhoneSpec(cx600, 5, faults=(Call(trigger=Trigger(on=S.DOWNLOADING), duration=600),)),
+    ]
+    async with (
+        running_lab(lab_config, tmp_path / "state") as lab,
+        phones_on(lab, tmp_path / "phones") as phones,
+    ):
+        lab.publish("CX600", NEW)
+        lab.publish("HP4120", NEW)
+        fleet = Fleet(
+            specs,
+            lease=lab.lease,
+            clock=phones.clock,
+            network=phones.network,
+            workdir=tmp_path / "fleet",
+            seed=SEED,
+            stagger=STAGGER,
+        )
+        result = await fleet.run(duration=86_400)
+
+    draws = random.Random(SEED)
+    offsets = [draws.uniform(0, STAGGER) for _ in specs]
+    # Exact to looptime's resolution: its clock counts microseconds, and every timer of a
+    # phone's life is rounded to one (the offsets drawn are not whole seconds).
+    assert [p.powered_on_at for p in result.phones] == pytest.approx(
+        [T0 + o for o in offsets], abs=RESOLUTION
+    )
+    assert [p.address for p in result.phones] == [
+        "127.10.1.1",
+        "127.20.1.1",
+        "127.10.1.2",
+        "127.10.1.3",
+        "127.10.1.4",
+    ]
+    power_cut = BOOT + 10 + 60 + UPDATE  # cut 10 s into installing, back after 60 s
+    boot_failure = BOOT + FLASH + IDLE_WAIT + 5 + BOOT  # back on the backup image
+    in_call = BOOT + 600 + IDLE_WAIT + BOOT  # the restart waits for the call to end
+    expected = [UPDATE, UPDATE, power_cut, boot_failure, in_call]
+    assert [p.converged_after for p in result.phones] == pytest.approx(
+        [o + e for o, e in zip(offsets, expected, strict=True)], abs=RESOLUTION
+    )
+    assert [p.version for p in result.phones] == [NEW, NEW, NEW, FACTORY, NEW]
+    assert result.phones[1].user == "alice@contoso.test"
+    timeline = [(c.state, c.version) for c in result.phones[0].timeline]
+    assert timeline[0] == (S.BOOTING, FACTORY)
+    assert timeline[-2:] == [(S.CHECKING, NEW), (S.IDLE, NEW)]
+
+    summary = result.summary
+    assert summary.by_state == {"idle": 5}
+    assert summary.by_version == {NEW: 4, FACTORY: 1}
+    assert summary.converged == 5
+    times = sorted(p.converged_after or 0 for p in result.phones)
+    assert (summary.converge_p50, summary.converge_p95, summary.converge_max) == (
+        times[2],
+        times[4],
+        times[4],
+    )
+    assert summary.ended == pytest.approx(T0 + times[4], abs=RESOLUTION)
+    data = result.as_dict()
+    assert data["summary"]["converged"] == 5
+    assert data["phones"][3]["timeline"][-1]["state"] == "idle"
+    assert "Current version: 4.0.7577.4366" in data["phones"][3]["system_information"]
+
+
+@pytest.mark.looptime
+async def test_a_run_that_does_not_settle_ends_at_its_duration(
+    lab_config: LabConfig, tmp_path: Path
+) -> None:
+    async with (
+        running_lab(lab_config, tmp_path / "state") as lab,
+        phones_on(lab, tmp_path / "phones") as phones,
+    ):
+        lab.publish("CX600", NEW)
+        fleet = Fleet(
+            [PhoneSpec(get_model("CX600"), 1)],
+            lease=lab.lease,
+            clock=phones.clock,
+            network=phones.network,
+            workdir=tmp_path / "fleet",
+        )
+        result = await fleet.run(duration=BOOT + FLASH + 10)
+    (phone,) = result.phones
+    assert phone.state is S.AWAITING_REBOOT
+    assert phone.converged_after is None
+    assert result.summary.ended == T0 + BOOT + FLASH + 10
+    assert result.summary.converged == 0
+
+
+async def test_a_fleet_cannot_have_two_phones_with_one_mac(tmp_path: Path) -> None:
+    lease = Lease("contoso.test", "pool01.contoso.test", ("127.10.0.2", 53), 443)
+    loop = asyncio.get_running_loop()
+    clock = ScaledClock(loop.time, start=T0)
+    spec = PhoneSpec(get_model("CX600"), 1)
+    with pytest.raises(FleetError, match="share MAC address 00-04-F2-00-00-01"):
+        Fleet([spec, spec], lease=lease, clock=clock, workdir=tmp_path)
+    with pytest.raises(FleetError, match="names no inside segment"):
+        Fleet([spec], lease=lease, clock=clock, workdir=tmp_path)
+
+
+def test_a_fleet_runs_in_real_time_on_uvloop_with_a_scaled_clock(
+    lab_config: LabConfig, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, uvloop.Loop)
+        async with running_lab(lab_config, tmp_path / "state") as lab:
+            lab.publish("CX600", NEW)
+            lab.publish("6721ip", NEW)
+            clock = ScaledClock(loop.time, start=time.time(), scale=2000)
+            specs = [
+                PhoneSpec(get_model("CX600"), 1),
+                PhoneSpec(get_model("6721ip"), 2),
+                PhoneSpec(get_model("6721ip"), 3, Location.OUTSIDE, credentials=ALICE),
+            ]
+            fleet = Fleet(
+                specs,
+                lease=lab.lease,
+                clock=clock,
+                network=LeaseNetwork(lab.lease, clock, max_clients=2),
+                workdir=tmp_path / "fleet",
+                stagger=60,
+            )
+            shown = io.StringIO()
+            terminal = Console(file=shown, force_terminal=True, width=160)
+            with ProgressDisplay(terminal, 86_400) as display:
+                result = await fleet.run(
+                    duration=86_400, progress=display.update, progress_every=0.01
+                )
+        assert "/3 settled;" in shown.getvalue()
+        assert result.summary.by_version == {NEW: 3}, result.summary.render()
+        assert result.summary.converged == 3
+        for phone in result.phones:
+            # Network time counts 2000 times over; a restart never comes before its time,
+            # and late only by what the loop was late (a busy machine: milliseconds).
+            assert phone.converged_after is not None
+            assert phone.converged_after >= UPDATE
+            (restart,) = [c.time for c in phone.timeline if c.state is S.BOOTING][1:]
+            (waiting,) = [c.time for c in phone.timeline if c.state is S.AWAITING_REBOOT]
+            assert IDLE_WAIT <= restart - waiting < IDLE_WAIT + 60
+
+    uvloop.run(scenario())

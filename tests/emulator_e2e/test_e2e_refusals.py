@@ -1,0 +1,64 @@
+"""Firmware a phone must refuse: an image altered in the file store, a catalog of another vendor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from e2e_lab import FACTORY, NEW, T0, logged, phones_on, running_lab
+
+from emulator.driver import PhoneDriver
+from emulator.phonelog import LogLevel
+from emulator.states import PhoneState
+from lab.config import LabConfig
+
+
+async def refused(phone: PhoneDriver) -> str:
+    """Run ``phone`` until it settles after its first check; the refusal's log line."""
+    phone.power_on()
+    await phone.wait_for(lambda d: d.phone.state is PhoneState.IDLE, until=T0 + 3600)
+    core = phone.phone
+    assert core.current_version == FACTORY
+    assert core.backup_version is None
+    assert core.staged_version is None
+    assert phone.files_downloaded == 2
+    assert not phone.directory.exists()  # what it downloaded is gone
+    (line,) = core.log.matching(f"update to {NEW} refused", LogLevel.ERROR)
+    assert line.message.endswith(f"keeping {FACTORY}")
+    return line.message
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("in_thread", [False, True], ids=["hashed-on-loop", "hashed-in-thread"])
+async def test_an_image_altered_in_the_file_store_is_refused(
+    lab_config: LabConfig, tmp_path: Path, in_thread: bool
+) -> None:
+    async with (
+        running_lab(lab_config, tmp_path / "state") as lab,
+        phones_on(lab, tmp_path / "phones") as phones,
+    ):
+        lab.publish("CX600", NEW)
+        lab.tamper("CX600", NEW)
+        phone = phones.phone(hash_in_thread_from=1 if in_thread else 1 << 30)
+        reason = await refused(phone)
+        assert "CPE.nbt has SHA-256" in reason
+        assert "(altered or corrupt image)" in reason
+        # The catalog itself was fine: only the image failed.
+        assert logged(phone, "catalog signature verified with the Polycom certificate")
+
+
+@pytest.mark.looptime
+async def test_a_catalog_signed_by_another_vendor_is_refused(
+    lab_config: LabConfig, tmp_path: Path
+) -> None:
+    async with (
+        running_lab(lab_config, tmp_path / "state") as lab,
+        phones_on(lab, tmp_path / "phones") as phones,
+    ):
+        hp = lab.lab.pki.vendor("HP")
+        # An administrator whose lab trusts the wrong key imports it without complaint.
+        lab.publish("CX600", NEW, signer=hp, trusted=lambda vendor: hp.certificate_pem())
+        phone = phones.phone()
+        reason = await refused(phone)
+        assert "is not signed by the vendor key this phone trusts" in reason
+        assert not logged(phone, "matches its catalog")
