@@ -191,6 +191,7 @@ class InventoryRecorder:
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._recorded = asyncio.Event()
         self._lock = asyncio.Lock()
 
     @property
@@ -202,6 +203,7 @@ class InventoryRecorder:
         """Keep ``sighting`` for the next flush (a dict assignment: the check path's cost)."""
         previous = self._pending.get(sighting.mac)
         self._pending[sighting.mac] = _later(previous, sighting)
+        self._recorded.set()
 
     async def start(self) -> None:
         """Open the recorder's own store connection (in its thread) and start flushing."""
@@ -259,6 +261,7 @@ class InventoryRecorder:
             except LabError as exc:
                 for mac, sighting in batch.items():
                     self._pending[mac] = _later(sighting, self._pending.get(mac))
+                self._recorded.set()  # try again next round
                 log.warning("inventory: %d phones not written yet: %s", len(batch), exc)
                 return 0
         if self.events is not None:
@@ -266,17 +269,26 @@ class InventoryRecorder:
         return len(batch)
 
     async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                async with asyncio.timeout(self.interval):
-                    await self._stopping.wait()
-            except TimeoutError:
-                pass
-            try:
-                await self.flush()
-            except Exception:
-                # The loop must outlive one bad batch, or no phone would be recorded again.
-                log.exception("inventory: a flush failed")
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                # Sleep until a sighting arrives: an idle lab wakes nobody up (and a test on
+                # fake time does not pay for empty flushes), then gather for one interval.
+                recorded = asyncio.ensure_future(self._recorded.wait())
+                await asyncio.wait({recorded, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                recorded.cancel()
+                if not self._stopping.is_set():
+                    await asyncio.wait({stopping}, timeout=self.interval)
+                # Cleared before the flush takes the batch, so a sighting recorded while it
+                # is written wakes the next round.
+                self._recorded.clear()
+                try:
+                    await self.flush()
+                except Exception:
+                    # The loop must outlive one bad batch, or no phone would be recorded again.
+                    log.exception("inventory: a flush failed")
+        finally:
+            stopping.cancel()
 
     async def _in_thread(self, func: Callable[[], T]) -> T:
         assert self._executor is not None

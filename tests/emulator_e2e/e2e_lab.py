@@ -56,7 +56,6 @@ from lab.importer import import_cab
 from lab.models import phone_model
 from lab.pki import verify_vendor_signature
 from lab.runner import LEASE_FILE, Lab
-from lab.service import ServicePool
 from lab.store import Selection, Store
 
 FACTORY = "4.0.7577.4366"
@@ -154,18 +153,6 @@ class RunningLab:
 async def running_lab(config: LabConfig, state_dir: Path) -> AsyncIterator[RunningLab]:
     """Start a whole lab on the running loop; stop it afterwards."""
     lab = Lab(config, state_dir)
-    # The pool's inventory recorder wakes up every half second, phones or not: 172,800
-    # wake-ups in a virtual day, each costing real time under looptime. The tests' lab
-    # writes its inventory every hour of fake time instead (nothing here reads it).
-    lab.pool = ServicePool(
-        config,
-        state_dir,
-        firewall=lab.firewall,
-        pki=lab.pki,
-        events=lab.events,
-        on_request=lambda record: lab.audit[record.server].write(record),
-        inventory_interval=INVENTORY_INTERVAL,
-    )
     async with lab:
         running = RunningLab(lab, load_lease(state_dir / LEASE_FILE))
 
