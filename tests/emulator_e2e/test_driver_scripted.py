@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_lab import BOOT, FACTORY, NEW, T0, idle_on, logged
 
 from emulator.clock import LoopClock
 from emulator.core import Phone
@@ -24,6 +23,7 @@ from emulator.net.client import Answer, Download, HTTPSClient
 from emulator.net.resolver import Resolver
 from lab.cab import DeviceUpdate, make_update
 from lab.config import LabConfig
+from lab.harness import BOOT, FACTORY, NEW, T0, idle_on, logged
 from lab.models import phone_model
 from lab.pki import LabPKI
 

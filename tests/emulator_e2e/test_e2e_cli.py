@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_lab import FACTORY, NEW, running_lab
 
 from emulator.cli import build_parser, main, parse_duration, specs_from
 from emulator.faults import Call, PowerCut, Trigger
 from emulator.fleet import Location
 from emulator.states import PhoneState
 from lab.config import LabConfig
+from lab.harness import FACTORY, NEW, running_lab
 
 
 async def emulator(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:

@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_lab import (
+
+from emulator.faults import BootFailure, PowerCut, WrongClock
+from emulator.phonelog import LogLevel
+from emulator.slots import SlotName, SlotStatus
+from emulator.states import PhoneState
+from lab.config import LabConfig
+from lab.harness import (
     BOOT,
     DAY,
     FACTORY,
@@ -20,12 +26,6 @@ from e2e_lab import (
     phones_on,
     running_lab,
 )
-
-from emulator.faults import BootFailure, PowerCut, WrongClock
-from emulator.phonelog import LogLevel
-from emulator.slots import SlotName, SlotStatus
-from emulator.states import PhoneState
-from lab.config import LabConfig
 
 S = PhoneState
 

@@ -11,17 +11,6 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from e2e_lab import (
-    ALICE,
-    BOOT,
-    FACTORY,
-    FLASH,
-    IDLE_WAIT,
-    NEW,
-    T0,
-    phones_on,
-    running_lab,
-)
 from rich.console import Console
 
 from emulator.clock import ScaledClock
@@ -33,6 +22,17 @@ from emulator.lease import Lease
 from emulator.models import get_model
 from emulator.states import PhoneState
 from lab.config import LabConfig
+from lab.harness import (
+    ALICE,
+    BOOT,
+    FACTORY,
+    FLASH,
+    IDLE_WAIT,
+    NEW,
+    T0,
+    phones_on,
+    running_lab,
+)
 
 S = PhoneState
 SEED = 7

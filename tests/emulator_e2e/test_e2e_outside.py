@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_lab import ALICE, EDGE, FACTORY, NEW, T0, idle_on, logged, phones_on, running_lab
 
 from emulator.screens import system_information
 from emulator.states import PhoneState
 from lab.config import LabConfig
+from lab.harness import ALICE, EDGE, FACTORY, NEW, T0, idle_on, logged, phones_on, running_lab
 
 
 @pytest.mark.looptime

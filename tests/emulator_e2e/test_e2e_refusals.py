@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_lab import FACTORY, NEW, T0, logged, phones_on, running_lab
 
 from emulator.driver import PhoneDriver
 from emulator.phonelog import LogLevel
 from emulator.states import PhoneState
 from lab.config import LabConfig
+from lab.harness import FACTORY, NEW, T0, logged, phones_on, running_lab
 
 
 async def refused(phone: PhoneDriver) -> str:

@@ -9,20 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_lab import (
-    BOOT,
-    DAY,
-    FACTORY,
-    IDLE_WAIT,
-    NEW,
-    T0,
-    entered,
-    idle_on,
-    logged,
-    phones_on,
-    running_lab,
-    version_at,
-)
 
 from emulator.clock import to_datetime
 from emulator.faults import Call, Trigger
@@ -31,6 +17,21 @@ from emulator.settings import PhoneSettings
 from emulator.states import PhoneState
 from lab.config import LabConfig
 from lab.decision import Action
+from lab.harness import (
+    BOOT,
+    DAY,
+    FACTORY,
+    IDLE_WAIT,
+    NEW,
+    T0,
+    HeldNetwork,
+    entered,
+    idle_on,
+    logged,
+    phones_on,
+    running_lab,
+    version_at,
+)
 
 S = PhoneState
 
@@ -181,6 +182,7 @@ async def test_a_download_cut_by_maintenance_resumes_on_the_other_front_end(
                 lab.lab.pool.enter_maintenance(server.name, immediate=True)
                 cut.append((address, got))
 
+        assert isinstance(phones.network, HeldNetwork)
         phones.network.watch = maintenance_half_way
         phone = phones.phone()
         phone.power_on()

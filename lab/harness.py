@@ -1,4 +1,8 @@
-"""A real lab and real phones on one event loop, for the end-to-end tests.
+"""A real lab and real phones on one event loop: the end-to-end tests, the pytest plugin,
+the scenarios and the demo all stand on this.
+
+This is lab's operations layer, the one place (with what builds on it) where the two
+packages meet; it drives phones only through the emulator's public API, as any user would.
 
 `running_lab` starts `lab.runner.Lab` (DNS, the pool's front ends and edge, the admin API)
 on port 0 inside the test, and puts firmware in the way an administrator does: a vendor
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.clock import LoopClock
+from emulator.clock import Clock, LoopClock, ScaledClock
 from emulator.core import Phone
 from emulator.driver import LeaseNetwork, PhoneDriver
 from emulator.events import Credentials
@@ -280,15 +284,28 @@ class HeldNetwork:
 
 
 class Phones:
-    """Emulator phones on a lab's lease, sharing one clock (phone time T0 now) and network."""
+    """Emulator phones on a lab's lease, sharing one clock (phone time T0 now) and network.
 
-    def __init__(self, lease: Lease, workdir: Path) -> None:
+    With no ``scale`` the phones live on the loop's own time, for tests on fake loop time
+    (looptime), and the clock is held while they talk (see the module docstring). With a
+    ``scale`` they live on a ScaledClock for real runs: ``scale`` virtual seconds pass per
+    real second, and nothing needs holding.
+    """
+
+    def __init__(self, lease: Lease, workdir: Path, *, scale: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.lease = lease
         self.workdir = workdir
-        self.clock = LoopClock(loop.time, start=T0 - loop.time())
+        self.clock: Clock
         self.hold = ClockHold()
-        self.network = HeldNetwork(LeaseNetwork(lease, self.clock), self.hold)
+        if scale is None:
+            self.clock = LoopClock(loop.time, start=T0 - loop.time())
+            self.network: HeldNetwork | LeaseNetwork = HeldNetwork(
+                LeaseNetwork(lease, self.clock), self.hold
+            )
+        else:
+            self.clock = ScaledClock(loop.time, start=T0, scale=scale)
+            self.network = LeaseNetwork(lease, self.clock)
         self.drivers: list[PhoneDriver] = []
 
     def phone(
@@ -326,9 +343,11 @@ class Phones:
 
 
 @contextlib.asynccontextmanager
-async def phones_on(lab: RunningLab, workdir: Path) -> AsyncIterator[Phones]:
-    """Phones on ``lab``'s lease, stopped at the end."""
-    phones = Phones(lab.lease, workdir)
+async def phones_on(
+    lab: RunningLab, workdir: Path, *, scale: float | None = None
+) -> AsyncIterator[Phones]:
+    """Phones on ``lab``'s lease (see Phones for ``scale``), stopped at the end."""
+    phones = Phones(lab.lease, workdir, scale=scale)
     try:
         yield phones
     finally:
