@@ -177,3 +177,38 @@ def test_runtime_commands_change_the_running_lab(
     bad = lab("firewall", "set", "127.10.0.300", "outside")
     assert bad.returncode == 2
     assert "'127.10.0.300' is not an IP address or CIDR range" in bad.stderr
+
+
+def test_global_options_may_follow_any_sub_command(
+    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state")
+
+    def lab(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lab.cli",
+                *args,
+                "--config",
+                str(lab_config),
+                "--state-dir",
+                state,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    entered = lab("maintenance", "enter", "fe01", "--json")
+    assert entered.returncode == 0, entered.stderr
+    assert json.loads(entered.stdout)["fe01"]["mode"] == "maintenance"
+    refused = lab("maintenance", "enter", "fe02")
+    assert refused.returncode == 1
+    assert "last server in production" in refused.stderr
+    status = json.loads(lab("status", "--json").stdout)
+    assert status["pool"]["servers"]["fe01"]["mode"] == "maintenance"
+    assert lab("maintenance", "exit", "fe01").returncode == 0
+    assert lab("dns", "fault", "list", "--json").stdout.strip() == "{}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -44,6 +45,18 @@ def endpoints_table(endpoints: dict[str, dict[str, str]], title: str) -> Table:
     return table
 
 
+def servers_table(servers: dict[str, dict[str, Any]]) -> Table:
+    """Each front end's mode, transfers in progress and open connections."""
+    table = Table(title="front ends", title_justify="left")
+    for column in ("server", "mode", "transfers in progress", "connections"):
+        table.add_column(column)
+    for name, server in sorted(servers.items()):
+        table.add_row(
+            name, server["mode"], str(len(server["transfers"])), str(server["connections"])
+        )
+    return table
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the lab; print every endpoint; stop cleanly on a signal."""
     config = common.config_from(args)
@@ -77,14 +90,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(endpoints_table(info["endpoints"], "endpoints"))
     servers = info.get("pool", {}).get("servers", {})
     if servers:
-        table = Table(title="front ends", title_justify="left")
-        for column in ("server", "mode", "transfers in progress", "connections"):
-            table.add_column(column)
-        for name, server in sorted(servers.items()):
-            table.add_row(
-                name, server["mode"], str(len(server["transfers"])), str(server["connections"])
-            )
-        console.print(table)
+        console.print(servers_table(servers))
     return 0 if info["alive"] else 1
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from lab.adminclient import AdminClient
 from lab.cli import common
+from lab.cli.run import servers_table
 
 FAULT_KINDS = ("remove", "servfail", "delay", "drop")
 
@@ -21,41 +22,43 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add firewall, dns, maintenance and events."""
     fw = common.subcommand(sub, "firewall", "show or change the firewall policy at runtime")
     fw_sub = fw.add_subparsers(dest="action", required=True, metavar="ACTION")
-    show = fw_sub.add_parser("show", help="segments, overrides and the flip")
+    show = common.subcommand(fw_sub, "show", "segments, overrides and the flip")
     show.add_argument("--json", action="store_true")
-    move = fw_sub.add_parser("set", help="put an address or range inside or outside")
+    move = common.subcommand(fw_sub, "set", "put an address or range inside or outside")
     move.add_argument("target", help="address (127.10.0.100) or range (127.10.1.0/24)")
     move.add_argument("zone", choices=("inside", "outside"))
-    clear = fw_sub.add_parser("clear", help="drop the override for an address or range")
+    clear = common.subcommand(fw_sub, "clear", "drop the override for an address or range")
     clear.add_argument("target")
-    flip = fw_sub.add_parser("flip", help="swap inside and outside for everything")
+    flip = common.subcommand(fw_sub, "flip", "swap inside and outside for everything")
     flip.add_argument("--off", action="store_true", help="undo the flip")
-    fw_sub.add_parser("reset", help="drop every override and the flip")
+    common.subcommand(fw_sub, "reset", "drop every override and the flip")
     fw.set_defaults(func=cmd_firewall)
 
     dns = common.subcommand(sub, "dns", "runtime DNS faults of the running lab")
     dns_sub = dns.add_subparsers(dest="dns_command", required=True, metavar="COMMAND")
-    fault = dns_sub.add_parser("fault", help="set, clear or list faults per name")
+    fault = common.subcommand(dns_sub, "fault", "set, clear or list faults per name")
     fault_sub = fault.add_subparsers(dest="action", required=True, metavar="ACTION")
-    fset = fault_sub.add_parser("set", help="make a name misbehave")
+    fset = common.subcommand(fault_sub, "set", "make a name misbehave")
     fset.add_argument("name", help="a name in a lab zone, e.g. ucupdates-r2.contoso.test")
     fset.add_argument("kind", choices=FAULT_KINDS)
     fset.add_argument("--delay", type=float, default=0.0, help="seconds, for kind delay")
-    fclear = fault_sub.add_parser("clear", help="clear the fault on a name (or --all)")
+    fclear = common.subcommand(fault_sub, "clear", "clear the fault on a name (or --all)")
     fclear.add_argument("name", nargs="?")
     fclear.add_argument("--all", action="store_true")
-    flist = fault_sub.add_parser("list", help="the faults in force")
+    flist = common.subcommand(fault_sub, "list", "the faults in force")
     flist.add_argument("--json", action="store_true")
     dns.set_defaults(func=cmd_dns)
 
     mnt = common.subcommand(sub, "maintenance", "drain a front end (enter) or return it (exit)")
     mnt_sub = mnt.add_subparsers(dest="action", required=True, metavar="ACTION")
-    enter = mnt_sub.add_parser("enter", help="take SERVER out of production")
+    enter = common.subcommand(mnt_sub, "enter", "take SERVER out of production")
     enter.add_argument("server")
     enter.add_argument("--immediate", action="store_true", help="also cut transfers in progress")
     enter.add_argument("--force", action="store_true", help="even if it is the last one")
-    leave = mnt_sub.add_parser("exit", help="return SERVER to production")
+    enter.add_argument("--json", action="store_true", help="print JSON")
+    leave = common.subcommand(mnt_sub, "exit", "return SERVER to production")
     leave.add_argument("server")
+    leave.add_argument("--json", action="store_true", help="print JSON")
     mnt.set_defaults(func=cmd_maintenance)
 
     ev = common.subcommand(sub, "events", "follow the running lab's events (Ctrl-C to stop)")
@@ -126,8 +129,11 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     client = _client(args)
     path = f"/v1/maintenance/{args.server}/{args.action}"
     body = {"immediate": args.immediate, "force": args.force} if args.action == "enter" else {}
-    status = client.post(path, body)
-    common.print_json(status.get("servers", status))
+    servers = client.post(path, body)["pool"]["servers"]
+    if args.json:
+        common.print_json(servers)
+    else:
+        Console().print(servers_table(servers))
     return 0
 
 
