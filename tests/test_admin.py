@@ -127,9 +127,7 @@ CHECK = """<DeviceUpdateRequest><DeviceType>UCPhone</DeviceType><Vendor>Polycom<
 
 async def test_every_check_leaves_one_audit_line_in_its_servers_log(lab: Lab) -> None:
     fe = lab.config.front_ends[0]
-    connector = aiohttp.TCPConnector(
-        ssl=lab.pki.client_context(), local_addr=(INSIDE_PHONE, 0)
-    )
+    connector = aiohttp.TCPConnector(ssl=lab.pki.client_context(), local_addr=(INSIDE_PHONE, 0))
     async with aiohttp.ClientSession(connector=connector) as phone:
         for _ in range(2):
             async with phone.post(
