@@ -1,4 +1,8 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite.
+
+The lab fixtures (lab_config, device_lab, phones, virtual_clock) come from the project's own
+pytest plugin, lab/pytest_plugin.py, installed as an entry point.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from lab.config import LabConfig, default_config
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +34,6 @@ def _close_stray_event_loop() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One lab PKI for the whole session: making keys is the slow part of starting a lab."""
-    return tmp_path_factory.mktemp("certs")
-
-
-@pytest.fixture
-def lab_config(pki_dir: Path) -> LabConfig:
-    """The default lab on free ports (0) with the session's PKI."""
-    return (
-        default_config()
-        .with_ports(dns=0, internal=0, external=0, edge=0, admin=0)
-        .with_pki_dir(pki_dir)
-    )
+def pki_dir(lab_pki_dir: Path) -> Path:
+    """The session's lab PKI directory (the plugin's ``lab_pki_dir``), as older tests name it."""
+    return lab_pki_dir

@@ -18,8 +18,7 @@ from emulator.cli import build_parser, main, parse_duration, specs_from
 from emulator.faults import Call, PowerCut, Trigger
 from emulator.fleet import Location
 from emulator.states import PhoneState
-from lab.config import LabConfig
-from lab.harness import FACTORY, NEW, running_lab
+from lab.harness import FACTORY, NEW, RunningLab
 
 
 async def emulator(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
@@ -39,34 +38,32 @@ async def emulator(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 async def test_run_updates_a_fleet_and_screen_shows_a_phone_of_it(
-    lab_config: LabConfig, tmp_path: Path, loop: str, capsys: pytest.CaptureFixture[str]
+    device_lab: RunningLab, tmp_path: Path, loop: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = tmp_path / "state"
-    async with running_lab(lab_config, state) as lab:
-        lab.publish("CX600", NEW)
-        lab.publish("HP4110", NEW)
-        code, out, err = await emulator(
-            "run",
-            "--state-dir",
-            str(state),
-            "--phones",
-            "4",
-            "--model",
-            "CX600",
-            "--model",
-            "HP4110",
-            "--location",
-            "mixed",
-            "--user",
-            "bob",  # the password is asked for: here it comes from stdin
-            "--scale",
-            "1000",
-            "--loop",
-            loop,
-            "--json",
-            "--log",
-            stdin=b"Summer2026!\n",
-        )
+    device_lab.publish("CX600", NEW)
+    device_lab.publish("HP4110", NEW)
+    code, out, err = await emulator(
+        "run",
+        "--state-dir",
+        str(device_lab.state_dir),
+        "--phones",
+        "4",
+        "--model",
+        "CX600",
+        "--model",
+        "HP4110",
+        "--location",
+        "mixed",
+        "--user",
+        "bob",  # the password is asked for: here it comes from stdin
+        "--scale",
+        "1000",
+        "--loop",
+        loop,
+        "--json",
+        "--log",
+        stdin=b"Summer2026!\n",
+    )
     assert code == 0, err
     assert err == ""  # no progress display without a terminal
     data = json.loads(out)
@@ -100,15 +97,11 @@ async def test_run_updates_a_fleet_and_screen_shows_a_phone_of_it(
     assert "signed in as bob@contoso.test" in shown
 
 
-async def test_screen_runs_one_phone_when_given_no_run(
-    lab_config: LabConfig, tmp_path: Path
-) -> None:
-    state = tmp_path / "state"
-    async with running_lab(lab_config, state) as lab:
-        lab.publish("6721ip", NEW)
-        code, screen, err = await emulator(
-            "screen", "--state-dir", str(state), "--model", "6721ip", "--scale", "1000"
-        )
+async def test_screen_runs_one_phone_when_given_no_run(device_lab: RunningLab) -> None:
+    device_lab.publish("6721ip", NEW)
+    code, screen, err = await emulator(
+        "screen", "--state-dir", str(device_lab.state_dir), "--model", "6721ip", "--scale", "1000"
+    )
     assert code == 0, err
     assert "Model:           Aastra 6721ip\n" in screen
     assert f"Current version: {NEW}\n" in screen

@@ -3,15 +3,12 @@ a wrong clock. Each leaves the phone on an image that runs, for the reason its l
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from emulator.faults import BootFailure, PowerCut, WrongClock
 from emulator.phonelog import LogLevel
 from emulator.slots import SlotName, SlotStatus
 from emulator.states import PhoneState
-from lab.config import LabConfig
 from lab.harness import (
     BOOT,
     DAY,
@@ -20,11 +17,11 @@ from lab.harness import (
     IDLE_WAIT,
     NEW,
     T0,
+    Phones,
+    RunningLab,
     entered,
     idle_on,
     logged,
-    phones_on,
-    running_lab,
 )
 
 S = PhoneState
@@ -32,81 +29,69 @@ S = PhoneState
 
 @pytest.mark.looptime
 async def test_a_power_cut_while_installing_damages_only_the_slot_being_written(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        phone = phones.phone(faults=[PowerCut()])  # 10 s into installing, back 60 s later
-        phone.power_on()
-        await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+    device_lab.publish("CX600", NEW)
+    phone = phones.phone(faults=[PowerCut()])  # 10 s into installing, back 60 s later
+    phone.power_on()
+    await phone.wait_for(idle_on(NEW), until=T0 + 3600)
 
-        cut = T0 + BOOT + 10
-        assert entered(phone, S.OFF) == [cut]
-        (lost,) = phone.phone.log.matching("power lost while writing", LogLevel.ERROR)
-        assert lost.time == cut
-        assert f"writing {NEW} into slot B: that slot is damaged" in lost.message
-        assert f"keeps running {FACTORY}" in lost.message
-        # Power back: the phone starts its old image, is told of the damaged slot, and
-        # fetches the update again.
-        assert entered(phone, S.BOOTING) == [T0, cut + 60, cut + 60 + BOOT + FLASH + IDLE_WAIT]
-        assert logged(phone, "holds 4.0.7577.4372 (damaged)") == [cut + 60]
-        assert phone.files_downloaded == 4
-        assert (phone.phone.current_version, phone.phone.backup_version) == (NEW, FACTORY)
+    cut = T0 + BOOT + 10
+    assert entered(phone, S.OFF) == [cut]
+    (lost,) = phone.phone.log.matching("power lost while writing", LogLevel.ERROR)
+    assert lost.time == cut
+    assert f"writing {NEW} into slot B: that slot is damaged" in lost.message
+    assert f"keeps running {FACTORY}" in lost.message
+    # Power back: the phone starts its old image, is told of the damaged slot, and
+    # fetches the update again.
+    assert entered(phone, S.BOOTING) == [T0, cut + 60, cut + 60 + BOOT + FLASH + IDLE_WAIT]
+    assert logged(phone, "holds 4.0.7577.4372 (damaged)") == [cut + 60]
+    assert phone.files_downloaded == 4
+    assert (phone.phone.current_version, phone.phone.backup_version) == (NEW, FACTORY)
 
 
 @pytest.mark.looptime
 async def test_a_new_image_that_does_not_start_sends_the_phone_back_to_its_backup(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        phone = phones.phone(faults=[BootFailure(after=5.0)])
-        phone.power_on()
-        restart = T0 + BOOT + FLASH + IDLE_WAIT
-        await phone.wait_for(
-            lambda d: d.phone.state is S.IDLE and d.timeline[-1].time > restart,
-            until=T0 + 3600,
-        )
+    device_lab.publish("CX600", NEW)
+    phone = phones.phone(faults=[BootFailure(after=5.0)])
+    phone.power_on()
+    restart = T0 + BOOT + FLASH + IDLE_WAIT
+    await phone.wait_for(
+        lambda d: d.phone.state is S.IDLE and d.timeline[-1].time > restart,
+        until=T0 + 3600,
+    )
 
-        core = phone.phone
-        assert core.failed_versions == {NEW: restart + 5}
-        assert logged(phone, f"returning to the backup image {FACTORY}") == [restart + 5]
-        assert core.current_version == FACTORY
-        assert core.slots[SlotName.B].status is SlotStatus.FAILED
-        # The service still offers NEW; the phone does not download it again.
-        assert logged(phone, "not installing it again") == [restart + 5 + BOOT]
-        assert phone.files_downloaded == 2
+    core = phone.phone
+    assert core.failed_versions == {NEW: restart + 5}
+    assert logged(phone, f"returning to the backup image {FACTORY}") == [restart + 5]
+    assert core.current_version == FACTORY
+    assert core.slots[SlotName.B].status is SlotStatus.FAILED
+    # The service still offers NEW; the phone does not download it again.
+    assert logged(phone, "not installing it again") == [restart + 5 + BOOT]
+    assert phone.files_downloaded == 2
 
 
 @pytest.mark.looptime
 async def test_a_phone_whose_clock_is_wrong_refuses_the_certificates_until_it_is_set_right(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        phone = phones.phone(faults=[WrongClock(offset=-400 * DAY)])
-        phone.power_on()
-        gave_up = await phone.wait_for(
-            lambda d: d.phone.state is S.IDLE, until=T0 + 3600, what="giving up"
-        )
+    device_lab.publish("CX600", NEW)
+    phone = phones.phone(faults=[WrongClock(offset=-400 * DAY)])
+    phone.power_on()
+    gave_up = await phone.wait_for(
+        lambda d: d.phone.state is S.IDLE, until=T0 + 3600, what="giving up"
+    )
 
-        refusals = phone.phone.log.matching("not yet valid by the phone's clock", LogLevel.ERROR)
-        # Every front end, on the first try and on every one of the five retries.
-        assert len(refusals) == 2 * (1 + phone.phone.settings.max_retries)
-        assert logged(phone, "giving up until the next scheduled check") == [gave_up]
-        assert phone.phone.current_version == FACTORY
-        assert phone.files_downloaded == 0
-        assert not lab.audit  # nothing reached HTTP: the TLS handshakes were refused
+    refusals = phone.phone.log.matching("not yet valid by the phone's clock", LogLevel.ERROR)
+    # Every front end, on the first try and on every one of the five retries.
+    assert len(refusals) == 2 * (1 + phone.phone.settings.max_retries)
+    assert logged(phone, "giving up until the next scheduled check") == [gave_up]
+    assert phone.phone.current_version == FACTORY
+    assert phone.files_downloaded == 0
+    assert not device_lab.audit  # nothing reached HTTP: the TLS handshakes were refused
 
-        phone.set_clock_offset(0.0)
-        await phone.wait_for(idle_on(NEW), until=T0 + 2 * DAY)
-        assert logged(phone, "offers an update") == [T0 + BOOT + DAY]
+    phone.set_clock_offset(0.0)
+    await phone.wait_for(idle_on(NEW), until=T0 + 2 * DAY)
+    assert logged(phone, "offers an update") == [T0 + BOOT + DAY]

@@ -13,7 +13,7 @@ import pytest
 import uvloop
 from rich.console import Console
 
-from emulator.clock import ScaledClock
+from emulator.clock import Clock, ScaledClock
 from emulator.driver import LeaseNetwork
 from emulator.errors import FleetError
 from emulator.faults import BootFailure, Call, PowerCut, Trigger
@@ -30,7 +30,8 @@ from lab.harness import (
     IDLE_WAIT,
     NEW,
     T0,
-    phones_on,
+    Phones,
+    RunningLab,
     running_lab,
 )
 
@@ -44,7 +45,7 @@ UPDATE = BOOT + FLASH + IDLE_WAIT + BOOT
 
 @pytest.mark.looptime
 async def test_a_fleet_with_faults_converges_on_exact_times_from_its_seed(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones, virtual_clock: Clock, tmp_path: Path
 ) -> None:
     cx600 = get_model("CX600")
     specs = [
@@ -54,22 +55,18 @@ async def test_a_fleet_with_faults_converges_on_exact_times_from_its_seed(
         PhoneSpec(cx600, 4, faults=(BootFailure(),)),
         PhoneSpec(cx600, 5, faults=(Call(trigger=Trigger(on=S.DOWNLOADING), duration=600),)),
     ]
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        lab.publish("HP4120", NEW)
-        fleet = Fleet(
-            specs,
-            lease=lab.lease,
-            clock=phones.clock,
-            network=phones.network,
-            workdir=tmp_path / "fleet",
-            seed=SEED,
-            stagger=STAGGER,
-        )
-        result = await fleet.run(duration=86_400)
+    device_lab.publish("CX600", NEW)
+    device_lab.publish("HP4120", NEW)
+    fleet = Fleet(
+        specs,
+        lease=device_lab.lease,
+        clock=virtual_clock,
+        network=phones.network,
+        workdir=tmp_path / "fleet",
+        seed=SEED,
+        stagger=STAGGER,
+    )
+    result = await fleet.run(duration=86_400)
 
     draws = random.Random(SEED)
     offsets = [draws.uniform(0, STAGGER) for _ in specs]
@@ -117,21 +114,17 @@ async def test_a_fleet_with_faults_converges_on_exact_times_from_its_seed(
 
 @pytest.mark.looptime
 async def test_a_run_that_does_not_settle_ends_at_its_duration(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones, virtual_clock: Clock, tmp_path: Path
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        fleet = Fleet(
-            [PhoneSpec(get_model("CX600"), 1)],
-            lease=lab.lease,
-            clock=phones.clock,
-            network=phones.network,
-            workdir=tmp_path / "fleet",
-        )
-        result = await fleet.run(duration=BOOT + FLASH + 10)
+    device_lab.publish("CX600", NEW)
+    fleet = Fleet(
+        [PhoneSpec(get_model("CX600"), 1)],
+        lease=device_lab.lease,
+        clock=virtual_clock,
+        network=phones.network,
+        workdir=tmp_path / "fleet",
+    )
+    result = await fleet.run(duration=BOOT + FLASH + 10)
     (phone,) = result.phones
     assert phone.state is S.AWAITING_REBOOT
     assert phone.converged_after is None

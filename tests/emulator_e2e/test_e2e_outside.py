@@ -2,65 +2,66 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from emulator.screens import system_information
 from emulator.states import PhoneState
-from lab.config import LabConfig
-from lab.harness import ALICE, EDGE, FACTORY, NEW, T0, idle_on, logged, phones_on, running_lab
+from lab.harness import (
+    ALICE,
+    EDGE,
+    FACTORY,
+    NEW,
+    T0,
+    Phones,
+    RunningLab,
+    idle_on,
+    logged,
+)
 
 
 @pytest.mark.looptime
 async def test_an_outside_phone_is_refused_until_a_user_signs_in_then_updates_through_the_edge(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("6725ip", NEW)
-        phone = phones.phone("6725ip", inside=False)
-        mac = phone.phone.identity.mac
-        phone.power_on()
-        refused_at = await phone.wait_for(
-            lambda d: d.phone.state is PhoneState.IDLE, until=T0 + 3600
-        )
+    device_lab.publish("6725ip", NEW)
+    phone = phones.phone("6725ip", inside=False)
+    mac = phone.phone.identity.mac
+    phone.power_on()
+    refused_at = await phone.wait_for(lambda d: d.phone.state is PhoneState.IDLE, until=T0 + 3600)
 
-        # DNS answers the edge outside; the external site refuses a phone with no user.
-        assert logged(phone, "ucupdates-r2.contoso.test is 127.20.0.10") == [refused_at]
-        (refusal,) = phone.phone.log.matching("denied the update check")
-        assert "HTTP 403" in refusal.message
-        assert "need a signed-in user" in refusal.message
-        assert phone.phone.current_version == FACTORY
-        assert phone.files_downloaded == 0
-        checks = lab.requests(mac)
-        assert [(r.site, r.client_address, r.status) for r in checks] == [("external", EDGE, 403)]
+    # DNS answers the edge outside; the external site refuses a phone with no user.
+    assert logged(phone, "ucupdates-r2.contoso.test is 127.20.0.10") == [refused_at]
+    (refusal,) = phone.phone.log.matching("denied the update check")
+    assert "HTTP 403" in refusal.message
+    assert "need a signed-in user" in refusal.message
+    assert phone.phone.current_version == FACTORY
+    assert phone.files_downloaded == 0
+    checks = device_lab.requests(mac)
+    assert [(r.site, r.client_address, r.status) for r in checks] == [("external", EDGE, 403)]
 
-        phone.sign_in(ALICE)
-        await phone.wait_for(idle_on(NEW), until=refused_at + 3600)
+    phone.sign_in(ALICE)
+    await phone.wait_for(idle_on(NEW), until=refused_at + 3600)
 
-        core = phone.phone
-        assert core.signed_in_user == "alice@contoso.test"
-        assert logged(phone, "signed in as alice@contoso.test")
-        # Everything after the refusal came through the edge to the external sites, and
-        # the external site serves checks and files only to an NTLM-authenticated user.
-        later = lab.audit[len(checks) :]
-        assert {(r.site, r.client_address) for r in later} == {("external", EDGE)}
-        served = [r for r in later if r.status == 200]
-        assert [r.path.split("/")[1] for r in served] == [
-            "Provisioning",
-            "RequestHandlerExt",
-            "DeviceUpdateFiles_Ext",
-            "DeviceUpdateFiles_Ext",
-            "RequestHandlerExt",
-        ]
-        assert {r.last_signed_in_user for r in served if r.mac} == {"alice@contoso.test"}
-        # Each authenticated request was first challenged (401), as NTLM does per connection.
-        assert any(r.status == 401 for r in later)
-        screen = system_information(core)
-        assert f"Current version: {NEW}\n" in screen
-        assert f"Backup version:  {FACTORY}\n" in screen
-        assert "Update server:   https://webext.contoso.test:" in screen
-        assert "Signed-in user:  alice@contoso.test\n" in screen
+    core = phone.phone
+    assert core.signed_in_user == "alice@contoso.test"
+    assert logged(phone, "signed in as alice@contoso.test")
+    # Everything after the refusal came through the edge to the external sites, and
+    # the external site serves checks and files only to an NTLM-authenticated user.
+    later = device_lab.audit[len(checks) :]
+    assert {(r.site, r.client_address) for r in later} == {("external", EDGE)}
+    served = [r for r in later if r.status == 200]
+    assert [r.path.split("/")[1] for r in served] == [
+        "Provisioning",
+        "RequestHandlerExt",
+        "DeviceUpdateFiles_Ext",
+        "DeviceUpdateFiles_Ext",
+        "RequestHandlerExt",
+    ]
+    assert {r.last_signed_in_user for r in served if r.mac} == {"alice@contoso.test"}
+    # Each authenticated request was first challenged (401), as NTLM does per connection.
+    assert any(r.status == 401 for r in later)
+    screen = system_information(core)
+    assert f"Current version: {NEW}\n" in screen
+    assert f"Backup version:  {FACTORY}\n" in screen
+    assert "Update server:   https://webext.contoso.test:" in screen
+    assert "Signed-in user:  alice@contoso.test\n" in screen

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from emulator.driver import PhoneDriver
 from emulator.phonelog import LogLevel
 from emulator.states import PhoneState
-from lab.config import LabConfig
-from lab.harness import FACTORY, NEW, T0, logged, phones_on, running_lab
+from lab.harness import FACTORY, NEW, T0, Phones, RunningLab, logged
 
 
 async def refused(phone: PhoneDriver) -> str:
@@ -31,34 +28,26 @@ async def refused(phone: PhoneDriver) -> str:
 @pytest.mark.looptime
 @pytest.mark.parametrize("in_thread", [False, True], ids=["hashed-on-loop", "hashed-in-thread"])
 async def test_an_image_altered_in_the_file_store_is_refused(
-    lab_config: LabConfig, tmp_path: Path, in_thread: bool
+    device_lab: RunningLab, phones: Phones, in_thread: bool
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        lab.tamper("CX600", NEW)
-        phone = phones.phone(hash_in_thread_from=1 if in_thread else 1 << 30)
-        reason = await refused(phone)
-        assert "CPE.nbt has SHA-256" in reason
-        assert "(altered or corrupt image)" in reason
-        # The catalog itself was fine: only the image failed.
-        assert logged(phone, "catalog signature verified with the Polycom certificate")
+    device_lab.publish("CX600", NEW)
+    device_lab.tamper("CX600", NEW)
+    phone = phones.phone(hash_in_thread_from=1 if in_thread else 1 << 30)
+    reason = await refused(phone)
+    assert "CPE.nbt has SHA-256" in reason
+    assert "(altered or corrupt image)" in reason
+    # The catalog itself was fine: only the image failed.
+    assert logged(phone, "catalog signature verified with the Polycom certificate")
 
 
 @pytest.mark.looptime
 async def test_a_catalog_signed_by_another_vendor_is_refused(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        hp = lab.lab.pki.vendor("HP")
-        # An administrator whose lab trusts the wrong key imports it without complaint.
-        lab.publish("CX600", NEW, signer=hp, trusted=lambda vendor: hp.certificate_pem())
-        phone = phones.phone()
-        reason = await refused(phone)
-        assert "is not signed by the vendor key this phone trusts" in reason
-        assert not logged(phone, "matches its catalog")
+    hp = device_lab.lab.pki.vendor("HP")
+    # An administrator whose lab trusts the wrong key imports it without complaint.
+    device_lab.publish("CX600", NEW, signer=hp, trusted=lambda vendor: hp.certificate_pem())
+    phone = phones.phone()
+    reason = await refused(phone)
+    assert "is not signed by the vendor key this phone trusts" in reason
+    assert not logged(phone, "matches its catalog")

@@ -6,8 +6,6 @@ driver and core) and runs on fake loop time, so the times asserted are exact.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from emulator.clock import to_datetime
@@ -15,7 +13,6 @@ from emulator.faults import Call, Trigger
 from emulator.screens import system_information
 from emulator.settings import PhoneSettings
 from emulator.states import PhoneState
-from lab.config import LabConfig
 from lab.decision import Action
 from lab.harness import (
     BOOT,
@@ -25,11 +22,11 @@ from lab.harness import (
     NEW,
     T0,
     HeldNetwork,
+    Phones,
+    RunningLab,
     entered,
     idle_on,
     logged,
-    phones_on,
-    running_lab,
     version_at,
 )
 
@@ -43,161 +40,141 @@ def screen_date(t: float) -> str:
 @pytest.mark.looptime
 @pytest.mark.parametrize("flash_time", [0.0, 30.0])
 async def test_a_new_phone_inside_updates_and_restarts_five_minutes_after_the_download(
-    lab_config: LabConfig, tmp_path: Path, flash_time: float
+    device_lab: RunningLab, phones: Phones, flash_time: float
 ) -> None:
     # flash_time 0: the wait starts as the download is verified, as on a real phone; with
     # the emulator's default 30 s the image is written first and the wait starts after.
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        phone = phones.phone(settings=PhoneSettings(flash_time=flash_time))
-        phone.power_on()
-        await phone.wait_for(idle_on(NEW), until=T0 + 3600)
-        core = phone.phone
+    device_lab.publish("CX600", NEW)
+    phone = phones.phone(settings=PhoneSettings(flash_time=flash_time))
+    phone.power_on()
+    await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+    core = phone.phone
 
-        # Discovery: never signed in, so DNS for ucupdates-r2.<lease domain>, asked from
-        # the phone's own inside address and answered from the internal view.
-        assert core.signed_in_user is None
-        assert logged(phone, "service from DNS discovery: https://ucupdates-r2.contoso.test")
-        queries = [q for q in lab.lab.dns.query_log.recent() if q["client"] == phone.address]
-        assert {q["qname"] for q in queries} >= {"ucupdates-r2.contoso.test"}
-        assert {q["view"] for q in queries} == {"internal"}
-        sites = {(r.site, r.client_address) for r in lab.audit if r.client_address}
-        assert sites == {("internal", phone.address)}
+    # Discovery: never signed in, so DNS for ucupdates-r2.<lease domain>, asked from
+    # the phone's own inside address and answered from the internal view.
+    assert core.signed_in_user is None
+    assert logged(phone, "service from DNS discovery: https://ucupdates-r2.contoso.test")
+    queries = [q for q in device_lab.lab.dns.query_log.recent() if q["client"] == phone.address]
+    assert {q["qname"] for q in queries} >= {"ucupdates-r2.contoso.test"}
+    assert {q["view"] for q in queries} == {"internal"}
+    sites = {(r.site, r.client_address) for r in device_lab.audit if r.client_address}
+    assert sites == {("internal", phone.address)}
 
-        (download_end,) = logged(phone, "downloaded CPE.nbt")
-        assert download_end == T0 + BOOT
-        assert logged(phone, "matches its catalog") == [download_end]
-        (restart,) = entered(phone, S.BOOTING, after=T0 + 1)
-        assert restart == download_end + flash_time + IDLE_WAIT
-        assert logged(phone, "no call or use for 5 min: restarting") == [restart]
-        assert core.last_update == restart + BOOT
+    (download_end,) = logged(phone, "downloaded CPE.nbt")
+    assert download_end == T0 + BOOT
+    assert logged(phone, "matches its catalog") == [download_end]
+    (restart,) = entered(phone, S.BOOTING, after=T0 + 1)
+    assert restart == download_end + flash_time + IDLE_WAIT
+    assert logged(phone, "no call or use for 5 min: restarting") == [restart]
+    assert core.last_update == restart + BOOT
 
-        screen = system_information(core)
-        assert f"Current version: {NEW}\n" in screen
-        assert f"Backup version:  {FACTORY}\n" in screen
-        assert f"Last update:     {screen_date(restart + BOOT)}\n" in screen
-        assert phone.bytes_downloaded == lab.stored_bytes("CX600", NEW)
+    screen = system_information(core)
+    assert f"Current version: {NEW}\n" in screen
+    assert f"Backup version:  {FACTORY}\n" in screen
+    assert f"Last update:     {screen_date(restart + BOOT)}\n" in screen
+    assert phone.bytes_downloaded == device_lab.stored_bytes("CX600", NEW)
 
 
 @pytest.mark.looptime
 async def test_a_phone_in_a_call_restarts_five_minutes_after_the_call_ends(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW)
-        call = Call(trigger=Trigger(on=S.DOWNLOADING), duration=600.0)
-        phone = phones.phone(faults=[call])
-        phone.power_on()
-        await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+    device_lab.publish("CX600", NEW)
+    call = Call(trigger=Trigger(on=S.DOWNLOADING), duration=600.0)
+    phone = phones.phone(faults=[call])
+    phone.power_on()
+    await phone.wait_for(idle_on(NEW), until=T0 + 3600)
 
-        (call_start,) = logged(phone, "call started")
-        (call_end,) = logged(phone, "call ended")
-        (download_end,) = logged(phone, "downloaded CPE.nbt")
-        assert call_start <= download_end < call_end == call_start + 600
-        (restart,) = entered(phone, S.BOOTING, after=T0 + 1)
-        assert restart == call_end + IDLE_WAIT
-        assert entered(phone, S.AWAITING_REBOOT) == [download_end + PhoneSettings().flash_time]
+    (call_start,) = logged(phone, "call started")
+    (call_end,) = logged(phone, "call ended")
+    (download_end,) = logged(phone, "downloaded CPE.nbt")
+    assert call_start <= download_end < call_end == call_start + 600
+    (restart,) = entered(phone, S.BOOTING, after=T0 + 1)
+    assert restart == call_end + IDLE_WAIT
+    assert entered(phone, S.AWAITING_REBOOT) == [download_end + PhoneSettings().flash_time]
 
 
 @pytest.mark.looptime
 async def test_an_approval_reaches_a_running_phone_at_its_next_24_hour_check(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", NEW, approve=False)
-        # Hashed in a worker thread, as a large image is: looptime waits for the thread.
-        phone = phones.phone(hash_in_thread_from=1)
-        phone.power_on()
-        await phone.wait_for(lambda d: d.phone.state is S.IDLE, until=T0 + 3600)
-        assert logged(phone, "has no update for") == [T0 + BOOT]
+    device_lab.publish("CX600", NEW, approve=False)
+    # Hashed in a worker thread, as a large image is: looptime waits for the thread.
+    phone = phones.phone(hash_in_thread_from=1)
+    phone.power_on()
+    await phone.wait_for(lambda d: d.phone.state is S.IDLE, until=T0 + 3600)
+    assert logged(phone, "has no update for") == [T0 + BOOT]
 
-        await phone.wait_until(T0 + 3 * 3600)
-        lab.change(Action.APPROVE, "CX600")
-        await phone.wait_for(idle_on(NEW), until=T0 + 2 * DAY)
+    await phone.wait_until(T0 + 3 * 3600)
+    device_lab.change(Action.APPROVE, "CX600")
+    await phone.wait_for(idle_on(NEW), until=T0 + 2 * DAY)
 
-        checks = logged(phone, "checking for updates")
-        assert checks[:2] == [T0 + BOOT, T0 + BOOT + DAY]
-        assert logged(phone, "offers an update") == [T0 + BOOT + DAY]
-        assert version_at(phone, T0 + BOOT + DAY - 1) == FACTORY
+    checks = logged(phone, "checking for updates")
+    assert checks[:2] == [T0 + BOOT, T0 + BOOT + DAY]
+    assert logged(phone, "offers an update") == [T0 + BOOT + DAY]
+    assert version_at(phone, T0 + BOOT + DAY - 1) == FACTORY
 
 
 @pytest.mark.looptime
 async def test_restore_sends_a_phone_back_to_its_backup_without_a_download(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        lab.publish("CX600", FACTORY)
-        lab.publish("CX600", NEW)  # approving it keeps FACTORY as the restore version
-        phone = phones.phone()
-        phone.power_on()
-        updated = await phone.wait_for(idle_on(NEW), until=T0 + 3600)
-        downloaded, files = phone.bytes_downloaded, phone.files_downloaded
-        assert files == 2
+    device_lab.publish("CX600", FACTORY)
+    device_lab.publish("CX600", NEW)  # approving it keeps FACTORY as the restore version
+    phone = phones.phone()
+    phone.power_on()
+    updated = await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+    downloaded, files = phone.bytes_downloaded, phone.files_downloaded
+    assert files == 2
 
-        lab.change(Action.RESTORE, "CX600")
-        back = await phone.wait_for(idle_on(FACTORY), until=T0 + 2 * DAY)
+    device_lab.change(Action.RESTORE, "CX600")
+    back = await phone.wait_for(idle_on(FACTORY), until=T0 + 2 * DAY)
 
-        # The 24-hour check after the update is answered with the restore version, which
-        # the phone holds as its backup: it switches without downloading anything.
-        (switch,) = logged(phone, "switching to it without a download")
-        assert switch == updated + DAY
-        assert (phone.bytes_downloaded, phone.files_downloaded) == (downloaded, files)
-        gets = [r for r in lab.audit if r.path.startswith("/DeviceUpdateFiles")]
-        assert len(gets) == 2
-        assert back == switch + IDLE_WAIT + BOOT
-        core = phone.phone
-        assert (core.current_version, core.backup_version) == (FACTORY, NEW)
-        assert f"Backup version:  {NEW}\n" in system_information(core)
+    # The 24-hour check after the update is answered with the restore version, which
+    # the phone holds as its backup: it switches without downloading anything.
+    (switch,) = logged(phone, "switching to it without a download")
+    assert switch == updated + DAY
+    assert (phone.bytes_downloaded, phone.files_downloaded) == (downloaded, files)
+    gets = [r for r in device_lab.audit if r.path.startswith("/DeviceUpdateFiles")]
+    assert len(gets) == 2
+    assert back == switch + IDLE_WAIT + BOOT
+    core = phone.phone
+    assert (core.current_version, core.backup_version) == (FACTORY, NEW)
+    assert f"Backup version:  {NEW}\n" in system_information(core)
 
 
 @pytest.mark.looptime
 async def test_a_download_cut_by_maintenance_resumes_on_the_other_front_end(
-    lab_config: LabConfig, tmp_path: Path
+    device_lab: RunningLab, phones: Phones
 ) -> None:
-    async with (
-        running_lab(lab_config, tmp_path / "state") as lab,
-        phones_on(lab, tmp_path / "phones") as phones,
-    ):
-        # Large enough that the server is still sending when the phone has 1 MiB of it.
-        size = 8 * 1024 * 1024
-        lab.publish("CX600", NEW, size=size)
-        cut: list[tuple[str, int]] = []
+    # Large enough that the server is still sending when the phone has 1 MiB of it.
+    size = 8 * 1024 * 1024
+    device_lab.publish("CX600", NEW, size=size)
+    cut: list[tuple[str, int]] = []
 
-        def maintenance_half_way(address: str, got: int, total: int | None) -> None:
-            if total == size and got >= size // 8 and not cut:
-                # An operator takes the serving front end out at once: transfers are cut.
-                server = next(fe for fe in lab.config.front_ends if str(fe.address) == address)
-                lab.lab.pool.enter_maintenance(server.name, immediate=True)
-                cut.append((address, got))
+    def maintenance_half_way(address: str, got: int, total: int | None) -> None:
+        if total == size and got >= size // 8 and not cut:
+            # An operator takes the serving front end out at once: transfers are cut.
+            server = next(fe for fe in device_lab.config.front_ends if str(fe.address) == address)
+            device_lab.lab.pool.enter_maintenance(server.name, immediate=True)
+            cut.append((address, got))
 
-        assert isinstance(phones.network, HeldNetwork)
-        phones.network.watch = maintenance_half_way
-        phone = phones.phone()
-        phone.power_on()
-        await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+    assert isinstance(phones.network, HeldNetwork)
+    phones.network.watch = maintenance_half_way
+    phone = phones.phone()
+    phone.power_on()
+    await phone.wait_for(idle_on(NEW), until=T0 + 3600)
 
-        ((first, _),) = cut
-        (interrupted,) = phone.phone.log.matching("it will resume from there")
-        assert interrupted.time == T0 + BOOT
-        offset = int(interrupted.message.split("cut at byte ")[1].split(":")[0])
-        assert size // 8 <= offset < size
-        # The phone asked the other front end for the rest (Range, If-Range): 206.
-        other = next(fe for fe in lab.config.front_ends if str(fe.address) != first)
-        images = [r for r in lab.audit if r.path.endswith("CPE.nbt")]
-        assert [(r.server, r.status) for r in images][-1] == (other.name, 206)
-        assert logged(phone, f"downloaded CPE.nbt ({size} bytes) from pool01.contoso.test")
-        # Only the rest came again, and the pieces fit together: the image verified.
-        assert phone.bytes_downloaded == lab.stored_bytes("CX600", NEW) - offset
-        assert logged(phone, "matches its catalog") == [T0 + BOOT]
+    ((first, _),) = cut
+    (interrupted,) = phone.phone.log.matching("it will resume from there")
+    assert interrupted.time == T0 + BOOT
+    offset = int(interrupted.message.split("cut at byte ")[1].split(":")[0])
+    assert size // 8 <= offset < size
+    # The phone asked the other front end for the rest (Range, If-Range): 206.
+    other = next(fe for fe in device_lab.config.front_ends if str(fe.address) != first)
+    images = [r for r in device_lab.audit if r.path.endswith("CPE.nbt")]
+    assert [(r.server, r.status) for r in images][-1] == (other.name, 206)
+    assert logged(phone, f"downloaded CPE.nbt ({size} bytes) from pool01.contoso.test")
+    # Only the rest came again, and the pieces fit together: the image verified.
+    assert phone.bytes_downloaded == device_lab.stored_bytes("CX600", NEW) - offset
+    assert logged(phone, "matches its catalog") == [T0 + BOOT]

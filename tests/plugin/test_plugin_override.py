@@ -1,0 +1,31 @@
+"""A user's own ``lab_config`` replaces the plugin's: here a pool of one front end."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lab.config import LabConfig
+from lab.harness import NEW, T0, Phones, RunningLab, idle_on
+
+
+@pytest.fixture
+def lab_config(lab_config: LabConfig) -> LabConfig:
+    """The plugin's lab with only its first front end."""
+    return dataclasses.replace(lab_config, front_ends=lab_config.front_ends[:1])
+
+
+@pytest.mark.looptime
+async def test_a_lab_config_fixture_of_the_users_own_is_the_lab_that_runs(
+    device_lab: RunningLab, phones: Phones
+) -> None:
+    assert [fe.name for fe in device_lab.config.front_ends] == ["fe01"]
+    device_lab.publish("CX600", NEW)
+    phone = phones.phone()
+    phone.power_on()
+    await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+    # DNS named the one front end, and it served everything.
+    lookups = phone.phone.log.matching("ucupdates-r2.contoso.test is")
+    assert {line.message for line in lookups} == {"ucupdates-r2.contoso.test is 127.10.0.11"}
+    assert {r.server for r in device_lab.audit} == {"fe01"}
