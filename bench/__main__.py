@@ -1,8 +1,10 @@
 """``python -m bench`` (what ``make bench`` runs): every known benchmark, a table, a JSON file.
 
-Results go to ``bench/results/<YYYY-MM-DD>.json`` with the raw numbers, the ratios and the
-machine they were measured on. Exit codes: 0 every target met, 1 a target missed,
-2 a tool is missing or the arguments are wrong.
+The tools the chosen benchmarks drive are installed first when missing (bench.install:
+apt-get as root; otherwise the command is printed). Results go to
+``bench/results/<YYYY-MM-DD>.json`` with the raw numbers, the ratios and the machine they
+were measured on; the table shows one line per figure. Exit codes: 0 every target met,
+1 a target missed, 2 a tool is missing or the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -14,23 +16,33 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import dns
+from bench import dns, install, service, startup
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+LEGEND = (
+    "lab: front end fe01's internal site under `lab up`; aiohttp: a bare aiohttp TLS handler "
+    "with a fixed answer; nginx: nginx with the same certificate (see bench/README.md)"
+)
 
-# name -> (run(quick) -> result, tool check returning a problem or None)
-BENCHMARKS: dict[str, tuple[Callable[[bool], dict[str, Any]], Callable[[], str | None]]] = {
-    "dns": (
-        dns.run,
-        lambda: (
-            None
-            if dns.find_dnsperf()
-            else "dnsperf is not installed; install it with: apt-get install dnsperf"
-        ),
-    ),
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark: what runs it (quick or not) and the tools it needs."""
+
+    run: Callable[[bool], dict[str, Any]]
+    tools: tuple[str, ...]
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "dns": Benchmark(dns.run, ("dnsperf",)),
+    "check": Benchmark(service.run_check, ("h2load", "nginx", "curl")),
+    "newtls": Benchmark(service.run_newtls, ("h2load", "nginx", "curl", "openssl")),
+    "download": Benchmark(service.run_download, ("nginx", "curl")),
+    "startup": Benchmark(startup.run, ()),
 }
 
 
@@ -52,20 +64,60 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table of the results."""
-    header = ("benchmark", "subject q/s", "baseline q/s", "ratio", "target", "result")
-    rows = [header] + [
-        (
-            name,
-            f"{r['subject_qps']:,.0f}",
-            f"{r['baseline_qps']:,.0f}",
-            f"{r['ratio']:.2f}x",
-            f">= {r['target_ratio']:.0f}x",
-            "ok" if r["passed"] else "MISSED",
-        )
-        for name, r in results.items()
+def figures_of(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of one benchmark's result (the DNS benchmark reports one, in its own keys)."""
+    if "figures" in result:
+        figures: list[dict[str, Any]] = result["figures"]
+        return figures
+    return [
+        {
+            "name": name,
+            "subject": result["subject"],
+            "baseline": result["baseline"],
+            "unit": "q/s",
+            "subject_value": result["subject_qps"],
+            "baseline_value": result["baseline_qps"],
+            "ratio": result["ratio"],
+            "target_ratio": result["target_ratio"],
+            "passed": result["passed"],
+        }
     ]
+
+
+def _number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.3f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
+
+
+def _target(figure: dict[str, Any]) -> str:
+    if figure.get("target_max") is not None:
+        return f"< {figure['target_max']:g} {figure['unit']}"
+    if figure.get("target_ratio") is not None:
+        return f">= {figure['target_ratio']:g}x"
+    return "-"
+
+
+def _result(figure: dict[str, Any]) -> str:
+    return {True: "ok", False: "MISSED", None: "(reported)"}[figure["passed"]]
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table of the results: one line per figure."""
+    header = ("figure", "subject", "baseline", "ratio", "target", "result")
+    rows = [header]
+    for name, result in results.items():
+        for f in figures_of(name, result):
+            rows.append(
+                (
+                    f["name"],
+                    _number(f["subject_value"], f["unit"]),
+                    _number(f["baseline_value"], f["unit"]),
+                    "-" if f["ratio"] is None else f"{f['ratio']:.2f}x",
+                    _target(f),
+                    _result(f),
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "  ".join(
@@ -75,12 +127,18 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    details = [
-        f"{name}: {r['subject']} vs {r['baseline']}, median of {r['settings']['runs']} "
-        f"run(s) of {r['settings']['seconds']} s each"
-        for name, r in results.items()
-    ]
-    return "\n".join([*lines, "", *details])
+    details = []
+    for name, result in results.items():
+        if "error" in result:
+            details.append(f"{name}: FAILED: {result['error']}")
+            continue
+        settings = ", ".join(
+            f"{key} {value}"
+            for key, value in result["settings"].items()
+            if isinstance(value, int | float | str)
+        )
+        details.append(f"{name}: {settings}")
+    return "\n".join([*lines, "", LEGEND, *details])
 
 
 def write(results: dict[str, dict[str, Any]], quick: bool, directory: Path) -> Path:
@@ -112,15 +170,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chosen = args.only or sorted(BENCHMARKS)
 
-    for name in chosen:
-        problem = BENCHMARKS[name][1]()
-        if problem:
-            print(f"bench {name}: {problem}", file=sys.stderr)
-            return 2
+    tools = sorted({tool for name in chosen for tool in BENCHMARKS[name].tools})
+    problem = install.ensure(tools)
+    if problem:
+        print(f"bench: {problem}", file=sys.stderr)
+        return 2
     results: dict[str, dict[str, Any]] = {}
     for name in chosen:
         print(f"running {name}{' (quick)' if args.quick else ''}...", flush=True)
-        results[name] = BENCHMARKS[name][0](args.quick)
+        try:
+            results[name] = BENCHMARKS[name].run(args.quick)
+        except RuntimeError as exc:
+            # One benchmark that cannot measure (a server that did not start, a client that
+            # saw errors) must not cost the others' figures.
+            print(f"bench {name}: {exc}", file=sys.stderr)
+            results[name] = {"error": str(exc), "passed": False, "figures": [], "settings": {}}
     print(table(results))
     path = write(results, args.quick, args.results_dir)
     print(f"results written to {path}")
