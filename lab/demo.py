@@ -1,24 +1,435 @@
-"""The lab demo: what `make demo` shows a colleague.
+"""The lab demo (`make demo`, `lab demo`): how phones update, told to a colleague as it happens.
 
-For now (until the phones join) it starts the lab and shows split-horizon discovery: the
-name every never-signed-in phone looks up, ``ucupdates-r2.<domain>``, answered from an
-inside address with the front ends and from an outside address with the edge; then the
-firewall moves the inside phone outside and its very next query gets the external view.
+The story, in chapters, on one lab and one event loop (lab.harness):
+
+1. How a phone finds the service: ``ucupdates-r2.<domain>`` asked from an inside and an
+   outside address gets the front ends or the edge (split-horizon DNS, and the firewall
+   toggle moving a phone out and back).
+2. Before the update: the users the fleet names sign in, so their phones keep in-band
+   provisioning (the service's internal and external URLs) in flash; then they are
+   unplugged. The lab has no firmware yet, so nothing is installed.
+3. The administrator builds a vendor cab, imports it into every front end and approves
+   it; imports a newer one and leaves it pending; names each test device by its MAC.
+4. Every phone of the fleet is plugged in (a few seconds apart) and does what its entry
+   says: DNS discovery inside, in-band provisioning when signed in, refused outside with
+   nobody signed in, NTLM through the edge when signed in outside, the pending version on a
+   test device, and a call holding a busy phone's restart.
+5. A summary (what each phone should end as, what it ended as) and every phone's System
+   Information screen. The demo succeeds only if every phone ended as it should.
+
+Rules of this module: the fleet comes from the config (``config.fleet``), so a user's own
+config with another fleet works too; what a phone *should* end as is derived from its
+entry alone (`expected_outcome`), what it *did* end as from its own log and the front
+ends' audit records alone (`observed_outcome`), and the two are compared as plain words.
+Phones run on a ScaledClock (``scale`` phone seconds per real second), or on the loop's
+time when ``scale`` is None (tests under looptime): the code path is the same.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import ipaddress
-from dataclasses import dataclass
+import random
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from rich.columns import Columns
 from rich.console import Console
-from rich.table import Table
+from rich.live import Live
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Column, Table
+from rich.text import Text
 
-from lab.config import LabConfig
+from emulator.clock import Clock, to_datetime
+from emulator.core import TIME_SLACK, Phone
+from emulator.driver import Network, PhoneDriver
+from emulator.events import Credentials
+from emulator.faults import AnyFault, Call, Trigger
+from emulator.lease import Lease
+from emulator.models import get_model
+from emulator.net.client import Answer, HTTPSClient
+from emulator.net.client import Download as DownloadResult
+from emulator.net.resolver import Resolver
+from emulator.phonelog import LogEntry, LogLevel
+from emulator.screens import system_information
+from emulator.states import PhoneState
+from lab.audit import AuditRecord
+from lab.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
+from lab.config import FleetPhone, LabConfig
+from lab.decision import Action
 from lab.dnsprobe import query, summarise
+from lab.errors import ConfigError, LabStateError, PortInUseError
 from lab.firewall import Zone
-from lab.runner import Lab
+from lab.harness import NEW, ClockHold, RunningLab, phones_on, running_lab
+from lab.importer import ImportResult, import_cab
+from lab.models import phone_model
+from lab.pki import verify_vendor_signature
+from lab.runner import RUN_FILE, read_run_file
+from lab.store import Selection, Store
+
+S = PhoneState
+DEFAULT_SCALE = 60.0
+"""Phone seconds per real second: the five-minute wait before a restart takes five seconds."""
+APPROVED = NEW
+PENDING = "4.0.7577.4400"
+STAGGER = 10.0
+"""Phone seconds between two phones being plugged in (the narration stays readable)."""
+CALL_AFTER = 60.0
+CALL_LENGTH = 480.0
+"""A busy phone's call starts a minute into its wait to restart and lasts eight minutes."""
+SETTLE_TIME = 3600.0
+REAL_ALLOWANCE = 30.0
+"""A chapter ends with a failure when its phones have not settled after an hour of phone
+time, or after this many real seconds at a high scale, whichever is later."""
+MAX_PHONES = 100
+STATE_MARKER = ".lab-demo"
+MiB = 1024 * 1024
+TELLING_TOPICS = frozenset({"sign-in", "update", "install", "call"})
+
+
+# --- The fleet and what each phone should end as ----------------------------------------
+
+
+@dataclass
+class DemoPhone:
+    """One phone of the demo fleet: its entry, who signs in, its driver and what we last saw."""
+
+    number: int
+    entry: FleetPhone
+    address: str
+    credentials: Credentials | None
+    upn: str | None
+    driver: PhoneDriver = field(init=False)
+    """Made once the lab is up (it needs the lease)."""
+    seen: int = 0
+    state: PhoneState = S.OFF
+    last_line: str = ""
+    download: tuple[str, int, int | None] | None = None
+    error_told: bool = False
+
+    @property
+    def label(self) -> str:
+        """``#3 HP4120``."""
+        return f"#{self.number} {self.entry.model}"
+
+    def role(self) -> str:
+        """What this phone is in the story, in words."""
+        where = self.entry.location
+        if self.upn is None:
+            role = f"{where}, never signed in: " + (
+                "finds the service through DNS" if where == "inside" else "must be refused"
+            )
+        else:
+            role = f"{where}, {self.upn} signed in: " + (
+                "uses in-band provisioning" if where == "inside" else "NTLM through the edge"
+            )
+        if self.entry.test_device:
+            role += "; a test device"
+        if self.entry.busy:
+            role += "; busy in a call"
+        return role
+
+
+def demo_fleet(config: LabConfig) -> list[DemoPhone]:
+    """The phones of ``config.fleet``, numbered, each with its own address in its segment."""
+    entries = [entry for entry in config.fleet for _ in range(entry.count)]
+    if not entries:
+        raise ConfigError(config.source, "fleet", "the demo needs a fleet ([[fleet]] entries)")
+    if len(entries) > MAX_PHONES:
+        raise ConfigError(
+            config.source,
+            "fleet",
+            f"{len(entries)} phones are too many to narrate (at most {MAX_PHONES}); "
+            "`emulator run` runs large fleets",
+        )
+    taken = {"inside": 0, "outside": 0}
+    phones: list[DemoPhone] = []
+    for number, entry in enumerate(entries, start=1):
+        segment = config.inside if entry.location == "inside" else config.outside
+        taken[entry.location] += 1
+        # Phones start at x.y.1.1 of their segment, clear of the lab's servers.
+        address = segment.network_address + 256 + taken[entry.location]
+        if address not in segment:
+            raise ConfigError(
+                config.source, "fleet", f"the {entry.location} segment {segment} is too small"
+            )
+        credentials, upn = None, None
+        if entry.user is not None:
+            user = config.user(entry.user)
+            credentials = Credentials(user.name, user.domain, nt_hash=user.nt_hash)
+            upn = user.upn
+        phones.append(DemoPhone(number, entry, str(address), credentials, upn))
+    return phones
+
+
+def expected_outcome(phone: DemoPhone) -> str:
+    """What ``phone`` should end as, from its fleet entry alone."""
+    entry = phone.entry
+    if entry.location == "outside" and phone.upn is None:
+        return f"refused (HTTP 403), kept {get_model(entry.model).factory_version}"
+    version, source = (PENDING, "pending") if entry.test_device else (APPROVED, "approved")
+    if phone.upn is None:
+        route = "DNS discovery"
+    else:
+        route = "in-band, internal" if entry.location == "inside" else "in-band, edge + NTLM"
+    outcome = f"{version} ({source}) via {route}"
+    return outcome + ("; restart waited for the call" if entry.busy else "")
+
+
+def observed_outcome(driver: PhoneDriver, checks: Sequence[AuditRecord]) -> str:
+    """What the phone did end as, in `expected_outcome`'s words, from its log and ``checks``.
+
+    ``checks`` are the front ends' audit records of this phone's update checks, in order.
+    """
+    core = driver.phone
+    version = core.current_version
+    if driver.error is not None:
+        return f"stopped with {version}: {driver.error}"
+    if not driver.settled:
+        return f"still {core.state.value} with {version}"
+    served = [r for r in checks if r.status == 200 and r.decision == version]
+    if core.last_update is None or not served:
+        if checks and checks[-1].status != 200:
+            return f"refused (HTTP {checks[-1].status}), kept {version}"
+        return f"stayed on {version}"
+    record = served[-1]
+    source = record.reason.split(" ", 1)[0]  # "approved version ..." / "pending version ..."
+    if _check_source(core, version) == "DNS discovery":
+        route = "DNS discovery"
+    elif record.site == "internal":
+        route = "in-band, internal"
+    else:
+        route = "in-band, edge + NTLM" if record.last_signed_in_user else "in-band, edge"
+    outcome = f"{version} ({source}) via {route}"
+    if core.log.matching("restart held: a call is in progress"):
+        ended = [e.time for e in core.log.matching("call ended")]
+        restarts = [e.time for e in core.log.matching("no call or use for")]
+        waited = bool(ended and restarts) and (
+            restarts[-1] >= ended[-1] + core.settings.idle_wait - TIME_SLACK
+        )
+        outcome += "; restart waited for the call" if waited else "; restarted during a call"
+    return outcome
+
+
+def _check_source(core: Phone, version: str) -> str | None:
+    """Where the phone took the URL of the check that offered ``version`` from."""
+    source = found = None
+    for entry in core.log:
+        if entry.message.startswith("checking for updates"):
+            source = "DNS discovery" if "from DNS discovery" in entry.message else "in-band"
+        elif "offers an update:" in entry.message and entry.message.endswith(f"-> {version}"):
+            found = source
+    return found
+
+
+def explaining_line(entries: Sequence[LogEntry], changed: bool) -> LogEntry | None:
+    """Of the log lines since the last turn, the one that says why the phone did it.
+
+    Trouble first; then, for a change of state, the first line about updates, sign-in,
+    installing or calls (the cause, not the next step), and within a state all of those
+    lines as one (``call ended; phone in use: the restart waits until ...``); otherwise
+    the last line.
+    """
+    trouble = [e for e in entries if e.level is not LogLevel.INFO]
+    if trouble:
+        return trouble[-1]
+    telling = [e for e in entries if e.topic in TELLING_TOPICS or e.message.startswith("power on")]
+    if telling and changed:
+        return telling[0]
+    if telling:
+        return replace(telling[-1], message="; ".join(e.message for e in telling))
+    return entries[-1] if entries else None
+
+
+# --- Watching downloads -------------------------------------------------------------------
+
+DownloadWatch = Callable[[str, str, int, int | None], None]
+"""Told as a download grows: the phone's address, the module, bytes so far, the full size."""
+
+
+class WatchedClient:
+    """A phone's HTTPS client whose downloads report their progress."""
+
+    def __init__(self, inner: HTTPSClient, source: str, watch: DownloadWatch) -> None:
+        self.inner = inner
+        self.source = source
+        self.watch = watch
+
+    async def post_xml(self, url: str, body: bytes, **options: Any) -> Answer:
+        """The inner client's answer."""
+        return await self.inner.post_xml(url, body, **options)
+
+    async def download(self, url: str, path: Path, **options: Any) -> DownloadResult:
+        """The inner client's download, reported to ``watch`` as it grows."""
+        module = url.rsplit("/", 1)[-1]
+        options["progress"] = lambda size, total: self.watch(self.source, module, size, total)
+        return await self.inner.download(url, path, **options)
+
+    async def post_log(self, url: str, body: bytes, **options: Any) -> Answer:
+        """The inner client's answer."""
+        return await self.inner.post_log(url, body, **options)
+
+    async def drop_connections(self) -> None:
+        """Drop the inner client's connections."""
+        await self.inner.drop_connections()
+
+    async def close(self) -> None:
+        """Close the inner client."""
+        await self.inner.close()
+
+
+class WatchedNetwork:
+    """The phones' network (real, or held under fake time) with downloads watched."""
+
+    def __init__(self, inner: Network, watch: DownloadWatch) -> None:
+        self.inner = inner
+        self.watch = watch
+
+    def resolver(self, source: str) -> Resolver:
+        """The inner network's resolver."""
+        return self.inner.resolver(source)
+
+    async def open_client(self, source: str, resolver: Resolver) -> HTTPSClient:
+        """The inner network's client, watched."""
+        return WatchedClient(await self.inner.open_client(source, resolver), source, self.watch)
+
+    async def close_client(self, client: HTTPSClient) -> None:
+        """Close a client open_client gave."""
+        assert isinstance(client, WatchedClient)
+        await self.inner.close_client(client.inner)
+
+    def vendor_certificate(self, vendor: str) -> bytes:
+        """The inner network's vendor certificate."""
+        return self.inner.vendor_certificate(vendor)
+
+
+# --- Narration ----------------------------------------------------------------------------
+
+
+class Narrator:
+    """Says what each phone does as it happens: one line per turn, and on a terminal a live
+    table of the phones (location, state, version, download progress, last log line)."""
+
+    def __init__(self, console: Console, phones: Sequence[DemoPhone]) -> None:
+        self.console = console
+        self.phones = list(phones)
+        self._by_address = {phone.address: phone for phone in phones}
+
+    def chapter(self, title: str) -> None:
+        """Start a chapter."""
+        self.console.print()
+        self.console.rule(f"[bold]{escape(title)}", align="left")
+
+    def say(self, text: str) -> None:
+        """One line of the story (rich markup allowed)."""
+        self.console.print(text, soft_wrap=True)
+
+    def observe(self, driver: PhoneDriver) -> None:
+        """Driver observer: tell a change of state, a call, or trouble, with its log line."""
+        phone = self._by_address[driver.address]
+        core = driver.phone
+        if driver.error is not None:
+            if not phone.error_told:
+                phone.error_told = True
+                self._turn(phone, driver.clock.now(), f"stopped: {driver.error}", LogLevel.ERROR)
+            return
+        entries = core.log.entries[phone.seen :]
+        changed = core.state is not phone.state
+        if not changed and not any(
+            e.topic == "call" or e.level is not LogLevel.INFO for e in entries
+        ):
+            return  # the next turn explains it
+        phone.seen += len(entries)
+        phone.state = core.state
+        line = explaining_line(entries, changed)
+        if line is not None:
+            phone.last_line = line.message
+        when = driver.timeline[-1].time if changed else (line.time if line else driver.clock.now())
+        self._turn(phone, when, line.message if line else "", line.level if line else LogLevel.INFO)
+
+    def _turn(self, phone: DemoPhone, when: float, message: str, level: LogLevel) -> None:
+        style = {LogLevel.ERROR: "red", LogLevel.WARNING: "yellow"}.get(level, "")
+        text = Text.assemble(
+            (f"{to_datetime(when):%H:%M:%S}  ", "dim"),
+            (f"{phone.label:<10} ", "bold"),
+            (f"{phone.state.value:<22}", "cyan"),
+            (message, style),
+        )
+        self.console.print(text, soft_wrap=True, highlight=False)
+
+    def progress(self, address: str, module: str, size: int, total: int | None) -> None:
+        """Download watch: remember how far the phone's download is."""
+        phone = self._by_address.get(address)
+        if phone is not None:
+            phone.download = (module, size, total)
+
+    def table(self) -> Table:
+        """The phones as they are now."""
+        # Fixed widths: the table should not jump about as the phones change.
+        table = Table(
+            Column("phone", min_width=10),
+            Column("where", min_width=7),
+            "user",
+            Column("state", min_width=21),
+            Column("version", min_width=13),
+            Column("download", min_width=20),
+            Column("what it last did", overflow="ellipsis", no_wrap=True),
+        )
+        for phone in self.phones:
+            core = phone.driver.phone
+            table.add_row(
+                phone.label,
+                phone.entry.location,
+                phone.upn or "-",
+                core.state.value,
+                core.current_version,
+                _download_cell(phone),
+                phone.last_line,
+            )
+        return table
+
+    @contextlib.asynccontextmanager
+    async def live(self) -> AsyncIterator[None]:
+        """On a terminal, show the live table while the block runs; elsewhere nothing."""
+        if not self.console.is_terminal:
+            yield
+            return
+        # Refreshed from the loop (not rich's thread): the phones change on the loop.
+        with Live(self.table(), console=self.console, auto_refresh=False) as live:
+            refresher = asyncio.get_running_loop().create_task(self._refresh(live))
+            try:
+                yield
+            finally:
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
+                live.update(self.table(), refresh=True)
+
+    async def _refresh(self, live: Live) -> None:
+        while True:
+            live.update(self.table(), refresh=True)
+            await asyncio.sleep(0.1)
+
+
+def _download_cell(phone: DemoPhone) -> str:
+    core = phone.driver.phone
+    if core.state is S.DOWNLOADING and phone.download is not None:
+        module, size, total = phone.download
+        if total:
+            return f"{module} {100 * size // total}% of {total / MiB:.1f} MiB"
+        return f"{module} {size / MiB:.1f} MiB"
+    got = phone.driver.bytes_downloaded
+    return f"{got / MiB:.1f} MiB" if got else ""
+
+
+# --- Chapter 1: split-horizon discovery ---------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -39,62 +450,454 @@ class Probe:
 
 
 def phone_address(segment: ipaddress.IPv4Network, index: int) -> str:
-    """A phone's address in ``segment`` (well away from the servers' low addresses)."""
+    """A probing phone's address in ``segment`` (well away from the servers' low addresses)."""
     return str(segment.network_address + 100 + index)
 
 
-async def _probe(lab: Lab, label: str, source: str, tcp: bool, expected: set[str]) -> Probe:
-    name = lab.config.ucupdates_names[0]
-    answer = await query(name, lab.dns.address, source, tcp=tcp)
-    got = frozenset(str(rr.rdata) for rr in answer.rr)
-    return Probe(
-        label, source, "tcp" if tcp else "udp", frozenset(expected), got, summarise(answer)
+async def show_discovery(running: RunningLab, narrator: Narrator, hold: ClockHold) -> bool:
+    """Ask for ``ucupdates-r2`` from both sides of the firewall and show the answers."""
+    config, lab = running.config, running.lab
+    name = config.ucupdates_names[0]
+    inside, outside = phone_address(config.inside, 0), phone_address(config.outside, 0)
+    front_ends = frozenset(str(fe.address) for fe in config.front_ends)
+    edge = frozenset({str(config.edge.address)})
+
+    async def probe(label: str, source: str, tcp: bool, expected: frozenset[str]) -> Probe:
+        # Held: under fake time the answer's real-time wait must not count as a timeout.
+        with hold.held():
+            answer = await query(name, lab.dns.address, source, tcp=tcp)
+        got = frozenset(str(rr.rdata) for rr in answer.rr)
+        return Probe(label, source, "tcp" if tcp else "udp", expected, got, summarise(answer))
+
+    narrator.say(f"A phone no user ever signed in to looks up [bold]{name}[/] (its DHCP domain).")
+    probes: list[Probe] = []
+    for tcp in (False, True):
+        probes.append(await probe("inside phone", inside, tcp, front_ends))
+        probes.append(await probe("outside phone", outside, tcp, edge))
+    lab.firewall.set_zone(inside, Zone.OUTSIDE)
+    probes.append(await probe("inside phone, firewall moved it out", inside, False, edge))
+    lab.firewall.clear(inside)
+    probes.append(await probe("inside phone, moved back", inside, False, front_ends))
+
+    table = Table("asked by", "from", "via", "answer", "as expected")
+    for p in probes:
+        mark = "[green]yes[/]" if p.ok else "[red]NO[/]"
+        table.add_row(p.label, p.source, p.transport, escape(p.line), mark)
+    narrator.console.print(table)
+    narrator.say("Inside, DNS answers with the front ends; outside, with the edge (split horizon).")
+    return all(p.ok for p in probes)
+
+
+# --- Chapter 3: the administrator's part --------------------------------------------------
+
+
+async def publish(
+    running: RunningLab, models: Sequence[str], version: str, image_size: int
+) -> tuple[int, ImportResult]:
+    """Build a vendor cab of ``models`` at ``version``, check it and import it everywhere.
+
+    Returns the cab's size and what the import did. The work (hashing, signing,
+    compressing) runs in worker threads, off the loop the lab serves on.
+    """
+    pki = running.lab.pki
+    items = [(phone_model(model), version) for model in models]
+    data, _ = await asyncio.to_thread(build, items, pki.vendor, image_size)
+    contents = await asyncio.to_thread(
+        read_cab,
+        data,
+        CAB_NAME,
+        lambda vendor: pki.vendor(vendor).certificate_pem(),
+        verify_vendor_signature,
+    )
+    result = await asyncio.to_thread(
+        import_cab, running.state_dir, contents, running.config.front_ends
+    )
+    return len(data), result
+
+
+async def administer(
+    running: RunningLab, phones: Sequence[DemoPhone], narrator: Narrator, image_size: int
+) -> None:
+    """Publish the approved and the pending version, and name the test devices."""
+    models = list(dict.fromkeys(phone.entry.model for phone in phones))
+    servers = ", ".join(fe.name for fe in running.config.front_ends)
+    vendors = ", ".join(dict.fromkeys(get_model(m).vendor.name for m in models))
+    for version, approve in ((APPROVED, True), (PENDING, False)):
+        size, result = await publish(running, models, version, image_size)
+        narrator.say(
+            f"built {CAB_NAME} ({size / MiB:.1f} MiB): {', '.join(models)} at [bold]{version}"
+            f"[/], catalogs signed by {vendors}"
+        )
+        narrator.say(
+            f"  checked it as an import does (member names, signatures, sizes, SHA-256) and "
+            f"imported it into {servers}: {len(result.changes)} rules now hold {version} pending"
+        )
+        if approve:
+            with Store.open(running.state_dir) as store:
+                changes = store.change(Action.APPROVE, Selection(all_=True))
+            approved = [c for c in changes if c.action != "skipped"]
+            narrator.say(
+                f"  approved {version} on {len(approved)} rules: every phone of these models "
+                "gets it now"
+            )
+        else:
+            narrator.say(f"  left {version} pending: only test devices get it")
+    with Store.open(running.state_dir) as store:
+        for phone in phones:
+            if phone.entry.test_device:
+                identity = phone.driver.phone.identity
+                store.add_test_device(mac=identity.mac, name=f"{phone.label} (demo)")
+                narrator.say(
+                    f"named test device {identity.mac}: {phone.label}, {identity.display_name}"
+                )
+
+
+# --- The demo -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhoneOutcome:
+    """How one phone of the fleet ended, next to how it should have."""
+
+    label: str
+    model: str
+    mac: str
+    location: str
+    user: str | None
+    expected: str
+    observed: str
+    screen: str
+    log: tuple[LogEntry, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the phone ended as it should."""
+        return self.observed == self.expected
+
+    def trouble(self, last: int = 3) -> list[str]:
+        """The phone's last ``last`` error lines, as its log writes them."""
+        return [e.render() for e in self.log if e.level is LogLevel.ERROR][-last:]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "phone": self.label,
+            "model": self.model,
+            "mac": self.mac,
+            "location": self.location,
+            "user": self.user,
+            "expected": self.expected,
+            "ended_as": self.observed,
+            "ok": self.ok,
+            "system_information": self.screen,
+            "log": [entry.render() for entry in self.log],
+        }
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo showed: whether discovery and every phone came out as they should."""
+
+    discovery_ok: bool
+    phones: tuple[PhoneOutcome, ...]
+    started: float
+    ended: float
+    real_seconds: float
+    scale: float | None
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """True when everything came out as it should."""
+        return self.discovery_ok and all(p.ok for p in self.phones) and not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "ok": self.ok,
+            "discovery_ok": self.discovery_ok,
+            "phones": [p.as_dict() for p in self.phones],
+            "phone_time": {
+                "started": to_datetime(self.started).isoformat(),
+                "ended": to_datetime(self.ended).isoformat(),
+                "seconds": self.ended - self.started,
+            },
+            "real_seconds": self.real_seconds,
+            "scale": self.scale,
+            "problems": list(self.problems),
+        }
+
+
+async def run_demo(
+    config: LabConfig,
+    state_dir: Path,
+    console: Console,
+    *,
+    scale: float | None = DEFAULT_SCALE,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    before_phones: Callable[[RunningLab], None] | None = None,
+) -> DemoResult:
+    """Run the whole demo on ``config`` in ``state_dir`` and narrate it on ``console``.
+
+    ``scale``: phone seconds per real second, or None for the loop's own time (tests under
+    looptime). ``before_phones`` is called once the administrator is done, before the
+    phones are plugged in: a test or a trainer can break something there.
+    """
+    began = time.perf_counter()
+    phones = demo_fleet(config)
+    check_ports(config)
+    narrator = Narrator(console, phones)
+    async with (
+        running_lab(config, state_dir) as running,
+        phones_on(running, state_dir / "phones", scale=scale) as on,
+    ):
+        network = WatchedNetwork(on.network, narrator.progress)
+        for phone in phones:
+            phone.driver = _make_driver(
+                phone, running.lease, on.clock, network, narrator, state_dir / "phones"
+            )
+            on.drivers.append(phone.driver)  # stopped with the others
+        settle = max(SETTLE_TIME, (scale or 0.0) * REAL_ALLOWANCE)
+        _introduce(running, narrator, scale, len(phones))
+        started = on.clock.now()
+
+        narrator.chapter("1. How a phone finds the update service")
+        discovery_ok = await show_discovery(running, narrator, on.hold)
+
+        problems: list[str] = []
+        signers = [p for p in phones if p.credentials is not None]
+        if signers:
+            narrator.chapter("2. Before the update: users sign in")
+            problems += await _sign_in_first(signers, narrator, settle)
+
+        narrator.chapter("3. The administrator publishes firmware")
+        await administer(running, phones, narrator, image_size)
+        if before_phones is not None:
+            before_phones(running)
+
+        narrator.chapter("4. The phones are plugged in")
+        for phone in phones:
+            narrator.say(f"{phone.label:<10} {phone.role()}")
+        plugged = on.clock.now()
+        for k, phone in enumerate(phones):
+            phone.driver.at(plugged + k * STAGGER, phone.driver.power_on)
+        async with narrator.live():
+            await _settled(phones, plugged + settle)
+        ended = on.clock.now()
+        outcomes = tuple(_outcome(phone, running) for phone in phones)
+    result = DemoResult(
+        discovery_ok,
+        outcomes,
+        started,
+        ended,
+        time.perf_counter() - began,
+        scale,
+        tuple(problems),
+    )
+    report(result, narrator)
+    return result
+
+
+def _make_driver(
+    phone: DemoPhone,
+    lease: Lease,
+    clock: Clock,
+    network: Network,
+    narrator: Narrator,
+    workdir: Path,
+) -> PhoneDriver:
+    identity = get_model(phone.entry.model).identity(phone.number)
+    faults: list[AnyFault] = []
+    if phone.entry.busy:
+        faults.append(
+            Call(trigger=Trigger(on=S.AWAITING_REBOOT, delay=CALL_AFTER), duration=CALL_LENGTH)
+        )
+    return PhoneDriver(
+        Phone(identity, rng=random.Random(phone.number)),
+        lease=lease,
+        clock=clock,
+        network=network,
+        address=phone.address,
+        workdir=workdir,
+        faults=faults,
+        observer=narrator.observe,
     )
 
 
-async def run_demo(config: LabConfig, state_dir: Path, console: Console) -> bool:
-    """Start the lab, show discovery from both sides of the firewall; True if all held."""
-    inside_phone = phone_address(config.inside, 0)
-    outside_phone = phone_address(config.outside, 0)
-    front_ends = {str(fe.address) for fe in config.front_ends}
-    edge = {str(config.edge.address)}
-    probes: list[Probe] = []
-    async with Lab(config, state_dir) as lab:
-        host, port = lab.dns.address
-        console.print(
-            f"[bold]lab {config.name}[/]: DNS at {host}:{port}, "
-            f"{len(config.front_ends)} front ends, edge {config.edge.address}"
+def _introduce(running: RunningLab, narrator: Narrator, scale: float | None, count: int) -> None:
+    config = running.config
+    host, port = running.lab.dns.address
+    endpoints = running.lab.endpoints()
+    front_ends = "; ".join(
+        f"{fe.name} internal {endpoints[fe.name]['internal']}, external "
+        f"{endpoints[fe.name]['external']}"
+        for fe in config.front_ends
+    )
+    narrator.say(
+        f"[bold]Device Update Lab demo[/]: lab {config.name} ({escape(config.source)}), "
+        f"{count} phones"
+    )
+    narrator.say(
+        f"DNS {host}:{port}; pool {config.pool_fqdn}: {front_ends}; "
+        f"edge {config.edge.fqdn} {endpoints['edge']['tcp']}"
+    )
+    if scale is not None:
+        narrator.say(
+            f"Phone time runs {scale:g} times as fast as real time: the five-minute wait "
+            f"before a restart takes {300 / scale:.1f} s."
         )
-        console.print(f"phones look up [bold]{config.ucupdates_names[0]}[/]")
-        for tcp in (False, True):
-            probes.append(await _probe(lab, "inside phone", inside_phone, tcp, front_ends))
-            probes.append(await _probe(lab, "outside phone", outside_phone, tcp, edge))
-        lab.firewall.set_zone(inside_phone, Zone.OUTSIDE)
-        probes.append(
-            await _probe(lab, "inside phone, firewall moved it out", inside_phone, False, edge)
-        )
-        lab.firewall.clear(inside_phone)
-        probes.append(
-            await _probe(lab, "inside phone, moved back", inside_phone, False, front_ends)
-        )
-        stats = lab.dns.stats()
 
-    table = Table(title="split-horizon discovery", title_justify="left")
-    for column in ("phone", "source", "via", "answer", "as expected"):
-        table.add_column(column)
-    for probe in probes:
+
+async def _sign_in_first(
+    signers: Sequence[DemoPhone], narrator: Narrator, settle: float
+) -> list[str]:
+    """Power the signers' phones on, sign their users in, unplug them; what went wrong."""
+    users = ", ".join(f"{p.upn} on {p.label} ({p.entry.location})" for p in signers)
+    narrator.say(f"{users}. The lab has no firmware yet, so nothing is installed.")
+    clock = signers[0].driver.clock
+    for phone in signers:
+        phone.driver.power_on()
+    await _settled(signers, clock.now() + settle)
+    for phone in signers:
+        assert phone.credentials is not None
+        phone.driver.sign_in(phone.credentials)
+    await _settled(signers, clock.now() + settle)
+    problems = [
+        f"{p.label}: {p.upn} did not sign in ({p.driver.phone.state.value})"
+        for p in signers
+        if p.driver.phone.signed_in_user is None
+    ]
+    for phone in signers:
+        phone.driver.power_off()
+    narrator.say(
+        "Their phones keep in-band provisioning (the service's internal and external URLs) "
+        "and the user's credentials in flash. They are unplugged for now."
+    )
+    return problems
+
+
+async def _settled(phones: Sequence[DemoPhone], until: float) -> None:
+    """Wait until every phone has nothing left to do, or phone time ``until`` passes."""
+    await asyncio.gather(
+        *(p.driver.wait_for(lambda d: d.settled, until=until, what="settling") for p in phones),
+        return_exceptions=True,  # a phone that did not settle shows in its outcome
+    )
+
+
+def _outcome(phone: DemoPhone, running: RunningLab) -> PhoneOutcome:
+    driver = phone.driver
+    core = driver.phone
+    checks = [r for r in running.requests(core.identity.mac) if r.path.endswith("ucdevice.upx")]
+    return PhoneOutcome(
+        label=phone.label,
+        model=phone.entry.model,
+        mac=core.identity.mac,
+        location=phone.entry.location,
+        user=phone.upn,
+        expected=expected_outcome(phone),
+        observed=observed_outcome(driver, checks),
+        screen=system_information(core),
+        log=core.log.entries,
+    )
+
+
+def report(result: DemoResult, narrator: Narrator) -> None:
+    """The summary table, the System Information screens, and the verdict."""
+    console = narrator.console
+    narrator.chapter("5. How every phone ended")
+    table = Table("phone", "location", "user", "expected", "ended as", "ok")
+    for p in result.phones:
+        mark = "[green]yes[/]" if p.ok else "[red]NO[/]"
         table.add_row(
-            probe.label,
-            probe.source,
-            probe.transport,
-            probe.line,
-            "[green]yes[/]" if probe.ok else "[red]NO[/]",
+            p.label, p.location, p.user or "-", escape(p.expected), escape(p.observed), mark
         )
     console.print(table)
-    transports = ", ".join(f"{k} {v}" for k, v in sorted(stats["queries"].items()))
-    views = ", ".join(f"{k} view {v}" for k, v in sorted(stats["views"].items()))
+    narrator.chapter("System Information, as each phone shows it")
     console.print(
-        f"DNS: {stats['queries_total']} queries ({transports}); {views}; "
-        f"malformed {stats['malformed']}"
+        Columns(
+            [Panel(Text(p.screen.rstrip("\n")), title=p.label, expand=False) for p in result.phones]
+        )
     )
-    return all(probe.ok for probe in probes)
+    span = result.ended - result.started
+    narrator.say(
+        f"Phone time {to_datetime(result.started):%H:%M:%S}-{to_datetime(result.ended):%H:%M:%S}"
+        f" UTC ({span / 60:.0f} min); real time {result.real_seconds:.1f} s."
+    )
+    if result.ok:
+        narrator.say("[green bold]Every phone ended as it should.[/]")
+        return
+    narrator.say("[red bold]The demo did not come out as it should:[/]")
+    if not result.discovery_ok:
+        narrator.say("  DNS discovery: a view answered with other addresses (table above)")
+    for problem in result.problems:
+        narrator.say(f"  {escape(problem)}")
+    for p in result.phones:
+        if not p.ok:
+            narrator.say(
+                f"  {p.label}: expected {escape(p.expected)}, ended as {escape(p.observed)}"
+            )
+            for line in p.trouble():
+                narrator.say(f"    {escape(line)}")
+
+
+# --- Where the demo runs ------------------------------------------------------------------
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """Make ``path`` a fresh state directory for the demo and return it.
+
+    A directory an earlier demo made (it holds the marker file) is emptied; one that holds
+    anything else (a lab's state, say) is refused with LabStateError, never touched.
+    """
+    if path.exists():
+        if not path.is_dir():
+            raise LabStateError(f"{path} is not a directory; give the demo a --state-dir")
+        if any(path.iterdir()):
+            if not (path / STATE_MARKER).exists():
+                raise LabStateError(
+                    f"{path} holds files the demo did not make (a lab's state?); the demo "
+                    "needs a directory of its own: give another --state-dir (make demo "
+                    "STATE=DIR), or remove this one"
+                )
+            if (path / RUN_FILE).exists() and read_run_file(path)["alive"]:
+                raise LabStateError(f"another demo is running from {path}")
+            shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (path / STATE_MARKER).write_text(
+        "made by `lab demo`; the next demo run in this directory empties it\n", encoding="utf-8"
+    )
+    return path
+
+
+def check_ports(config: LabConfig) -> None:
+    """PortInUseError naming the first port of the config that another program holds."""
+    ports, tcp = config.ports, socket.SOCK_STREAM
+    listeners = [
+        ("the DNS server", "dns", str(config.dns_address), ports.dns, socket.SOCK_DGRAM),
+        ("the DNS server", "dns", str(config.dns_address), ports.dns, tcp),
+        ("the edge", "edge", str(config.edge.address), ports.edge, tcp),
+        ("the admin API", "admin", "127.0.0.1", ports.admin, tcp),
+    ]
+    for fe in config.front_ends:
+        listeners += [
+            (f"{fe.name}'s internal site", "internal", str(fe.address), ports.internal, tcp),
+            (f"{fe.name}'s external site", "external", str(fe.address), ports.external, tcp),
+        ]
+    for what, key, host, port, kind in listeners:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET, kind) as sock:
+            if kind == tcp:
+                # As the lab binds: a port left in TIME_WAIT by an earlier run is free.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    continue  # not ours to explain: the lab reports it when it binds
+                raise PortInUseError(
+                    f"port {port} on {host} ({what}: ports.{key} in the config) is already "
+                    "in use. Is a lab running (`lab up`), or another demo? Stop it, or run the "
+                    f"demo on other ports: copy lab/default.toml, set ports.{key} under "
+                    "[ports] (0 picks any free port) and run `lab --config FILE demo`"
+                ) from None

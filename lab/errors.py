@@ -72,3 +72,11 @@ class EntryError(StoreError, ValueError):
 
 class AdminRequestError(AdminError, ValueError):
     """The running lab's admin API refused a request as invalid input."""
+
+
+class ScenarioError(LabError):
+    """A troubleshooting scenario is unknown, badly defined, or its lab or phones broke under it."""
+
+
+class PortInUseError(LabError):
+    """A port the lab config names is already taken by another program; names the key."""
