@@ -26,10 +26,10 @@ from lab.admin import make_app, make_token
 from lab.audit import AuditLog, AuditRecord
 from lab.config import LabConfig
 from lab.dns import DNSServer
-from lab.errors import LabStateError
+from lab.errors import LabStateError, PKIError
 from lab.events import EventBus
 from lab.firewall import FirewallPolicy
-from lab.pki import VENDORS, LabPKI
+from lab.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
 from lab.service.pool import ServicePool
 
 RUN_FILE = "run.json"
@@ -69,11 +69,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class FaultyCertificates:
+    """Every front end's certificate faulty in the same one way (LabPKI.faulty), for scenarios."""
+
+    def __init__(self, pki: LabPKI, fault: FaultKind) -> None:
+        if fault not in FAULTS:
+            raise PKIError(f"no certificate fault {fault!r} (known: {', '.join(FAULTS)})")
+        self.pki = pki
+        self.fault = fault
+
+    def server(self, name: str) -> CertPair:
+        """The faulty certificate of front end ``name``."""
+        return self.pki.faulty(self.fault, name)
+
+
 class Lab:
     """The lab's services on one event loop: DNS, the pool with its edge, the admin API.
 
     Started in that order and stopped in reverse; each front end's requests are written to
-    its own audit log under ``<state>/servers/<fe>/AuditLogs``.
+    its own audit log under ``<state>/servers/<fe>/AuditLogs``. With a ``certificate_fault``
+    the front ends serve certificates faulty in that way instead of their good ones.
     """
 
     def __init__(
@@ -83,12 +98,17 @@ class Lab:
         *,
         events: EventBus | None = None,
         pki_dir: Path | None = None,
+        certificate_fault: FaultKind | None = None,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
         self.events = events or EventBus()
         self.firewall = FirewallPolicy(config.inside, config.outside, self.events)
         self.pki = LabPKI(config, pki_dir)
+        self.certificate_fault = certificate_fault
+        certificates: LabPKI | FaultyCertificates = self.pki
+        if certificate_fault is not None:
+            certificates = FaultyCertificates(self.pki, certificate_fault)
         self.dns = DNSServer(
             config,
             self.firewall,
@@ -103,7 +123,7 @@ class Lab:
             config,
             state_dir,
             firewall=self.firewall,
-            pki=self.pki,
+            pki=certificates,
             events=self.events,
             on_request=self._audit,
         )

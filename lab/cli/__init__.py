@@ -11,11 +11,20 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from lab.cli import cab, common, devconfig, phones, run, runtime, testdevice, update
+from lab.cli import cab, common, devconfig, phones, run, runtime, scenario, testdevice, update
 from lab.errors import ConfigError, LabError
 
 # Each module adds its sub-commands; keep this list in the order `lab --help` shows them.
-COMMANDS: tuple[ModuleType, ...] = (run, update, testdevice, devconfig, phones, runtime, cab)
+COMMANDS: tuple[ModuleType, ...] = (
+    run,
+    update,
+    testdevice,
+    devconfig,
+    phones,
+    runtime,
+    cab,
+    scenario,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,823 @@
+"""Troubleshooting scenarios: a named setup, an optional fault, and the outcome to observe.
+
+Everything that makes a scenario run lives here; the catalogue (lab/scenarios/catalogue.py)
+is only data. A scenario is run in this order, on one event loop with lab.harness:
+
+1. the lab starts on the scenario's config (the setup's config changes; a certificate fault
+   makes the front ends serve faulty certificates from the start);
+2. the administrator's setup: publish firmware (build, import, approve), name test devices;
+3. the fault, unless the run leaves it out: DNS records removed, files altered, rules
+   removed from one front end; then the phones are made (phone time starts), the subject
+   with the fault's phone faults (power cut, clock, call) or download watch (maintenance);
+4. the script: what the phones (and the administrator) do while the clock runs;
+5. the observation: the subject phone's outcome as one short value (``describe_outcome``),
+   the virtual timeline, and the phone log lines the scenario names as evidence.
+
+A run passes when the observed value equals the expected one. Outcome values come from one
+vocabulary (see ``describe_outcome``), so a run without its fault shows what a healthy lab
+does, in the same words, and the comparison tells the two apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emulator.clock import to_datetime
+from emulator.driver import PhoneDriver
+from emulator.errors import DriverError, WaitTimeoutError
+from emulator.events import Credentials
+from emulator.faults import AnyFault
+from emulator.lease import load_lease
+from emulator.models import get_model
+from emulator.phonelog import LogEntry
+from lab.audit import AuditRecord
+from lab.cab import write_file_atomic
+from lab.catalog import sign_catalog
+from lab.config import LabConfig
+from lab.decision import Action
+from lab.errors import ScenarioError
+from lab.events import Event
+from lab.filestore import FileStore
+from lab.harness import IMAGE_SIZE, NEW, HeldNetwork, Phones, RunningLab, phones_on
+from lab.importer import remove_rules
+from lab.models import phone_model
+from lab.pki import FaultKind
+from lab.runner import LEASE_FILE, Lab
+from lab.store import Selection, Store
+
+HOUR = 3600.0
+DAY = 86_400.0
+SETTLE_WITHIN = 12 * HOUR
+"""How long (phone time) a Settle step waits before it reports the phones still busy."""
+
+_NAME = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+# --- The administrator's setup ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Build a vendor cab for ``model`` at ``version``, import it to every front end, approve."""
+
+    model: str = "CX600"
+    version: str = NEW
+    approve: bool = True
+    size: int = IMAGE_SIZE
+
+    def describe(self) -> str:
+        """The step in words."""
+        state = "approved" if self.approve else "left pending"
+        return f"administrator imports {self.model} {self.version} ({state})"
+
+
+@dataclass(frozen=True)
+class NameTestDevice:
+    """Make phone number ``phone`` of the scenario (0-based) a test device, by its MAC."""
+
+    phone: int = 0
+
+    def describe(self) -> str:
+        """The step in words."""
+        return f"administrator names phone {self.phone + 1} a test device"
+
+
+AdminStep = Publish | NameTestDevice
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Config changes before the lab starts, and what the administrator did before phones run."""
+
+    dhcp_domain: str | None = None
+    """The DNS domain DHCP hands out, when it is not the lab's usual one."""
+    admin: tuple[AdminStep, ...] = (Publish(),)
+
+    def configure(self, config: LabConfig) -> LabConfig:
+        """``config`` with this setup's changes."""
+        if self.dhcp_domain is None:
+            return config
+        return dataclasses.replace(config, dhcp_domain=self.dhcp_domain)
+
+
+# --- The phones -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhoneSpec:
+    """One phone of a scenario: model, number, inside or outside, who signs in on it."""
+
+    model: str = "CX600"
+    index: int = 1
+    inside: bool = True
+    user: str | None = None
+    """A directory user of the config who signs in as soon as the phone is up."""
+
+    def label(self) -> str:
+        """How the timeline and the log name this phone (``CX600 #1``)."""
+        return f"{self.model} #{self.index}"
+
+
+# --- The script: what happens while the clock runs ------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerOn:
+    """Every phone is plugged in."""
+
+
+@dataclass(frozen=True)
+class Settle:
+    """Wait until every phone has nothing left to do (at most ``within`` of phone time)."""
+
+    within: float = SETTLE_WITHIN
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Let ``seconds`` of phone time pass, whatever the phones do meanwhile."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Admin:
+    """The administrator approves, resets or restores the rules of ``model`` while phones run."""
+
+    action: Action
+    model: str = "CX600"
+
+
+Step = PowerOn | Settle | Pass | Admin
+UPDATE = (PowerOn(), Settle())
+"""The usual script: power the phones on and wait until they are done."""
+
+
+# --- Faults -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something wrong with the lab or a phone, applied after the setup; a run may leave it out.
+
+    Each hook is a point where a fault can act; a fault overrides the ones it needs.
+    """
+
+    def describe(self) -> str:
+        """The fault in words."""
+        raise NotImplementedError
+
+    def certificate(self) -> FaultKind | None:
+        """A fault the front ends' certificates have from the start, if any."""
+        return None
+
+    def place(self, spec: PhoneSpec) -> PhoneSpec:
+        """The subject phone as the fault leaves it (moved outside, for example)."""
+        return spec
+
+    def phone_faults(self) -> tuple[AnyFault, ...]:
+        """Faults the world does to the subject phone (emulator.faults)."""
+        return ()
+
+    def apply(self, lab: RunningLab) -> None:
+        """Break the running lab after the setup, before any phone exists."""
+
+    @property
+    def watches_downloads(self) -> bool:
+        """Whether ``on_download`` must hear of downloads as they grow."""
+        return False
+
+    def on_download(self, run: Run, address: str, got: int, total: int | None) -> None:
+        """A phone's download from ``address`` has ``got`` bytes of ``total``."""
+
+
+@dataclass(frozen=True)
+class DNSRecordMissing(Fault):
+    """A DNS name does not exist (NXDOMAIN from both views)."""
+
+    name: str
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return f"no {self.name} record in DNS"
+
+    def apply(self, lab: RunningLab) -> None:
+        """Remove the name from the lab's DNS."""
+        lab.lab.dns.faults.set(self.name, "remove")
+
+
+@dataclass(frozen=True)
+class BadCertificate(Fault):
+    """Every front end serves a certificate faulty in one way (lab.pki FaultKind)."""
+
+    kind: FaultKind
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return f"the front ends serve a certificate with the fault {self.kind!r}"
+
+    def certificate(self) -> FaultKind | None:
+        """The certificate fault."""
+        return self.kind
+
+
+@dataclass(frozen=True)
+class PhoneTrouble(Fault):
+    """Something happens to the subject phone: a power cut, a failed boot, a wrong clock, a call."""
+
+    fault: AnyFault
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return self.fault.describe()
+
+    def phone_faults(self) -> tuple[AnyFault, ...]:
+        """The phone fault."""
+        return (self.fault,)
+
+
+@dataclass(frozen=True)
+class Outside(Fault):
+    """The subject phone is outside the firewall (on the internet, at someone's home)."""
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return "the phone is outside the corporate network"
+
+    def place(self, spec: PhoneSpec) -> PhoneSpec:
+        """The phone, moved outside."""
+        return dataclasses.replace(spec, inside=False)
+
+
+@dataclass(frozen=True)
+class NotImportedOn(Fault):
+    """The firmware of ``model`` was imported to every front end but ``server``."""
+
+    server: str
+    model: str = "CX600"
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return f"{self.server} has no {self.model} rule or files (not imported there)"
+
+    def apply(self, lab: RunningLab) -> None:
+        """Remove the model's rules, and with them its files, from ``server``."""
+        remove_rules(lab.state_dir, Selection(server=self.server, model=self.model))
+
+
+@dataclass(frozen=True)
+class Maintenance(Fault):
+    """The front end serving a download enters maintenance once ``at_byte`` bytes are through."""
+
+    immediate: bool
+    at_byte: int = 1024 * 1024
+
+    def describe(self) -> str:
+        """The fault in words."""
+        how = "immediate maintenance" if self.immediate else "maintenance (drain)"
+        return f"the front end serving the image enters {how} during the download"
+
+    @property
+    def watches_downloads(self) -> bool:
+        """Downloads are watched: the fault strikes part way through one."""
+        return True
+
+    def on_download(self, run: Run, address: str, got: int, total: int | None) -> None:
+        """Take the serving front end out of production, once, part way through a file."""
+        if run.struck or total is None or not self.at_byte <= got < total:
+            return
+        server = next(fe for fe in run.config.front_ends if str(fe.address) == address)
+        run.struck = True
+        run.running.lab.pool.enter_maintenance(server.name, immediate=self.immediate)
+
+
+@dataclass(frozen=True)
+class AlteredImage(Fault):
+    """The image of ``model`` at ``version`` was altered in every front end's file store."""
+
+    model: str = "CX600"
+    version: str = NEW
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return f"one byte of the {self.model} {self.version} image is changed on every server"
+
+    def apply(self, lab: RunningLab) -> None:
+        """Flip a byte of the stored image."""
+        lab.tamper(self.model, self.version)
+
+
+@dataclass(frozen=True)
+class ForeignSignature(Fault):
+    """The catalog served for ``model`` at ``version`` is signed with another vendor's key."""
+
+    signer: str = "HP"
+    model: str = "CX600"
+    version: str = NEW
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return f"the {self.model} {self.version} catalog is signed with the {self.signer} key"
+
+    def apply(self, lab: RunningLab) -> None:
+        """Sign the stored catalogs again, with the other vendor's key."""
+        signer = lab.lab.pki.vendor(self.signer)
+        folder = f"{phone_model(self.model).kind().path}/{self.version}/CPE"
+        for fe in lab.config.front_ends:
+            path = FileStore(lab.state_dir, fe.name).path(f"{folder}/CPE.cat")
+            data = path.read_bytes()
+            body = data[: data.rindex(b"signature: ")]
+            write_file_atomic(path, sign_catalog(body, signer))
+
+
+# --- A scenario ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named setup, an optional fault, what the phones do, and the outcome to observe."""
+
+    name: str
+    """Kebab-case, as ``lab scenario run NAME`` takes it."""
+    title: str
+    symptom: str
+    """What a support engineer is told."""
+    cause: str
+    fix: str
+    expected: str
+    """The outcome value (``describe_outcome``'s words) the subject phone must show."""
+    setup: Setup = Setup()
+    fault: Fault | None = None
+    phones: tuple[PhoneSpec, ...] = (PhoneSpec(),)
+    script: tuple[Step, ...] = UPDATE
+    evidence: tuple[str, ...] = ()
+    """Texts whose phone log lines show the outcome."""
+    subject: int = 0
+    """Which phone the outcome is observed on (0-based)."""
+    scale: float = 600.0
+    """Phone seconds per real second for runs on a scaled clock (the CLI)."""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ScenarioError(f"scenario name {self.name!r} is not kebab-case")
+        if not 0 <= self.subject < len(self.phones):
+            raise ScenarioError(f"{self.name}: no phone {self.subject} to observe")
+        for step in self.setup.admin:
+            if isinstance(step, NameTestDevice) and not 0 <= step.phone < len(self.phones):
+                raise ScenarioError(f"{self.name}: no phone {step.phone} to name a test device")
+
+
+def find(scenarios: Sequence[Scenario], name: str) -> Scenario:
+    """The scenario called ``name``; ScenarioError naming the known ones otherwise."""
+    for scenario in scenarios:
+        if scenario.name == name:
+            return scenario
+    known = ", ".join(s.name for s in scenarios)
+    raise ScenarioError(f"no scenario {name!r} (known: {known})")
+
+
+# --- A run --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of a run's virtual timeline: when (phone time), who, what."""
+
+    time: float
+    who: str
+    what: str
+
+
+@dataclass
+class Run:
+    """One scenario being run: the lab, its phones, and what happened so far."""
+
+    scenario: Scenario
+    running: RunningLab
+    phones: Phones
+    specs: tuple[PhoneSpec, ...]
+    drivers: list[PhoneDriver] = field(default_factory=list)
+    notes: list[TimelineEntry] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    struck: bool = False
+    """Whether a fault that strikes once has struck."""
+    settled: bool = True
+    """False when a Settle step ran out of time with a phone still busy."""
+
+    @property
+    def config(self) -> LabConfig:
+        """The lab's config (with the setup's changes)."""
+        return self.running.config
+
+    @property
+    def subject(self) -> PhoneDriver:
+        """The phone the outcome is observed on."""
+        return self.drivers[self.scenario.subject]
+
+    def now(self) -> float:
+        """Phone time."""
+        return self.phones.clock.now()
+
+    def note(self, what: str, who: str = "lab") -> None:
+        """Add a line to the timeline, now."""
+        self.notes.append(TimelineEntry(self.now(), who, what))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a run of a scenario showed, and whether it is the expected outcome."""
+
+    scenario: Scenario
+    fault: str | None
+    """The fault as applied, or None when the scenario has none or the run left it out."""
+    expected: str
+    observed: str
+    timeline: tuple[TimelineEntry, ...]
+    start: float
+    """Phone time at which the phones were made (offsets on the timeline count from it)."""
+    log: tuple[str, ...]
+    """The phone log lines that show the outcome."""
+    virtual_seconds: float
+    real_seconds: float
+    scale: float | None
+    settled: bool
+
+    @property
+    def passed(self) -> bool:
+        """Whether the observed outcome is the expected one."""
+        return self.observed == self.expected
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        s = self.scenario
+        return {
+            "name": s.name,
+            "title": s.title,
+            "symptom": s.symptom,
+            "cause": s.cause,
+            "fix": s.fix,
+            "fault": self.fault,
+            "expected": self.expected,
+            "observed": self.observed,
+            "passed": self.passed,
+            "settled": self.settled,
+            "timeline": [
+                {
+                    "offset": round(e.time - self.start, 3),
+                    "at": to_datetime(e.time).isoformat(),
+                    "who": e.who,
+                    "what": e.what,
+                }
+                for e in self.timeline
+            ],
+            "log": list(self.log),
+            "virtual_seconds": round(self.virtual_seconds, 3),
+            "real_seconds": round(self.real_seconds, 3),
+            "scale": self.scale,
+        }
+
+
+async def run_scenario(
+    scenario: Scenario,
+    config: LabConfig,
+    workdir: Path,
+    *,
+    fault: bool = True,
+    expected: str | None = None,
+    scale: float | None = None,
+) -> Observation:
+    """Run ``scenario`` on a lab of ``config`` (ports 0) with its state under ``workdir``.
+
+    ``fault=False`` leaves the fault out; ``expected`` replaces the expected outcome. With no
+    ``scale`` the phones live on the loop's time (tests under looptime), otherwise on a
+    ScaledClock running ``scale`` times faster than real time.
+    """
+    started = time.monotonic()
+    applied = scenario.fault if fault else None
+    lab = Lab(
+        scenario.setup.configure(config),
+        workdir / "state",
+        certificate_fault=applied.certificate() if applied else None,
+    )
+    try:
+        async with _started(lab) as running:
+            specs = _placed(scenario, applied)
+            # Before the phones and their clock exist: the setup takes no phone time.
+            done = [_admin(running, specs, step) for step in scenario.setup.admin]
+            if applied is not None:
+                applied.apply(running)
+                done.append(f"fault: {applied.describe()}")
+            async with phones_on(running, workdir / "phones", scale=scale) as phones:
+                run = Run(scenario, running, phones, specs)
+                start = run.now()
+                for what in done:
+                    run.note(what)
+                _make_phones(run, applied)
+                unsubscribe = lab.events.subscribe(lambda event: _on_event(run, event))
+                try:
+                    for step in scenario.script:
+                        await _do(run, step)
+                finally:
+                    unsubscribe()
+                observed = describe_outcome(run)
+                end = run.now()
+    except DriverError as exc:
+        raise ScenarioError(f"{scenario.name}: a phone stopped: {exc}") from exc
+    return Observation(
+        scenario=scenario,
+        fault=applied.describe() if applied else None,
+        expected=scenario.expected if expected is None else expected,
+        observed=observed,
+        timeline=_timeline(run),
+        start=start,
+        log=_evidence(run),
+        virtual_seconds=end - start,
+        real_seconds=time.monotonic() - started,
+        scale=scale,
+        settled=run.settled,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _started(lab: Lab) -> AsyncIterator[RunningLab]:
+    """``lab`` started, as lab.harness.running_lab does for a lab it makes itself."""
+    async with lab:
+        running = RunningLab(lab, load_lease(lab.state_dir / LEASE_FILE))
+
+        def on_event(event: Event) -> None:
+            if event.kind == "audit":
+                running.audit.append(AuditRecord(**event.data))
+
+        unsubscribe = lab.events.subscribe(on_event)
+        try:
+            yield running
+        finally:
+            unsubscribe()
+
+
+def _placed(scenario: Scenario, applied: Fault | None) -> tuple[PhoneSpec, ...]:
+    """The scenario's phones, the subject where the fault puts it."""
+    specs = list(scenario.phones)
+    if applied is not None:
+        specs[scenario.subject] = applied.place(specs[scenario.subject])
+    return tuple(specs)
+
+
+def _admin(running: RunningLab, specs: tuple[PhoneSpec, ...], step: AdminStep) -> str:
+    """Do an administrator's setup step; the step in words."""
+    if isinstance(step, Publish):
+        running.publish(step.model, step.version, approve=step.approve, size=step.size)
+    else:
+        spec = specs[step.phone]
+        mac = get_model(spec.model).identity(spec.index).mac
+        with Store.open(running.state_dir) as store:
+            store.add_test_device(mac=mac, name=spec.label())
+    return step.describe()
+
+
+def _make_phones(run: Run, applied: Fault | None) -> None:
+    """The scenario's phones (powered off), the subject with the fault's phone faults."""
+    if applied is not None and applied.watches_downloads:
+        _watch_downloads(run, applied)
+    for number, spec in enumerate(run.specs):
+        faults = applied.phone_faults() if applied and number == run.scenario.subject else ()
+        driver = run.phones.phone(
+            spec.model, index=spec.index, inside=spec.inside, faults=faults, seed=spec.index
+        )
+        if spec.user is not None:
+            user = run.config.user(spec.user)
+            driver.sign_in(Credentials(user.name, user.domain, nt_hash=user.nt_hash))
+        run.drivers.append(driver)
+
+
+def _watch_downloads(run: Run, fault: Fault) -> None:
+    phones = run.phones
+    if not isinstance(phones.network, HeldNetwork):
+        # On a scaled clock nothing needs holding, but the wrapper is also where downloads
+        # are watched; holding a real clock is harmless.
+        phones.network = HeldNetwork(phones.network, phones.hold)
+    phones.network.watch = lambda address, got, total: fault.on_download(run, address, got, total)
+
+
+async def _do(run: Run, step: Step) -> None:
+    match step:
+        case PowerOn():
+            for driver in run.drivers:
+                driver.power_on()
+        case Settle(within=within):
+            await _settle(run, run.now() + within)
+        case Pass(seconds=seconds):
+            await run.drivers[0].wait_until(run.now() + seconds)
+        case Admin(action=action, model=model):
+            run.running.change(action, model)
+            run.note(f"administrator runs {action.value} for {model}")
+
+
+async def _settle(run: Run, until: float) -> None:
+    """Wait until every phone is settled at once, or note the ones still busy at ``until``."""
+    try:
+        # A fault strikes in steps (power off, then power on later), and a phone looks
+        # settled between them: only phones found settled after the wait have settled.
+        while not all(d.settled for d in run.drivers):
+            for driver in run.drivers:
+                await driver.wait_for(_settled, until=until, what="settling")
+    except WaitTimeoutError as exc:
+        run.settled = False
+        run.note(f"still busy: {exc}")
+    failed = [d.error for d in run.drivers if d.error is not None]
+    if failed:
+        raise failed[0]
+
+
+def _settled(driver: PhoneDriver) -> bool:
+    return driver.settled
+
+
+def _on_event(run: Run, event: Event) -> None:
+    if event.kind.startswith("maintenance."):
+        run.events.append(event)
+        run.note(_event_words(event))
+
+
+def _event_words(event: Event) -> str:
+    """A maintenance event as the timeline says it."""
+    data = event.data
+    server = data.get("server", "?")
+    match event.kind:
+        case "maintenance.entered":
+            how = "at once, cutting" if data.get("immediate") else "draining, letting finish"
+            return f"{server} enters maintenance ({how} {data.get('transfers', 0)} transfer(s))"
+        case "maintenance.drained":
+            return f"{server} is drained: its last transfer ended"
+        case "maintenance.exited":
+            return f"{server} is back in production"
+    details = ", ".join(f"{k}={v}" for k, v in sorted(data.items()))
+    return f"{event.kind} ({details})"
+
+
+def _timeline(run: Run) -> tuple[TimelineEntry, ...]:
+    entries = list(run.notes)
+    for spec, driver in zip(run.specs, run.drivers, strict=True):
+        entries += [
+            TimelineEntry(c.time, spec.label(), f"{c.state.value} ({c.version})")
+            for c in driver.timeline
+        ]
+    # Stable: at equal times the lab's notes (the cause) come before the phones' changes.
+    return tuple(sorted(entries, key=lambda e: e.time))
+
+
+def _evidence(run: Run) -> tuple[str, ...]:
+    texts = run.scenario.evidence
+    several = len(run.drivers) > 1
+    lines: list[tuple[float, str]] = []
+    for spec, driver in zip(run.specs, run.drivers, strict=True):
+        for entry in driver.phone.log:
+            if any(text in entry.message for text in texts):
+                prefix = f"[{spec.label()}] " if several else ""
+                lines.append((entry.time, prefix + entry.render()))
+    return tuple(line for _, line in sorted(lines, key=lambda item: item[0]))
+
+
+# --- The outcome vocabulary --------------------------------------------------------------------
+
+
+def describe_outcome(run: Run) -> str:
+    """The subject phone's outcome as one short value, the words expected outcomes use.
+
+    ``updated V`` (with how, when something on the way mattered), ``back on V without a
+    download`` (restore), ``back on V after W did not start``, or why the phone kept its
+    version: ``refused: ...``, ``refused V: ...`` (firmware), ``certificate refused: ...``,
+    ``not found: NAME``, ``DNS failed: NAME``, else ``stayed on V``.
+    """
+    driver = run.subject
+    core = driver.phone
+    log = list(core.log)
+    versions = _versions(driver)
+    end = versions[-1]
+    if core.failed_versions and end == versions[0]:
+        failed = ", ".join(sorted(core.failed_versions))
+        return f"back on {end} after {failed} did not start"
+    if len(versions) > 1:
+        if _matching(log, f"the service offers {end}, the backup image"):
+            return f"back on {end} without a download"
+        how = _how_updated(run, log, end)
+        return f"updated {end}" + (" " + ", ".join(how) if how else "")
+    return _why_not(log) or f"stayed on {end}"
+
+
+def _versions(driver: PhoneDriver) -> list[str]:
+    """The versions the phone ran, in order, each change once."""
+    versions = [driver.phone.current_version]
+    if driver.timeline:
+        versions = [driver.timeline[0].version]
+        for change in driver.timeline[1:]:
+            if change.version != versions[-1]:
+                versions.append(change.version)
+    return versions
+
+
+def _matching(log: list[LogEntry], text: str) -> list[LogEntry]:
+    return [e for e in log if text in e.message]
+
+
+def _how_updated(run: Run, log: list[LogEntry], version: str) -> list[str]:
+    """What mattered on the way to ``version``: route, moment, detours, holds."""
+    how: list[str] = []
+    offers = _matching(log, f"-> {version}")
+    offer = offers[-1] if offers else None
+    if offer is not None and "/RequestHandlerExt/" in offer.message:
+        how.append("through the edge")
+    if offer is not None:
+        checks = [e for e in log if "checking for updates (" in e.message and e.time <= offer.time]
+        why = checks[-1].message.split("(", 1)[1].split(")", 1)[0] if checks else ""
+        if why.startswith("every "):
+            how.append(f"at the periodic check ({why})")
+    if _matching(log, "answered HTTP 404"):
+        how.append("after a 404 from one front end")
+    if _matching(log, "it will resume from there"):
+        how.append("with the download resumed on another front end")
+    elif any(
+        e.kind == "maintenance.entered" and not e.data.get("immediate") and e.data.get("transfers")
+        for e in run.events
+    ):
+        how.append("with the download finished on a draining front end")
+    if _matching(log, "power lost while writing"):
+        how.append("after a power cut while installing")
+    installed = [e.time for e in _matching(log, f"{version} installed in slot")]
+    restarts = [e.time for e in _matching(log, f"restarting into {version}")]
+    # A call that ends while the update waits to restart is what held the restart.
+    if (
+        installed
+        and restarts
+        and any(installed[-1] <= e.time <= restarts[-1] for e in _matching(log, "call ended"))
+    ):
+        how.append("once the call ended")
+    return how
+
+
+# Phone log phrases and the outcome words they stand for, checked in this order.
+_CERTIFICATE_PROBLEMS = (
+    ("not yet valid by the phone's clock", "not yet valid by the phone's clock"),
+    ("expired by the phone's clock", "expired by the phone's clock"),
+    ("a CA the phone does not trust", "issued by an untrusted CA"),
+    ("name not on the certificate", "{host} is not on it"),
+)
+_FIRMWARE_PROBLEMS = (
+    ("altered or corrupt image", "image altered"),
+    ("is not signed by the vendor key this phone trusts", "catalog not signed by the vendor"),
+)
+
+
+def _why_not(log: list[LogEntry]) -> str | None:
+    """Why a phone that kept its version did not update, from its log; None if nothing failed."""
+    for entry in _matching(log, "denied the update check: "):
+        if "need a signed-in user" in entry.message:
+            return "refused: no signed-in user"
+        reason = entry.message.split("denied the update check: ", 1)[1]
+        return "refused: " + reason.split("; the phone keeps", 1)[0]
+    for entry in _matching(log, " refused: "):
+        if entry.message.startswith("update to "):
+            version = entry.message.split()[2]
+            for phrase, words in _FIRMWARE_PROBLEMS:
+                if phrase in entry.message:
+                    return f"refused {version}: {words}"
+            return f"refused {version}: it does not verify"
+    for entry in _matching(log, "cannot reach "):
+        host = entry.message.split("cannot reach ", 1)[1].split()[0]
+        for phrase, words in _CERTIFICATE_PROBLEMS:
+            if phrase in entry.message:
+                return "certificate refused: " + words.format(host=host)
+    for entry in _matching(log, "lookup of "):
+        host = entry.message.split()[2]
+        if "does not exist" in entry.message:
+            return f"not found: {host}"
+        return f"DNS failed: {host}"
+    return None
+
+
+# --- The README's troubleshooting table ----------------------------------------------------------
+
+
+def troubleshooting_table(scenarios: Sequence[Scenario]) -> str:
+    """A Markdown table: each scenario's symptom, cause and fix, and the command that shows it."""
+    rows = [
+        "| Symptom | Cause | Fix | See it |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in scenarios:
+        cells = (s.symptom, s.cause, s.fix, f"`lab scenario run {s.name}`")
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _cell(text: str) -> str:
+    # One line, and nothing Markdown would read as a column break or an HTML tag.
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text.replace("<", "&lt;").replace(">", "&gt;")

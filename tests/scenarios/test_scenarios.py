@@ -1,0 +1,161 @@
+"""Every troubleshooting scenario as a test: it shows its expected outcome, and it can tell.
+
+Each scenario runs a real lab and real phones on fake loop time (looptime), exactly as
+`lab scenario run` does on a scaled clock. A scenario passes with its fault; without its
+fault the same phone simply updates, which the scenario reports as a failure; a scenario
+with no fault fails when it is told to expect something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from lab.config import LabConfig
+from lab.errors import ScenarioError
+from lab.harness import FACTORY, NEW
+from lab.scenarios import (
+    SCENARIOS,
+    Scenario,
+    get_scenario,
+    readme_table,
+    run_scenario,
+    troubleshooting_table,
+)
+from lab.scenarios.framework import NameTestDevice, PhoneSpec, Setup
+
+BY_NAME = {s.name: s for s in SCENARIOS}
+ISSUE = {
+    # What the issue asks for, at least, and the scenario that shows it.
+    "a phone never signed in finds the service through ucupdates-r2": "first-boot-discovery",
+    "the ucupdates-r2 record is missing": "ucupdates-record-missing",
+    "the record exists only in the SIP domain": "ucupdates-only-in-sip-domain",
+    "the server certificate lacks the ucupdates-r2 name": "certificate-without-ucupdates-name",
+    "the phone's clock is wrong": "phone-clock-wrong",
+    "the update is still pending": "update-pending",
+    "outside with no user signed in": "outside-no-user",
+    "outside signed in (NTLM)": "outside-signed-in",
+    "imported on one front end only": "imported-on-one-front-end",
+    "maintenance drain during downloads": "maintenance-drain",
+    "immediate maintenance with resume on the other server": "maintenance-immediate",
+    "restore": "restore-to-backup",
+    "power lost while flashing": "power-cut-while-installing",
+    "boot failure back to the backup": "boot-failure",
+    "a tampered image": "tampered-image",
+    "a wrongly signed catalog": "wrongly-signed-catalog",
+    "a phone busy in calls": "busy-in-calls",
+    "the 24-hour check picking up a newly approved version": "approved-at-24-hour-check",
+}
+
+
+def ids(scenario: Scenario) -> str:
+    return scenario.name
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=ids)
+async def test_the_scenario_shows_its_expected_outcome(
+    scenario: Scenario, lab_config: LabConfig, tmp_path: Path
+) -> None:
+    observation = await run_scenario(scenario, lab_config, tmp_path)
+
+    assert observation.observed == scenario.expected, observation.log
+    assert observation.passed
+    assert observation.settled
+    assert observation.fault == (scenario.fault.describe() if scenario.fault else None)
+    # The log lines that show it, and a timeline that starts with the phones.
+    assert observation.log
+    times = [e.time for e in observation.timeline]
+    assert times == sorted(times)
+    assert times[0] == observation.start
+    assert observation.virtual_seconds > 0
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=ids)
+async def test_the_scenario_fails_without_its_fault_or_with_another_expected_outcome(
+    scenario: Scenario, lab_config: LabConfig, tmp_path: Path
+) -> None:
+    if scenario.fault is not None:
+        observation = await run_scenario(scenario, lab_config, tmp_path, fault=False)
+        # Without the fault the phone simply updates, and the scenario says it failed.
+        assert observation.observed == f"updated {NEW}"
+        assert observation.fault is None
+    else:
+        other = f"stayed on {FACTORY} (something else)"
+        observation = await run_scenario(scenario, lab_config, tmp_path, expected=other)
+        assert observation.observed == scenario.expected
+        assert observation.expected == other
+    assert not observation.passed
+
+
+def test_the_catalogue_covers_the_issue_with_distinct_kebab_case_names() -> None:
+    assert len(BY_NAME) == len(SCENARIOS)
+    assert set(ISSUE.values()) <= set(BY_NAME)
+    for scenario in SCENARIOS:
+        assert scenario.evidence, scenario.name
+        assert all((scenario.title, scenario.symptom, scenario.cause, scenario.fix))
+    # Outcomes that differ tell scenarios apart: only the healthy update is shared.
+    expected = [s.expected for s in SCENARIOS]
+    assert [e for e in expected if expected.count(e) > 1] == []
+
+
+def test_a_scenario_is_found_by_name_and_an_unknown_name_lists_the_known_ones() -> None:
+    assert get_scenario("tampered-image") is BY_NAME["tampered-image"]
+    with pytest.raises(ScenarioError, match=r"no scenario 'tampered' \(known: first-boot"):
+        get_scenario("tampered")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "Tampered Image"}, "is not kebab-case"),
+        ({"subject": 1}, "no phone 1 to observe"),
+        ({"subject": -1}, "no phone -1 to observe"),
+    ],
+)
+def test_a_badly_defined_scenario_is_refused(changes: dict[str, object], message: str) -> None:
+    base = BY_NAME["first-boot-discovery"]
+    with pytest.raises(ScenarioError, match=message):
+        dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_a_test_device_must_be_one_of_the_scenario_phones() -> None:
+    with pytest.raises(ScenarioError, match="no phone 2 to name a test device"):
+        Scenario(
+            name="x",
+            title="x",
+            symptom="x",
+            cause="x",
+            fix="x",
+            expected="x",
+            setup=Setup(admin=(NameTestDevice(phone=2),)),
+            phones=(PhoneSpec(), PhoneSpec(index=2)),
+        )
+
+
+def test_the_readme_table_maps_each_symptom_to_its_cause_and_fix() -> None:
+    table = readme_table()
+    lines = table.splitlines()
+    assert lines[:2] == ["| Symptom | Cause | Fix | See it |", "| --- | --- | --- | --- |"]
+    assert len(lines) == 2 + len(SCENARIOS)
+    for line, scenario in zip(lines[2:], SCENARIOS, strict=True):
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert cells == [
+            scenario.symptom,
+            scenario.cause,
+            scenario.fix,
+            f"`lab scenario run {scenario.name}`",
+        ]
+
+
+def test_the_table_keeps_each_text_in_its_cell() -> None:
+    odd = dataclasses.replace(
+        BY_NAME["first-boot-discovery"],
+        symptom="a | b",
+        cause="ucupdates-r2.<domain>\n  spread over lines",
+    )
+    (row,) = troubleshooting_table([odd]).splitlines()[2:]
+    assert row.startswith(r"| a \| b | ucupdates-r2.&lt;domain&gt; spread over lines | ")
