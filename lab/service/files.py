@@ -128,7 +128,12 @@ class ImageFiles:
                 if not chunk:
                     # The file shrank under us: the promised length cannot be kept.
                     raise ConnectionResetError(f"{path} shrank while being sent")
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    # The phone went away, or immediate maintenance cut the connection: a
+                    # transfer ending early is the phone's to resume, not a server error.
+                    return response
                 offset += len(chunk)
                 if progress is not None:
                     progress(len(chunk))
