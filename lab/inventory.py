@@ -39,12 +39,12 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 from lab.errors import LabError, ServiceError
 from lab.events import EventBus
 from lab.firewall import Zone
+from lab.lifecycle import Service
 from lab.models import DeviceKind, KindKey, canonical_version, same_version
 from lab.store import BUSY_TIMEOUT, Approval, PhoneRecord, Store
 
@@ -167,7 +167,7 @@ def read_inventory(
     return inventory(store.phones(), store.approvals(), now or utc_now(), window)
 
 
-class InventoryRecorder:
+class InventoryRecorder(Service):
     """Gathers sightings on the event loop and writes them in batches (see the module rules).
 
     ``flushed`` events (``inventory.flushed`` with the number of phones) follow every
@@ -236,18 +236,6 @@ class InventoryRecorder:
             # Nothing is queued any more: the thread is idle and ends at once.
             self._executor.shutdown(wait=True)
             self._executor = None
-
-    async def __aenter__(self) -> InventoryRecorder:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def flush(self) -> int:
         """Write every pending sighting now in one transaction; returns how many phones."""

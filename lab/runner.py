@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +28,7 @@ from lab.dns import DNSServer
 from lab.errors import LabStateError, PKIError
 from lab.events import EventBus
 from lab.firewall import FirewallPolicy
+from lab.lifecycle import Service
 from lab.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
 from lab.service.pool import ServicePool
 
@@ -83,7 +83,7 @@ class FaultyCertificates:
         return self.pki.faulty(self.fault, name)
 
 
-class Lab:
+class Lab(Service):
     """The lab's services on one event loop: DNS, the pool with its edge, the admin API.
 
     Started in that order and stopped in reverse; each front end's requests are written to
@@ -178,18 +178,6 @@ class Lab:
         (self.state_dir / RUN_FILE).unlink(missing_ok=True)
         await self._stack.aclose()
         self.events.publish("lab.stopped")
-
-    async def __aenter__(self) -> Lab:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def endpoints(self) -> dict[str, Any]:
         """Every endpoint the lab bound, as JSON-ready data."""

@@ -19,7 +19,6 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 
 from lab.config import LabConfig
@@ -30,6 +29,7 @@ from lab.dns.zones import View, ViewRecords, build_views
 from lab.errors import DNSError
 from lab.events import EventBus
 from lab.firewall import FirewallPolicy, Zone
+from lab.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ _Reply = tuple[bytes | None, float]  # what to send (None: nothing) and after ho
 _NO_REPLY: _Reply = (None, 0.0)
 
 
-class DNSServer:
+class DNSServer(Service):
     """Authoritative split-horizon DNS for the lab, UDP and TCP on one address and port."""
 
     def __init__(
@@ -141,18 +141,6 @@ class DNSServer:
                 host, port = self._address
                 self.events.publish("dns.stopped", host=host, port=port)
         self.query_log.close()
-
-    async def __aenter__(self) -> DNSServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 from lab import filestore
@@ -41,6 +40,7 @@ from lab.errors import ConfigError, ServiceError
 from lab.events import Event, EventBus
 from lab.firewall import FirewallPolicy
 from lab.inventory import FLUSH_INTERVAL, InventoryRecorder, utc_now
+from lab.lifecycle import Service
 from lab.pki import LabPKI
 from lab.service.edge import Edge, Upstream
 from lab.service.files import ImageFiles
@@ -82,7 +82,7 @@ def file_store_path(state_dir: Path, server: str) -> Path:
     return filestore.FileStore(state_dir, server).root
 
 
-class ServicePool:
+class ServicePool(Service):
     """Every front end of the pool (internal and external site each) and the edge.
 
     Checks are decided from the update store of ``state_dir`` unless a ``decider`` is given.
@@ -213,18 +213,6 @@ class ServicePool:
         if self._running:
             self._running = False
             self.events.publish("service.stopped")
-
-    async def __aenter__(self) -> ServicePool:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _server_contexts(self) -> list[ssl.SSLContext]:
         return [self.pki.server(fe.name).server_context() for fe in self.config.front_ends]
