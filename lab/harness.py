@@ -156,9 +156,15 @@ class RunningLab:
 @contextlib.asynccontextmanager
 async def running_lab(config: LabConfig, state_dir: Path) -> AsyncIterator[RunningLab]:
     """Start a whole lab on the running loop; stop it afterwards."""
-    lab = Lab(config, state_dir)
+    async with started_lab(Lab(config, state_dir)) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def started_lab(lab: Lab) -> AsyncIterator[RunningLab]:
+    """Start ``lab`` (made by the caller, with any options) and follow its audit records."""
     async with lab:
-        running = RunningLab(lab, load_lease(state_dir / LEASE_FILE))
+        running = RunningLab(lab, load_lease(lab.state_dir / LEASE_FILE))
 
         def on_event(event: Event) -> None:
             if event.kind == "audit":

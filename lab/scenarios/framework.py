@@ -20,11 +20,10 @@ does, in the same words, and the comparison tells the two apart.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,8 @@ from emulator.driver import PhoneDriver
 from emulator.errors import DriverError, WaitTimeoutError
 from emulator.events import Credentials
 from emulator.faults import AnyFault
-from emulator.lease import load_lease
 from emulator.models import get_model
 from emulator.phonelog import LogEntry
-from lab.audit import AuditRecord
 from lab.cab import write_file_atomic
 from lab.catalog import sign_catalog
 from lab.config import LabConfig
@@ -45,11 +42,11 @@ from lab.decision import Action
 from lab.errors import ScenarioError
 from lab.events import Event
 from lab.filestore import FileStore
-from lab.harness import IMAGE_SIZE, NEW, HeldNetwork, Phones, RunningLab, phones_on
+from lab.harness import IMAGE_SIZE, NEW, HeldNetwork, Phones, RunningLab, phones_on, started_lab
 from lab.importer import remove_rules
 from lab.models import phone_model
 from lab.pki import FaultKind
-from lab.runner import LEASE_FILE, Lab
+from lab.runner import Lab
 from lab.store import Selection, Store
 
 HOUR = 3600.0
@@ -507,7 +504,7 @@ async def run_scenario(
         certificate_fault=applied.certificate() if applied else None,
     )
     try:
-        async with _started(lab) as running:
+        async with started_lab(lab) as running:
             specs = _placed(scenario, applied)
             # Before the phones and their clock exist: the setup takes no phone time.
             done = [_admin(running, specs, step) for step in scenario.setup.admin]
@@ -543,23 +540,6 @@ async def run_scenario(
         scale=scale,
         settled=run.settled,
     )
-
-
-@contextlib.asynccontextmanager
-async def _started(lab: Lab) -> AsyncIterator[RunningLab]:
-    """``lab`` started, as lab.harness.running_lab does for a lab it makes itself."""
-    async with lab:
-        running = RunningLab(lab, load_lease(lab.state_dir / LEASE_FILE))
-
-        def on_event(event: Event) -> None:
-            if event.kind == "audit":
-                running.audit.append(AuditRecord(**event.data))
-
-        unsubscribe = lab.events.subscribe(on_event)
-        try:
-            yield running
-        finally:
-            unsubscribe()
 
 
 def _placed(scenario: Scenario, applied: Fault | None) -> tuple[PhoneSpec, ...]:
