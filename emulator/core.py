@@ -170,6 +170,10 @@ class Phone:
         self._update: _Update | None = None
         self._downloads: dict[str, _Download] = {}
         self._staged: SlotName | None = None
+        # When the new image was ready (the download ended, or the backup was chosen) or the
+        # phone was last in use, the later: the five quiet minutes before a restart count
+        # from here, installing included.
+        self._quiet_since: float | None = None
         self._booting: SlotName | None = None
         self._boot_is_update = False
         self._calls = 0
@@ -486,6 +490,7 @@ class Phone:
         self._update = None
         self._downloads.clear()
         self._staged = None
+        self._quiet_since = None
         self._booting = None
         self._calls = 0
         self._check_due = False
@@ -554,6 +559,9 @@ class Phone:
     # --- Settling: what the phone owes once an activity ends --------------------------------
 
     def _settle(self, now: float) -> list[Action]:
+        if self._state is S.SIGNING_IN:
+            # A sign-in is use, and like a call it holds the restart until it ends.
+            self._quiet_since = now
         self._walk = None
         if self._pending_sign_in is not None:
             credentials, self._pending_sign_in = self._pending_sign_in, None
@@ -571,10 +579,11 @@ class Phone:
         return []
 
     def _hold_or_arm_restart(self, now: float) -> list[Action]:
-        """Restart idle_wait after now, or hold the restart while a call is in progress."""
+        """Restart idle_wait after the phone was last used, or hold it during a call."""
         if self._calls:
             return self._cancel(Timer.REBOOT)
-        return [self._arm(Timer.REBOOT, now + self.settings.idle_wait)]
+        quiet_since = now if self._quiet_since is None else self._quiet_since
+        return [self._arm(Timer.REBOOT, max(now, quiet_since + self.settings.idle_wait))]
 
     # --- Calls, use, clock ------------------------------------------------------------------
 
@@ -588,12 +597,14 @@ class Phone:
 
     def _call_ended(self, now: float) -> list[Action]:
         self._calls -= 1
+        self._quiet_since = now
         self._info(now, "call", "call ended")
         if self._state is S.AWAITING_REBOOT and not self._calls:
             return self._restart_moved(now)
         return []
 
     def _used(self, now: float) -> list[Action]:
+        self._quiet_since = now
         if self._state is S.AWAITING_REBOOT and not self._calls:
             return self._restart_moved(now)
         return []
@@ -742,6 +753,8 @@ class Phone:
                 "switching to it without a download",
             )
             self._staged = backup
+            # Nothing to download: the quiet minutes count from now, not from a use before.
+            self._quiet_since = now
             return self._settle(now)
         missing = [m for m in (CATALOG_MODULE, IMAGE_MODULE) if answer.offer(m) is None]
         if missing:
@@ -848,6 +861,9 @@ class Phone:
             f"{IMAGE_MODULE} {update.version} matches its catalog (size and SHA-256)",
         )
         slot = self._slots.begin_write(update.version, now)
+        # The download has ended: the quiet minutes before the restart start now and run
+        # on while the image is installed.
+        self._quiet_since = now
         self._info(now, "install", f"installing {update.version} into slot {slot.value}")
         self._state = S.FLASHING
         return [
@@ -865,7 +881,8 @@ class Phone:
             now,
             "install",
             f"{self._slots[slot].version} installed in slot {slot.value}; the phone restarts "
-            f"after {format_duration(self.settings.idle_wait)} without a call or use",
+            f"after {format_duration(self.settings.idle_wait)} without a call or use, counted "
+            "from the end of the download",
         )
         return [DiscardDownloads(modules), *self._settle(now)]
 

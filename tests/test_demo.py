@@ -37,7 +37,7 @@ from lab.demo import (
     run_demo,
 )
 from lab.errors import LabStateError
-from lab.harness import IDLE_WAIT, RunningLab
+from lab.harness import FLASH, IDLE_WAIT, RunningLab
 
 SMALL_IMAGE = 16 * 1024
 """In-process runs build their cabs with small images: building is real time."""
@@ -119,13 +119,15 @@ async def test_the_default_fleet_updates_as_each_entry_says_and_the_story_is_tol
     assert any("call started; restart held: a call is in progress" in line for line in busy)
     assert any("call ended; phone in use: the restart waits until" in line for line in busy)
 
-    # Phone times are exact on loop time: plugged in STAGGER apart, restarts after the
-    # five-minute wait, the busy phone's only after its call.
+    # Phone times are exact on loop time: plugged in STAGGER apart, restarts five minutes
+    # after the download ended (installing included), the busy phone's only after its call.
     plugged = [times(p, "power on; DHCP lease")[-1] for p in result.phones]
     assert plugged == [plugged[0] + k * STAGGER for k in range(6)]
     for phone in result.phones[:2] + result.phones[3:5]:
+        (verified,) = times(phone, "matches its catalog")
         (installed,) = times(phone, "installed in slot B")
-        assert times(phone, "no call or use for 5 min") == [installed + IDLE_WAIT]
+        assert installed == verified + FLASH
+        assert times(phone, "no call or use for 5 min") == [verified + IDLE_WAIT]
     cx700 = result.phones[5]
     (installed,) = times(cx700, "installed in slot B")
     (held,) = times(cx700, "restart held")

@@ -153,11 +153,13 @@ def test_first_boot_discovers_downloads_installs_and_restarts_into_the_new_versi
     assert script.verify() == [VerifyImage("CPE.nbt", len(fw.image), sha)]
     assert script.verify() == [Flash(SlotName.B, "CPE.nbt", NEW), StartTimer(Timer.FLASH, T0 + 98)]
     assert phone.slots[SlotName.B].status is SlotStatus.WRITING
+    verified = T0 + 68  # the download has ended: the image is verified
 
-    # Installed into the inactive slot; the restart waits five minutes of inactivity.
+    # Installed into the inactive slot; the restart comes five minutes of inactivity after
+    # the download ended, the 30 s of installing included.
     assert script.fire(Timer.FLASH) == [
         DiscardDownloads(("CPE.cat", "CPE.nbt")),
-        StartTimer(Timer.REBOOT, T0 + 98 + 300),
+        StartTimer(Timer.REBOOT, verified + 300),
     ]
     assert script.state() is S.AWAITING_REBOOT
     assert (phone.current_version, phone.staged_version) == (FACTORY, NEW)
@@ -165,18 +167,18 @@ def test_first_boot_discovers_downloads_installs_and_restarts_into_the_new_versi
     assert script.fire(Timer.REBOOT) == [
         CancelTimer(Timer.CHECK),
         Boot(SlotName.B, NEW),
-        StartTimer(Timer.BOOT, T0 + 398 + 60),
+        StartTimer(Timer.BOOT, T0 + 368 + 60),
     ]
     script.fire(Timer.BOOT)
     assert script.state() is S.CHECKING  # the power-on check of the new image
     assert phone.current_version == NEW
     assert phone.backup_version == FACTORY
     assert phone.active_slot is SlotName.B
-    assert phone.last_update == T0 + 458
-    assert phone.timers[Timer.CHECK] == T0 + 458 + 86_400
+    assert phone.last_update == T0 + 428
+    assert phone.timers[Timer.CHECK] == T0 + 428 + 86_400
     log = script.log_text()
     assert "update complete: now running 4.0.7577.4372; 4.0.7577.4366 kept as the backup" in log
-    assert "2026-01-01T00:07:38.000Z" in log
+    assert "2026-01-01T00:07:08.000Z" in log
 
 
 def test_update_check_body_names_the_phone_and_its_version(script: Script) -> None:
@@ -213,13 +215,49 @@ def test_every_use_of_the_phone_restarts_the_five_minute_wait(
 ) -> None:
     staged(script, vendor)
     installed_at = script.now
-    assert script.phone.timers[Timer.REBOOT] == installed_at + 300
+    verified = installed_at - 30  # the download ended, then 30 s of installing
+    assert script.phone.timers[Timer.REBOOT] == verified + 300
     script.now = installed_at + 200
     assert script.do(UserActivity(script.now)) == [StartTimer(Timer.REBOOT, installed_at + 500)]
     script.now = installed_at + 499
     assert script.do(UserActivity(script.now)) == [StartTimer(Timer.REBOOT, installed_at + 799)]
     assert script.fire(Timer.REBOOT)[1] == Boot(SlotName.B, NEW)
     assert script.now == installed_at + 799
+
+
+@pytest.mark.parametrize(
+    ("flash_time", "used_after", "restart_after"),
+    [
+        (30.0, None, 300.0),  # five quiet minutes from the download's end, installing included
+        (30.0, 10.0, 310.0),  # a use while installing: five minutes from the use
+        (30.0, 29.0, 329.0),
+        (400.0, None, 400.0),  # installing outlasts the wait: the restart follows it at once
+    ],
+)
+def test_the_five_minutes_count_from_the_end_of_the_download(
+    vendor: Vendor, flash_time: float, used_after: float | None, restart_after: float
+) -> None:
+    script = Script.new(vendor=vendor, settings=PhoneSettings(flash_time=flash_time))
+    fw = firmware(vendor)
+    script.boot()
+    script.check_with(offer_xml(fw))
+    script.download_all(fw)
+    script.verify()
+    verified = script.later()  # the download ends as its image is verified
+    assert script.do(ImageVerified(verified)) == [
+        Flash(SlotName.B, "CPE.nbt", NEW),
+        StartTimer(Timer.FLASH, verified + flash_time),
+    ]
+    if used_after is not None:
+        assert script.do(UserActivity(verified + used_after)) == []
+        assert script.state() is S.FLASHING
+    assert Timer.REBOOT not in script.phone.timers  # never before installing finishes
+    assert script.fire(Timer.FLASH) == [
+        DiscardDownloads(("CPE.cat", "CPE.nbt")),
+        StartTimer(Timer.REBOOT, verified + restart_after),
+    ]
+    assert script.fire(Timer.REBOOT)[1] == Boot(SlotName.B, NEW)
+    assert script.now == verified + restart_after
 
 
 def test_a_call_holds_the_restart_until_five_minutes_after_it_ends(
@@ -316,6 +354,7 @@ def test_a_sign_in_during_a_download_waits_for_the_update_pass(
     script.resolve(FRONT_ENDS[0])
     actions = script.respond(200, provisioning_xml())
     assert script.state() is S.AWAITING_REBOOT
+    # The sign-in is use: the five minutes count from its end, not from the download's.
     assert actions == [StartTimer(Timer.REBOOT, script.now + 300)]
 
 
@@ -328,6 +367,7 @@ def test_a_sign_in_during_the_idle_wait_counts_as_use(script: Script, vendor: Ve
     script.resolve(FRONT_ENDS[0])
     script.respond(200, provisioning_xml())
     assert script.state() is S.AWAITING_REBOOT
+    # Held while signing in, like a call: five minutes from its end, not from the download's.
     assert script.phone.timers[Timer.REBOOT] == script.now + 300
 
 
@@ -620,6 +660,17 @@ def test_a_served_version_equal_to_the_backup_is_taken_without_a_download(
     assert phone.last_update > first_update
     assert len(script.all(StartDownload)) == downloads_before
     assert "the backup image in slot A: switching to it without a download" in script.log_text()
+
+
+def test_a_use_long_before_a_switch_to_the_backup_does_not_cut_its_wait(
+    script: Script, vendor: Vendor
+) -> None:
+    updated(script, vendor)
+    script.do(UserActivity(script.later(10)))
+    script.fire(Timer.CHECK)
+    # Nothing to download: the five quiet minutes count from the answer, as after a download.
+    actions = script.check_with(offer_xml(firmware(vendor, FACTORY)))
+    assert actions == [StartTimer(Timer.REBOOT, script.now + 300)]
 
 
 def test_power_lost_while_flashing_leaves_the_running_image(script: Script, vendor: Vendor) -> None:

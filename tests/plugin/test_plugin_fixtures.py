@@ -14,7 +14,7 @@ from emulator.clock import Clock
 from emulator.driver import PhoneDriver
 from emulator.states import PhoneState
 from lab.config import LabConfig
-from lab.harness import BOOT, DAY, FLASH, IDLE_WAIT, NEW, T0, Phones, RunningLab, idle_on, logged
+from lab.harness import BOOT, DAY, IDLE_WAIT, NEW, T0, Phones, RunningLab, idle_on, logged
 from lab.pki import LabPKI
 from lab.runner import RUN_FILE
 from lab.store import Store
@@ -79,7 +79,7 @@ async def test_a_users_own_fixture_on_these_shares_the_tests_fake_time(
 ) -> None:
     # The fixture ran on the same fake time as the lab: times exact, and the test goes on
     # from where the fixture left off.
-    updated = T0 + BOOT + FLASH + IDLE_WAIT + BOOT
+    updated = T0 + BOOT + IDLE_WAIT + BOOT
     assert updated_phone.phone.last_update == updated
     assert virtual_clock.now() == updated
     await updated_phone.wait_until(updated + DAY + 1)
