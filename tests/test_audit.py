@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
-from lab.audit import COLUMNS, AuditLog, AuditRecord, read_audit
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lab.audit import COLUMNS, AuditLog, AuditRecord, csv_line, read_audit
 from lab.events import Event, EventBus
 
 
@@ -57,3 +62,14 @@ def test_reopening_appends_without_a_second_header(tmp_path: Path) -> None:
     path = tmp_path / "RequestHandlerAuditLog_fe02_20261122.log"
     assert [r["decision"] for r in read_audit(path)] == ["a", "b"]
     assert path.read_text().count("time,server") == 1
+
+
+@given(st.lists(st.text(max_size=12), min_size=len(COLUMNS) - 1, max_size=len(COLUMNS) - 1))
+def test_the_fast_line_is_exactly_what_csv_writer_writes(values: list[str]) -> None:
+    fields = dict(zip([c for c in COLUMNS if c != "status"], values, strict=True))
+    record = AuditRecord(status=200, **fields)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(
+        [str(getattr(record, column)) for column in COLUMNS]
+    )
+    assert csv_line(record) == buffer.getvalue()

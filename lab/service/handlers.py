@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from lab.audit import AuditRecord, now_iso
 from lab.config import User
@@ -48,7 +49,10 @@ SIGNIN_PATH = "/Provisioning/signin"
 INTERNAL_FILES = "/DeviceUpdateFiles_Int"
 EXTERNAL_FILES = "/DeviceUpdateFiles_Ext"
 XML_TYPE = "text/xml"
+CHECK_CONTENT_TYPE = f"{XML_TYPE}; charset=utf-8"
 SERVER_HEADER = "X-MS-Server-Fqdn"
+# Distinct decisions (answers) and reported device kinds remembered per site.
+ANSWER_CACHE_SIZE = 1024
 
 PARSED: web.RequestKey[DeviceUpdateRequest] = web.RequestKey("parsed", DeviceUpdateRequest)
 DECISION: web.RequestKey[Decision] = web.RequestKey("decision", Decision)
@@ -106,6 +110,17 @@ class Endpoints:
         self.server = server
         self.role = role
         self.context = server.context
+        # What every check answered here repeats, made once.
+        self._check_headers = CIMultiDictProxy(
+            CIMultiDict(
+                {hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE, SERVER_HEADER: server.front_end.fqdn}
+            )
+        )
+        self._zone = Zone.INSIDE if role is Role.INTERNAL else Zone.OUTSIDE
+        # Few kinds and versions are in a fleet: what each decision answers, and each
+        # reported kind's check, are remembered (bounded, see ANSWER_CACHE_SIZE).
+        self._answers: dict[int, _Answer] = {}
+        self._kinds: dict[DeviceKind, DeviceKind | str] = {}
 
     async def name_server(self, request: web.Request, response: web.StreamResponse) -> None:
         """Say which front end answered, as Lync's web services do."""
@@ -120,10 +135,7 @@ class Endpoints:
             await self._refuse_anonymous_check(request)
         parsed = self._parse(await read_body(request))
         request[PARSED] = parsed
-        try:
-            kind = check_kind(device_kind(parsed))
-        except IdentityError as exc:
-            raise Problem(Diagnostic.UNKNOWN_MODEL, f"unknown device: {exc}") from None
+        kind = self._kind(parsed)
         try:
             decision = self.context.decider.decide(self.server.name, parsed)
         except StoreError as exc:
@@ -133,19 +145,8 @@ class Endpoints:
                 headers={"Retry-After": str(self.context.retry_after)},
             ) from None
         request[DECISION] = decision
-        downloads = [
-            Download(
-                module=item.module,
-                version=decision.version or "",
-                size=item.size,
-                sha256=item.sha256,
-                base_url=self.context.internal_url(f"{INTERNAL_FILES}/{item.path}"),
-                external_base_url=self.context.external_url(f"{EXTERNAL_FILES}/{item.path}"),
-            )
-            for item in decision.files
-        ]
         self._seen(request, parsed, kind)
-        return web.Response(body=update_response(downloads), content_type=XML_TYPE, charset="utf-8")
+        return web.Response(body=self._answer(decision).body, headers=self._check_headers)
 
     async def device_log(self, request: web.Request) -> web.StreamResponse:
         """POST ucdevicelog.upx: store a phone's log within the configured limits."""
@@ -266,12 +267,56 @@ class Endpoints:
                 version=parsed.installed_version,
                 address=request.remote or "",
                 # The internal site admits inside peers only; the external one is the edge's.
-                zone=Zone.INSIDE if self.role is Role.INTERNAL else Zone.OUTSIDE,
+                zone=self._zone,
                 server=self.server.name,
                 seen=self.context.now(),
                 user=parsed.last_signed_in_user or (user.upn if user else None),
             )
         )
+
+    def _kind(self, parsed: DeviceUpdateRequest) -> DeviceKind:
+        """The checked device kind of ``parsed``; 404 UNKNOWN_MODEL when it names none."""
+        reported = device_kind(parsed)
+        kind = self._kinds.get(reported)
+        if kind is None:
+            try:
+                kind = check_kind(reported)
+            except IdentityError as exc:
+                kind = f"unknown device: {exc}"
+            if len(self._kinds) >= ANSWER_CACHE_SIZE:
+                self._kinds.clear()
+            self._kinds[reported] = kind
+        if isinstance(kind, str):
+            raise Problem(Diagnostic.UNKNOWN_MODEL, kind)
+        return kind
+
+    def _answer(self, decision: Decision) -> _Answer:
+        """The answer body and audit text of ``decision`` (built once per decision)."""
+        port = self.context.https_port
+        answer = self._answers.get(id(decision))
+        # The decision kept in the entry makes a reused id harmless.
+        if answer is None or answer.decision is not decision or answer.port != port:
+            downloads = [
+                Download(
+                    module=item.module,
+                    version=decision.version or "",
+                    size=item.size,
+                    sha256=item.sha256,
+                    base_url=self.context.internal_url(f"{INTERNAL_FILES}/{item.path}"),
+                    external_base_url=self.context.external_url(f"{EXTERNAL_FILES}/{item.path}"),
+                )
+                for item in decision.files
+            ]
+            answer = _Answer(
+                decision,
+                port,
+                update_response(downloads),
+                " ".join(f.module for f in decision.files),
+            )
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[id(decision)] = answer
+        return answer
 
     @staticmethod
     def _parse(body: bytes) -> DeviceUpdateRequest:
@@ -303,19 +348,45 @@ class Endpoints:
         parsed = request.get(PARSED)
         decision = request.get(DECISION)
         user = request.get(USER)
-        record = AuditRecord(
-            time=now_iso(),
-            server=self.server.name,
-            client_address=request.remote or "",
-            site=self.role.value,
-            path=request.path,
-            status=status,
-            reason=reason or (decision.reason if decision is not None else ""),
-            decision=_decision(decision),
-            modules_returned=" ".join(f.module for f in decision.files) if decision else "",
-        )
+        if decision is not None:
+            reason = reason or decision.reason
+            returned = self._answer(decision).modules
+        else:
+            returned = ""
+        # Built once, with every field: this runs for every request.
         if parsed is not None:
-            record = _with_request(record, parsed, user)
+            record = AuditRecord(
+                now_iso(),
+                self.server.name,
+                request.remote or "",
+                self.role.value,
+                request.path,
+                status,
+                parsed.device_type,
+                parsed.mac,
+                parsed.serial,
+                parsed.vendor,
+                parsed.model,
+                parsed.revision,
+                parsed.locale,
+                " ".join(f"{m.name}:{m.version}" for m in parsed.modules),
+                returned,
+                _decision(decision),
+                reason,
+                parsed.last_signed_in_user or (user.upn if user else ""),
+            )
+        else:
+            record = AuditRecord(
+                time=now_iso(),
+                server=self.server.name,
+                client_address=request.remote or "",
+                site=self.role.value,
+                path=request.path,
+                status=status,
+                reason=reason,
+                decision=_decision(decision),
+                modules_returned=returned,
+            )
         upload = request.get(UPLOAD)
         if upload is not None:
             record = replace(
@@ -327,6 +398,16 @@ class Endpoints:
         observer(record)
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What one decision answers: its body, and the modules it returns for the audit."""
+
+    decision: Decision
+    port: int
+    body: bytes
+    modules: str
+
+
 def _challenge(reason: str) -> Problem:
     return Problem(Diagnostic.NTLM_REQUIRED, reason, headers={"WWW-Authenticate": "NTLM"})
 
@@ -335,20 +416,3 @@ def _decision(decision: Decision | None) -> str:
     if decision is None:
         return ""
     return decision.version if decision.version is not None else "none"
-
-
-def _with_request(
-    record: AuditRecord, parsed: DeviceUpdateRequest, user: User | None
-) -> AuditRecord:
-    return replace(
-        record,
-        device_type=parsed.device_type,
-        mac=parsed.mac,
-        serial=parsed.serial,
-        vendor=parsed.vendor,
-        model=parsed.model,
-        revision=parsed.revision,
-        locale=parsed.locale,
-        installed_modules=" ".join(f"{m.name}:{m.version}" for m in parsed.modules),
-        last_signed_in_user=parsed.last_signed_in_user or (user.upn if user else ""),
-    )

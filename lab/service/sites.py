@@ -5,9 +5,9 @@ run for a connection is after the TLS handshake: too late for a firewall, which 
 an outside peer before a single TLS byte is answered. ``TLSSite`` is therefore an aiohttp
 ``BaseSite`` that accepts connections itself:
 
-1. an accept loop (``loop.sock_accept``) asks the site whether the peer is admitted right
-   now; if not, the socket is closed with a reset (SO_LINGER 0), so the client sees no
-   TLS and no HTTP;
+1. an accept callback (the loop's reader on the listening socket) asks the site whether
+   the peer is admitted right now; if not, the socket is closed with a reset (SO_LINGER
+   0), so the client sees no TLS and no HTTP;
 2. an admitted socket is handed to ``loop.connect_accepted_socket`` with the site's TLS
    context; the protocol, ``GuardedConnection``, is told of the connection only once the
    handshake is done, and hands the TLS transport to an aiohttp ``RequestHandler`` made
@@ -46,6 +46,8 @@ HANDSHAKE_TIMEOUT = 10.0
 BIND_ATTEMPTS = 20
 # How long to wait before accepting again after the system refused (e.g. no free fds).
 ACCEPT_BACKOFF = 0.1
+# At most this many connections accepted per wake-up, so that serving is not starved.
+ACCEPT_BATCH = 64
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,9 @@ class TLSSite(web.BaseSite):
         self.address: tuple[str, int] = (str(host), int(port))
         self.connections: set[GuardedConnection] = set()
         self._by_transport: dict[asyncio.Transport, GuardedConnection] = {}
-        self._accepting: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listening = False
+        self._retry: asyncio.TimerHandle | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
 
     @property
@@ -172,15 +176,16 @@ class TLSSite(web.BaseSite):
     async def start(self) -> None:
         """Start accepting on the socket."""
         await super().start()
-        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+        self._loop = asyncio.get_running_loop()
+        self._listen()
 
     async def stop(self) -> None:
         """Stop accepting; connections still in their handshake are cut."""
-        if self._accepting is not None:
-            self._accepting.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._accepting
-            self._accepting = None
+        self._unlisten()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._loop = None
         self._sock.close()
         for task in list(self._handshakes):
             task.cancel()
@@ -188,16 +193,34 @@ class TLSSite(web.BaseSite):
             await asyncio.wait(self._handshakes)
         await super().stop()
 
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _listen(self) -> None:
+        # A reader callback rather than a sock_accept per connection: one wake-up takes
+        # every connection waiting, with no future and no reader set up and torn down each.
+        self._retry = None
+        if self._loop is not None and not self._listening:
+            self._loop.add_reader(self._sock.fileno(), self._accept_ready)
+            self._listening = True
+
+    def _unlisten(self) -> None:
+        if self._loop is not None and self._listening:
+            self._loop.remove_reader(self._sock.fileno())
+        self._listening = False
+
+    def _accept_ready(self) -> None:
+        """Accept what is waiting: reset who is not admitted, start TLS for the others."""
+        loop = self._loop
+        assert loop is not None
+        for _ in range(ACCEPT_BATCH):
             try:
-                sock, address = await loop.sock_accept(self._sock)
+                sock, address = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
                 # Out of file descriptors and the like: keep serving who is connected.
                 log.warning("site %s cannot accept: %s", self.name, exc)
-                await asyncio.sleep(ACCEPT_BACKOFF)
-                continue
+                self._unlisten()
+                self._retry = loop.call_later(ACCEPT_BACKOFF, self._listen)
+                return
             peer = str(address[0])
             if not self.admits(peer):
                 reset_socket(sock)

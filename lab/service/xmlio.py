@@ -12,6 +12,7 @@ from __future__ import annotations
 
 # Untrusted input is parsed by _parse_xml alone, which refuses what defusedxml refuses.
 import functools
+import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ REQUIRED_FIELDS = (
 )
 # The image module: its version is the version installed on the phone.
 IMAGE_MODULE = "CPE.nbt"
+# A MAC address already written as the lab writes it (normalise_mac would return it as is).
+_CANONICAL_MAC = re.compile(r"[0-9A-F]{2}(?:-[0-9A-F]{2}){5}")
 
 
 class XMLRequestError(ServiceError, ValueError):
@@ -135,7 +138,9 @@ def parse_update_request(body: bytes) -> DeviceUpdateRequest:
     user_element = root.find("LastSignedInUser")
     user = (user_element.text or "").strip() if user_element is not None else ""
     try:
-        mac = normalise_mac(values["MacAddress"])
+        mac = values["MacAddress"]
+        if not _CANONICAL_MAC.fullmatch(mac):
+            mac = normalise_mac(mac)
         serial = normalise_serial(values["SerialNumber"])
     except IdentityError as exc:
         raise XMLRequestError("bad-identity", str(exc)) from None
@@ -212,12 +217,22 @@ def _modules(root: ET.Element) -> list[Module]:
         version = element.get("version", "").strip()
         if not name or not version:
             raise XMLRequestError("missing-field", "a <Module> lacks its name or version")
-        try:
-            parse_version(version)
-        except IdentityError as exc:
-            raise XMLRequestError("bad-version", f"module {name!r}: {exc}") from None
+        problem = _version_problem(version)
+        if problem:
+            raise XMLRequestError("bad-version", f"module {name!r}: {problem}")
         modules.append(Module(name, version, element.get("timestamp", "").strip()))
     return modules
+
+
+# A fleet reports few distinct versions: each is checked once.
+@functools.lru_cache(maxsize=RESPONSE_CACHE_SIZE)
+def _version_problem(version: str) -> str:
+    """What is wrong with ``version`` ("" when it is a valid version)."""
+    try:
+        parse_version(version)
+    except IdentityError as exc:
+        return str(exc)
+    return ""
 
 
 def update_response(downloads: Sequence[Download]) -> bytes:
