@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import dns, install, service, startup
+from bench import dns, fleet, install, service, startup
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LEGEND = (
@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "newtls": Benchmark(service.run_newtls, ("h2load", "nginx", "curl", "openssl")),
     "download": Benchmark(service.run_download, ("nginx", "curl")),
     "startup": Benchmark(startup.run, ()),
+    "fleet": Benchmark(fleet.run, ()),
 }
 
 
@@ -144,15 +145,22 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 def write(results: dict[str, dict[str, Any]], quick: bool, directory: Path) -> Path:
     """Write today's JSON file (atomically) and return its path."""
     today = datetime.date.today().isoformat()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{today}.json"
+    # A run of some benchmarks (--only) keeps the day's figures of the others.
+    earlier: dict[str, Any] = {}
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text()).get("benchmarks", {})
+        except (OSError, ValueError):
+            earlier = {}
     data = {
         "date": today,
         "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "machine": machine(),
-        "benchmarks": results,
+        "benchmarks": {**earlier, **results},
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{today}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)

@@ -1,7 +1,7 @@
 """The ``emulator`` command: run phones against a running lab, and show a phone's screens.
 
     emulator run     [--state-dir DIR] [--phones N] [--model M]... [--location L] [--user U]
-                     [--scale S] [--duration D] [--json] [faults...]
+                     [--scale S] [--duration D] [--json] [--upload-logs] [faults...]
     emulator screen  --from RUN.json [--phone MAC|SERIAL|ADDRESS|N] [--log]
     emulator screen  [--state-dir DIR] [--model M] [run options...]   (runs one phone first)
     emulator models
@@ -9,6 +9,8 @@
 The lab is found through its state directory: ``lease.json`` is what DHCP would give a
 phone there (DNS server, domain, the CA its image trusts). Phone time starts at the
 current time (or ``--start``) and runs ``--scale`` times faster than the wall clock.
+With ``--upload-logs`` every phone uploads its log to the service as a CELog when the run
+ends, as a support engineer would ask, and the run reports where each log went.
 Exit status: 0 when the run was made, 1 when it could not be (no lab, a broken lease),
 2 for bad arguments, with a one-line message on stderr.
 """
@@ -19,21 +21,25 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import random
 import re
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
+from urllib.parse import urlsplit
 
 from rich.console import Console
 
-from emulator.clock import ScaledClock, from_datetime
-from emulator.driver import LeaseNetwork
-from emulator.errors import CredentialsError, EmulatorError, LeaseError, ModelError
+from emulator.clock import ScaledClock, from_datetime, to_datetime
+from emulator.driver import LeaseNetwork, PhoneDriver
+from emulator.errors import CredentialsError, EmulatorError, FleetError, LeaseError, ModelError
 from emulator.events import Credentials
 from emulator.faults import AnyFault, BootFailure, Call, PowerCut, Trigger, WrongClock
 from emulator.fleet import (
@@ -43,6 +49,7 @@ from emulator.fleet import (
     PhoneSpec,
     ProgressDisplay,
     format_span,
+    merge_runs,
 )
 from emulator.lease import Lease, load_lease
 from emulator.models import MAX_INDEX, MODELS, PhoneModel, get_model
@@ -54,9 +61,12 @@ DEFAULT_SCALE = 3600.0
 """Phone seconds per wall-clock second by default: an hour a second, a day in 24 s."""
 DEFAULT_MAX_CLIENTS = 128
 """Phones with an HTTPS exchange in progress at once: bounds a large fleet's memory."""
+MAX_WORKERS = 64
 MIXED = "mixed"
 TABLE_LIMIT = 20
 """Runs of up to this many phones list every phone after the summary."""
+
+T = TypeVar("T")
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(d|h|min|m|s)?", re.IGNORECASE)
 _UNITS = {"d": 86_400.0, "h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0, None: 1.0}
@@ -129,6 +139,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"--workers must be between 1 and {MAX_WORKERS}")
+    return value
+
+
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -177,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--phones", type=_count, default=1, help="how many phones (default 1)")
     run.add_argument("--json", action="store_true", help="print the summary and phones as JSON")
     run.add_argument("--log", action="store_true", help="keep every phone's log in the JSON")
+    run.add_argument(
+        "--upload-logs",
+        action="store_true",
+        help="at the end, every phone uploads its log to the service as a CELog",
+    )
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes to spread the fleet over, each with its own loop (default 1)",
+    )
+    # Set by a run with --workers for each of its worker processes.
+    run.add_argument("--address-offset", type=int, default=0, help=argparse.SUPPRESS)
 
     screen = commands.add_parser(
         "screen", help="a phone's System Information, from a run's JSON or by running one"
@@ -374,20 +407,73 @@ def specs_from(
     return specs
 
 
+@dataclass(frozen=True)
+class LogUpload:
+    """Where one phone's log went at the end of a run (``stored``), or why not (``error``)."""
+
+    mac: str
+    server: str | None
+    stored: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {"server": self.server, "stored": self.stored, "error": self.error}
+
+    def render(self) -> str:
+        """One line of the report."""
+        if self.stored is not None:
+            return f"  {self.mac} log: {self.stored} on {self.server}"
+        return f"  {self.mac} log not uploaded: {self.error}"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A run's result, and where each phone's log went when logs were uploaded."""
+
+    result: FleetResult
+    uploads: tuple[LogUpload, ...] = ()
+
+    def as_dict(self, *, with_log: bool = False) -> dict[str, Any]:
+        """The result's JSON form, each phone with its ``log_upload`` when there was one."""
+        data = self.result.as_dict(with_log=with_log)
+        for phone, upload in zip(data["phones"], self.uploads, strict=False):
+            phone["log_upload"] = upload.as_dict()
+        return data
+
+
+async def upload_logs(drivers: Sequence[PhoneDriver]) -> tuple[LogUpload, ...]:
+    """Every phone uploads its log (all at once, as the network's client limit allows)."""
+
+    async def upload(driver: PhoneDriver) -> LogUpload:
+        mac = driver.phone.identity.mac
+        server = driver.phone.update_server
+        host = urlsplit(server).hostname if server else None
+        try:
+            return LogUpload(mac, host, stored=await driver.upload_log())
+        except EmulatorError as exc:
+            return LogUpload(mac, host, error=str(exc))
+
+    return tuple(await asyncio.gather(*(upload(driver) for driver in drivers)))
+
+
 async def run_fleet(
     lease: Lease,
     specs: Sequence[PhoneSpec],
     args: argparse.Namespace,
     console: Console | None = None,
-) -> FleetResult:
-    """Run the phones of ``specs`` on a scaled clock against the lab of ``lease``."""
+) -> RunOutcome:
+    """Run the phones of ``specs`` on a scaled clock against the lab of ``lease``.
+
+    With ``args.upload_logs`` every phone then uploads its log, once the run's result is taken.
+    """
     loop = asyncio.get_running_loop()
     # The date a run starts at is the one place the system clock is read: phones only
     # ever see the scaled clock made from it.
     start = args.start if args.start is not None else time.time()
     clock = ScaledClock(loop.time, start=start, scale=args.scale)
     network = LeaseNetwork(lease, clock, max_clients=args.max_clients)
-    with tempfile.TemporaryDirectory(prefix="emulator-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="emulator-", dir=_scratch_dir()) as workdir:
         fleet = Fleet(
             specs,
             lease=lease,
@@ -396,14 +482,18 @@ async def run_fleet(
             workdir=Path(workdir),
             seed=args.seed,
             stagger=args.stagger if len(specs) > 1 else 0.0,
+            address_offset=getattr(args, "address_offset", 0),
         )
         display = ProgressDisplay(console or Console(stderr=True), args.duration)
         with display:
-            return await fleet.run(
+            result = await fleet.run(
                 duration=args.duration,
                 until_settled=not args.full,
                 progress=display.update if display.enabled else None,
             )
+        if not getattr(args, "upload_logs", False):
+            return RunOutcome(result)
+        return RunOutcome(result, await upload_logs(fleet.drivers))
 
 
 # --- Commands ---------------------------------------------------------------------------------
@@ -412,7 +502,10 @@ async def run_fleet(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emulator`` command."""
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
+        if args.command == "run" and args.workers > 1 and args.phones > 1:
+            return _run_workers(args, argv)
         return _dispatch(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -442,7 +535,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     credentials = credentials_from(args, lease, sys.stdin)
     count = args.phones if args.command == "run" else 1
     specs = specs_from(args, count, credentials)
-    result = _run_loop(args.loop, lambda: run_fleet(lease, specs, args))
+    outcome = _run_loop(args.loop, lambda: run_fleet(lease, specs, args))
+    result = outcome.result
     if args.command == "screen":
         phone = result.phones[0]
         print(phone.screen, end="")
@@ -451,11 +545,104 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("".join(entry.render() + "\n" for entry in phone.log), end="")
         return 0
     if args.json:
-        json.dump(result.as_dict(with_log=args.log), sys.stdout, indent=2)
+        json.dump(outcome.as_dict(with_log=args.log), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         _print_result(result)
+        if args.upload_logs:
+            _print_uploads(outcome.uploads)
     return 0
+
+
+def _scratch_dir() -> str | None:
+    """Where downloads go: memory when the system offers it, else the default temp directory.
+
+    Every phone writes, hashes and deletes its images there; on a disk file system the
+    opens, unlinks and directory changes cost a fleet about a sixth of its CPU time.
+    """
+    # A private directory is made in it (mkdtemp, mode 0700), as under /tmp.
+    shm = Path("/dev/shm")  # noqa: S108
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+
+
+def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the fleet as ``--workers`` processes, each a consecutive share, and merge them.
+
+    Every worker gets the same start of phone time, its own first index and addresses,
+    and the password (if one is asked for) on its standard input; each prints its share
+    as JSON, which is merged into one result as one process would have printed it.
+    """
+    lease = _lease(args.state_dir)
+    credentials = credentials_from(args, lease, sys.stdin)
+    specs_from(args, args.phones, None)  # the indexes must fit before anything starts
+    start = args.start if args.start is not None else time.time()
+    base = _without(argv, {"--workers", "--phones", "--first-index", "--start", "--json"})
+    workers = min(args.workers, args.phones)
+    sizes = [
+        args.phones // workers + (1 if i < args.phones % workers else 0) for i in range(workers)
+    ]
+    secret = credentials.password if credentials is not None else None
+    processes: list[subprocess.Popen[bytes]] = []
+    offset = 0
+    for size in sizes:
+        command = [
+            sys.executable,
+            "-m",
+            "emulator.cli",
+            *base,
+            "--phones",
+            str(size),
+            "--first-index",
+            str(args.first_index + offset),
+            "--address-offset",
+            str(offset),
+            "--start",
+            to_datetime(start).isoformat(),
+            "--json",
+        ]
+        processes.append(
+            subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE if secret is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+            )
+        )
+        offset += size
+    outputs = [
+        p.communicate((secret + "\n").encode() if secret is not None else None)[0]
+        for p in processes
+    ]
+    failed = [i for i, p in enumerate(processes) if p.returncode != 0]
+    if failed:
+        raise FleetError(
+            f"worker {failed[0] + 1} of {workers} ended with status "
+            f"{processes[failed[0]].returncode}; its message is above"
+        )
+    summary, phones = merge_runs([json.loads(out) for out in outputs])
+    if args.json:
+        json.dump({"summary": summary.as_dict(), "phones": phones}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(summary.render(), end="")
+        if args.upload_logs:
+            _print_uploads(tuple(_upload_from(phone) for phone in phones))
+    return 0
+
+
+def _without(argv: list[str], options: set[str]) -> list[str]:
+    """``argv`` less the given options (with their values, in either form)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in options:
+            skip = "=" not in arg and name != "--json"
+            continue
+        kept.append(arg)
+    return kept
 
 
 def _lease(state_dir: Path) -> Lease:
@@ -468,7 +655,7 @@ def _lease(state_dir: Path) -> Lease:
     return load_lease(path)
 
 
-def _run_loop(loop: str, main: Callable[[], Coroutine[Any, Any, FleetResult]]) -> FleetResult:
+def _run_loop(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     if loop == "uvloop":
         try:
             import uvloop
@@ -497,6 +684,27 @@ def _print_result(result: FleetResult) -> None:
         )
         if phone.error:
             print(f"    error: {phone.error}")
+
+
+def _print_uploads(uploads: Sequence[LogUpload]) -> None:
+    stored = sum(1 for upload in uploads if upload.stored is not None)
+    print()
+    print(f"log uploads: {stored} stored, {len(uploads) - stored} refused or not delivered")
+    for upload in uploads[:TABLE_LIMIT]:
+        print(upload.render())
+    if len(uploads) > TABLE_LIMIT:
+        print(f"  ... and {len(uploads) - TABLE_LIMIT} more (--json lists them all)")
+
+
+def _upload_from(phone: dict[str, Any]) -> LogUpload:
+    """A worker's report of one phone's upload, from its JSON."""
+    upload = phone.get("log_upload") or {}
+    return LogUpload(
+        str(phone.get("mac", "")),
+        upload.get("server"),
+        upload.get("stored"),
+        upload.get("error") or ("no upload reported" if not upload.get("stored") else None),
+    )
 
 
 def _screen_from_file(args: argparse.Namespace) -> int:

@@ -16,6 +16,9 @@ Rules of this module:
   are deleted when the core discards them. A large image is hashed in a worker thread.
 - Faults (emulator/faults.py) and a user's sign-in are scheduled here by trigger: a time
   after the first power-on, or the first time the phone enters a state.
+- What a person asks of the phone outside its own cycle (a support engineer pulling its
+  log) is I/O the core never asked for: it is done here, beside the core's exchanges, on a
+  client of its own, and only the phone log hears of it.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
 import math
+import posixpath
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from emulator.clock import Clock, to_datetime
 from emulator.core import Phone
@@ -90,6 +96,7 @@ from emulator.net.https import (
 )
 from emulator.net.resolver import DEFAULT_TIMEOUT, DEFAULT_TRIES, DNSResolver, Resolver
 from emulator.net.tls import CertificateChecker, PhoneTLSContext, phone_context
+from emulator.phonelog import MAX_LOG_FILE_SIZE, LogLevel, celog_file_name, render_celog
 from emulator.states import BUSY, QUIET, UP, PhoneState
 
 S = PhoneState
@@ -98,6 +105,11 @@ LARGE_IMAGE = 4 * 1024 * 1024
 EXCHANGES = frozenset({S.CHECKING, S.SIGNING_IN, S.DOWNLOADING})
 """States in which the phone talks HTTPS; out of them its client is closed."""
 SETTLED = frozenset({S.IDLE, S.OFF})
+LOG_TYPE = "CELog"
+"""The log type a phone's log is uploaded as."""
+LOG_HANDLER = "ucdevicelog.upx"
+"""The log upload handler, beside the update check (``ucdevice.upx``) on either site."""
+LOG_TOPIC = "log upload"
 
 
 class Network(Protocol):
@@ -283,6 +295,11 @@ class PhoneDriver:
         self._on_state: list[tuple[Trigger, Callable[[], None]]] = []
         self._boot_failures: list[_BootFailures] = []
         self._sign_in: Credentials | None = None
+        # The core keeps the signed-in user's credentials to itself; the driver remembers
+        # what it last fed and binds it when a sign-in brings new provisioning.
+        self._offered: Credentials | None = None
+        self._provisioned: object | None = None
+        self._credentials: Credentials | None = None
         self._waiters: list[tuple[Condition, asyncio.Future[float]]] = []
         self._closed = False
         self._last = -math.inf
@@ -298,6 +315,11 @@ class PhoneDriver:
     def directory(self) -> Path:
         """Where this phone's downloads are kept."""
         return self.workdir / self.phone.identity.mac.replace("-", "")
+
+    @property
+    def credentials(self) -> Credentials | None:
+        """The credentials of the user signed in on the phone, or None before a sign-in."""
+        return self._credentials
 
     @property
     def settled(self) -> bool:
@@ -393,6 +415,97 @@ class PhoneDriver:
             )
         self.when(trigger, _striker(fault, self))
 
+    async def upload_log(self, *, max_bytes: int = MAX_LOG_FILE_SIZE) -> str:
+        """Upload the phone log as a CELog to the service the phone last used; where it went.
+
+        A support engineer asks for it, so it is I/O done here and not in the sans-IO core
+        (whose cycle never asks for it). It goes beside the last update check, on the same
+        site, addresses and TLS checks: inside the internal URL's host, outside the
+        external one with the signed-in user's NTLM credentials. Returns the service's
+        answer (the stored file); raises ServiceStatusError with the service's reason
+        when it refuses (415 type, 413 size, 401/403 no user), the last NetworkError when
+        no server could be reached, and DriverError when the phone is off or knows no service.
+        It works after ``aclose`` too: the core and its log outlive the driver's timers.
+        """
+        phone = self.phone
+        if phone.state is S.OFF:
+            raise DriverError(f"{self.name} is off: it cannot upload its log")
+        check_url = phone.update_server
+        if check_url is None:
+            raise DriverError(f"{self.name} knows no update service to upload its log to")
+        now = self._now()
+        identity = phone.identity
+        file_name = celog_file_name(identity, now)
+        url = log_upload_url(check_url, file_name, identity.mac)
+        body = render_celog(phone.log, identity, now, max_bytes=max_bytes).encode("utf-8")
+        phone.log.add(
+            now,
+            LogLevel.INFO,
+            LOG_TOPIC,
+            f"uploading the log as {LOG_TYPE} {file_name} ({len(body)} bytes) to {url}",
+        )
+        try:
+            stored, address = await self._post_log(url, body)
+        except ServiceStatusError as exc:
+            refused = type(exc)(
+                f"{self.name}: the service refused its log: {exc}",
+                status=exc.status,
+                reason=exc.reason,
+                diagnostics=exc.diagnostics,
+                retry_after=exc.retry_after,
+                body=exc.body,
+            )
+            phone.log.add(self._now(), LogLevel.ERROR, LOG_TOPIC, str(exc))
+            raise refused from None
+        except (NetworkError, MalformedAnswerError) as exc:
+            phone.log.add(self._now(), LogLevel.ERROR, LOG_TOPIC, f"log not uploaded: {exc}")
+            raise
+        host = urlsplit(url).hostname
+        phone.log.add(self._now(), LogLevel.INFO, LOG_TOPIC, f"{host} ({address}): {stored}")
+        return stored
+
+    async def _post_log(self, url: str, body: bytes) -> tuple[str, str]:
+        """POST the log to each address of the URL's host in turn; the answer and the address.
+
+        As an update check walks them: a connection failure, a 5xx (maintenance, a broken
+        server) or an unusable answer moves to the next address; a refusal ends the walk,
+        since every front end of the pool would refuse alike.
+        """
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 443
+        if _is_address(host):
+            addresses = [host]
+        else:
+            addresses = list(dict.fromkeys(await self._dns().resolve(host, "A")))
+            if not addresses:
+                raise NetworkError(f"the DNS answer for {host} holds no address")
+        client = await self.network.open_client(self.address, self._dns())
+        failure: NetworkError | MalformedAnswerError | None = None
+        try:
+            for address in addresses:
+                try:
+                    answer = await client.post_log(
+                        url,
+                        body,
+                        address=address,
+                        credentials=self._credentials,
+                        clock_offset=self.phone.clock_offset,
+                    )
+                except ServiceStatusError as exc:
+                    if exc.status < 500:
+                        raise
+                    failure = exc
+                except (NetworkError, MalformedAnswerError) as exc:
+                    failure = exc
+                else:
+                    return answer.body.decode("utf-8", "replace").strip(), address
+                problem = f"{host} at {address}:{port}: {failure}"
+                self.phone.log.add(self._now(), LogLevel.WARNING, LOG_TOPIC, problem)
+        finally:
+            await self.network.close_client(client)
+        assert failure is not None  # the DNS answer held at least one address
+        raise failure
+
     # --- Waiting ----------------------------------------------------------------------------
 
     async def wait_for(
@@ -474,6 +587,9 @@ class PhoneDriver:
         last = self.timeline[-1] if self.timeline else None
         if last is None or last.state is not state or last.version != version:
             self.timeline.append(Change(now, state, version))
+        if self.phone.provisioning is not self._provisioned:
+            self._provisioned = self.phone.provisioning
+            self._credentials = self._offered
         if state is not previous:
             self._state_entered(state)
             if state not in EXCHANGES and self._task is None:
@@ -522,6 +638,7 @@ class PhoneDriver:
         credentials = self._sign_in
         if credentials is not None and self._can_sign_in():
             self._sign_in = None
+            self._offered = credentials
             self._feed(SignIn(self._now(), credentials))
 
     # --- Scheduling -------------------------------------------------------------------------
@@ -763,6 +880,22 @@ class _BootFailures:
 
     fault: BootFailure
     left: int
+
+
+def log_upload_url(check_url: str, file_name: str, mac: str) -> str:
+    """The CELog upload URL of the site of ``check_url`` (same host, port and handler folder)."""
+    parts = urlsplit(check_url)
+    path = posixpath.join(posixpath.dirname(parts.path) or "/", LOG_HANDLER)
+    query = urlencode({"type": LOG_TYPE, "file": file_name, "mac": mac})
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _striker(fault: Fault, target: PhoneDriver) -> Callable[[], None]:

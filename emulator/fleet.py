@@ -25,13 +25,14 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from emulator.clock import Clock, to_datetime
+from emulator.clock import Clock, from_datetime, to_datetime
 from emulator.core import Phone
 from emulator.driver import LARGE_IMAGE, Change, LeaseNetwork, Network, PhoneDriver
 from emulator.errors import FleetError
@@ -217,7 +218,10 @@ class Fleet:
         settings: PhoneSettings | None = None,
         hash_in_thread_from: int = LARGE_IMAGE,
         max_clients: int | None = None,
+        address_offset: int = 0,
     ) -> None:
+        """``address_offset``: phones take their segment's addresses from that many further on
+        (a worker's share of a larger fleet must not take the addresses of another's)."""
         if not specs:
             raise FleetError("a fleet needs at least one phone")
         if not (math.isfinite(stagger) and stagger >= 0):
@@ -235,7 +239,7 @@ class Fleet:
         )
         rng = random.Random(seed)
         self.offsets = [rng.uniform(0.0, stagger) if stagger else 0.0 for _ in specs]
-        addresses = _addresses(specs, lease)
+        addresses = _addresses(specs, lease, address_offset)
         self.specs = tuple(specs)
         self.drivers: list[PhoneDriver] = []
         for spec, address in zip(specs, addresses, strict=True):
@@ -401,9 +405,9 @@ async def _report(fleet: Fleet, progress: ProgressCallback, every: float) -> Non
         await asyncio.sleep(every)
 
 
-def _addresses(specs: Sequence[PhoneSpec], lease: Lease) -> list[str]:
+def _addresses(specs: Sequence[PhoneSpec], lease: Lease, offset: int = 0) -> list[str]:
     """Each phone's own address: given, or the next one of its segment."""
-    taken: Counter[Location] = Counter()
+    taken: Counter[Location] = Counter({location: offset for location in Location})
     result: list[str] = []
     for spec in specs:
         if spec.address is not None:
@@ -493,3 +497,34 @@ def _duration(seconds: float | None) -> str:
 
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {count}" for name, count in counts.items()) or "-"
+
+
+def merge_runs(parts: Sequence[dict[str, Any]]) -> tuple[Summary, list[dict[str, Any]]]:
+    """One summary and one list of phones from the JSON of several workers' runs.
+
+    Each part is what `FleetResult.as_dict` gave for one share of the fleet; phones keep
+    their order (workers take consecutive shares).
+    """
+    if not parts:
+        raise FleetError("there is no run to merge")
+    phones = [phone for part in parts for phone in part["phones"]]
+    summaries = [part["summary"] for part in parts]
+    times = sorted(p["converged_after"] for p in phones if p["converged_after"] is not None)
+    summary = Summary(
+        phones=len(phones),
+        started=min(_parse_time(s["started"]) for s in summaries),
+        ended=max(_parse_time(s["ended"]) for s in summaries),
+        by_state=dict(Counter(p["state"] for p in phones).most_common()),
+        by_version=dict(Counter(p["version"] for p in phones).most_common()),
+        converged=len(times),
+        converge_p50=_percentile(times, 50),
+        converge_p95=_percentile(times, 95),
+        converge_max=times[-1] if times else None,
+        bytes_downloaded=sum(s["bytes_downloaded"] for s in summaries),
+        errors=sum(s["errors"] for s in summaries),
+    )
+    return summary, phones
+
+
+def _parse_time(text: str) -> float:
+    return from_datetime(datetime.fromisoformat(text.replace("Z", "+00:00")))
