@@ -97,6 +97,35 @@ async def test_run_updates_a_fleet_and_screen_shows_a_phone_of_it(
     assert "signed in as bob@contoso.test" in shown
 
 
+async def test_workers_share_the_fleet_and_their_results_are_merged(
+    device_lab: RunningLab,
+) -> None:
+    device_lab.publish("CX600", NEW)
+    code, out, err = await emulator(
+        "run",
+        "--state-dir",
+        str(device_lab.state_dir),
+        "--phones",
+        "5",
+        "--model",
+        "CX600",
+        "--workers",
+        "2",
+        "--scale",
+        "1000",
+        "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["summary"]["phones"] == 5
+    assert data["summary"]["by_version"] == {NEW: 5}
+    assert data["summary"]["converged"] == 5
+    # Each worker took its own consecutive share of addresses: no phone twice, none lost.
+    addresses = [p["address"] for p in data["phones"]]
+    assert addresses == [f"127.10.1.{i}" for i in range(1, 6)]
+    assert len({p["mac"] for p in data["phones"]}) == 5
+
+
 async def test_screen_runs_one_phone_when_given_no_run(device_lab: RunningLab) -> None:
     device_lab.publish("6721ip", NEW)
     code, screen, err = await emulator(
