@@ -37,6 +37,10 @@ DEFAULT_TCP_IDLE_TIMEOUT = 30.0
 DEFAULT_QUERY_LOG_SIZE = 1000
 # With port 0, UDP picks the port and TCP may find it taken: try a few free ports.
 BIND_ATTEMPTS = 20
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+"""Bytes asked for the UDP socket's receive buffer (the kernel caps it at net.core.rmem_max):
+thousands of phones booting together send their queries in one burst, and the default
+buffer (about 200 KiB) drops most of it before the loop reads it."""
 
 _VIEWS = {Zone.INSIDE: View.INTERNAL, Zone.OUTSIDE: View.EXTERNAL}
 _Reply = tuple[bytes | None, float]  # what to send (None: nothing) and after how many seconds
@@ -202,6 +206,8 @@ def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socke
         if kind == socket.SOCK_STREAM:
             # A restarted lab gets its port back while old connections sit in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
         sock.bind((host, port))
         sock.setblocking(False)
     except BaseException:
