@@ -129,24 +129,23 @@ def _scale(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_INDEX:
-        raise argparse.ArgumentTypeError(f"{text} must be between 1 and {MAX_INDEX}")
-    return value
+def _whole_number(high: int, name: str | None = None) -> Callable[[str], int]:
+    """A parser of whole numbers in 1..high; the error names ``name`` (or the value)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not 1 <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name or text} must be between 1 and {high}")
+        return value
+
+    return parse
 
 
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"--workers must be between 1 and {MAX_WORKERS}")
-    return value
+_count = _whole_number(MAX_INDEX)
+_workers = _whole_number(MAX_WORKERS, "--workers")
 
 
 def _share(text: str) -> float:
