@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from lab.errors import DNSError, FirewallError, LabError, ServiceError
+from lab.fileio import write_atomic
 
 if TYPE_CHECKING:
     from lab.runner import Lab
@@ -35,12 +35,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def make_token(state_dir: Path) -> str:
     """Make a fresh token and write it privately into the state directory."""
     token = secrets.token_urlsafe(32)
-    path = state_dir / TOKEN_FILE
-    tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(token + "\n")
-    os.replace(tmp, path)
+    write_atomic(state_dir / TOKEN_FILE, f"{token}\n".encode("ascii"), 0o600)
     return token
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import html
-import os
 import re
 import struct
 import zlib
@@ -42,6 +41,7 @@ from lab.catalog import (
     verify_catalog,
 )
 from lab.errors import CabError, IdentityError
+from lab.fileio import write_atomic
 from lab.models import DeviceKind, PhoneModel, canonical_version, check_kind
 
 CAB_NAME = "UCUpdates.cab"
@@ -261,15 +261,7 @@ def build(
 
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` so that ``path`` is either the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, data)
 
 
 def _version(text: str) -> str:

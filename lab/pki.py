@@ -20,9 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import ssl
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from lab.config import LabConfig
 from lab.errors import ConfigError, PKIError
+from lab.fileio import write_atomic
 
 FaultKind = Literal["no-ucupdates-name", "expired", "not-yet-valid", "untrusted-ca"]
 FAULTS: tuple[FaultKind, ...] = get_args(FaultKind)
@@ -643,20 +642,6 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` whole or not at all, with permissions ``mode``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        write_atomic(path, data, mode)
     except OSError as exc:
         raise PKIError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        # mkstemp makes the file 0600, so a key is never readable by others, not even briefly.
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise PKIError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise

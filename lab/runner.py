@@ -27,6 +27,7 @@ from lab.config import LabConfig
 from lab.dns import DNSServer
 from lab.errors import LabStateError, PKIError
 from lab.events import EventBus
+from lab.fileio import write_atomic
 from lab.firewall import FirewallPolicy
 from lab.lifecycle import Service
 from lab.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
@@ -38,10 +39,7 @@ LEASE_FILE = "lease.json"
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
     """Write JSON so that readers see the old file or the new one, never half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.chmod(mode)
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
 def read_run_file(state_dir: Path) -> dict[str, Any]:

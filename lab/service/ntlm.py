@@ -36,6 +36,7 @@ from spnego.exceptions import SpnegoError
 
 from lab.config import User
 from lab.errors import ServiceError
+from lab.fileio import write_atomic
 
 ENV_VAR = "NTLM_USER_FILE"
 SIGNATURE = b"NTLMSSP\x00"
@@ -193,11 +194,7 @@ class _CredentialFile:
             else f"{user}:0:{'0' * 32}:{nt_hash.upper()}:[U]:LCT-00000000"
             for (domain, user), nt_hash in sorted(self._merged().items())
         ]
-        tmp = path.with_name(".ntlm-users.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"), 0o600)
         os.environ[ENV_VAR] = str(path)
 
 
