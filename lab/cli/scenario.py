@@ -68,7 +68,7 @@ def _scale(text: str) -> float:
 def cmd_list(args: argparse.Namespace) -> int:
     """Print every scenario's name and symptom."""
     if args.json:
-        common.print_json([_summary(s) for s in SCENARIOS])
+        common.print_json([s.as_dict() for s in SCENARIOS])
         return 0
     table = Table(title="troubleshooting scenarios", title_justify="left")
     table.add_column("name", no_wrap=True)
@@ -106,18 +106,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             if given:
                 print(f"\nThe run's lab state, logs and phone files are in {workdir}")
     return 0 if observation.passed else 1
-
-
-def _summary(s: Scenario) -> dict[str, object]:
-    return {
-        "name": s.name,
-        "title": s.title,
-        "symptom": s.symptom,
-        "cause": s.cause,
-        "fix": s.fix,
-        "fault": s.fault.describe() if s.fault else None,
-        "expected": s.expected,
-    }
 
 
 @contextlib.contextmanager

@@ -370,6 +370,18 @@ class Scenario:
             if isinstance(step, NameTestDevice) and not 0 <= step.phone < len(self.phones):
                 raise ScenarioError(f"{self.name}: no phone {step.phone} to name a test device")
 
+    def as_dict(self) -> dict[str, Any]:
+        """What the scenario is, JSON-ready (``lab scenario list --json``)."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "symptom": self.symptom,
+            "cause": self.cause,
+            "fix": self.fix,
+            "fault": self.fault.describe() if self.fault else None,
+            "expected": self.expected,
+        }
+
 
 def find(scenarios: Sequence[Scenario], name: str) -> Scenario:
     """The scenario called ``name``; ScenarioError naming the known ones otherwise."""
@@ -453,13 +465,9 @@ class Observation:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
-        s = self.scenario
         return {
-            "name": s.name,
-            "title": s.title,
-            "symptom": s.symptom,
-            "cause": s.cause,
-            "fix": s.fix,
+            # What this run applied and expected, in place of the scenario's own.
+            **self.scenario.as_dict(),
             "fault": self.fault,
             "expected": self.expected,
             "observed": self.observed,
