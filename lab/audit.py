@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import csv
 import io
-import operator
 import os
 import time
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from lab.events import EventBus
 
 
-@dataclass(frozen=True)
-class AuditRecord:
-    """One request as the audit log records it (field order is the CSV column order)."""
+class AuditRecord(NamedTuple):
+    """One request as the audit log records it (field order is the CSV column order).
+
+    A named tuple: one is made for every request, and a tuple is built several times faster
+    than a frozen dataclass.
+    """
 
     time: str
     server: str
@@ -45,9 +47,7 @@ class AuditRecord:
     last_signed_in_user: str = ""
 
 
-COLUMNS = tuple(f.name for f in fields(AuditRecord))
-# A record's values in column order, in one call.
-_FIELDS = operator.attrgetter(*COLUMNS)
+COLUMNS = AuditRecord._fields
 _SEPARATORS = len(COLUMNS) - 1
 
 
@@ -94,10 +94,8 @@ class AuditLog:
             self._day = day
         assert self._fd is not None
         _write_all(self._fd, csv_line(record).encode())
-        if self.events is not None:
-            # A shallow copy: every field is a str or an int (asdict's deep copy cost more
-            # than writing the line).
-            self.events.publish("audit", **vars(record))
+        if self.events is not None and self.events.listened("audit"):
+            self.events.publish("audit", **record._asdict())
 
     def _open(self, day: datetime) -> None:
         self.close()
@@ -122,7 +120,7 @@ class AuditLog:
 
 def csv_line(record: AuditRecord) -> str:
     """``record`` as one CSV line, as ``csv.writer`` (minimal quoting) writes it."""
-    values = [str(value) for value in _FIELDS(record)]
+    values = [str(value) for value in record]
     line = ",".join(values)
     # Nearly every line needs no quoting: one scan of the joined line tells.
     if line.count(",") == _SEPARATORS and '"' not in line and "\n" not in line and "\r" not in line:
@@ -134,9 +132,11 @@ def csv_line(record: AuditRecord) -> str:
 
 def _write_all(fd: int, data: bytes) -> None:
     # A regular file takes the whole line in one call; a short write (a full disk) goes on.
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def read_audit(path: Path) -> list[dict[str, str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,14 +38,29 @@ class EventBus:
     """Fan-out of lab events to callbacks and async subscribers."""
 
     def __init__(self, queue_size: int = 1000) -> None:
-        self._callbacks: list[Callback] = []
+        self._callbacks: list[tuple[Callback, frozenset[str] | None]] = []
         self._queues: set[asyncio.Queue[Event]] = set()
         self._queue_size = queue_size
+        # Whether a kind reaches a callback, remembered until the callbacks change.
+        self._listened: dict[str, bool] = {}
+
+    def listened(self, kind: str) -> bool:
+        """Whether an event of ``kind`` would reach anyone (a publisher of frequent events
+        asks first, and spares building what nobody reads)."""
+        if self._queues:
+            return True
+        known = self._listened.get(kind)
+        if known is None:
+            known = any(kinds is None or kind in kinds for _, kinds in self._callbacks)
+            self._listened[kind] = known
+        return known
 
     def publish(self, kind: str, **data: Any) -> Event:
         """Deliver an event to every subscriber and return it."""
         event = Event(kind, data)
-        for callback in list(self._callbacks):
+        for callback, kinds in list(self._callbacks):
+            if kinds is not None and kind not in kinds:
+                continue
             try:
                 callback(event)
             except Exception:
@@ -57,10 +72,20 @@ class EventBus:
             queue.put_nowait(event)
         return event
 
-    def subscribe(self, callback: Callback) -> Callable[[], None]:
-        """Call ``callback`` for every event; returns a function that unsubscribes."""
-        self._callbacks.append(callback)
-        return lambda: self._callbacks.remove(callback)
+    def subscribe(
+        self, callback: Callback, kinds: Iterable[str] | None = None
+    ) -> Callable[[], None]:
+        """Call ``callback`` for every event (or those of ``kinds``); returns a function that
+        unsubscribes."""
+        entry = (callback, None if kinds is None else frozenset(kinds))
+        self._callbacks.append(entry)
+        self._listened.clear()
+
+        def unsubscribe() -> None:
+            self._callbacks.remove(entry)
+            self._listened.clear()
+
+        return unsubscribe
 
     def stream(self) -> EventStream:
         """A subscription that starts now: iterate it for events, close it when done."""

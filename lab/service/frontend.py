@@ -14,7 +14,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +40,8 @@ DEFAULT_CHECK_INTERVAL = 86400
 # aiohttp's per-connection options: no access log (the audit seam records requests), and
 # idle keep-alive connections closed after what IIS uses by default.
 HANDLER_OPTIONS: dict[str, Any] = {"access_log": None, "keepalive_timeout": 120.0}
+# What a site answers every request with (aiohttp's low-level server calls it).
+SiteHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 class Mode(StrEnum):
@@ -148,7 +150,7 @@ class FrontEndServer:
         context: ServiceContext,
         ssl_context: ssl.SSLContext,
         *,
-        make_app: Callable[[FrontEndServer, Role], web.Application],
+        make_handler: Callable[[FrontEndServer, Role], SiteHandler],
         admit_internal: Callable[[str], bool],
         shutdown_timeout: float = 5.0,
         logs: DeviceLogStore | None = None,
@@ -163,10 +165,10 @@ class FrontEndServer:
         self.transfers: set[Transfer] = set()
         self.internal: TLSSite | None = None
         self.external: TLSSite | None = None
-        self._make_app = make_app
+        self._make_handler = make_handler
         self._admit_internal = admit_internal
         self._shutdown_timeout = shutdown_timeout
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -179,20 +181,21 @@ class FrontEndServer:
         """Serve both sites on the given listening sockets."""
         try:
             self.internal = await self._site(
-                self._make_app(self, Role.INTERNAL), internal_sock, admit=self._admit_internal
+                self._make_handler(self, Role.INTERNAL), internal_sock, admit=self._admit_internal
             )
-            self.external = await self._site(self._make_app(self, Role.EXTERNAL), external_sock)
+            self.external = await self._site(self._make_handler(self, Role.EXTERNAL), external_sock)
         except BaseException:
             await self.stop()
             raise
 
     async def _site(
         self,
-        app: web.Application,
+        handler: SiteHandler,
         sock: socket.socket,
         admit: Callable[[str], bool] | None = None,
     ) -> TLSSite:
-        runner = web.AppRunner(app, shutdown_timeout=self._shutdown_timeout)
+        # aiohttp's low-level server: the handler routes itself (lab.service.handlers).
+        runner = web.ServerRunner(web.Server(handler), shutdown_timeout=self._shutdown_timeout)
         await runner.setup()
         self._runners.append(runner)
         site = TLSSite(

@@ -10,15 +10,20 @@ through ``ServiceContext.on_request`` as an audit record, and every answered upd
 through ``ServiceContext.on_check`` as a sighting for the phone inventory. Device log
 uploads follow the same site rules (anonymous inside, NTLM outside); lab.service.logs
 holds their own.
+
+The update check is the request a fleet makes most, so its path is kept short: one
+middleware (answering refusals and writing the audit record), a parse that a repeated
+body does not redo, a decision remembered per device kind and version, and an answer
+built once per decision.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from lab.audit import AuditRecord, now_iso
@@ -28,11 +33,10 @@ from lab.errors import IdentityError, StoreError
 from lab.firewall import Zone
 from lab.inventory import Sighting
 from lab.models import DeviceKind, check_kind
-from lab.service.frontend import FrontEndServer, Role
+from lab.service.frontend import FrontEndServer, Role, SiteHandler
 from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
 from lab.service.ntlm import Authenticated, Challenge, NtlmSession, Rejected, parse_authorization
-from lab.service.problems import Diagnostic, Problem, problem_middleware
-from lab.service.updates import device_kind
+from lab.service.problems import Diagnostic, Problem, as_problem, problem_response
 from lab.service.xmlio import (
     MAX_REQUEST_BYTES,
     DeviceUpdateRequest,
@@ -54,46 +58,40 @@ SERVER_HEADER = "X-MS-Server-Fqdn"
 # Distinct decisions (answers) and reported device kinds remembered per site.
 ANSWER_CACHE_SIZE = 1024
 
-PARSED: web.RequestKey[DeviceUpdateRequest] = web.RequestKey("parsed", DeviceUpdateRequest)
-DECISION: web.RequestKey[Decision] = web.RequestKey("decision", Decision)
-USER: web.RequestKey[User] = web.RequestKey("user", User)
-UPLOAD: web.RequestKey[LogUpload] = web.RequestKey("upload", LogUpload)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 
 
-def make_app(server: FrontEndServer, role: Role) -> web.Application:
-    """The aiohttp application of ``server``'s site for ``role``."""
-    endpoints = Endpoints(server, role)
-    # aiohttp's own body limit is above ours so that read_body can answer 413 itself.
-    app = web.Application(
-        middlewares=[problem_middleware, endpoints.audit_middleware],
-        client_max_size=MAX_REQUEST_BYTES * 2,
-    )
-    files = INTERNAL_FILES if role is Role.INTERNAL else EXTERNAL_FILES
-    checks = [CHECK_PATH] if role is Role.INTERNAL else [EXTERNAL_CHECK_PATH, CHECK_PATH]
-    for path in checks:
-        app.router.add_post(path, endpoints.check)
-    if server.logs is not None:
-        logs = [LOG_PATH] if role is Role.INTERNAL else [EXTERNAL_LOG_PATH, LOG_PATH]
-        for path in logs:
-            app.router.add_post(path, endpoints.device_log)
-    app.router.add_get(files + "/{path:.+}", endpoints.download)
-    app.router.add_post(SIGNIN_PATH, endpoints.signin)
-    if role is Role.EXTERNAL:
-        app.router.add_route("*", INTERNAL_FILES + "/{path:.*}", endpoints.internal_from_outside)
-    app.on_response_prepare.append(endpoints.name_server)
-    return app
+class Note:
+    """What serving one request learnt on the way, for its audit record."""
+
+    __slots__ = ("decision", "parsed", "rest", "upload", "user")
+
+    def __init__(self) -> None:
+        # The rest of the path after a route's prefix (a file path), "" for exact routes.
+        self.rest = ""
+        self.parsed: DeviceUpdateRequest | None = None
+        self.decision: Decision | None = None
+        self.user: User | None = None
+        self.upload: LogUpload | None = None
 
 
-async def read_body(request: web.Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
+def make_handler(server: FrontEndServer, role: Role) -> SiteHandler:
+    """What ``server``'s site for ``role`` answers (for an aiohttp ``web.Server``)."""
+    return Endpoints(server, role)
+
+
+async def read_body(request: web.BaseRequest, limit: int = MAX_REQUEST_BYTES) -> bytes:
     """The request body, at most ``limit`` bytes; 413 (and the connection closed) beyond."""
+    length = request.content_length
+    if length is not None and length <= limit:
+        # The framing bounds the body: aiohttp's reader stops at its end.
+        return await request.content.read()
     too_large = Problem(
         Diagnostic.BODY_TOO_LARGE,
         f"the request body is larger than {limit} bytes",
         close=True,
     )
-    if request.content_length is not None and request.content_length > limit:
+    if length is not None:
         raise too_large
     data = bytearray()
     while chunk := await request.content.read(limit + 1 - len(data)):
@@ -104,12 +102,25 @@ async def read_body(request: web.Request, limit: int = MAX_REQUEST_BYTES) -> byt
 
 
 class Endpoints:
-    """The handlers of one site of one front end."""
+    """The handlers of one site of one front end, and the routing to them.
+
+    The routes are few and fixed, so they are two tables rather than aiohttp's router
+    and application: exact paths, and path prefixes whose rest is a file path. Calling the
+    object serves a request: route it, run its handler, answer a refusal (or failure) as
+    a Problem, and report the request to the audit seam.
+    """
 
     def __init__(self, server: FrontEndServer, role: Role) -> None:
         self.server = server
         self.role = role
         self.context = server.context
+        self._name = server.name
+        self._site_name = role.value
+        self._fqdn = server.front_end.fqdn
+        self._exact: dict[str, dict[str, Handler]] = {}
+        # (prefix ending in "/", whether the rest may be empty, handlers by method)
+        self._prefixed: list[tuple[str, bool, dict[str, Handler]]] = []
+        self._route_all()
         # What every check answered here repeats, made once.
         self._check_headers = CIMultiDictProxy(
             CIMultiDict(
@@ -122,41 +133,99 @@ class Endpoints:
         self._answers: dict[int, _Answer] = {}
         self._kinds: dict[DeviceKind, DeviceKind | str] = {}
 
-    async def name_server(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Say which front end answered, as Lync's web services do."""
-        response.headers[SERVER_HEADER] = self.server.front_end.fqdn
+    def _route_all(self) -> None:
+        internal = self.role is Role.INTERNAL
+        for path in [CHECK_PATH] if internal else [EXTERNAL_CHECK_PATH, CHECK_PATH]:
+            self._exact[path] = {hdrs.METH_POST: self.check}
+        if self.server.logs is not None:
+            for path in [LOG_PATH] if internal else [EXTERNAL_LOG_PATH, LOG_PATH]:
+                self._exact[path] = {hdrs.METH_POST: self.device_log}
+        self._exact[SIGNIN_PATH] = {hdrs.METH_POST: self.signin}
+        files = INTERNAL_FILES if internal else EXTERNAL_FILES
+        downloads: dict[str, Handler] = {
+            hdrs.METH_GET: self.download,
+            hdrs.METH_HEAD: self.download,
+        }
+        self._prefixed.append((files + "/", False, downloads))
+        if not internal:
+            self._prefixed.append((INTERNAL_FILES + "/", True, {"*": self.internal_from_outside}))
+
+    def _route(self, request: web.BaseRequest) -> tuple[Handler, str]:
+        """The handler of ``request`` and the rest of its path after a prefix ("" if none)."""
+        path = request.path
+        handlers = self._exact.get(path)
+        rest = ""
+        if handlers is None:
+            for prefix, may_be_empty, by_method in self._prefixed:
+                if path.startswith(prefix) and (may_be_empty or len(path) > len(prefix)):
+                    handlers, rest = by_method, path[len(prefix) :]
+                    break
+            else:
+                raise Problem(Diagnostic.NO_SUCH_PATH, f"no resource at {path}")
+        handler = handlers.get(request.method) or handlers.get("*")
+        if handler is None:
+            allowed = ",".join(sorted(handlers))
+            raise Problem(
+                Diagnostic.METHOD_NOT_ALLOWED,
+                f"{request.method} is not allowed on {path}; use {allowed}",
+                headers={hdrs.ALLOW: allowed},
+            )
+        return handler, rest
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve ``request``: route, handle, answer refusals, and report it for the audit."""
+        note = Note()
+        try:
+            handler, rest = self._route(request)
+            if request.headers.get(hdrs.EXPECT):
+                await _expect(request)
+            note.rest = rest
+            response = await handler(request, note)
+        except Exception as exc:
+            problem = as_problem(request, exc)
+            if problem is None:
+                if isinstance(exc, web.HTTPException):
+                    self._report(request, note, exc.status, exc.reason)
+                raise
+            self._report(request, note, problem.diagnostic.status, problem.reason)
+            response = problem_response(problem)
+        else:
+            self._report(request, note, response.status, "")
+        if not response.prepared:
+            response.headers[SERVER_HEADER] = self._fqdn
+        return response
 
     # -- endpoints ---------------------------------------------------------------------
 
-    async def check(self, request: web.Request) -> web.StreamResponse:
+    async def check(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:
         """POST ucdevice.upx: what the phone should install, if anything."""
         self.server.ensure_in_service()
-        if self.role is Role.EXTERNAL and self._authenticate(request) is None:
-            await self._refuse_anonymous_check(request)
+        if self.role is Role.EXTERNAL and self._authenticate(request, note) is None:
+            await self._refuse_anonymous_check(request, note)
         parsed = self._parse(await read_body(request))
-        request[PARSED] = parsed
+        note.parsed = parsed
         kind = self._kind(parsed)
         try:
-            decision = self.context.decider.decide(self.server.name, parsed)
+            decision = self.context.decider.decide(self._name, parsed)
         except StoreError as exc:
             raise Problem(
                 Diagnostic.STORE_UNAVAILABLE,
                 f"the update store cannot be read now: {exc}",
                 headers={"Retry-After": str(self.context.retry_after)},
             ) from None
-        request[DECISION] = decision
-        self._seen(request, parsed, kind)
+        note.decision = decision
+        self._seen(request, note, parsed, kind)
         return web.Response(body=self._answer(decision).body, headers=self._check_headers)
 
-    async def device_log(self, request: web.Request) -> web.StreamResponse:
+    async def device_log(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:
         """POST ucdevicelog.upx: store a phone's log within the configured limits."""
         self.server.ensure_in_service()
         if self.role is Role.EXTERNAL:
-            self._require_user(request)
+            self._require_user(request, note)
         logs = self.server.logs
         assert logs is not None  # the route exists only with a log store
         upload = parse_log_upload(request.query)
-        request[UPLOAD] = upload
+        note.upload = upload
         try:
             config = self.context.device_config()
         except StoreError as exc:
@@ -168,20 +237,20 @@ class Endpoints:
         stored = await logs.receive(upload, request.content, request.content_length, config)
         return web.Response(text=f"stored {stored.path.name} ({stored.size} bytes)\n")
 
-    async def download(self, request: web.Request) -> web.StreamResponse:
+    async def download(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:
         """GET an image file: Range, ETag and If-Range honoured."""
         self.server.ensure_in_service()
         if self.role is Role.EXTERNAL:
-            self._require_user(request)
-        relative = request.match_info["path"]
+            self._require_user(request, note)
+        relative = note.rest
         path = self.server.files.resolve(relative)
         with self.server.transfer(request.remote or "", relative, path.stat().st_size) as transfer:
             return await self.server.files.send(request, path, progress=transfer.add)
 
-    async def signin(self, request: web.Request) -> web.StreamResponse:
+    async def signin(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:
         """POST /Provisioning/signin: in-band provisioning for the signed-in user."""
         self.server.ensure_in_service()
-        user = self._require_user(request)
+        user = self._require_user(request, note)
         document = provisioning_document(
             internal_url=self.context.internal_url(CHECK_PATH),
             external_url=self.context.external_url(EXTERNAL_CHECK_PATH),
@@ -190,7 +259,9 @@ class Endpoints:
         )
         return web.Response(body=document, content_type=XML_TYPE, charset="utf-8")
 
-    async def internal_from_outside(self, request: web.Request) -> web.StreamResponse:
+    async def internal_from_outside(
+        self, request: web.BaseRequest, note: Note
+    ) -> web.StreamResponse:
         """An internal download path asked for through the edge."""
         raise Problem(
             Diagnostic.INTERNAL_PATH_FROM_OUTSIDE,
@@ -199,7 +270,7 @@ class Endpoints:
 
     # -- authentication ------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request) -> User | None:
+    def _authenticate(self, request: web.BaseRequest, note: Note) -> User | None:
         """The user of this connection, stepping NTLM when the request carries a token."""
         conn = self.server.site(self.role).connection(request)
         session = conn.state.get("ntlm")
@@ -208,8 +279,7 @@ class Endpoints:
             conn.state["ntlm"] = session
         header = request.headers.get("Authorization")
         user = session.user if header is None else self._step(session, header)
-        if user is not None:
-            request[USER] = user
+        note.user = user
         return user
 
     def _step(self, session: NtlmSession, header: str) -> User:
@@ -233,20 +303,20 @@ class Endpoints:
             raise Problem(Diagnostic.ACCOUNT_LOCKED, outcome.reason)
         raise Problem(Diagnostic.NTLM_FAILED, outcome.reason, headers={"WWW-Authenticate": "NTLM"})
 
-    def _require_user(self, request: web.Request) -> User:
-        user = self._authenticate(request)
+    def _require_user(self, request: web.BaseRequest, note: Note) -> User:
+        user = self._authenticate(request, note)
         if user is None:
             raise _challenge("sign in with NTLM to use this")
         return user
 
-    async def _refuse_anonymous_check(self, request: web.Request) -> None:
+    async def _refuse_anonymous_check(self, request: web.BaseRequest, note: Note) -> None:
         body = await read_body(request)
         try:
             parsed = parse_update_request(body)
         except XMLRequestError:
             parsed = None
         if parsed is not None:
-            request[PARSED] = parsed
+            note.parsed = parsed
             if parsed.last_signed_in_user is None:
                 raise Problem(
                     Diagnostic.NO_SIGNED_IN_USER,
@@ -254,11 +324,13 @@ class Endpoints:
                 )
         raise _challenge("update checks from outside need NTLM credentials")
 
-    def _seen(self, request: web.Request, parsed: DeviceUpdateRequest, kind: DeviceKind) -> None:
+    def _seen(
+        self, request: web.BaseRequest, note: Note, parsed: DeviceUpdateRequest, kind: DeviceKind
+    ) -> None:
         observer = self.context.on_check
         if observer is None:
             return
-        user = request.get(USER)
+        user = note.user
         observer(
             Sighting(
                 mac=parsed.mac,
@@ -268,7 +340,7 @@ class Endpoints:
                 address=request.remote or "",
                 # The internal site admits inside peers only; the external one is the edge's.
                 zone=self._zone,
-                server=self.server.name,
+                server=self._name,
                 seen=self.context.now(),
                 user=parsed.last_signed_in_user or (user.upn if user else None),
             )
@@ -276,7 +348,7 @@ class Endpoints:
 
     def _kind(self, parsed: DeviceUpdateRequest) -> DeviceKind:
         """The checked device kind of ``parsed``; 404 UNKNOWN_MODEL when it names none."""
-        reported = device_kind(parsed)
+        reported = parsed.kind
         kind = self._kinds.get(reported)
         if kind is None:
             try:
@@ -327,39 +399,26 @@ class Endpoints:
 
     # -- audit ---------------------------------------------------------------------------
 
-    @web.middleware
-    async def audit_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Report every request, answered or refused, to the audit seam."""
-        try:
-            response = await handler(request)
-        except Problem as problem:
-            self._report(request, problem.diagnostic.status, problem.reason)
-            raise
-        except web.HTTPException as exc:
-            self._report(request, exc.status, exc.reason)
-            raise
-        self._report(request, response.status, "")
-        return response
-
-    def _report(self, request: web.Request, status: int, reason: str) -> None:
+    def _report(self, request: web.BaseRequest, note: Note, status: int, reason: str) -> None:
         observer = self.context.on_request
         if observer is None:
             return
-        parsed = request.get(PARSED)
-        decision = request.get(DECISION)
-        user = request.get(USER)
+        parsed = note.parsed
+        decision = note.decision
+        user = note.user
         if decision is not None:
             reason = reason or decision.reason
             returned = self._answer(decision).modules
         else:
             returned = ""
-        # Built once, with every field: this runs for every request.
+        upload = note.upload
+        # Built in one call, positionally, with every field: this runs for every request.
         if parsed is not None:
             record = AuditRecord(
                 now_iso(),
-                self.server.name,
+                self._name,
                 request.remote or "",
-                self.role.value,
+                self._site_name,
                 request.path,
                 status,
                 parsed.device_type,
@@ -369,31 +428,35 @@ class Endpoints:
                 parsed.model,
                 parsed.revision,
                 parsed.locale,
-                " ".join(f"{m.name}:{m.version}" for m in parsed.modules),
+                parsed.installed_modules,
                 returned,
                 _decision(decision),
                 reason,
                 parsed.last_signed_in_user or (user.upn if user else ""),
             )
+        elif upload is not None:
+            record = AuditRecord(
+                time=now_iso(),
+                server=self._name,
+                client_address=request.remote or "",
+                site=self._site_name,
+                path=request.path,
+                status=status,
+                mac=upload.mac,
+                reason=reason or upload.summary,
+                last_signed_in_user=user.upn if user else "",
+            )
         else:
             record = AuditRecord(
                 time=now_iso(),
-                server=self.server.name,
+                server=self._name,
                 client_address=request.remote or "",
-                site=self.role.value,
+                site=self._site_name,
                 path=request.path,
                 status=status,
                 reason=reason,
                 decision=_decision(decision),
                 modules_returned=returned,
-            )
-        upload = request.get(UPLOAD)
-        if upload is not None:
-            record = replace(
-                record,
-                mac=upload.mac,
-                reason=reason or upload.summary,
-                last_signed_in_user=user.upn if user else "",
             )
         observer(record)
 
@@ -406,6 +469,21 @@ class _Answer:
     port: int
     body: bytes
     modules: str
+
+
+async def _expect(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` as aiohttp's router would; refuse any other."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise Problem(
+            Diagnostic.MALFORMED_REQUEST,
+            f"the Expect header {expect!r} is not understood; only 100-continue is",
+        )
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # What was written is no part of the answer's size.
+    request.writer.output_size = 0
 
 
 def _challenge(reason: str) -> Problem:

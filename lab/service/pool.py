@@ -52,7 +52,7 @@ from lab.service.frontend import (
     ServerStatus,
     ServiceContext,
 )
-from lab.service.handlers import make_app
+from lab.service.handlers import make_handler
 from lab.service.logs import DeviceLogStore, log_store_path
 from lab.service.ntlm import Directory, LockoutPolicy
 from lab.service.sites import bind_same_port
@@ -160,7 +160,7 @@ class ServicePool(Service):
                     ImageFiles(file_store_path(self.state_dir, fe.name)),
                     self.context,
                     tls,
-                    make_app=make_app,
+                    make_handler=make_handler,
                     admit_internal=self.firewall.is_inside,
                     shutdown_timeout=self._shutdown_timeout,
                     logs=DeviceLogStore(
@@ -184,7 +184,9 @@ class ServicePool(Service):
             for sock in (*internal, *external, edge_sock):
                 sock.close()
             raise
-        self._unsubscribe = self.firewall.events.subscribe(self._on_event)
+        self._unsubscribe = self.firewall.events.subscribe(
+            self._on_event, kinds=("firewall.changed",)
+        )
         self._running = True
         self.events.publish("service.started", endpoints=self.endpoints())
 

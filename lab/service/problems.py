@@ -1,7 +1,8 @@
 """Every error answer of the service: status, X-Ms-Diagnostics code and a plain-text reason.
 
-A handler raises ``Problem``; ``problem_middleware`` turns it (and aiohttp's own HTTP
-errors, and anything unexpected) into the one shape docs/wire-protocol.md promises:
+A handler raises ``Problem``; ``as_problem`` turns anything else a handler raises
+(aiohttp's own HTTP errors, and anything unexpected) into one, and ``problem_response``
+answers it in the one shape docs/wire-protocol.md promises:
 ``X-Ms-Diagnostics: <code>;reason="<text>"`` and the reason as a ``text/plain`` body.
 The codes are the status followed by two digits, one per distinct reason, in this table.
 """
@@ -9,7 +10,7 @@ The codes are the status followed by two digits, one per distinct reason, in thi
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from enum import Enum
 
 from aiohttp import web
@@ -56,7 +57,7 @@ class Diagnostic(Enum):
 
 
 class Problem(ServiceError):
-    """A request the service refuses; rendered by problem_middleware."""
+    """A request the service refuses; answered by problem_response."""
 
     def __init__(
         self,
@@ -121,8 +122,6 @@ class DiagnosedRequestHandler(RequestHandler):
         return response
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 _BY_STATUS = {
     404: Diagnostic.NO_SUCH_PATH,
     405: Diagnostic.METHOD_NOT_ALLOWED,
@@ -130,27 +129,22 @@ _BY_STATUS = {
 }
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render Problems, aiohttp's HTTP errors and unexpected failures as diagnosed answers."""
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return problem_response(problem)
-    except web.HTTPException as exc:
+def as_problem(request: web.BaseRequest, exc: Exception) -> Problem | None:
+    """The Problem that answers ``exc`` raised while serving ``request``; None when ``exc``
+    must go on (a redirect, or a peer that is gone and has no one to answer)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         diagnostic = _BY_STATUS.get(exc.status, Diagnostic.MALFORMED_REQUEST)
         if exc.status >= 500:
             diagnostic = Diagnostic.INTERNAL_ERROR
         reason = exc.reason if exc.status != 404 else f"no resource at {request.path}"
         kept = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
-        return problem_response(Problem(diagnostic, reason, headers=kept))
-    except (ConnectionError, TimeoutError):
+        return Problem(diagnostic, reason, headers=kept)
+    if isinstance(exc, ConnectionError | TimeoutError):
         # The peer went away (or was cut on purpose); there is no one to answer.
-        raise
-    except Exception:
-        log.exception("unexpected failure serving %s %s", request.method, request.path)
-        return problem_response(
-            Problem(Diagnostic.INTERNAL_ERROR, "the server failed unexpectedly", close=True)
-        )
+        return None
+    log.exception("unexpected failure serving %s %s", request.method, request.path)
+    return Problem(Diagnostic.INTERNAL_ERROR, "the server failed unexpectedly", close=True)

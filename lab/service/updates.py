@@ -20,7 +20,6 @@ every check when the index cannot be opened.
 from __future__ import annotations
 
 import os
-import re
 import time
 import weakref
 from collections.abc import Callable
@@ -37,18 +36,8 @@ from lab.store import Snapshot, Store
 DECISION_CACHE_SIZE = 4096
 # The longest a snapshot is used without asking the store, whatever the WAL index says.
 RECHECK_SECONDS = 0.5
-# Identities as normalise_mac and normalise_serial write them (they would return them as is).
-_CANONICAL_MAC = re.compile(r"[0-9A-F]{2}(?:-[0-9A-F]{2}){5}")
-_CANONICAL_SERIAL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
 # The WAL-index header: two copies of 48 bytes at the start of the -shm file.
 WAL_INDEX_HEADER = 96
-
-
-def device_kind(request: DeviceUpdateRequest) -> DeviceKind:
-    """The device kind a request reports."""
-    return DeviceKind(
-        request.device_type, request.vendor, request.model, request.revision, request.locale
-    )
 
 
 class Decider(Protocol):
@@ -80,8 +69,8 @@ class StoreDecider:
         snapshot = self._current()
         if snapshot is not self._snapshot or len(self._decisions) >= DECISION_CACHE_SIZE:
             self._snapshot, self._decisions = snapshot, {}
-        test_device = _is_test_device(snapshot, request.mac, request.serial)
-        kind = device_kind(request)
+        test_device = _is_test_device(snapshot, request)
+        kind = request.kind
         installed = request.installed_version
         key = (server, kind, installed, test_device)
         decision = self._decisions.get(key)
@@ -115,8 +104,8 @@ def _open_index(path: Path) -> int | None:
         return None
 
 
-def _is_test_device(snapshot: Snapshot, mac: str, serial: str) -> bool:
+def _is_test_device(snapshot: Snapshot, request: DeviceUpdateRequest) -> bool:
     """Snapshot.is_test_device, without normalising again what the parser normalised."""
-    if _CANONICAL_MAC.fullmatch(mac) and _CANONICAL_SERIAL.fullmatch(serial):
-        return mac in snapshot.test_macs or serial in snapshot.test_serials
-    return snapshot.is_test_device(mac, serial)
+    if request.identity_normalised:
+        return request.mac in snapshot.test_macs or request.serial in snapshot.test_serials
+    return snapshot.is_test_device(request.mac, request.serial)

@@ -6,6 +6,13 @@ after a size check, so an entity-expansion bomb or a huge body is refused before
 parsing cost. What the phone sends is parsed into a frozen DeviceUpdateRequest; what the
 service answers is built with ElementTree so every value is escaped, once per distinct
 answer. The shapes follow docs/wire-protocol.md.
+
+A phone sends the very same bytes at every check until something on it changes (its
+version, its signed-in user), so ``parse_update_request`` remembers the requests it parsed
+from small bodies (bounded, see PARSE_MEMO_SIZE): a fleet's daily checks, and a phone's
+repeated ones, are parsed once. What the check path derives from a request (its device
+kind, installed version and the audit log's text of its modules) is computed once per
+parsed request too.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NoReturn
 
 from defusedxml import (
@@ -27,9 +35,14 @@ from defusedxml import (
 )
 
 from lab.errors import IdentityError, ServiceError
-from lab.models import normalise_mac, normalise_serial, parse_version
+from lab.models import DeviceKind, normalise_mac, normalise_serial, parse_version
 
 MAX_REQUEST_BYTES = 64 * 1024
+# Parsed requests remembered, by body: about one per phone of a large fleet. Only bodies up
+# to PARSE_MEMO_BODY bytes are kept (a real check is about 600), so the memory stays
+# bounded (a few MiB) whatever the bodies sent.
+PARSE_MEMO_SIZE = 16384
+PARSE_MEMO_BODY = 2048
 # How many distinct answers are kept built (one per device kind and version served).
 RESPONSE_CACHE_SIZE = 1024
 # Fields of the request that every phone must send, in document order.
@@ -46,6 +59,7 @@ REQUIRED_FIELDS = (
 IMAGE_MODULE = "CPE.nbt"
 # A MAC address already written as the lab writes it (normalise_mac would return it as is).
 _CANONICAL_MAC = re.compile(r"[0-9A-F]{2}(?:-[0-9A-F]{2}){5}")
+_CANONICAL_SERIAL = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
 
 
 class XMLRequestError(ServiceError, ValueError):
@@ -80,13 +94,29 @@ class DeviceUpdateRequest:
     modules: tuple[Module, ...]
     last_signed_in_user: str | None = None
 
-    @property
+    @cached_property
     def installed_version(self) -> str:
         """The version of the image module (the first module when no image is listed)."""
         for module in self.modules:
             if module.name.lower() == IMAGE_MODULE.lower():
                 return module.version
         return self.modules[0].version
+
+    @cached_property
+    def kind(self) -> DeviceKind:
+        """The device kind the request reports (not checked against the known models)."""
+        return DeviceKind(self.device_type, self.vendor, self.model, self.revision, self.locale)
+
+    @cached_property
+    def identity_normalised(self) -> bool:
+        """Whether the MAC and serial are written as normalise_mac and normalise_serial would
+        write them (always so for a parsed request)."""
+        return bool(_CANONICAL_MAC.fullmatch(self.mac) and _CANONICAL_SERIAL.fullmatch(self.serial))
+
+    @cached_property
+    def installed_modules(self) -> str:
+        """The modules as the audit log writes them: ``name:version`` separated by spaces."""
+        return " ".join(f"{m.name}:{m.version}" for m in self.modules)
 
 
 @dataclass(frozen=True)
@@ -102,7 +132,22 @@ class Download:
 
 
 def parse_update_request(body: bytes) -> DeviceUpdateRequest:
-    """Parse and validate a DeviceUpdateRequest body; XMLRequestError says what is wrong."""
+    """Parse and validate a DeviceUpdateRequest body; XMLRequestError says what is wrong.
+
+    The request is frozen, so the one parsed from the same small body before is returned
+    (refusals are not remembered: a bad body is parsed, and refused, every time).
+    """
+    if len(body) <= PARSE_MEMO_BODY:
+        return _parse_remembered(body)
+    return _parse_update_request(body)
+
+
+@functools.lru_cache(maxsize=PARSE_MEMO_SIZE)
+def _parse_remembered(body: bytes) -> DeviceUpdateRequest:
+    return _parse_update_request(body)
+
+
+def _parse_update_request(body: bytes) -> DeviceUpdateRequest:
     if len(body) > MAX_REQUEST_BYTES:
         raise XMLRequestError(
             "too-large", f"the request body is {len(body)} bytes, over {MAX_REQUEST_BYTES}"

@@ -179,6 +179,10 @@ async def test_wrong_methods_and_unknown_paths(phones: Phones) -> None:
     wrong_method = await conn.request("GET", CHECK)
     assert wrong_method.status == 405
     assert (wrong_method.header("x-ms-diagnostics") or "").startswith("40501;")
+    assert wrong_method.header("allow") == "POST"
+    unknown_expect = await conn.request("POST", CHECK, {"Expect": "a-miracle"}, b"<x/>")
+    assert unknown_expect.status == 400
+    assert "a-miracle" in (unknown_expect.header("x-ms-diagnostics") or "")
     unknown = await conn.request("GET", "/nothing/here")
     assert unknown.status == 404
     assert (unknown.header("x-ms-diagnostics") or "").startswith("40403;")

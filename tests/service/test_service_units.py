@@ -28,6 +28,7 @@ from lab.service.ntlm import (
 )
 from lab.service.problems import Problem, diagnostics_value
 from lab.service.xmlio import (
+    PARSE_MEMO_BODY,
     Download,
     XMLRequestError,
     parse_update_request,
@@ -71,6 +72,27 @@ def test_a_phone_request_is_parsed_and_normalised() -> None:
     assert request.installed_version == "4.0.7577.4366"
     assert request.last_signed_in_user == "alice@contoso.test"
     assert parse_update_request(check_body()).last_signed_in_user is None
+
+
+def test_a_repeated_body_is_parsed_once_and_a_refused_one_every_time() -> None:
+    body = check_body(mac="00-04-F2-00-0A-01", serial="CX6A0A01")
+    first = parse_update_request(body)
+    # A new bytes object with the same content, as the next check of that phone brings.
+    assert parse_update_request(bytes(bytearray(body))) is first
+    assert first.kind.model == "CX600"
+    assert first.installed_modules == "CPE.nbt:4.0.7577.4366"
+    other = parse_update_request(check_body(mac="00-04-F2-00-0A-02", serial="CX6A0A02"))
+    assert other is not first
+    assert other.mac == "00-04-F2-00-0A-02"
+    bad = body.replace(b"<Model>", b"<Mode>")
+    for _ in range(2):
+        with pytest.raises(XMLRequestError, match="not well-formed"):
+            parse_update_request(bad)
+    # Large bodies are parsed each time: the memory holds small ones only.
+    end = b"</DeviceUpdateRequest>"
+    padded = body.replace(end, b" " * PARSE_MEMO_BODY + end)
+    assert parse_update_request(padded) == parse_update_request(padded)
+    assert parse_update_request(padded) is not parse_update_request(padded)
 
 
 def test_bodies_over_the_limit_are_refused_before_parsing() -> None:
@@ -278,3 +300,34 @@ def test_resolve_stays_inside_the_store(tmp_path: Path) -> None:
         with pytest.raises(Problem) as caught:
             store.resolve(bad)
         assert caught.value.diagnostic.status == status, bad
+
+
+async def test_a_kept_path_swapped_for_a_symlink_is_refused(tmp_path: Path) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    root = tmp_path / "store"
+    (root / "UCPhone").mkdir(parents=True)
+    (root / "UCPhone" / "CPE.nbt").write_bytes(b"image")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "CPE.nbt").write_bytes(b"secret")
+    store = ImageFiles(root)
+    kept = store.resolve("UCPhone/CPE.nbt")
+    assert store.resolve("UCPhone/CPE.nbt") == kept
+    # The file itself becomes a symlink out of the store: refused at once.
+    (root / "UCPhone" / "CPE.nbt").unlink()
+    (root / "UCPhone" / "CPE.nbt").symlink_to(outside / "CPE.nbt")
+    with pytest.raises(Problem) as caught:
+        store.resolve("UCPhone/CPE.nbt")
+    assert caught.value.diagnostic.status == 404
+    # A directory on the kept path becomes a symlink out of the store: the kept path
+    # still names a regular file, but the file opened lies outside, so it is not sent.
+    (root / "UCPhone" / "CPE.nbt").unlink()
+    (root / "UCPhone" / "CPE.nbt").write_bytes(b"image")
+    kept = store.resolve("UCPhone/CPE.nbt")
+    (root / "UCPhone").rename(tmp_path / "moved")
+    (root / "UCPhone").symlink_to(outside)
+    assert store.resolve("UCPhone/CPE.nbt") == kept
+    with pytest.raises(Problem) as caught:
+        await store.send(make_mocked_request("GET", "/x"), kept)
+    assert caught.value.diagnostic.status == 404
