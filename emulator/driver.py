@@ -26,15 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import itertools
 import math
 import posixpath
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from emulator.clock import Clock, to_datetime
@@ -97,6 +96,7 @@ from emulator.net.https import (
 from emulator.net.resolver import DEFAULT_TIMEOUT, DEFAULT_TRIES, DNSResolver, Resolver
 from emulator.net.tls import CertificateChecker, PhoneTLSContext, phone_context
 from emulator.phonelog import MAX_LOG_FILE_SIZE, LogLevel, celog_file_name, render_celog
+from emulator.routes import is_address
 from emulator.states import BUSY, QUIET, UP, PhoneState
 
 S = PhoneState
@@ -473,7 +473,7 @@ class PhoneDriver:
         """
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 443
-        if _is_address(host):
+        if is_address(host):
             addresses = [host]
         else:
             addresses = list(dict.fromkeys(await self._dns().resolve(host, "A")))
@@ -682,11 +682,11 @@ class PhoneDriver:
     def _carry_out(self, action: Action) -> None:
         match action:
             case Resolve(host=host):
-                self._start(self._resolve(host))
+                self._start(lambda: self._resolve(host))
             case SendRequest():
-                self._start(self._send(action))
+                self._start(lambda: self._send(action))
             case StartDownload():
-                self._start(self._download(action))
+                self._start(lambda: self._download(action))
             case VerifyCatalog():
                 self._answer(self._verify_catalog(action))
             case VerifyImage():
@@ -706,16 +706,18 @@ class PhoneDriver:
             case _:
                 raise DriverError(f"{self.name}: no way to carry out {action!r}")
 
-    def _start(self, work: Awaitable[Event]) -> None:
+    def _start(self, work: Callable[[], Coroutine[Any, Any, Event]]) -> None:
+        # The coroutine is made once the task runs: a task cancelled before its first step
+        # (the phone stopped) then leaves no coroutine behind that was never awaited.
         self._op += 1
         task = self._loop.create_task(self._run(self._op, work))
         self._task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, op: int, work: Awaitable[Event]) -> None:
+    async def _run(self, op: int, work: Callable[[], Coroutine[Any, Any, Event]]) -> None:
         try:
-            event = await work
+            event = await work()
         except Exception as exc:
             if op == self._op:
                 self._fail(DriverError(f"{self.name}: I/O failed unexpectedly: {exc!r}"), exc)
@@ -858,7 +860,7 @@ class PhoneDriver:
         if action.size < self.hash_in_thread_from:
             self._answer(_image_event(self._now(), _check_image(path, entry)))
         else:
-            self._start(self._verify_image_in_thread(path, entry))
+            self._start(lambda: self._verify_image_in_thread(path, entry))
 
     async def _verify_image_in_thread(self, path: Path, entry: CatalogEntry) -> Event:
         problem = await asyncio.to_thread(_check_image, path, entry)
@@ -888,14 +890,6 @@ def log_upload_url(check_url: str, file_name: str, mac: str) -> str:
     path = posixpath.join(posixpath.dirname(parts.path) or "/", LOG_HANDLER)
     query = urlencode({"type": LOG_TYPE, "file": file_name, "mac": mac})
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _striker(fault: Fault, target: PhoneDriver) -> Callable[[], None]:

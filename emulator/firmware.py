@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -120,8 +121,12 @@ def parse_catalog(data: bytes) -> Catalog:
     return Catalog(vendor, model, revision, locale, version, tuple(files), signed, signature)
 
 
+@functools.lru_cache(maxsize=32)
 def load_vendor_key(cert_pem: bytes) -> ec.EllipticCurvePublicKey:
-    """The ECDSA P-256 public key of a vendor certificate; VendorCertificateError otherwise."""
+    """The ECDSA P-256 public key of a vendor certificate; VendorCertificateError otherwise.
+
+    Kept for the few certificates a fleet trusts: every phone checks every catalog.
+    """
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:

@@ -13,6 +13,7 @@ step; the phone core (emulator/core.py) turns steps into actions.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -37,24 +38,35 @@ class Route:
     url: str
     kind: RouteKind
 
-    @property
+    # Taken apart once: every exchange of every phone asks a route for them.
+    @functools.cached_property
     def host(self) -> str:
         """The URL's host name (or address literal), lower-case."""
         return (urlsplit(self.url).hostname or "").lower()
 
-    @property
+    @functools.cached_property
     def port(self) -> int:
         """The URL's port (443 when it names none)."""
         return urlsplit(self.url).port or 443
 
-    @property
+    @functools.cached_property
     def is_address(self) -> bool:
         """Whether the host is an IP address literal, which needs no DNS lookup."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
+        return is_address(self.host)
+
+
+_ADDRESS_CHARACTERS = frozenset("0123456789abcdefABCDEF.:%")
+
+
+def is_address(host: str) -> bool:
+    """Whether ``host`` is an IP address literal (v4, or v6 without brackets)."""
+    if not _ADDRESS_CHARACTERS.issuperset(host[: host.find("%")] if "%" in host else host):
+        return False  # a host name, told apart without the cost of a refused parse
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class Phase(enum.Enum):

@@ -9,24 +9,35 @@ Rules of this module:
 - TC=1 over UDP means "ask again over TCP": the same query, length-prefixed, once.
 - Failures are ResolutionError in plain words for the phone log, naming the name, the
   server and what it said (NXDOMAIN, SERVFAIL, REFUSED, NODATA, or no answer at all).
-  dnslib does the wire format; its errors never leave this module.
+- The query, the match of an answer to it and A records are read and written here
+  (a phone looks names up at every exchange, and a general DNS library costs several
+  times more); dnslib turns other record types into text. Its errors never leave this
+  module, and neither do those of the wire format.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import random
+import socket
+import struct
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol
 
 import dnslib
 
 from emulator.errors import ResolutionError
 from emulator.lease import Lease
+from emulator.routes import is_address
 
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_TRIES = 3
 _MAX_MESSAGE = 65535
+_HEADER = struct.Struct("!HHHHHH")
+_RECORD = struct.Struct("!HHIH")
+_QR, _TC, _RD = 0x8000, 0x0200, 0x0100
+_TYPE_A, _CLASS_IN = 1, 1
+_MAX_POINTERS = 64
 
 
 class Resolver(Protocol):
@@ -75,31 +86,32 @@ class DNSResolver:
     async def resolve(self, name: str, qtype: str = "A") -> list[str]:
         """Look ``name`` up; an address literal is its own answer (as for getaddrinfo)."""
         name = name.strip().rstrip(".").lower()
-        if _is_address(name):
+        if is_address(name):
             return [name]
         query = self._query(name, qtype)
-        packet = query.pack()
-        reply = await self._udp(name, query, packet)
-        if reply.header.tc:
-            reply = await self._tcp(name, query, packet)
+        reply = await self._udp(name, query)
+        if reply.truncated:
+            reply = await self._tcp(name, query)
         return self._records(name, qtype, reply)
 
     # -- one exchange ------------------------------------------------------------------------
 
-    def _query(self, name: str, qtype: str) -> dnslib.DNSRecord:
+    def _query(self, name: str, qtype: str) -> _Query:
         try:
-            return dnslib.DNSRecord.question(name, qtype.upper())
-        except (dnslib.DNSError, ValueError, UnicodeError) as exc:
+            return _Query.make(name, qtype)
+        except ValueError as exc:
             raise self._error(
                 name, f"cannot ask for {qtype} records of {name!r}: {exc}", "invalid"
             ) from None
 
-    async def _udp(self, name: str, query: dnslib.DNSRecord, packet: bytes) -> dnslib.DNSRecord:
+    async def _udp(self, name: str, query: _Query) -> _Reply:
         loop = asyncio.get_running_loop()
-        protocol = _UDPExchange(loop, lambda data: _matches(query, data))
+        protocol = _UDPExchange(loop, query.answer)
         try:
+            # The socket is made here, bound and connected to numeric addresses: asking
+            # the loop to do it costs it a lookup of each address in a worker thread.
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: protocol, local_addr=(self.source, 0), remote_addr=self.server
+                lambda: protocol, sock=self._socket()
             )
         except OSError as exc:
             raise self._error(
@@ -108,10 +120,10 @@ class DNSResolver:
         detail = ""
         try:
             for _ in range(self.tries):
-                transport.sendto(packet)
+                transport.sendto(query.packet)
                 try:
                     async with asyncio.timeout(self.timeout):
-                        return _parse(await protocol.next_answer())
+                        return await protocol.next_answer()
                 except TimeoutError:
                     continue
                 except OSError as exc:
@@ -126,7 +138,21 @@ class DNSResolver:
             f"tries of {self.timeout:g} s{detail}",
         )
 
-    async def _tcp(self, name: str, query: dnslib.DNSRecord, packet: bytes) -> dnslib.DNSRecord:
+    def _socket(self) -> socket.socket:
+        """A non-blocking UDP socket from the phone's address (any port) to the server."""
+        family = socket.AF_INET6 if ":" in self.source else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.source, 0))
+            sock.connect(self.server)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _tcp(self, name: str, query: _Query) -> _Reply:
+        packet = query.packet
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -144,8 +170,9 @@ class DNSResolver:
         except OSError as exc:
             problem = exc.strerror or str(exc)
         else:
-            if _matches(query, data):
-                return _parse(data)
+            answer = query.answer(data)
+            if answer is not None:
+                return answer
             problem = "the answer over TCP is not for the query sent"
         finally:
             if writer is not None:
@@ -157,8 +184,8 @@ class DNSResolver:
             "truncated",
         )
 
-    def _records(self, name: str, qtype: str, reply: dnslib.DNSRecord) -> list[str]:
-        rcode = reply.header.rcode
+    def _records(self, name: str, qtype: str, reply: _Reply) -> list[str]:
+        rcode = reply.rcode
         said = str(dnslib.RCODE.get(rcode, f"RCODE {rcode}"))
         where = self.server_text
         if rcode == dnslib.RCODE.NXDOMAIN:
@@ -173,9 +200,7 @@ class DNSResolver:
             )
         if rcode != dnslib.RCODE.NOERROR:
             raise self._error(name, f"the DNS server {where} answered {said} for {name}", said)
-        wanted = getattr(dnslib.QTYPE, qtype.upper())
-        # The server answers a CNAME with its target's records in the same answer section.
-        records = [str(rr.rdata) for rr in reply.rr if rr.rtype == wanted]
+        records = reply.records
         if not records:
             raise self._error(
                 name, f"{name} has no {qtype.upper()} record (NODATA from {where})", "NODATA"
@@ -186,56 +211,141 @@ class DNSResolver:
         return ResolutionError(message, name=name, server=self.server_text, answer=answer)
 
 
+class _Reply(NamedTuple):
+    """What an answer to the query said: its RCODE, TC flag and records of the type asked."""
+
+    rcode: int
+    truncated: bool
+    records: list[str]
+
+
+class _Query(NamedTuple):
+    """One question on the wire, and the test of whether a message answers it."""
+
+    ident: int
+    name: str
+    """The name as it goes on the wire: ASCII (IDNA), lower case, no final dot."""
+    qtype: int
+    packet: bytes
+
+    @classmethod
+    def make(cls, name: str, qtype: str) -> _Query:
+        """The query for ``qtype`` records of ``name`` (recursion desired, a random ID);
+        ValueError for a name DNS cannot carry or a type it does not know."""
+        try:
+            code = int(getattr(dnslib.QTYPE, qtype.upper()))
+        except dnslib.DNSError:
+            raise ValueError(f"there is no record type {qtype}") from None
+        wire = bytearray()
+        labels = []
+        for label in name.split("."):
+            raw = label.encode("ascii") if label.isascii() else label.encode("idna")
+            if not 0 < len(raw) < 64:
+                raise ValueError(f"the label {label!r} is not 1 to 63 bytes long")
+            labels.append(raw.decode("ascii").lower())
+            wire += bytes((len(raw),)) + raw
+        wire += b"\0"
+        if len(wire) > 255:
+            raise ValueError("the name is longer than 255 bytes")
+        ident = random.getrandbits(16)
+        header = _HEADER.pack(ident, _RD, 1, 0, 0, 0)
+        packet = header + bytes(wire) + struct.pack("!HH", code, _CLASS_IN)
+        return cls(ident, ".".join(labels), code, packet)
+
+    def answer(self, data: bytes) -> _Reply | None:
+        """``data`` read, if it is a well-formed answer to this query (same ID and question).
+
+        Every section is walked, so a message cut short is no answer; the records of the
+        type asked are kept, in order (a CNAME comes with its target's records).
+        """
+        if not 12 <= len(data) <= _MAX_MESSAGE:
+            return None
+        ident, flags, questions, answers, authority, additional = _HEADER.unpack_from(data)
+        if ident != self.ident or not flags & _QR or questions != 1:
+            return None
+        try:
+            qname, offset = _read_name(data, 12)
+            qtype, _ = struct.unpack_from("!HH", data, offset)
+            if qtype != self.qtype or qname != self.name:
+                return None
+            offset += 4
+            found: list[bytes] = []
+            for index in range(answers + authority + additional):
+                _, offset = _read_name(data, offset)
+                rtype, _, _, length = _RECORD.unpack_from(data, offset)
+                offset += _RECORD.size
+                if offset + length > len(data):
+                    return None
+                if index < answers and rtype == qtype:
+                    found.append(data[offset : offset + length])
+                offset += length
+            if qtype == _TYPE_A:
+                records = [socket.inet_ntoa(rdata) for rdata in found]
+            elif found:
+                reply = dnslib.DNSRecord.parse(data)
+                records = [str(rr.rdata) for rr in reply.rr if rr.rtype == qtype]
+            else:
+                records = []
+        except (struct.error, ValueError, IndexError, OSError, dnslib.DNSError):
+            return None
+        return _Reply(flags & 0xF, bool(flags & _TC), records)
+
+
+def _read_name(data: bytes, offset: int) -> tuple[str, int]:
+    """The name at ``offset`` (lower case, no final dot) and the offset after it."""
+    labels: list[str] = []
+    end: int | None = None
+    pointers = 0
+    while True:
+        length = data[offset]
+        if length >= 0xC0:
+            # A pointer to the rest of the name, earlier in the message.
+            pointers += 1
+            if pointers > _MAX_POINTERS:
+                raise ValueError("the name's compression pointers loop")
+            if end is None:
+                end = offset + 2
+            offset = ((length & 0x3F) << 8) | data[offset + 1]
+            continue
+        if length >= 0x40:
+            raise ValueError("a label of an unknown type")
+        offset += 1
+        if length == 0:
+            break
+        if offset + length > len(data):
+            raise ValueError("the name runs past the end of the message")
+        labels.append(data[offset : offset + length].decode("ascii").lower())
+        offset += length
+    return ".".join(labels), offset if end is None else end
+
+
 class _UDPExchange(asyncio.DatagramProtocol):
     """Hands over the datagrams that answer the query; errors from ICMP end the wait too."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, accept: Callable[[bytes], bool]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        accept: Callable[[bytes], _Reply | None],
+    ) -> None:
         self._loop = loop
         self._accept = accept
-        self._waiter: asyncio.Future[bytes] | None = None
+        self._waiter: asyncio.Future[_Reply] | None = None
 
-    def next_answer(self) -> asyncio.Future[bytes]:
+    def next_answer(self) -> asyncio.Future[_Reply]:
         """A future for the next datagram that answers the query (or the next ICMP error)."""
         self._waiter = self._loop.create_future()
         return self._waiter
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        """Pass on an answer to the query; anything else is dropped."""
+        """Pass on an answer to the query, read; anything else is dropped."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done() and self._accept(data):
-            waiter.set_result(data)
+        if waiter is not None and not waiter.done():
+            answer = self._accept(data)
+            if answer is not None:
+                waiter.set_result(answer)
 
     def error_received(self, exc: Exception) -> None:
         """Pass on an ICMP error (such as "connection refused") to the waiting try."""
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
-
-
-def _parse(data: bytes) -> dnslib.DNSRecord:
-    return cast(dnslib.DNSRecord, dnslib.DNSRecord.parse(data))
-
-
-def _matches(query: dnslib.DNSRecord, data: bytes) -> bool:
-    """Whether ``data`` is a well-formed answer to ``query`` (same ID and question)."""
-    if len(data) > _MAX_MESSAGE:
-        return False
-    try:
-        reply = dnslib.DNSRecord.parse(data)
-    except (dnslib.DNSError, ValueError, IndexError, UnicodeError):
-        return False
-    if reply.header.id != query.header.id or not reply.header.qr or len(reply.questions) != 1:
-        return False
-    asked, got = query.q, reply.q
-    return bool(
-        got.qtype == asked.qtype
-        and str(got.qname).rstrip(".").lower() == str(asked.qname).rstrip(".").lower()
-    )
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True

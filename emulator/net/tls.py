@@ -10,6 +10,10 @@ Rules of this module:
 - A failure is a CertificateError naming the host and what is wrong in plain words
   (untrusted issuer, not yet valid or expired by the phone's clock, name not on the
   certificate); the verifier's own wording is only the last resort.
+- A chain that passed for a host keeps passing for it while the phone's time lies where
+  every certificate involved (sent or trusted) is valid: nothing else the verifier
+  checks depends on the time. Such a check is answered from memory; any other time, or
+  another chain, is verified in full.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ _ENCODING_DER = 2
 
 PhoneTime = Callable[[], datetime]
 """Where the checks read the phone's time: an aware UTC date."""
+PASSED_CHAINS = 256
+"""How many (host, chain) pairs that passed a checker remembers (a lab has a few servers)."""
 
 
 def format_time(when: datetime) -> str:
@@ -44,6 +50,7 @@ class CertificateChecker:
         self.trusted = tuple(trusted)
         self.phone_time = phone_time
         self._store = Store(list(self.trusted)) if self.trusted else None
+        self._passed: dict[tuple[str, tuple[bytes, ...]], tuple[datetime, datetime]] = {}
 
     @classmethod
     def from_file(cls, path: Path, phone_time: PhoneTime) -> CertificateChecker:
@@ -66,13 +73,17 @@ class CertificateChecker:
         """Raise CertificateError unless ``chain`` (DER, leaf first) is good for ``host`` now."""
         if not chain:
             raise CertificateError(host, "the server sent no certificate")
+        now = self.phone_time()
+        key = (host, tuple(chain))
+        window = self._passed.get(key)
+        if window is not None and window[0] <= now <= window[1]:
+            return
         try:
             leaf, *intermediates = (x509.load_der_x509_certificate(der) for der in chain)
         except ValueError as exc:
             raise CertificateError(
                 host, f"the server's certificate cannot be read: {exc}"
             ) from None
-        now = self.phone_time()
         if self._store is None:
             raise CertificateError(host, "the phone trusts no CA, so it can trust no server")
         try:
@@ -87,6 +98,13 @@ class CertificateChecker:
             raise CertificateError(
                 host, self._explain(host, leaf, intermediates, now, exc)
             ) from None
+        involved = [leaf, *intermediates, *self.trusted]
+        if len(self._passed) >= PASSED_CHAINS:
+            self._passed.clear()
+        self._passed[key] = (
+            max(c.not_valid_before_utc for c in involved),
+            min(c.not_valid_after_utc for c in involved),
+        )
 
     def _explain(
         self,

@@ -4,7 +4,11 @@ Rules of this module:
 - Only files inside the store are ever served. A request path is checked segment by segment
   (no empty, ``.``, ``..`` or hidden segments, no backslashes or NULs, whatever encoding
   carried them) and then resolved with symlinks followed; a result outside the store's
-  real root, or anything that is not a regular file, is "not here" (404).
+  real root, or anything that is not a regular file, is "not here" (404). The real path
+  of a name is kept (thousands of phones fetch the same few files) as long as it still
+  names a regular file, not a symlink; and the file actually opened is checked to lie
+  inside the store (its path as the kernel reports it for the open descriptor), so a
+  directory swapped for a symlink after the path was kept is refused too.
 - The ETag is strong and derived from the content (SHA-256), so it is the same on every
   front end holding the same image and a phone can resume a download on another server.
   It is computed once per file version (device, inode, size, mtime) and cached.
@@ -23,7 +27,7 @@ import hashlib
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from pathlib import Path
 
@@ -33,6 +37,8 @@ from lab.service.problems import Diagnostic, Problem
 
 CHUNK_SIZE = 1024 * 1024
 ETAG_CACHE_SIZE = 4096
+PATH_CACHE_SIZE = 4096
+_FD_PATHS = Path("/proc/self/fd")
 _FORBIDDEN_CHARACTERS = ("\\", "\x00")
 
 
@@ -42,9 +48,40 @@ class ImageFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._etags: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._paths: OrderedDict[str, Path] = OrderedDict()
+        self._root: tuple[tuple[int, int], Path] | None = None
+        # Where the kernel says an open descriptor's file is: the last word on what was
+        # opened. Without it every name is resolved afresh and nothing is kept.
+        self._fd_paths = _FD_PATHS.is_dir()
 
     def resolve(self, relative: str) -> Path:
         """The real path of ``relative`` inside the store; Problem (400/404) otherwise."""
+        real = self._paths.get(relative) if self._fd_paths else None
+        if real is not None:
+            # Still a regular file, not a symlink; where it lies is checked once it is open.
+            try:
+                kept = stat.S_ISREG(os.lstat(real).st_mode)
+            except OSError:
+                kept = False
+            if kept:
+                return real
+            del self._paths[relative]
+        real = self._resolve(relative)
+        if self._fd_paths:
+            self._paths[relative] = real
+            while len(self._paths) > PATH_CACHE_SIZE:
+                self._paths.popitem(last=False)
+        return real
+
+    def _real_root(self) -> Path:
+        """The store's real root, resolved again whenever the root itself changes."""
+        st = os.stat(self.root)
+        identity = (st.st_dev, st.st_ino)
+        if self._root is None or self._root[0] != identity:
+            self._root = (identity, self.root.resolve(strict=True))
+        return self._root[1]
+
+    def _resolve(self, relative: str) -> Path:
         if any(ch in relative for ch in _FORBIDDEN_CHARACTERS) or "%" in relative:
             # A percent sign left after decoding means a double-encoded path: refuse it
             # rather than guess which decoding the client meant.
@@ -53,7 +90,7 @@ class ImageFiles:
         if any(s in ("", ".", "..") or s.startswith(".") for s in segments):
             raise Problem(Diagnostic.BAD_PATH, "the file path has empty, dot or hidden segments")
         try:
-            root = self.root.resolve(strict=True)
+            root = self._real_root()
             real = (root / relative).resolve(strict=True)
         except (OSError, RuntimeError):
             raise Problem(
@@ -62,6 +99,17 @@ class ImageFiles:
         if not real.is_relative_to(root) or not real.is_file():
             raise Problem(Diagnostic.FILE_NOT_FOUND, f"this server has no file {relative}")
         return real
+
+    def _inside(self, fd: int) -> bool:
+        """Whether the file open as ``fd`` lies inside the store (the kernel's word for it)."""
+        if not self._fd_paths:
+            return True  # resolve() checked it just before, as no path is kept
+        try:
+            opened = os.readlink(f"{_FD_PATHS}/{fd}")
+            inside = os.path.join(self._real_root(), "")  # with its trailing separator
+        except OSError:
+            return False
+        return opened.startswith(inside)
 
     async def etag(self, fd: int, st: os.stat_result) -> str:
         """The strong ETag of the open file ``fd`` whose stat is ``st``."""
@@ -80,8 +128,10 @@ class ImageFiles:
         path: Path,
         *,
         progress: Callable[[int], None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
-        """Answer ``request`` with the file at ``path`` (from resolve), honouring Range."""
+        """Answer ``request`` with the file at ``path`` (from resolve), honouring Range;
+        ``headers`` are added to the answer's own."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
@@ -91,14 +141,15 @@ class ImageFiles:
         pending: asyncio.Future[bytes] | None = None
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode) or not self._inside(fd):
                 raise Problem(Diagnostic.FILE_NOT_FOUND, f"this server has no file {path.name}")
             etag = await self.etag(fd, st)
             size = st.st_size
             last_modified = formatdate(st.st_mtime, usegmt=True)
             start, end = 0, size
             status = 200
-            headers = {
+            answer = {
+                **(headers or {}),
                 "ETag": etag,
                 "Last-Modified": last_modified,
                 "Accept-Ranges": "bytes",
@@ -110,8 +161,8 @@ class ImageFiles:
             ):
                 start, end = wanted
                 status = 206
-                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-            response = web.StreamResponse(status=status, headers=headers)
+                answer["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            response = web.StreamResponse(status=status, headers=answer)
             response.content_length = end - start
             await response.prepare(request)
             if request.method == "HEAD":

@@ -245,7 +245,9 @@ class Endpoints:
         relative = note.rest
         path = self.server.files.resolve(relative)
         with self.server.transfer(request.remote or "", relative, path.stat().st_size) as transfer:
-            return await self.server.files.send(request, path, progress=transfer.add)
+            return await self.server.files.send(
+                request, path, progress=transfer.add, headers={SERVER_HEADER: self._fqdn}
+            )
 
     async def signin(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:
         """POST /Provisioning/signin: in-band provisioning for the signed-in user."""

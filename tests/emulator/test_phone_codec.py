@@ -22,6 +22,7 @@ from emulator.codec import (
 )
 from emulator.errors import MalformedAnswerError
 from emulator.models import get_model
+from emulator.routes import is_address
 
 SHA = "ab" * 32
 
@@ -209,3 +210,21 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert parse_retry_after("Thu, 01 Jan 2026 12:05:00 GMT") is None
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "literal"),
+    [
+        ("127.10.0.11", True),
+        ("::1", True),
+        ("fe80::1%eth0", True),
+        ("DEAD:beef::1", True),
+        ("ucupdates-r2.contoso.test", False),
+        ("face", False),
+        ("1.2.3", False),
+        ("01.2.3.4", False),
+        ("", False),
+    ],
+)
+def test_an_address_literal_is_told_from_a_host_name(host: str, literal: bool) -> None:
+    assert is_address(host) is literal

@@ -7,6 +7,7 @@ cab builder with the lab PKI's vendor key), so the driver's real firmware checks
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from emulator.lease import Lease
 from emulator.models import get_model
 from emulator.net.client import Answer, Download, HTTPSClient
 from emulator.net.resolver import Resolver
+from emulator.states import PhoneState
 from lab.cab import DeviceUpdate, make_update
 from lab.config import LabConfig
 from lab.harness import BOOT, FACTORY, NEW, T0, idle_on, logged
@@ -161,3 +163,38 @@ async def test_a_broken_adapter_stops_the_driver_and_wakes_whoever_waits(
     with pytest.raises(DriverError):
         await driver.wait_for(idle_on(NEW))  # later waits fail at once too
     await driver.aclose()
+
+
+@pytest.mark.looptime
+async def test_a_phone_stopped_before_its_lookup_starts_leaves_nothing_unawaited(
+    pki: LabPKI, tmp_path: Path
+) -> None:
+    # A fleet stops its phones wherever they are; one stopped in the very turn of the loop
+    # that asked for a DNS lookup has a task that never ran. No coroutine may be left
+    # behind un-awaited (warnings are errors here). The observer cuts the power at once,
+    # as it is told of the change: the lookup's task has not had its first step yet.
+    loop = asyncio.get_running_loop()
+    clock = LoopClock(loop.time, start=T0 - loop.time())
+    signer = pki.vendor("Polycom")
+    update = make_update(phone_model("CX600"), NEW, signer, 4096)
+    stopped: asyncio.Future[None] = loop.create_future()
+
+    def stop_when_checking(driver: PhoneDriver) -> None:
+        if driver.phone.state is PhoneState.CHECKING and not stopped.done():
+            stopped.set_result(None)
+            driver.power_off()
+
+    driver = PhoneDriver(
+        Phone(get_model("CX600").identity(1), rng=random.Random(0)),
+        lease=LEASE,
+        clock=clock,
+        network=ScriptedNetwork(ScriptedClient(update, lambda: None), signer.certificate_pem()),
+        address="127.10.1.1",
+        workdir=tmp_path,
+        observer=stop_when_checking,
+    )
+    driver.power_on()
+    await stopped
+    await driver.aclose()
+    assert driver.phone.state is PhoneState.OFF
+    gc.collect()

@@ -11,10 +11,11 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from emulator.cli import build_parser, main, parse_duration, specs_from
+from emulator.cli import _closed_tls_is_quiet, build_parser, main, parse_duration, specs_from
 from emulator.faults import Call, PowerCut, Trigger
 from emulator.fleet import Location
 from emulator.states import PhoneState
@@ -114,8 +115,10 @@ async def test_workers_share_the_fleet_and_their_results_are_merged(
         "--scale",
         "1000",
         "--json",
+        "--compact-json",
     )
     assert code == 0, err
+    assert out.count("\n") == 1  # the whole document on one line, as asked
     data = json.loads(out)
     assert data["summary"]["phones"] == 5
     assert data["summary"]["by_version"] == {NEW: 5}
@@ -225,3 +228,19 @@ def test_fault_options_go_to_a_seeded_share_of_the_phones() -> None:
         ("CX600", 12, Location.INSIDE),
         ("HP4110", 13, Location.OUTSIDE),
     ]
+
+
+async def test_only_uvloops_tls_write_to_a_closed_socket_is_dropped() -> None:
+    loop = asyncio.get_running_loop()
+    passed: list[dict[str, Any]] = []
+    handle = _closed_tls_is_quiet(lambda _, context: passed.append(context))
+    closed = RuntimeError("unable to perform operation on <TCPTransport>; the handler is closed")
+    handle(loop, {"message": "Fatal error on SSL protocol", "exception": closed})
+    assert passed == []
+    for kept in (
+        {"message": "Fatal error on SSL protocol", "exception": RuntimeError("a bug")},
+        {"message": "Fatal error on transport", "exception": closed},
+        {"message": "Task exception was never retrieved", "exception": ValueError("x")},
+    ):
+        handle(loop, kept)
+    assert len(passed) == 3

@@ -77,6 +77,21 @@ async def test_the_etag_is_the_same_on_every_front_end(phones: Phones) -> None:
     assert len(tags) == 1
 
 
+async def test_every_answer_names_the_front_end_that_gave_it(phones: Phones) -> None:
+    for server in ("fe01", "fe02"):
+        fqdn = phones.pool.server(server).front_end.fqdn
+        conn = await phones.inside(server)
+        answers = [
+            await conn.request("POST", CHECK, {"Content-Type": "text/xml"}, check_body()),
+            await conn.request("GET", URL),
+            await conn.request("HEAD", URL),
+            await conn.request("GET", "/DeviceUpdateFiles_Int/no/such/file"),
+            await conn.request("GET", CHECK),
+        ]
+        assert [a.status for a in answers] == [200, 200, 200, 404, 405]
+        assert {a.header("x-ms-server-fqdn") for a in answers} == {fqdn}
+
+
 async def test_range_forms_and_unsatisfiable_ranges(phones: Phones) -> None:
     conn = await phones.inside()
     size = len(NBT.data)
