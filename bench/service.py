@@ -87,7 +87,7 @@ DOWNLOAD_TARGET = 0.7
 
 # Settings per mode ("full", "quick"): how many runs alternate, and how long each is.
 CHECK: dict[str, dict[str, float]] = {
-    "full": {"runs": 3, "seconds": 5, "warm_up": 1},
+    "full": {"runs": 5, "seconds": 5, "warm_up": 1},
     "quick": {"runs": 1, "seconds": 2, "warm_up": 0.5},
 }
 NEWTLS: dict[str, dict[str, float]] = {

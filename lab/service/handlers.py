@@ -333,18 +333,19 @@ class Endpoints:
         if observer is None:
             return
         user = note.user
+        # Positionally, in Sighting's field order: this runs for every check.
         observer(
             Sighting(
-                mac=parsed.mac,
-                serial=parsed.serial,
-                kind=kind,
-                version=parsed.installed_version,
-                address=request.remote or "",
+                parsed.mac,
+                parsed.serial,
+                kind,
+                parsed.installed_version,
+                request.remote or "",
                 # The internal site admits inside peers only; the external one is the edge's.
-                zone=self._zone,
-                server=self._name,
-                seen=self.context.now(),
-                user=parsed.last_signed_in_user or (user.upn if user else None),
+                self._zone,
+                self._name,
+                self.context.now(),
+                parsed.last_signed_in_user or (user.upn if user else None),
             )
         )
 
