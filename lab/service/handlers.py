@@ -437,18 +437,6 @@ class Endpoints:
                 reason,
                 parsed.last_signed_in_user or (user.upn if user else ""),
             )
-        elif upload is not None:
-            record = AuditRecord(
-                time=now_iso(),
-                server=self._name,
-                client_address=request.remote or "",
-                site=self._site_name,
-                path=request.path,
-                status=status,
-                mac=upload.mac,
-                reason=reason or upload.summary,
-                last_signed_in_user=user.upn if user else "",
-            )
         else:
             record = AuditRecord(
                 time=now_iso(),
@@ -461,6 +449,12 @@ class Endpoints:
                 decision=_decision(decision),
                 modules_returned=returned,
             )
+            if upload is not None:
+                record = record._replace(
+                    mac=upload.mac,
+                    reason=reason or upload.summary,
+                    last_signed_in_user=user.upn if user else "",
+                )
         observer(record)
 
 

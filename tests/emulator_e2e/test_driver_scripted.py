@@ -98,6 +98,30 @@ def pki(lab_config: LabConfig) -> LabPKI:
     return pki
 
 
+def scripted_start(pki: LabPKI) -> tuple[LoopClock, DeviceUpdate, bytes]:
+    """Phone time starting at T0 on the running loop, the CX600's update to NEW, and the
+    certificate of the vendor that signed it."""
+    loop = asyncio.get_running_loop()
+    signer = pki.vendor("Polycom")
+    update = make_update(phone_model("CX600"), NEW, signer, 4096)
+    return LoopClock(loop.time, start=T0 - loop.time()), update, signer.certificate_pem()
+
+
+def scripted_driver(
+    client: ScriptedClient, vendor_pem: bytes, clock: LoopClock, workdir: Path, **options: Any
+) -> PhoneDriver:
+    """One CX600 on the scripted network, at 127.10.1.1."""
+    return PhoneDriver(
+        Phone(get_model("CX600").identity(1), rng=random.Random(0)),
+        lease=LEASE,
+        clock=clock,
+        network=ScriptedNetwork(client, vendor_pem),
+        address="127.10.1.1",
+        workdir=workdir,
+        **options,
+    )
+
+
 @pytest.mark.looptime
 async def test_a_result_computed_at_once_is_stamped_when_it_is_fed(
     pki: LabPKI, tmp_path: Path
@@ -105,10 +129,7 @@ async def test_a_result_computed_at_once_is_stamped_when_it_is_fed(
     # The catalog is verified at once, but its answer is fed on the next turn of the loop.
     # Here the loop stalls for an hour of phone time in between and someone presses a
     # key: the answer must not carry the time from before the key press.
-    loop = asyncio.get_running_loop()
-    clock = LoopClock(loop.time, start=T0 - loop.time())
-    signer = pki.vendor("Polycom")
-    update = make_update(phone_model("CX600"), NEW, signer, 4096)
+    clock, update, vendor_pem = scripted_start(pki)
     driver: PhoneDriver | None = None
 
     def stall_then_press_a_key() -> None:
@@ -117,14 +138,7 @@ async def test_a_result_computed_at_once_is_stamped_when_it_is_fed(
         driver.use()
 
     client = ScriptedClient(update, stall_then_press_a_key)
-    driver = PhoneDriver(
-        Phone(get_model("CX600").identity(1), rng=random.Random(0)),
-        lease=LEASE,
-        clock=clock,
-        network=ScriptedNetwork(client, signer.certificate_pem()),
-        address="127.10.1.1",
-        workdir=tmp_path,
-    )
+    driver = scripted_driver(client, vendor_pem, clock, tmp_path)
     driver.power_on()
     await driver.wait_for(idle_on(NEW), until=T0 + 2 * 3600)
     assert logged(driver, "catalog signature verified") == [T0 + BOOT + 3600]
@@ -143,18 +157,8 @@ class BrokenClient(ScriptedClient):
 async def test_a_broken_adapter_stops_the_driver_and_wakes_whoever_waits(
     pki: LabPKI, tmp_path: Path
 ) -> None:
-    loop = asyncio.get_running_loop()
-    clock = LoopClock(loop.time, start=T0 - loop.time())
-    signer = pki.vendor("Polycom")
-    client = BrokenClient(make_update(phone_model("CX600"), NEW, signer, 4096), None)
-    driver = PhoneDriver(
-        Phone(get_model("CX600").identity(1), rng=random.Random(0)),
-        lease=LEASE,
-        clock=clock,
-        network=ScriptedNetwork(client, signer.certificate_pem()),
-        address="127.10.1.1",
-        workdir=tmp_path,
-    )
+    clock, update, vendor_pem = scripted_start(pki)
+    driver = scripted_driver(BrokenClient(update, None), vendor_pem, clock, tmp_path)
     driver.power_on()
     with pytest.raises(DriverError, match="I/O failed unexpectedly: RuntimeError") as failed:
         await driver.wait_for(idle_on(NEW), until=T0 + 3600)
@@ -174,9 +178,7 @@ async def test_a_phone_stopped_before_its_lookup_starts_leaves_nothing_unawaited
     # behind un-awaited (warnings are errors here). The observer cuts the power at once,
     # as it is told of the change: the lookup's task has not had its first step yet.
     loop = asyncio.get_running_loop()
-    clock = LoopClock(loop.time, start=T0 - loop.time())
-    signer = pki.vendor("Polycom")
-    update = make_update(phone_model("CX600"), NEW, signer, 4096)
+    clock, update, vendor_pem = scripted_start(pki)
     stopped: asyncio.Future[None] = loop.create_future()
 
     def stop_when_checking(driver: PhoneDriver) -> None:
@@ -184,15 +186,8 @@ async def test_a_phone_stopped_before_its_lookup_starts_leaves_nothing_unawaited
             stopped.set_result(None)
             driver.power_off()
 
-    driver = PhoneDriver(
-        Phone(get_model("CX600").identity(1), rng=random.Random(0)),
-        lease=LEASE,
-        clock=clock,
-        network=ScriptedNetwork(ScriptedClient(update, lambda: None), signer.certificate_pem()),
-        address="127.10.1.1",
-        workdir=tmp_path,
-        observer=stop_when_checking,
-    )
+    client = ScriptedClient(update, lambda: None)
+    driver = scripted_driver(client, vendor_pem, clock, tmp_path, observer=stop_when_checking)
     driver.power_on()
     await stopped
     await driver.aclose()
