@@ -11,10 +11,11 @@ through ``ServiceContext.on_check`` as a sighting for the phone inventory. Devic
 uploads follow the same site rules (anonymous inside, NTLM outside); lab.service.logs
 holds their own.
 
-The update check is the request a fleet makes most, so its path is kept short: one
-middleware (answering refusals and writing the audit record), a parse that a repeated
-body does not redo, a decision remembered per device kind and version, and an answer
-built once per decision.
+The update check is the request a fleet makes most, so its path is kept short: the site
+routes its few fixed paths itself on aiohttp's low-level server (no application, router
+or middleware), one place answers refusals and writes the audit record, a repeated body
+is not parsed again, a decision is remembered per device kind and version, and an answer
+is built once per decision.
 """
 
 from __future__ import annotations
