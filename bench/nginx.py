@@ -18,9 +18,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
 from bench.install import require
+from bench.process import Started, end_process
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -96,7 +96,7 @@ http {{
 """
 
 
-class NginxServer:
+class NginxServer(Started):
     """A foreground nginx serving the fixed check answer and a file store, over TLS."""
 
     def __init__(
@@ -166,14 +166,8 @@ class NginxServer:
     def stop(self) -> None:
         """Stop nginx gracefully (its access log is flushed), or kill it."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            end_process(process, lambda: process.send_signal(signal.SIGQUIT), STOP_TIMEOUT)
 
     @property
     def pids(self) -> list[int]:
@@ -206,15 +200,3 @@ class NginxServer:
         """Every access log line so far: ``<r or .> <status> <body bytes>`` per request."""
         path = self.prefix / ACCESS_LOG
         return path.read_text().splitlines() if path.exists() else []
-
-    def __enter__(self) -> NginxServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -26,11 +26,11 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import tomli_w
 
+from bench.process import Started, end_process
 from lab.adminclient import AdminClient
 from lab.cab import CAB_NAME, build, read_cab
 from lab.config import LabConfig, default_text, load_config
@@ -166,7 +166,7 @@ def wait_for_line(
                     return line, seen
 
 
-class LabProcess:
+class LabProcess(Started):
     """``lab up`` in a subprocess, from start to its ``ready`` line and on until stopped."""
 
     def __init__(self, files: LabFiles, *, log: Path | None = None) -> None:
@@ -216,29 +216,8 @@ class LabProcess:
     def stop(self) -> None:
         """SIGTERM (a clean stop), SIGKILL if it takes too long."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-
-    def __enter__(self) -> LabProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        if process is not None:
+            end_process(process, lambda: process.send_signal(signal.SIGTERM), STOP_TIMEOUT)
 
 
 def audit_lines(files: LabFiles, front_end: str = FRONT_END) -> int:

@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from bench.figures import compare, passed
@@ -53,6 +52,7 @@ from bench.loadgen import (
     process_cpu,
 )
 from bench.nginx import NginxServer
+from bench.process import Started, end_process
 from bench.rig import (
     FRONT_END,
     MAC,
@@ -98,9 +98,11 @@ DOWNLOAD: dict[str, dict[str, float]] = {"full": {"runs": 5}, "quick": {"runs": 
 # Bodies parsed per timing of the parse, and timings of each kind.
 PARSE_BODIES = 5000
 PARSE_RUNS = 5
+# How long the bare aiohttp handler may take to stop once its stdin is closed.
+BASELINE_STOP = 15.0
 
 
-class Servers:
+class Servers(Started):
     """The lab, the bare aiohttp handler and nginx, started with one lab's files."""
 
     def __init__(self, files: LabFiles, work: Path, *, baseline: bool = True) -> None:
@@ -168,15 +170,9 @@ class Servers:
         """Stop whatever was started."""
         if self._baseline is not None:
             process, self._baseline = self._baseline, None
-            if process.stdin is not None:
-                process.stdin.close()  # its signal to stop
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+            stdin = process.stdin
+            # A closed stdin is its signal to stop.
+            end_process(process, stdin.close if stdin else process.terminate, BASELINE_STOP)
         if self.nginx is not None:
             self.nginx.stop()
         self.lab.stop()
@@ -208,22 +204,6 @@ class Servers:
         """curl's ``--resolve`` for ``url(name, ...)``."""
         fqdn = self.files.config.front_end(FRONT_END).fqdn
         return f"{fqdn}:{self.ports[name]}:{self.hosts[name]}"
-
-    def __enter__(self) -> Servers:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _alternate(
