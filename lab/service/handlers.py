@@ -122,12 +122,9 @@ class Endpoints:
         # (prefix ending in "/", whether the rest may be empty, handlers by method)
         self._prefixed: list[tuple[str, bool, dict[str, Handler]]] = []
         self._route_all()
-        # What every check answered here repeats, made once.
-        self._check_headers = CIMultiDictProxy(
-            CIMultiDict(
-                {hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE, SERVER_HEADER: server.front_end.fqdn}
-            )
-        )
+        # What every check answered here repeats, made once (the front end's name is
+        # added with every other answer's, in __call__).
+        self._check_headers = CIMultiDictProxy(CIMultiDict({hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE}))
         self._zone = Zone.INSIDE if role is Role.INTERNAL else Zone.OUTSIDE
         # Few kinds and versions are in a fleet: what each decision answers, and each
         # reported kind's check, are remembered (bounded, see ANSWER_CACHE_SIZE).
@@ -192,7 +189,7 @@ class Endpoints:
             response = problem_response(problem)
         else:
             self._report(request, note, response.status, "")
-        if not response.prepared:
+        if not response.prepared:  # a download named itself before it started sending
             response.headers[SERVER_HEADER] = self._fqdn
         return response
 
