@@ -49,6 +49,8 @@ class AuditRecord(NamedTuple):
 
 COLUMNS = AuditRecord._fields
 _SEPARATORS = len(COLUMNS) - 1
+TAIL_MEMO = 4096
+"""How many line endings (everything after the time) an audit log remembers."""
 
 
 def audit_file_name(server: str, day: datetime) -> str:
@@ -58,18 +60,22 @@ def audit_file_name(server: str, day: datetime) -> str:
 
 def now_iso() -> str:
     """The current UTC time as the audit log writes it (``2026-11-22T10:00:00.123Z``)."""
-    # Every request asks: the date and time of day are formatted once per second.
-    global _second, _second_text
-    now = time.time()
-    second = int(now)
-    if second != _second:
-        _second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = second
-    return f"{_second_text}.{int((now - second) * 1000):03d}Z"
+    # Every request asks: the text is made once per millisecond, the date and time of day
+    # once per second.
+    global _milli, _milli_text, _second, _second_text
+    milli = int(time.time() * 1000)
+    if milli != _milli:
+        second = milli // 1000
+        if second != _second:
+            _second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            _second = second
+        _milli_text = f"{_second_text}.{milli - second * 1000:03d}Z"
+        _milli = milli
+    return _milli_text
 
 
-_second = -1
-_second_text = ""
+_milli = _second = -1
+_milli_text = _second_text = ""
 
 
 class AuditLog:
@@ -81,6 +87,7 @@ class AuditLog:
         self.events = events
         self._day: str | None = None
         self._fd: int | None = None
+        self._tails: dict[tuple[str | int, ...], bytes] = {}
 
     def path_for(self, day: datetime) -> Path:
         """The file that holds ``day``'s records."""
@@ -93,9 +100,25 @@ class AuditLog:
             self._open(datetime.fromisoformat(record.time.replace("Z", "+00:00")))
             self._day = day
         assert self._fd is not None
-        _write_all(self._fd, csv_line(record).encode())
+        _write_all(self._fd, self._line(record))
         if self.events is not None and self.events.listened("audit"):
             self.events.publish("audit", **record._asdict())
+
+    def _line(self, record: AuditRecord) -> bytes:
+        """``csv_line(record)``, encoded."""
+        when = record.time
+        if _needs_quoting(when):
+            return csv_line(record).encode()
+        # A phone's checks repeat everything but the time: the rest of the line is made
+        # once per phone, server and answer (bounded, see TAIL_MEMO).
+        rest = record[1:]
+        tail = self._tails.get(rest)
+        if tail is None:
+            tail = csv_line(record)[len(when) :].encode()
+            if len(self._tails) >= TAIL_MEMO:
+                self._tails.clear()
+            self._tails[rest] = tail
+        return when.encode() + tail
 
     def _open(self, day: datetime) -> None:
         self.close()
@@ -128,6 +151,10 @@ def csv_line(record: AuditRecord) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(values)
     return buffer.getvalue()
+
+
+def _needs_quoting(text: str) -> bool:
+    return "," in text or '"' in text or "\n" in text or "\r" in text
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,8 +57,20 @@ T = TypeVar("T")
 
 
 def utc_now() -> datetime:
-    """The current time, in UTC (the default clock of the inventory)."""
-    return datetime.now(UTC)
+    """The current time in UTC, to the second the inventory keeps (its default clock).
+
+    Every update check asks: the datetime is made once per second.
+    """
+    global _second, _second_now
+    second = int(time.time())
+    if second != _second:
+        _second_now = datetime.fromtimestamp(second, UTC)
+        _second = second
+    return _second_now
+
+
+_second = -1
+_second_now = datetime.fromtimestamp(0, UTC)
 
 
 def _stamp(moment: datetime) -> str:
@@ -201,8 +214,12 @@ class InventoryRecorder(Service):
 
     def record(self, sighting: Sighting) -> None:
         """Keep ``sighting`` for the next flush (a dict assignment: the check path's cost)."""
-        previous = self._pending.get(sighting.mac)
-        self._pending[sighting.mac] = _later(previous, sighting)
+        pending = self._pending
+        if sighting.user is None:
+            previous = pending.get(sighting.mac)
+            if previous is not None and previous.user is not None:
+                sighting = sighting._replace(user=previous.user)
+        pending[sighting.mac] = sighting
         self._recorded.set()
 
     async def start(self) -> None:

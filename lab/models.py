@@ -60,6 +60,14 @@ class DeviceKind:
     def __str__(self) -> str:
         return str(self.path)
 
+    def __hash__(self) -> int:
+        # A key of the check path's dictionaries on every update check: hashed once.
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.device_type, self.vendor, self.model, self.revision, self.locale))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
 
 @dataclass(frozen=True)
 class PhoneModel:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lab.audit import COLUMNS, AuditLog, AuditRecord, csv_line, read_audit
+from lab.audit import COLUMNS, AuditLog, AuditRecord, csv_line, now_iso, read_audit
 from lab.events import Event, EventBus
 
 
@@ -73,3 +76,48 @@ def test_the_fast_line_is_exactly_what_csv_writer_writes(values: list[str]) -> N
         [str(getattr(record, column)) for column in COLUMNS]
     )
     assert csv_line(record) == buffer.getvalue()
+
+
+@given(
+    st.lists(
+        st.lists(st.text(max_size=8), min_size=len(COLUMNS) - 1, max_size=len(COLUMNS) - 1),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_every_written_line_is_the_records_csv_line(rows: list[list[str]]) -> None:
+    # Lines are written as the time and a remembered rest: whatever the fields (a time that
+    # needs quoting included), and however often a rest repeats, the file holds csv_line.
+    records = [record("2026-11-22T10:00:00.000Z", "none")]  # opens the day's file
+    for values in rows:
+        fields = dict(zip([c for c in COLUMNS if c != "status"], values, strict=True))
+        fields["time"] = "2026-11-22" + fields["time"]
+        records += [AuditRecord(status=200, **fields)] * 2
+    with tempfile.TemporaryDirectory() as directory:
+        log = AuditLog("fe01", Path(directory))
+        for item in records:
+            log.write(item)
+        log.close()
+        written = (Path(directory) / "RequestHandlerAuditLog_fe01_20261122.log").read_bytes()
+    header = ",".join(COLUMNS) + "\n"
+    assert written.decode() == header + "".join(csv_line(item) for item in records)
+
+
+def test_a_repeated_check_gets_its_own_time_each_line(tmp_path: Path) -> None:
+    log = AuditLog("fe01", tmp_path)
+    for second in range(3):
+        log.write(record(f"2026-11-22T10:00:0{second}.000Z", "4.0.7577.4398"))
+    rows = read_audit(tmp_path / "RequestHandlerAuditLog_fe01_20261122.log")
+    assert [r["time"] for r in rows] == [f"2026-11-22T10:00:0{s}.000Z" for s in range(3)]
+    assert {r["decision"] for r in rows} == {"4.0.7577.4398"}
+
+
+def test_now_iso_is_the_current_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter([1_795_000_000.0004, 1_795_000_000.0009, 1_795_000_000.9991, 1_795_000_001.25])
+    monkeypatch.setattr("lab.audit.time", SimpleNamespace(time=lambda: next(ticks)))
+    assert [now_iso() for _ in range(4)] == [
+        "2026-11-18T11:06:40.000Z",
+        "2026-11-18T11:06:40.000Z",
+        "2026-11-18T11:06:40.999Z",
+        "2026-11-18T11:06:41.250Z",
+    ]

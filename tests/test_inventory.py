@@ -31,6 +31,7 @@ from lab.inventory import (
     assess,
     inventory,
     read_inventory,
+    utc_now,
 )
 from lab.models import DeviceKind, phone_model
 from lab.pki import LabPKI
@@ -592,3 +593,22 @@ async def test_lab_phones_lists_the_inventory_with_its_flags(
 async def test_lab_phones_says_when_no_phone_was_seen(tmp_path: Path) -> None:
     assert "no phones seen yet" in await run_cli("phones", "--state-dir", str(tmp_path))
     assert json.loads(await run_cli("phones", "--json", "--state-dir", str(tmp_path))) == []
+
+
+def test_the_inventory_clock_is_utc_to_the_second() -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    now = utc_now()
+    after = datetime.now(UTC)
+    assert now.tzinfo is UTC
+    assert now.microsecond == 0
+    assert before <= now <= after
+
+
+def test_a_device_kind_hashes_as_an_equal_kind_does() -> None:
+    kind = phone_model("CX600").kind()
+    twin = DeviceKind(kind.device_type, kind.vendor, kind.model, kind.revision, kind.locale)
+    other = DeviceKind(kind.device_type, kind.vendor, kind.model, kind.revision, "DEU")
+    assert hash(kind) == hash(twin)
+    assert {kind: 1}[twin] == 1
+    assert other not in {kind, twin}
+    assert len({kind, twin, other}) == 2

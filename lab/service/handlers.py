@@ -65,13 +65,14 @@ Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 class Note:
     """What serving one request learnt on the way, for its audit record."""
 
-    __slots__ = ("decision", "parsed", "rest", "upload", "user")
+    __slots__ = ("answer", "decision", "parsed", "rest", "upload", "user")
 
     def __init__(self) -> None:
         # The rest of the path after a route's prefix (a file path), "" for exact routes.
         self.rest = ""
         self.parsed: DeviceUpdateRequest | None = None
         self.decision: Decision | None = None
+        self.answer: _Answer | None = None
         self.user: User | None = None
         self.upload: LogUpload | None = None
 
@@ -122,9 +123,11 @@ class Endpoints:
         # (prefix ending in "/", whether the rest may be empty, handlers by method)
         self._prefixed: list[tuple[str, bool, dict[str, Handler]]] = []
         self._route_all()
-        # What every check answered here repeats, made once (the front end's name is
-        # added with every other answer's, in __call__).
-        self._check_headers = CIMultiDictProxy(CIMultiDict({hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE}))
+        # What every check answered here repeats, made once (the front end's name too,
+        # which __call__ adds to every other answer).
+        self._check_headers = CIMultiDictProxy(
+            CIMultiDict({hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE, SERVER_HEADER: self._fqdn})
+        )
         self._zone = Zone.INSIDE if role is Role.INTERNAL else Zone.OUTSIDE
         # Few kinds and versions are in a fleet: what each decision answers, and each
         # reported kind's check, are remembered (bounded, see ANSWER_CACHE_SIZE).
@@ -190,7 +193,9 @@ class Endpoints:
         else:
             self._report(request, note, response.status, "")
         if not response.prepared:  # a download named itself before it started sending
-            response.headers[SERVER_HEADER] = self._fqdn
+            headers = response.headers
+            if SERVER_HEADER not in headers:  # a check's answer has it from the start
+                headers[SERVER_HEADER] = self._fqdn
         return response
 
     # -- endpoints ---------------------------------------------------------------------
@@ -200,7 +205,14 @@ class Endpoints:
         self.server.ensure_in_service()
         if self.role is Role.EXTERNAL and self._authenticate(request, note) is None:
             await self._refuse_anonymous_check(request, note)
-        parsed = self._parse(await read_body(request))
+        content = request.content
+        length = request.content_length
+        # A check's small body has usually arrived whole with its headers: taken at once.
+        if length is not None and length <= MAX_REQUEST_BYTES and content.is_eof():
+            body = content.read_nowait()
+        else:
+            body = await read_body(request)
+        parsed = self._parse(body)
         note.parsed = parsed
         kind = self._kind(parsed)
         try:
@@ -212,8 +224,9 @@ class Endpoints:
                 headers={"Retry-After": str(self.context.retry_after)},
             ) from None
         note.decision = decision
+        answer = note.answer = self._answer(decision)
         self._seen(request, note, parsed, kind)
-        return web.Response(body=self._answer(decision).body, headers=self._check_headers)
+        return web.Response(body=answer.body, headers=self._check_headers)
 
     async def device_log(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:
         """POST ucdevicelog.upx: store a phone's log within the configured limits."""
@@ -331,19 +344,21 @@ class Endpoints:
         if observer is None:
             return
         user = note.user
-        # Positionally, in Sighting's field order: this runs for every check.
+        # One tuple, in Sighting's field order: this runs for every check.
         observer(
-            Sighting(
-                parsed.mac,
-                parsed.serial,
-                kind,
-                parsed.installed_version,
-                request.remote or "",
-                # The internal site admits inside peers only; the external one is the edge's.
-                self._zone,
-                self._name,
-                self.context.now(),
-                parsed.last_signed_in_user or (user.upn if user else None),
+            Sighting._make(
+                (
+                    parsed.mac,
+                    parsed.serial,
+                    kind,
+                    parsed.installed_version,
+                    request.remote or "",
+                    # The internal site admits inside peers only; the external one is the edge's.
+                    self._zone,
+                    self._name,
+                    self.context.now(),
+                    parsed.last_signed_in_user or (user.upn if user else None),
+                )
             )
         )
 
@@ -385,6 +400,7 @@ class Endpoints:
                 port,
                 update_response(downloads),
                 " ".join(f.module for f in decision.files),
+                _decision(decision),
             )
             if len(self._answers) >= ANSWER_CACHE_SIZE:
                 self._answers.clear()
@@ -409,31 +425,28 @@ class Endpoints:
         user = note.user
         if decision is not None:
             reason = reason or decision.reason
-            returned = self._answer(decision).modules
+            answer = note.answer or self._answer(decision)
+            returned, version = answer.modules, answer.version
         else:
-            returned = ""
+            returned = version = ""
         upload = note.upload
-        # Built in one call, positionally, with every field: this runs for every request.
         if parsed is not None:
-            record = AuditRecord(
-                now_iso(),
-                self._name,
-                request.remote or "",
-                self._site_name,
-                request.path,
-                status,
-                parsed.device_type,
-                parsed.mac,
-                parsed.serial,
-                parsed.vendor,
-                parsed.model,
-                parsed.revision,
-                parsed.locale,
-                parsed.installed_modules,
-                returned,
-                _decision(decision),
-                reason,
-                parsed.last_signed_in_user or (user.upn if user else ""),
+            # One tuple, every field in column order, the request's part made once per
+            # parsed request: this runs for every check.
+            record = AuditRecord._make(
+                (
+                    now_iso(),
+                    self._name,
+                    request.remote or "",
+                    self._site_name,
+                    request.path,
+                    status,
+                    *parsed.audit_fields,
+                    returned,
+                    version,
+                    reason,
+                    parsed.last_signed_in_user or (user.upn if user else ""),
+                )
             )
         else:
             record = AuditRecord(
@@ -444,7 +457,7 @@ class Endpoints:
                 path=request.path,
                 status=status,
                 reason=reason,
-                decision=_decision(decision),
+                decision=version,
                 modules_returned=returned,
             )
             if upload is not None:
@@ -464,6 +477,8 @@ class _Answer:
     port: int
     body: bytes
     modules: str
+    version: str
+    """The decision as the audit log writes it (see _decision)."""
 
 
 async def _expect(request: web.BaseRequest) -> None:

@@ -118,6 +118,21 @@ class DeviceUpdateRequest:
         """The modules as the audit log writes them: ``name:version`` separated by spaces."""
         return " ".join(f"{m.name}:{m.version}" for m in self.modules)
 
+    @cached_property
+    def audit_fields(self) -> tuple[str, str, str, str, str, str, str, str]:
+        """What the audit record takes from the request, in its column order (device type
+        to installed modules): made once per parsed request, which every check repeats."""
+        return (
+            self.device_type,
+            self.mac,
+            self.serial,
+            self.vendor,
+            self.model,
+            self.revision,
+            self.locale,
+            self.installed_modules,
+        )
+
 
 @dataclass(frozen=True)
 class Download:
