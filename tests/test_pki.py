@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import shutil
@@ -602,3 +603,32 @@ def test_client_context_does_not_trust_the_system_store(pki: LabPKI) -> None:
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname
     assert len(context.get_ca_certs()) == 1
+
+
+def _session_after_handshake(server: ssl.SSLContext, client: ssl.SSLContext, host: str) -> bool:
+    """Handshake in memory, pass the server's first bytes; whether the client got a ticket."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    phone = client.wrap_bio(to_client, to_server, server_hostname=host)
+    front_end = server.wrap_bio(server_in, server_out, server_side=True)
+    for _ in range(10):
+        for side in (phone, front_end):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                side.do_handshake()
+        server_in.write(to_server.read())
+        to_client.write(server_out.read())
+    front_end.write(b"hello")
+    to_client.write(server_out.read())
+    assert phone.read(5) == b"hello"
+    session = phone.session
+    return session is not None and session.has_ticket
+
+
+def test_front_ends_send_no_session_tickets(pki: LabPKI) -> None:
+    # The lab's phones never resume a TLS session: a ticket would be work for nothing.
+    pair = pki.server("fe01")
+    host = default_config().front_end("fe01").fqdn
+    assert not _session_after_handshake(pair.server_context(), pki.client_context(), host)
+    ticketing = pair.server_context()
+    ticketing.num_tickets = 2  # what OpenSSL sends by default
+    assert _session_after_handshake(ticketing, pki.client_context(), host)

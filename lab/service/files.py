@@ -36,6 +36,8 @@ from aiohttp import web
 from lab.service.problems import Diagnostic, Problem
 
 CHUNK_SIZE = 1024 * 1024
+TLS_WRITE_SIZE = 256 * 1024
+"""How much of a chunk is handed to the TLS transport at once."""
 ETAG_CACHE_SIZE = 4096
 PATH_CACHE_SIZE = 4096
 _FD_PATHS = Path("/proc/self/fd")
@@ -180,7 +182,11 @@ class ImageFiles:
                     # The file shrank under us: the promised length cannot be kept.
                     raise ConnectionResetError(f"{path} shrank while being sent")
                 try:
-                    await response.write(chunk)
+                    # TLS encrypts a chunk in one piece: in quarters, half the work (the
+                    # encrypted output is gathered in smaller buffers).
+                    view = memoryview(chunk)
+                    for part in range(0, len(view), TLS_WRITE_SIZE):
+                        await response.write(view[part : part + TLS_WRITE_SIZE])
                 except ConnectionResetError:
                     # The phone went away, or immediate maintenance cut the connection: a
                     # transfer ending early is the phone's to resume, not a server error.
