@@ -95,32 +95,37 @@ class AuditLog:
 
     def write(self, record: AuditRecord) -> None:
         """Append ``record`` (the file is opened, or rolled over, as needed) and publish it."""
-        day = record.time[:10]
-        if day != self._day or self._fd is None:
-            self._open(datetime.fromisoformat(record.time.replace("Z", "+00:00")))
-            self._day = day
-        assert self._fd is not None
-        _write_all(self._fd, self._line(record))
+        when = record.time
+        fd = self._fd
+        if fd is None or when[:10] != self._day:
+            fd = self._open(datetime.fromisoformat(when.replace("Z", "+00:00")))
+            self._day = when[:10]
+        # A phone's checks repeat everything but the time: the rest of the line is made
+        # once per phone, server and answer (bounded, see TAIL_MEMO). Every check writes
+        # a line, so this is kept to a few operations.
+        rest = record[1:]
+        tail = self._tails.get(rest)
+        if tail is None or "," in when or '"' in when or "\n" in when or "\r" in when:
+            data = self._line(record, rest)
+        else:
+            data = when.encode() + tail
+        written = os.write(fd, data)
+        if written < len(data):
+            _write_all(fd, data[written:])
         if self.events is not None and self.events.listened("audit"):
             self.events.publish("audit", **record._asdict())
 
-    def _line(self, record: AuditRecord) -> bytes:
-        """``csv_line(record)``, encoded."""
+    def _line(self, record: AuditRecord, rest: tuple[str | int, ...]) -> bytes:
+        """``csv_line(record)``, encoded; its rest after the time is remembered."""
+        line = csv_line(record)
         when = record.time
-        if _needs_quoting(when):
-            return csv_line(record).encode()
-        # A phone's checks repeat everything but the time: the rest of the line is made
-        # once per phone, server and answer (bounded, see TAIL_MEMO).
-        rest = record[1:]
-        tail = self._tails.get(rest)
-        if tail is None:
-            tail = csv_line(record)[len(when) :].encode()
+        if not _needs_quoting(when):
             if len(self._tails) >= TAIL_MEMO:
                 self._tails.clear()
-            self._tails[rest] = tail
-        return when.encode() + tail
+            self._tails[rest] = line[len(when) :].encode()
+        return line.encode()
 
-    def _open(self, day: datetime) -> None:
+    def _open(self, day: datetime) -> int:
         self.close()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path_for(day)
@@ -133,6 +138,7 @@ class AuditLog:
             os.close(fd)
             raise
         self._fd = fd
+        return fd
 
     def close(self) -> None:
         """Close the current file (a later write reopens it)."""

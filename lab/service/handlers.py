@@ -30,10 +30,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from lab.audit import AuditRecord, now_iso
 from lab.config import User
 from lab.decision import Decision
-from lab.errors import IdentityError, StoreError
+from lab.errors import StoreError
 from lab.firewall import Zone
 from lab.inventory import Sighting
-from lab.models import DeviceKind, check_kind
+from lab.models import DeviceKind
 from lab.service.frontend import FrontEndServer, Role, SiteHandler
 from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
 from lab.service.ntlm import Authenticated, Challenge, NtlmSession, Rejected, parse_authorization
@@ -129,10 +129,9 @@ class Endpoints:
             CIMultiDict({hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE, SERVER_HEADER: self._fqdn})
         )
         self._zone = Zone.INSIDE if role is Role.INTERNAL else Zone.OUTSIDE
-        # Few kinds and versions are in a fleet: what each decision answers, and each
-        # reported kind's check, are remembered (bounded, see ANSWER_CACHE_SIZE).
+        # Few kinds and versions are in a fleet: what each decision answers is remembered
+        # (bounded, see ANSWER_CACHE_SIZE).
         self._answers: dict[int, _Answer] = {}
-        self._kinds: dict[DeviceKind, DeviceKind | str] = {}
 
     def _route_all(self) -> None:
         internal = self.role is Role.INTERNAL
@@ -362,18 +361,10 @@ class Endpoints:
             )
         )
 
-    def _kind(self, parsed: DeviceUpdateRequest) -> DeviceKind:
+    @staticmethod
+    def _kind(parsed: DeviceUpdateRequest) -> DeviceKind:
         """The checked device kind of ``parsed``; 404 UNKNOWN_MODEL when it names none."""
-        reported = parsed.kind
-        kind = self._kinds.get(reported)
-        if kind is None:
-            try:
-                kind = check_kind(reported)
-            except IdentityError as exc:
-                kind = f"unknown device: {exc}"
-            if len(self._kinds) >= ANSWER_CACHE_SIZE:
-                self._kinds.clear()
-            self._kinds[reported] = kind
+        kind = parsed.checked_kind  # checked once per parsed request
         if isinstance(kind, str):
             raise Problem(Diagnostic.UNKNOWN_MODEL, kind)
         return kind

@@ -35,7 +35,7 @@ from defusedxml import (
 )
 
 from lab.errors import IdentityError, ServiceError
-from lab.models import DeviceKind, normalise_mac, normalise_serial, parse_version
+from lab.models import DeviceKind, check_kind, normalise_mac, normalise_serial, parse_version
 
 MAX_REQUEST_BYTES = 64 * 1024
 # Parsed requests remembered, by body: about one per phone of a large fleet. Only bodies up
@@ -106,6 +106,14 @@ class DeviceUpdateRequest:
     def kind(self) -> DeviceKind:
         """The device kind the request reports (not checked against the known models)."""
         return DeviceKind(self.device_type, self.vendor, self.model, self.revision, self.locale)
+
+    @cached_property
+    def checked_kind(self) -> DeviceKind | str:
+        """The kind as the lab writes it (check_kind), or why it is no kind of the lab."""
+        try:
+            return check_kind(self.kind)
+        except IdentityError as exc:
+            return f"unknown device: {exc}"
 
     @cached_property
     def identity_normalised(self) -> bool:
