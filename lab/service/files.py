@@ -15,9 +15,11 @@ Rules of this module:
 - ``Range: bytes=...`` (one range) is honoured unless ``If-Range`` is present and does not
   match the current ETag exactly; then the whole file is sent with 200, never a mix. An
   unsatisfiable range gets 416 with ``Content-Range: bytes */<size>``.
-- Bytes are read with ``os.pread`` in a worker thread and written through aiohttp, which
-  waits for the client (flow control), so a slow reader holds a transfer open without the
-  server buffering the file.
+- Bytes are read from the page cache without blocking where the system can say what is
+  there (``RWF_NOWAIT``), in a worker thread otherwise (a thread hop costs the loop more
+  than copying a cached chunk), and written through aiohttp, which waits for the client
+  (flow control), so a slow reader holds a transfer open without the server buffering
+  the file.
 """
 
 from __future__ import annotations
@@ -173,11 +175,12 @@ class ImageFiles:
             loop = asyncio.get_running_loop()
             offset = start
             while offset < end:
-                pending = loop.run_in_executor(
-                    None, os.pread, fd, min(CHUNK_SIZE, end - offset), offset
-                )
-                chunk = await pending
-                pending = None
+                size = min(CHUNK_SIZE, end - offset)
+                chunk: bytes | memoryview | None = read_cached(fd, size, offset)
+                if chunk is None:
+                    pending = loop.run_in_executor(None, os.pread, fd, size, offset)
+                    chunk = await pending
+                    pending = None
                 if not chunk:
                     # The file shrank under us: the promised length cannot be kept.
                     raise ConnectionResetError(f"{path} shrank while being sent")
@@ -214,6 +217,23 @@ def _content_etag(fd: int, size: int) -> str:
         digest.update(chunk)
         offset += len(chunk)
     return f'"{digest.hexdigest()[:32]}"'
+
+
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def read_cached(fd: int, size: int, offset: int) -> memoryview | None:
+    """Up to ``size`` bytes of ``fd`` at ``offset`` that are in the page cache, read without
+    waiting for a disk; None when none are (or the system cannot tell): read them in a
+    thread. Empty at the end of the file."""
+    if _NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        got = os.preadv(fd, [buffer], offset, _NOWAIT)
+    except OSError:
+        return None  # not cached (EAGAIN), or not supported here; a thread will know
+    return memoryview(buffer)[:got]
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

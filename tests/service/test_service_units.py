@@ -14,7 +14,7 @@ from service_helpers import check_body
 
 from lab.config import User, default_config
 from lab.errors import ServiceError
-from lab.service.files import ImageFiles, if_range_holds, parse_range
+from lab.service.files import ImageFiles, if_range_holds, parse_range, read_cached
 from lab.service.ntlm import (
     ENV_VAR,
     Authenticated,
@@ -331,3 +331,32 @@ async def test_a_kept_path_swapped_for_a_symlink_is_refused(tmp_path: Path) -> N
     with pytest.raises(Problem) as caught:
         await store.send(make_mocked_request("GET", "/x"), kept)
     assert caught.value.diagnostic.status == 404
+
+
+def test_cached_reads_give_the_files_bytes_and_leave_the_rest_to_a_thread(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    image = tmp_path / "CPE.nbt"
+    image.write_bytes(data)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        if read_cached(fd, 1, 0) is None:
+            pytest.skip("this file system cannot read without waiting (RWF_NOWAIT)")
+        # Just written, so cached: each part is read at once, the end is empty.
+        got = b"".join(
+            bytes(read_cached(fd, 1024 * 1024, offset) or b"")
+            for offset in range(0, len(data), 1024 * 1024)
+        )
+        assert got == data
+        end = read_cached(fd, 10, len(data))
+        assert end is not None
+        assert len(end) == 0
+    finally:
+        os.close(fd)
+    reader, writer = os.pipe()
+    try:
+        assert read_cached(reader, 10, 0) is None  # no page cache to ask: a thread reads it
+    finally:
+        os.close(reader)
+        os.close(writer)
