@@ -207,16 +207,21 @@ def check_image(image: bytes | BinaryIO, entry: CatalogEntry) -> None:
             if size > entry.size:
                 break
             digest.update(chunk)
+    check_received(size, digest.hexdigest(), entry)
+
+
+def check_received(size: int, sha256: str, entry: CatalogEntry) -> None:
+    """ImageError unless an image of ``size`` bytes hashing to ``sha256`` (hex) is the one
+    the catalog entry lists (what check_image says of the image itself)."""
     if size != entry.size:
         relation = "more than" if size > entry.size else f"{size} bytes, not"
         raise ImageError(
             f"{entry.name} is {relation} the {entry.size} bytes its catalog lists "
             "(incomplete or altered download)"
         )
-    got = digest.hexdigest()
-    if got != entry.sha256:
+    if sha256 != entry.sha256:
         raise ImageError(
-            f"{entry.name} has SHA-256 {got}, but its catalog lists {entry.sha256} "
+            f"{entry.name} has SHA-256 {sha256}, but its catalog lists {entry.sha256} "
             "(altered or corrupt image)"
         )
 

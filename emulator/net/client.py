@@ -38,6 +38,8 @@ class Download:
     size: int
     received: int
     etag: str | None
+    sha256: str | None = None
+    """The SHA-256 of the whole file as written, hashed as it was (None if not hashed)."""
 
     @property
     def resumed(self) -> bool:

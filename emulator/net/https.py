@@ -22,6 +22,7 @@ Rules of this module:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -68,6 +69,7 @@ DEFAULT_USER_AGENT = "UCPhone (Lync Phone Edition emulator)"
 ERROR_BODY_LIMIT = 4096
 """How much of an error answer's body is kept (its reason is in the headers anyway)."""
 CHUNK_SIZE = 64 * 1024
+_HASH_BLOCK = 1 << 20
 
 TLSContexts = Callable[[float], PhoneTLSContext]
 """The TLS context for a clock offset: lets many phones on one clock share a few contexts."""
@@ -437,7 +439,7 @@ class PhoneHTTPSClient:
                 offset=size,
                 etag=etag,
             )
-        return Download(response.status, size, size - keep, etag)
+        return Download(response.status, size, size - keep, etag, sink.sha256)
 
     async def _failure(self, target: _Target, exchange: _Exchange) -> ServiceStatusError:
         """The error for an answer that is not what was asked for, with the service's reason."""
@@ -572,16 +574,30 @@ class _CountingConnector(aiohttp.TCPConnector):
 
 
 class _FileSink:
-    """The file a download writes to, opened to keep its first ``keep`` bytes."""
+    """The file a download writes to, opened to keep its first ``keep`` bytes, and the
+    SHA-256 of all of it, hashed as it is written (so verifying needs no second read)."""
 
     def __init__(self, path: Path, keep: int) -> None:
         # Writes land in the page cache; a thread hop per chunk would cost more than it saves.
         self._file: IO[bytes] = path.open("r+b" if keep else "wb")
+        self._digest = hashlib.sha256()
+        if keep:
+            # What is kept is hashed first (resuming is rare; the bytes are in the cache).
+            left = keep
+            while left and (block := self._file.read(min(left, _HASH_BLOCK))):
+                self._digest.update(block)
+                left -= len(block)
         self._file.truncate(keep)
         self._file.seek(keep)
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
+        self._digest.update(data)
+
+    @property
+    def sha256(self) -> str:
+        """The hex SHA-256 of the file's bytes so far."""
+        return self._digest.hexdigest()
 
     def close(self) -> None:
         self._file.close()

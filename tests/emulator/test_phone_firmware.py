@@ -27,6 +27,7 @@ from emulator.firmware import (
     check_catalog_device,
     check_image,
     check_image_file,
+    check_received,
     parse_catalog,
     verify_catalog,
     verify_catalog_signature,
@@ -175,6 +176,15 @@ def test_an_image_of_the_wrong_size_or_hash_is_refused(data: bytes, words: str) 
         check_image(data, entry)
     with pytest.raises(ImageError, match=words):
         check_image(io.BytesIO(data), entry)
+    # What was hashed while it was received is judged in the same words.
+    with pytest.raises(ImageError, match=words):
+        check_received(len(data), hashlib.sha256(data).hexdigest(), entry)
+
+
+def test_an_image_received_whole_passes_on_its_size_and_hash() -> None:
+    data = image()
+    entry = CatalogEntry("CPE.nbt", len(data), hashlib.sha256(data).hexdigest())
+    check_received(len(data), hashlib.sha256(data).hexdigest(), entry)
 
 
 def test_a_missing_image_file_is_an_image_error(tmp_path: Path) -> None:

@@ -317,6 +317,7 @@ async def test_download_whole_file(server: WebServer, phone: PhoneFactory, tmp_p
     assert result.etag == IMAGE_ETAG
     assert not result.resumed
     assert sha256(target) == hashlib.sha256(IMAGE).hexdigest()
+    assert result.sha256 == sha256(target)  # hashed as written, kept bytes included
     assert seen[-1] == (len(IMAGE), len(IMAGE))
     assert [size for size, _ in seen] == sorted(size for size, _ in seen)
     assert "Range" not in server.requests[0].headers
@@ -336,6 +337,7 @@ async def test_resume_with_the_matching_etag_appends(
     assert result.resumed
     assert result.etag == IMAGE_ETAG
     assert sha256(target) == hashlib.sha256(IMAGE).hexdigest()
+    assert result.sha256 == sha256(target)  # hashed as written, kept bytes included
     headers = server.requests[0].headers
     assert (headers["Range"], headers["If-Range"]) == ("bytes=120000-", IMAGE_ETAG)
 
@@ -354,6 +356,7 @@ async def test_resume_with_a_stale_etag_restarts_the_file(
     assert result.etag == IMAGE_ETAG
     assert not result.resumed
     assert sha256(target) == hashlib.sha256(IMAGE).hexdigest()
+    assert result.sha256 == sha256(target)  # hashed as written, kept bytes included
     assert server.requests[0].headers["If-Range"] == '"older"'
 
 
@@ -373,6 +376,7 @@ async def test_offset_given_by_the_core_wins_over_the_file_size(
 
     assert (result.status, result.received) == (206, len(IMAGE) - 200_000)
     assert sha256(target) == hashlib.sha256(IMAGE).hexdigest()
+    assert result.sha256 == sha256(target)  # hashed as written, kept bytes included
 
 
 async def test_a_complete_file_is_not_fetched_again(
@@ -387,6 +391,7 @@ async def test_a_complete_file_is_not_fetched_again(
 
     assert (result.status, result.size, result.received) == (416, len(IMAGE), 0)
     assert sha256(target) == hashlib.sha256(IMAGE).hexdigest()
+    assert result.sha256 is None  # nothing was written: verifying reads the file
 
 
 async def test_a_cut_download_keeps_its_bytes_and_resumes(
@@ -406,6 +411,7 @@ async def test_a_cut_download_keeps_its_bytes_and_resumes(
     )
     assert (result.status, result.received) == (206, len(IMAGE) - 100_000)
     assert sha256(target) == hashlib.sha256(IMAGE).hexdigest()
+    assert result.sha256 == sha256(target)  # hashed as written, kept bytes included
 
 
 async def test_download_error_status_carries_the_reason(
