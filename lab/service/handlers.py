@@ -65,7 +65,7 @@ Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 class Note:
     """What serving one request learnt on the way, for its audit record."""
 
-    __slots__ = ("answer", "decision", "parsed", "rest", "upload", "user")
+    __slots__ = ("answer", "decision", "named", "parsed", "rest", "upload", "user")
 
     def __init__(self) -> None:
         # The rest of the path after a route's prefix (a file path), "" for exact routes.
@@ -75,6 +75,8 @@ class Note:
         self.answer: _Answer | None = None
         self.user: User | None = None
         self.upload: LogUpload | None = None
+        # Whether the answer already names the front end (X-MS-Server-Fqdn).
+        self.named = False
 
 
 def make_handler(server: FrontEndServer, role: Role) -> SiteHandler:
@@ -176,10 +178,13 @@ class Endpoints:
         """Serve ``request``: route, handle, answer refusals, and report it for the audit."""
         note = Note()
         try:
-            handler, rest = self._route(request)
+            # An exact path and its method (every check) are found at once.
+            exact = self._exact.get(request.path)
+            handler = exact.get(request.method) if exact is not None else None
+            if handler is None:
+                handler, note.rest = self._route(request)
             if request.headers.get(hdrs.EXPECT):
                 await _expect(request)
-            note.rest = rest
             response = await handler(request, note)
         except Exception as exc:
             problem = as_problem(request, exc)
@@ -191,10 +196,10 @@ class Endpoints:
             response = problem_response(problem)
         else:
             self._report(request, note, response.status, "")
-        if not response.prepared:  # a download named itself before it started sending
-            headers = response.headers
-            if SERVER_HEADER not in headers:  # a check's answer has it from the start
-                headers[SERVER_HEADER] = self._fqdn
+        # A check's answer names the front end from the start, and a download names
+        # itself before it starts sending; every other answer is named here.
+        if not note.named and not response.prepared:
+            response.headers[SERVER_HEADER] = self._fqdn
         return response
 
     # -- endpoints ---------------------------------------------------------------------
@@ -225,6 +230,7 @@ class Endpoints:
         note.decision = decision
         answer = note.answer = self._answer(decision)
         self._seen(request, note, parsed, kind)
+        note.named = True
         return web.Response(body=answer.body, headers=self._check_headers)
 
     async def device_log(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:

@@ -56,6 +56,7 @@ class StoreDecider:
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._decisions: dict[tuple[str, DeviceKind, str, bool], Decision] = {}
+        self._by_request: dict[int, tuple[DeviceUpdateRequest, str, Decision]] = {}
         self._index = _open_index(Path(f"{store.path}-shm"))
         if self._index is not None:
             weakref.finalize(self, os.close, self._index)
@@ -68,7 +69,12 @@ class StoreDecider:
         """lab.decision.decide on the store's current snapshot for ``server``'s rules."""
         snapshot = self._current()
         if snapshot is not self._snapshot or len(self._decisions) >= DECISION_CACHE_SIZE:
-            self._snapshot, self._decisions = snapshot, {}
+            self._snapshot, self._decisions, self._by_request = snapshot, {}, {}
+        # A phone repeats its parsed request (see xmlio): its decision on this snapshot is
+        # found by the request itself (the entry holds it, so a reused id cannot match).
+        known = self._by_request.get(id(request))
+        if known is not None and known[0] is request and known[1] == server:
+            return known[2]
         test_device = _is_test_device(snapshot, request)
         kind = request.kind
         installed = request.installed_version
@@ -77,6 +83,9 @@ class StoreDecider:
         if decision is None:
             decision = decide(kind, installed, test_device, snapshot.rules_for(server))
             self._decisions[key] = decision
+        if len(self._by_request) >= DECISION_CACHE_SIZE:
+            self._by_request.clear()
+        self._by_request[id(request)] = (request, server, decision)
         return decision
 
     def _current(self) -> Snapshot:
