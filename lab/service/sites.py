@@ -88,6 +88,9 @@ class GuardedConnection(asyncio.Protocol):
         self._handler = handler
         self.site._upgraded(self)
         handler.connection_made(transport)
+        # From here on the request bytes go to aiohttp's handler without a stop here (the
+        # transport looks the method up on this object for every read).
+        setattr(self, "data_received", handler.data_received)  # noqa: B010
 
     def data_received(self, data: bytes) -> None:
         """Decrypted request bytes, for aiohttp."""
