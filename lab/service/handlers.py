@@ -33,8 +33,7 @@ from lab.decision import Decision
 from lab.errors import StoreError
 from lab.firewall import Zone
 from lab.inventory import Sighting
-from lab.models import DeviceKind
-from lab.service.frontend import FrontEndServer, Role, SiteHandler
+from lab.service.frontend import FrontEndServer, Mode, Role, SiteHandler
 from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
 from lab.service.ntlm import Authenticated, Challenge, NtlmSession, Rejected, parse_authorization
 from lab.service.problems import Diagnostic, Problem, as_problem, problem_response
@@ -206,7 +205,11 @@ class Endpoints:
 
     async def check(self, request: web.BaseRequest, note: Note) -> web.StreamResponse:
         """POST ucdevice.upx: what the phone should install, if anything."""
-        self.server.ensure_in_service()
+        # Every step is kept to a few operations on the usual path: this runs for every
+        # check of every phone.
+        server = self.server
+        if server.mode is not Mode.PRODUCTION:
+            server.ensure_in_service()
         if self.role is Role.EXTERNAL and self._authenticate(request, note) is None:
             await self._refuse_anonymous_check(request, note)
         content = request.content
@@ -218,7 +221,9 @@ class Endpoints:
             body = await read_body(request)
         parsed = self._parse(body)
         note.parsed = parsed
-        kind = self._kind(parsed)
+        kind = parsed.checked_kind  # checked once per parsed request
+        if isinstance(kind, str):
+            raise Problem(Diagnostic.UNKNOWN_MODEL, kind)
         try:
             decision = self.context.decider.decide(self._name, parsed)
         except StoreError as exc:
@@ -228,8 +233,35 @@ class Endpoints:
                 headers={"Retry-After": str(self.context.retry_after)},
             ) from None
         note.decision = decision
-        answer = note.answer = self._answer(decision)
-        self._seen(request, note, parsed, kind)
+        answer = self._answers.get(id(decision))
+        if (
+            answer is None
+            or answer.decision is not decision
+            or answer.port != self.context.https_port
+        ):
+            answer = self._answer(decision)
+        note.answer = answer
+        observer = self.context.on_check
+        if observer is not None:
+            user = note.user
+            # One tuple, in Sighting's field order.
+            observer(
+                Sighting._make(
+                    (
+                        parsed.mac,
+                        parsed.serial,
+                        kind,
+                        parsed.installed_version,
+                        request.remote or "",
+                        # The internal site admits inside peers only; the external one is
+                        # the edge's.
+                        self._zone,
+                        self._name,
+                        self.context.now(),
+                        parsed.last_signed_in_user or (user.upn if user else None),
+                    )
+                )
+            )
         note.named = True
         return web.Response(body=answer.body, headers=self._check_headers)
 
@@ -341,39 +373,6 @@ class Endpoints:
                     "update checks from outside need a signed-in user; sign in on the phone",
                 )
         raise _challenge("update checks from outside need NTLM credentials")
-
-    def _seen(
-        self, request: web.BaseRequest, note: Note, parsed: DeviceUpdateRequest, kind: DeviceKind
-    ) -> None:
-        observer = self.context.on_check
-        if observer is None:
-            return
-        user = note.user
-        # One tuple, in Sighting's field order: this runs for every check.
-        observer(
-            Sighting._make(
-                (
-                    parsed.mac,
-                    parsed.serial,
-                    kind,
-                    parsed.installed_version,
-                    request.remote or "",
-                    # The internal site admits inside peers only; the external one is the edge's.
-                    self._zone,
-                    self._name,
-                    self.context.now(),
-                    parsed.last_signed_in_user or (user.upn if user else None),
-                )
-            )
-        )
-
-    @staticmethod
-    def _kind(parsed: DeviceUpdateRequest) -> DeviceKind:
-        """The checked device kind of ``parsed``; 404 UNKNOWN_MODEL when it names none."""
-        kind = parsed.checked_kind  # checked once per parsed request
-        if isinstance(kind, str):
-            raise Problem(Diagnostic.UNKNOWN_MODEL, kind)
-        return kind
 
     def _answer(self, decision: Decision) -> _Answer:
         """The answer body and audit text of ``decision`` (built once per decision)."""
