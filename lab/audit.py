@@ -105,7 +105,7 @@ class AuditLog:
         # a line, so this is kept to a few operations.
         rest = record[1:]
         tail = self._tails.get(rest)
-        if tail is None or "," in when or '"' in when or "\n" in when or "\r" in when:
+        if tail is None or _needs_quoting(when):
             data = self._line(record, rest)
         else:
             data = when.encode() + tail

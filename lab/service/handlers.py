@@ -233,14 +233,7 @@ class Endpoints:
                 headers={"Retry-After": str(self.context.retry_after)},
             ) from None
         note.decision = decision
-        answer = self._answers.get(id(decision))
-        if (
-            answer is None
-            or answer.decision is not decision
-            or answer.port != self.context.https_port
-        ):
-            answer = self._answer(decision)
-        note.answer = answer
+        answer = note.answer = self._answer(decision)
         observer = self.context.on_check
         if observer is not None:
             user = note.user
