@@ -866,14 +866,14 @@ class PhoneDriver:
         received = self._received.get(action.module)
         if received is not None:
             # Hashed as it was written: the same bytes, without reading them again.
-            self._answer(_image_event(self._now(), _check_received(*received, entry)))
+            self._answer(_image_event(self._now(), _problem(check_received, *received, entry)))
         elif action.size < self.hash_in_thread_from:
-            self._answer(_image_event(self._now(), _check_image(path, entry)))
+            self._answer(_image_event(self._now(), _problem(check_image_file, path, entry)))
         else:
             self._start(lambda: self._verify_image_in_thread(path, entry))
 
     async def _verify_image_in_thread(self, path: Path, entry: CatalogEntry) -> Event:
-        problem = await asyncio.to_thread(_check_image, path, entry)
+        problem = await asyncio.to_thread(_problem, check_image_file, path, entry)
         return _image_event(self._now(), problem)
 
     def _discard(self, modules: tuple[str, ...]) -> None:
@@ -916,19 +916,11 @@ def _status(now: float, exc: ServiceStatusError) -> ResponseReceived:
     return ResponseReceived(now, exc.status, exc.body, exc.diagnostics, exc.retry_after)
 
 
-def _check_image(path: Path, entry: CatalogEntry) -> str | None:
-    """What is wrong with the image at ``path``, or None (safe to run in a worker thread)."""
+def _problem(check: Callable[..., object], *args: object) -> str | None:
+    """What ``check(*args)`` finds wrong with an image (its FirmwareError), or None; safe to
+    run in a worker thread."""
     try:
-        check_image_file(path, entry)
-    except FirmwareError as exc:
-        return str(exc)
-    return None
-
-
-def _check_received(size: int, sha256: str, entry: CatalogEntry) -> str | None:
-    """What is wrong with an image received as ``size`` bytes hashing to ``sha256``, or None."""
-    try:
-        check_received(size, sha256, entry)
+        check(*args)
     except FirmwareError as exc:
         return str(exc)
     return None
