@@ -51,7 +51,11 @@ phones' lookups time out. At 500 a second (20 s for 10,000) the boots run ahead 
 the two cores can serve, so the spread no longer sets the pace."""
 TARGET_SECONDS = 60.0
 TARGET_MEMORY_MIB = 1024.0
-MAX_CLIENTS = 128
+MAX_CLIENTS = 64
+"""HTTPS clients a worker keeps open at once (``--max-clients``). Measured on 10,000 phones
+with 2 workers (2026-12-04): 32 places 63.8 s, 64 places 62.7 and 61.7 s, 128 places
+64.8 s; more places keep more connections and memory in flight (emulator 9.1 against
+8.7 ms of CPU per phone, 620 against 480-510 MiB) for no more throughput on two cores."""
 SETTINGS: dict[str, dict[str, Any]] = {
     "full": {"phones": 10_000, "scaling_phones": 1_500, "scaling_workers": (1, 2, 3)},
     "quick": {"phones": 1_000, "scaling_phones": 300, "scaling_workers": (1, 2)},
