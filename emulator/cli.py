@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Set by a run with --workers for each of its worker processes.
     run.add_argument("--address-offset", type=int, default=0, help=argparse.SUPPRESS)
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     screen = commands.add_parser(
         "screen", help="a phone's System Information, from a run's JSON or by running one"
@@ -510,7 +511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run" and args.workers > 1 and args.phones > 1:
             return _run_workers(args, argv)
-        return _dispatch(args)
+        status = _dispatch(args)
+        if getattr(args, "worker", False):
+            # A worker's share is out and its files are gone: it leaves at once, rather
+            # than have the run wait while the interpreter frees thousands of phones.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+        return status
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -580,7 +588,16 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
     specs_from(args, args.phones, None)  # the indexes must fit before anything starts
     start = args.start if args.start is not None else time.time()
     base = _without(
-        argv, {"--workers", "--phones", "--first-index", "--start", "--json", "--compact-json"}
+        argv,
+        {
+            "--workers",
+            "--phones",
+            "--first-index",
+            "--start",
+            "--json",
+            "--compact-json",
+            "--worker",
+        },
     )
     workers = min(args.workers, args.phones)
     sizes = [
@@ -603,6 +620,7 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
             str(offset),
             "--start",
             to_datetime(start).isoformat(),
+            "--worker",
             # Their JSON goes to a pipe: indenting it would cost CPU for nothing.
             "--json",
             "--compact-json",
@@ -651,7 +669,7 @@ def _without(argv: list[str], options: set[str]) -> list[str]:
             continue
         name = arg.split("=", 1)[0]
         if name in options:
-            skip = "=" not in arg and name not in ("--json", "--compact-json")
+            skip = "=" not in arg and name not in ("--json", "--compact-json", "--worker")
             continue
         kept.append(arg)
     return kept
