@@ -214,12 +214,7 @@ class InventoryRecorder(Service):
 
     def record(self, sighting: Sighting) -> None:
         """Keep ``sighting`` for the next flush (a dict assignment: the check path's cost)."""
-        pending = self._pending
-        if sighting.user is None:
-            previous = pending.get(sighting.mac)
-            if previous is not None and previous.user is not None:
-                sighting = sighting._replace(user=previous.user)
-        pending[sighting.mac] = sighting
+        self._pending[sighting.mac] = _later(self._pending.get(sighting.mac), sighting)
         self._recorded.set()
 
     async def start(self) -> None:

@@ -83,8 +83,21 @@ def make_handler(server: FrontEndServer, role: Role) -> SiteHandler:
     return Endpoints(server, role)
 
 
+def arrived_body(request: web.BaseRequest, limit: int = MAX_REQUEST_BYTES) -> bytes | None:
+    """The request body if it is within ``limit`` and has all arrived; None otherwise
+    (then read_body waits for it, or refuses it)."""
+    length = request.content_length
+    content = request.content
+    if length is not None and length <= limit and content.is_eof():
+        return content.read_nowait()
+    return None
+
+
 async def read_body(request: web.BaseRequest, limit: int = MAX_REQUEST_BYTES) -> bytes:
     """The request body, at most ``limit`` bytes; 413 (and the connection closed) beyond."""
+    arrived = arrived_body(request, limit)
+    if arrived is not None:
+        return arrived
     length = request.content_length
     if length is not None and length <= limit:
         # The framing bounds the body: aiohttp's reader stops at its end.
@@ -212,12 +225,9 @@ class Endpoints:
             server.ensure_in_service()
         if self.role is Role.EXTERNAL and self._authenticate(request, note) is None:
             await self._refuse_anonymous_check(request, note)
-        content = request.content
-        length = request.content_length
         # A check's small body has usually arrived whole with its headers: taken at once.
-        if length is not None and length <= MAX_REQUEST_BYTES and content.is_eof():
-            body = content.read_nowait()
-        else:
+        body = arrived_body(request)
+        if body is None:
             body = await read_body(request)
         parsed = self._parse(body)
         note.parsed = parsed
