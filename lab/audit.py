@@ -109,9 +109,7 @@ class AuditLog:
             data = self._line(record, rest)
         else:
             data = when.encode() + tail
-        written = os.write(fd, data)
-        if written < len(data):
-            _write_all(fd, data[written:])
+        _write_all(fd, data)
         if self.events is not None and self.events.listened("audit"):
             self.events.publish("audit", **record._asdict())
 
