@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 
 from emulator.clock import ScaledClock, from_datetime, to_datetime
+from emulator.collector import long_run_pace
 from emulator.driver import LeaseNetwork, PhoneDriver
 from emulator.errors import CredentialsError, EmulatorError, FleetError, LeaseError, ModelError
 from emulator.events import Credentials
@@ -721,15 +722,16 @@ def _run_loop(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         loop.set_exception_handler(_closed_tls_is_quiet(loop.get_exception_handler()))
         results.append(await main())
 
-    if loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - installed wherever it builds
-            pass
-        else:
-            uvloop.run(run())
-            return results[0]
-    asyncio.run(run())
+    with long_run_pace():
+        if loop == "uvloop":
+            try:
+                import uvloop
+            except ImportError:  # pragma: no cover - installed wherever it builds
+                pass
+            else:
+                uvloop.run(run())
+                return results[0]
+        asyncio.run(run())
     return results[0]
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator.collector import long_run_pace
 from lab.admin import make_app, make_token
 from lab.audit import AuditLog, AuditRecord
 from lab.config import LabConfig
@@ -239,9 +240,11 @@ async def serve_until_signalled(lab: Lab, on_ready: Callable[[Lab], None]) -> No
 
 
 def run_event_loop(main: Callable[[], Any]) -> Any:
-    """Run coroutine function ``main`` on uvloop where the platform has it."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is installed wherever it builds
-        return asyncio.run(main())
-    return uvloop.run(main())
+    """Run coroutine function ``main`` on uvloop where the platform has it, with the
+    collector at the pace of a long busy run (emulator.collector)."""
+    with long_run_pace():
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is installed wherever it builds
+            return asyncio.run(main())
+        return uvloop.run(main())
