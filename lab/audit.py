@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -52,6 +53,10 @@ _SEPARATORS = len(COLUMNS) - 1
 TAIL_MEMO = 4096
 """How many line endings (everything after the time) an audit log remembers."""
 
+AuditRepeat = Callable[[], None]
+"""Writes a record again at the current time (``now_iso``), as the log would write that
+record: what AuditLog.write hands back for a record whose line it remembers."""
+
 
 def audit_file_name(server: str, day: datetime) -> str:
     """``RequestHandlerAuditLog_<server>_<YYYYMMDD>.log``."""
@@ -87,14 +92,18 @@ class AuditLog:
         self.events = events
         self._day: str | None = None
         self._fd: int | None = None
-        self._tails: dict[tuple[str | int, ...], bytes] = {}
+        self._repeats: dict[tuple[str | int, ...], _Repeat] = {}
 
     def path_for(self, day: datetime) -> Path:
         """The file that holds ``day``'s records."""
         return self.directory / audit_file_name(self.server, day)
 
-    def write(self, record: AuditRecord) -> None:
-        """Append ``record`` (the file is opened, or rolled over, as needed) and publish it."""
+    def write(self, record: AuditRecord) -> AuditRepeat | None:
+        """Append ``record`` (the file is opened, or rolled over, as needed) and publish it.
+
+        Returns what writes the same record again at another time in fewer steps (a phone
+        repeating its check), when the line is one the log remembers.
+        """
         when = record.time
         fd = self._fd
         if fd is None or when[:10] != self._day:
@@ -104,24 +113,28 @@ class AuditLog:
         # once per phone, server and answer (bounded, see TAIL_MEMO). Every check writes
         # a line, so this is kept to a few operations.
         rest = record[1:]
-        tail = self._tails.get(rest)
-        if tail is None or _needs_quoting(when):
-            data = self._line(record, rest)
+        repeat = self._repeats.get(rest)
+        if repeat is None or _needs_quoting(when):
+            data, repeat = self._line(record, rest)
         else:
-            data = when.encode() + tail
+            data = when.encode() + repeat.tail
         _write_all(fd, data)
         if self.events is not None and self.events.listened("audit"):
             self.events.publish("audit", **record._asdict())
+        return repeat
 
-    def _line(self, record: AuditRecord, rest: tuple[str | int, ...]) -> bytes:
-        """``csv_line(record)``, encoded; its rest after the time is remembered."""
+    def _line(
+        self, record: AuditRecord, rest: tuple[str | int, ...]
+    ) -> tuple[bytes, _Repeat | None]:
+        """``csv_line(record)``, encoded, and its repeat; its rest after the time is remembered."""
         line = csv_line(record)
         when = record.time
-        if not _needs_quoting(when):
-            if len(self._tails) >= TAIL_MEMO:
-                self._tails.clear()
-            self._tails[rest] = line[len(when) :].encode()
-        return line.encode()
+        if _needs_quoting(when):
+            return line.encode(), None
+        if len(self._repeats) >= TAIL_MEMO:
+            self._repeats.clear()
+        repeat = self._repeats[rest] = _Repeat(self, record, line[len(when) :].encode())
+        return line.encode(), repeat
 
     def _open(self, day: datetime) -> int:
         self.close()
@@ -143,6 +156,33 @@ class AuditLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _Repeat:
+    """A remembered line of one log: its record, and the encoded rest after the time."""
+
+    __slots__ = ("log", "record", "tail")
+
+    def __init__(self, log: AuditLog, record: AuditRecord, tail: bytes) -> None:
+        self.log = log
+        self.record = record
+        self.tail = tail
+
+    def __call__(self) -> None:
+        """Write the record again at the current time: the time and the remembered rest, in
+        one ``write`` (now_iso's text needs no quoting); the long way (AuditLog.write) on a
+        new day, or when someone listens for audit events."""
+        when = now_iso()
+        log = self.log
+        fd = log._fd
+        events = log.events
+        if fd is None or when[:10] != log._day or (events is not None and events.listened("audit")):
+            log.write(self.record._replace(time=when))
+            return
+        data = when.encode() + self.tail
+        written = os.write(fd, data)
+        if written < len(data):
+            _write_all(fd, data[written:])
 
 
 def csv_line(record: AuditRecord) -> str:

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from emulator.collector import long_run_pace
 from lab.admin import make_app, make_token
-from lab.audit import AuditLog, AuditRecord
+from lab.audit import AuditLog, AuditRecord, AuditRepeat
 from lab.config import LabConfig
 from lab.dns import DNSServer
 from lab.errors import LabStateError, PKIError
@@ -165,8 +165,8 @@ class Lab(Service):
         host, port = runner.addresses[0][:2]
         self.admin_address = (host, port)
 
-    def _audit(self, record: AuditRecord) -> None:
-        self.audit[record.server].write(record)
+    def _audit(self, record: AuditRecord) -> AuditRepeat | None:
+        return self.audit[record.server].write(record)
 
     def _close_audit(self) -> None:
         for log in self.audit.values():

@@ -15,6 +15,7 @@ from lab.dnsprobe import query
 from lab.runner import Lab
 
 INSIDE_PHONE = "127.10.0.150"
+OTHER_INSIDE_PHONE = "127.10.0.151"
 
 
 @pytest.fixture
@@ -125,11 +126,11 @@ CHECK = """<DeviceUpdateRequest><DeviceType>UCPhone</DeviceType><Vendor>Polycom<
 <Modules><Module name="CPE.nbt" version="4.0.7577.4366"/></Modules></DeviceUpdateRequest>"""
 
 
-async def test_every_check_leaves_one_audit_line_in_its_servers_log(lab: Lab) -> None:
+async def _check_from(lab: Lab, source: str, times: int) -> None:
     fe = lab.config.front_ends[0]
-    connector = aiohttp.TCPConnector(ssl=lab.pki.client_context(), local_addr=(INSIDE_PHONE, 0))
+    connector = aiohttp.TCPConnector(ssl=lab.pki.client_context(), local_addr=(source, 0))
     async with aiohttp.ClientSession(connector=connector) as phone:
-        for _ in range(2):
+        for _ in range(times):
             async with phone.post(
                 f"https://{fe.address}:{lab.pool.https_port}/RequestHandler/ucdevice.upx",
                 data=CHECK,
@@ -138,11 +139,26 @@ async def test_every_check_leaves_one_audit_line_in_its_servers_log(lab: Lab) ->
             ) as response:
                 assert response.status == 200
                 assert 'downloads="0"' in await response.text()
+
+
+async def test_every_check_leaves_one_audit_line_in_its_servers_log(lab: Lab) -> None:
+    # Repeated checks are written through the log's repeat: each still gets a whole line,
+    # and a line that differs in more than its time (another address) is written in full.
+    await _check_from(lab, INSIDE_PHONE, 3)
+    await _check_from(lab, OTHER_INSIDE_PHONE, 1)
+    await _check_from(lab, INSIDE_PHONE, 1)
+    fe = lab.config.front_ends[0]
     logs = list((lab.state_dir / "servers" / fe.name / "AuditLogs").iterdir())
     assert len(logs) == 1
     rows = read_audit(logs[0])
-    assert len(rows) == 2
+    assert [row["client_address"] for row in rows] == [INSIDE_PHONE] * 3 + [
+        OTHER_INSIDE_PHONE,
+        INSIDE_PHONE,
+    ]
     assert {row["mac"] for row in rows} == {"00-04-F2-00-00-07"}
-    assert {row["client_address"] for row in rows} == {INSIDE_PHONE}
     assert {row["status"] for row in rows} == {"200"}
+    assert all(row["reason"] and row["installed_modules"] for row in rows)
+    same = [{k: v for k, v in row.items() if k not in ("time", "client_address")} for row in rows]
+    assert all(fields == same[0] for fields in same)
+    assert [row["time"] for row in rows] == sorted(row["time"] for row in rows)
     assert not (lab.state_dir / "servers" / "fe02" / "AuditLogs").exists()

@@ -121,3 +121,64 @@ def test_now_iso_is_the_current_millisecond(monkeypatch: pytest.MonkeyPatch) -> 
         "2026-11-18T11:06:40.999Z",
         "2026-11-18T11:06:41.250Z",
     ]
+
+
+def _fixed_time(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    monkeypatch.setattr("lab.audit.time", SimpleNamespace(time=lambda: seconds))
+
+
+def test_a_repeat_writes_the_same_line_at_the_current_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog("fe01", tmp_path)
+    first = record("2026-11-18T11:06:40.000Z", "4.0.7577.4398", mac="00-04-F2-00-00-01")
+    repeat = log.write(first)
+    assert repeat is not None
+    assert log.write(first) is repeat  # one per remembered line
+    _fixed_time(monkeypatch, 1_795_000_000.25)
+    repeat()
+    _fixed_time(monkeypatch, 1_795_000_001.5)
+    repeat()
+    rows = read_audit(tmp_path / "RequestHandlerAuditLog_fe01_20261118.log")
+    assert [r["time"] for r in rows] == [
+        "2026-11-18T11:06:40.000Z",
+        "2026-11-18T11:06:40.000Z",
+        "2026-11-18T11:06:40.250Z",
+        "2026-11-18T11:06:41.500Z",
+    ]
+    assert all({**r, "time": ""} == {**rows[0], "time": ""} for r in rows)
+
+
+def test_a_repeat_on_a_new_day_opens_that_days_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog("fe01", tmp_path)
+    repeat = log.write(record("2026-11-18T23:59:59.000Z", "none"))
+    assert repeat is not None
+    _fixed_time(monkeypatch, 1_795_046_400.0)  # 2026-11-19T00:00:00Z
+    repeat()
+    log.close()
+    rows = read_audit(tmp_path / "RequestHandlerAuditLog_fe01_20261119.log")
+    assert [(r["time"], r["decision"]) for r in rows] == [("2026-11-19T00:00:00.000Z", "none")]
+
+
+def test_a_repeat_publishes_when_someone_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = EventBus()
+    log = AuditLog("fe01", tmp_path, events)
+    repeat = log.write(record("2026-11-18T11:06:40.000Z", "none"))
+    assert repeat is not None
+    with events.stream() as stream:
+        _fixed_time(monkeypatch, 1_795_000_002.0)
+        repeat()
+        [event] = stream.pending()
+    assert event.kind == "audit"
+    assert event.data["time"] == "2026-11-18T11:06:42.000Z"
+    assert event.data["decision"] == "none"
+
+
+def test_a_time_that_needs_quoting_gets_no_repeat(tmp_path: Path) -> None:
+    log = AuditLog("fe01", tmp_path)
+    log.write(record("2026-11-18T11:06:40.000Z", "none"))  # opens the day's file
+    assert log.write(record('2026-11-18T11:06:40,"1"', "none")) is None
