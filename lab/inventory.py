@@ -213,8 +213,14 @@ class InventoryRecorder(Service):
         return len(self._pending)
 
     def record(self, sighting: Sighting) -> None:
-        """Keep ``sighting`` for the next flush (a dict assignment: the check path's cost)."""
-        self._pending[sighting.mac] = _later(self._pending.get(sighting.mac), sighting)
+        """Keep ``sighting`` for the next flush (a dict assignment: the check path's cost).
+
+        The very sighting already pending (a phone repeating its check) changes nothing.
+        """
+        pending = self._pending.get(sighting.mac)
+        if pending is sighting:
+            return
+        self._pending[sighting.mac] = _later(pending, sighting)
         self._recorded.set()
 
     async def start(self) -> None:

@@ -308,6 +308,20 @@ async def test_the_recorder_keeps_the_latest_sighting_per_phone_and_writes_them_
     assert latest.last_user == "alice@contoso.test"  # kept from the earlier sighting
 
 
+async def test_the_same_sighting_again_is_kept_once_and_again_after_a_flush(
+    tmp_path: Path,
+) -> None:
+    async with InventoryRecorder(tmp_path, interval=3600) as recorder:
+        seen = sighting()
+        recorder.record(seen)
+        recorder.record(seen)
+        assert recorder.pending == 1
+        assert await recorder.flush() == 1
+        recorder.record(seen)  # written already, and seen again: pending again
+        assert recorder.pending == 1
+        assert await recorder.flush() == 1
+
+
 async def test_a_flush_the_store_refuses_is_kept_for_the_next_one(tmp_path: Path) -> None:
     Store.open(tmp_path).close()
     async with InventoryRecorder(tmp_path, interval=3600, busy_timeout=0.05) as recorder:
@@ -494,6 +508,29 @@ async def test_checks_create_and_update_the_record_of_a_phone(
     statuses = {s.phone.mac: s for s in read_inventory(pool.store, clock.at)}
     assert statuses[mac].flags == ()
     assert statuses["00-04-F2-00-00-09"].flags == ()  # no rule for the HP4120
+
+
+async def test_a_repeated_check_is_seen_again_with_what_changed(
+    running: tuple[ServicePool, Clock], client_context: ssl.SSLContext
+) -> None:
+    pool, clock = running
+    assert pool.inventory is not None
+    assert pool.store is not None
+    body = check_body(CX600, "00-04-F2-00-00-01", "CX6A000001", OLD)
+    await check(pool, client_context, body)
+    await check(pool, client_context, body)  # the same second: the same sighting
+    assert pool.inventory.pending == 1
+    await check(pool, client_context, body, source=OTHER_INSIDE_PHONE)
+    assert await pool.inventory.flush() == 1
+    [record] = pool.store.phones()
+    assert record.address == OTHER_INSIDE_PHONE
+    await check(pool, client_context, body)  # back at its first address
+    assert await pool.inventory.flush() == 1
+    clock.at = NOW + timedelta(seconds=1)
+    await check(pool, client_context, body)
+    assert await pool.inventory.flush() == 1
+    [record] = pool.store.phones()
+    assert (record.address, record.last_seen) == (INSIDE_PHONE, "2026-06-01T12:00:01+00:00")
 
 
 async def test_sightings_are_written_within_the_flush_interval(

@@ -149,7 +149,9 @@ class Endpoints:
         # Few kinds and versions are in a fleet: what each decision answers is remembered
         # (bounded, see ANSWER_CACHE_SIZE).
         self._answers: dict[int, _Answer] = {}
-        # The audit repeat of each parsed request's last line (bounded the same way).
+        # Each parsed request's last sighting and the audit repeat of its last line
+        # (bounded the same way).
+        self._sightings: dict[int, tuple[DeviceUpdateRequest, Sighting]] = {}
         self._repeats: dict[
             int, tuple[DeviceUpdateRequest, AuditObserver, _Varying, AuditRepeat]
         ] = {}
@@ -254,24 +256,42 @@ class Endpoints:
         observer = self.context.on_check
         if observer is not None:
             user = note.user
-            # One tuple, in Sighting's field order.
-            observer(
-                Sighting._make(
+            seen = self.context.now()
+            remote = request.remote or ""
+            signed_in = parsed.last_signed_in_user or (user.upn if user else None)
+            # A phone repeating its check within the same second is the same sighting: the
+            # one made before is handed on again (the inventory keeps it once).
+            known = self._sightings.get(id(parsed))
+            if (
+                known is not None
+                and known[0] is parsed
+                and (sighting := known[1]).seen is seen
+                and sighting.address == remote
+                and sighting.user == signed_in
+            ):
+                observer(sighting)
+            else:
+                # One tuple, in Sighting's field order.
+                sighting = Sighting._make(
                     (
                         parsed.mac,
                         parsed.serial,
                         kind,
                         parsed.installed_version,
-                        request.remote or "",
+                        remote,
                         # The internal site admits inside peers only; the external one is
                         # the edge's.
                         self._zone,
                         self._name,
-                        self.context.now(),
-                        parsed.last_signed_in_user or (user.upn if user else None),
+                        seen,
+                        signed_in,
                     )
                 )
-            )
+                observer(sighting)
+                # The entry holds the parsed request: a reused id cannot match.
+                if len(self._sightings) >= ANSWER_CACHE_SIZE:
+                    self._sightings.clear()
+                self._sightings[id(parsed)] = (parsed, sighting)
         note.named = True
         return web.Response(body=answer.body, headers=self._check_headers)
 
