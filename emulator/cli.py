@@ -634,17 +634,19 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
             )
         )
         offset += size
-    outputs = [
-        p.communicate((secret + "\n").encode() if secret is not None else None)[0]
-        for p in processes
-    ]
+    runs = []
+    for process in processes:
+        output = process.communicate((secret + "\n").encode() if secret is not None else None)[0]
+        if process.returncode == 0:
+            # Read while the others still run: a share is parsed as soon as it is out.
+            runs.append(json.loads(output))
     failed = [i for i, p in enumerate(processes) if p.returncode != 0]
     if failed:
         raise FleetError(
             f"worker {failed[0] + 1} of {workers} ended with status "
             f"{processes[failed[0]].returncode}; its message is above"
         )
-    summary, phones = merge_runs([json.loads(out) for out in outputs])
+    summary, phones = merge_runs(runs)
     if args.json:
         _print_json({"summary": summary.as_dict(), "phones": phones}, args.compact_json)
     else:

@@ -30,7 +30,9 @@ class LogLevel(enum.Enum):
 
 def format_time(t: float) -> str:
     """A phone-timeline time as the log writes it (``2026-01-01T00:05:00.000Z``)."""
-    return to_datetime(t).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # isoformat truncates to the millisecond as strftime's %f cut short does, in half the
+    # time (a fleet's results write a dozen of these per phone); "+00:00" becomes "Z".
+    return to_datetime(t).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def format_duration(seconds: float) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from phone_script import (
     ALICE,
     FRONT_ENDS,
@@ -16,6 +18,7 @@ from phone_script import (
     provisioning_xml,
 )
 
+from emulator.clock import to_datetime
 from emulator.events import ResolutionFailed, SignIn, Timer
 from emulator.models import get_model
 from emulator.phonelog import (
@@ -128,3 +131,8 @@ def test_times_and_durations_in_words() -> None:
         "90 s",
         "0.5 s",
     ]
+
+
+@given(st.floats(min_value=0, max_value=2**34, allow_nan=False))
+def test_format_time_is_the_utc_date_cut_short_to_the_millisecond(t: float) -> None:
+    assert format_time(t) == to_datetime(t).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
