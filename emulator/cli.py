@@ -510,9 +510,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
-        if args.command == "run" and args.workers > 1 and args.phones > 1:
-            return _run_workers(args, argv)
-        status = _dispatch(args)
+        # The collector at a long run's pace for the whole command: the run itself, and
+        # the results of thousands of phones made into JSON and merged after it.
+        with long_run_pace():
+            if args.command == "run" and args.workers > 1 and args.phones > 1:
+                return _run_workers(args, argv)
+            status = _dispatch(args)
         if getattr(args, "worker", False):
             # A worker's share is out and its files are gone: it leaves at once, rather
             # than have the run wait while the interpreter frees thousands of phones.
@@ -724,16 +727,15 @@ def _run_loop(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         loop.set_exception_handler(_closed_tls_is_quiet(loop.get_exception_handler()))
         results.append(await main())
 
-    with long_run_pace():
-        if loop == "uvloop":
-            try:
-                import uvloop
-            except ImportError:  # pragma: no cover - installed wherever it builds
-                pass
-            else:
-                uvloop.run(run())
-                return results[0]
-        asyncio.run(run())
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - installed wherever it builds
+            pass
+        else:
+            uvloop.run(run())
+            return results[0]
+    asyncio.run(run())
     return results[0]
 
 

@@ -76,7 +76,25 @@ def test_lab_event_loop_runs_at_the_long_run_pace() -> None:
     assert gc.get_threshold() == (700, 10, 10)
 
 
-@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_fleet_event_loop_runs_at_the_long_run_pace(loop: str) -> None:
-    assert emulator_cli._run_loop(loop, _threshold) == LONG_RUN
+@pytest.mark.parametrize(
+    ("argv", "runs"),
+    [
+        (["run", "--phones", "4", "--workers", "2"], "_run_workers"),
+        (["run", "--phones", "4"], "_dispatch"),
+        (["models"], "_dispatch"),
+    ],
+)
+def test_emulator_commands_run_at_the_long_run_pace(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], runs: str
+) -> None:
+    """The whole command: a fleet's run, its results made into JSON, the workers' merge."""
+    seen: list[tuple[int, int, int]] = []
+
+    def record(*args: object) -> int:
+        seen.append(gc.get_threshold())
+        return 0
+
+    monkeypatch.setattr(emulator_cli, runs, record)
+    assert emulator_cli.main(argv) == 0
+    assert seen == [LONG_RUN]
     assert gc.get_threshold() == (700, 10, 10)
