@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import select
 import subprocess
 import sys
 import tempfile
@@ -661,8 +662,27 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _print_json(data: dict[str, Any], compact: bool) -> None:
     # dumps, not dump: only a whole document at once, unindented, takes the C encoder.
-    sys.stdout.write(json.dumps(data, indent=None if compact else 2))
-    sys.stdout.write("\n")
+    text = json.dumps(data, indent=None if compact else 2) + "\n"
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a caller's own stream)
+        sys.stdout.write(text)
+        return
+    # Straight to the descriptor, every byte: after uvloop has run, a large write through
+    # sys.stdout to a pipe nobody is reading yet was seen to keep only its first 64 KiB
+    # (a worker whose share was read after another's), with no error.
+    sys.stdout.flush()
+    _write_fully(fd, text.encode())
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, through short writes and a full non-blocking pipe."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
 
 
 def _without(argv: list[str], options: set[str]) -> list[str]:
