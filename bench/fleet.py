@@ -12,7 +12,9 @@ wall second, time to converge (p50/p95/max, wall seconds), CPU per phone of the 
 memory of the emulator (its processes' RSS added up, sampled every 0.1 s), and failures
 by stage (each back-off is counted under the state it left, then phones that stopped or
 did not converge, under the state they ended in). A few smaller runs first show how the
-rate grows with ``--workers``; the big run uses the best of them.
+rate grows with ``--workers``; the big run uses the best of them, three times (once with
+``--quick``): its time is the median of the three, the other figures and the chart are
+the median run's, and its memory is the highest any of them reached.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ with 2 workers (2026-12-04): 32 places 63.8 s, 64 places 62.7 and 61.7 s, 128 pl
 64.8 s; more places keep more connections and memory in flight (emulator 9.1 against
 8.7 ms of CPU per phone, 620 against 480-510 MiB) for no more throughput on two cores."""
 SETTINGS: dict[str, dict[str, Any]] = {
-    "full": {"phones": 10_000, "scaling_phones": 1_500, "scaling_workers": (1, 2, 3)},
-    "quick": {"phones": 1_000, "scaling_phones": 300, "scaling_workers": (1, 2)},
+    "full": {"phones": 10_000, "runs": 3, "scaling_phones": 1_500, "scaling_workers": (1, 2, 3)},
+    "quick": {"phones": 1_000, "runs": 1, "scaling_phones": 300, "scaling_workers": (1, 2)},
 }
 STAGES = ("downloading", "awaiting_reboot", "booting")
 """Stages a phone passes on its way, drawn next to convergence (first time entered)."""
@@ -245,10 +247,17 @@ def run(quick: bool = False, results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
                 for workers in settings["scaling_workers"]
             ]
             best = max(scaling, key=lambda r: r["phones_per_second"])["workers"]
-            main = run_fleet(files.state_dir, lab, settings["phones"], best)
+            # The big run is the median of several (the machine is shared): its figures
+            # are the median run's, its memory the highest any run reached.
+            runs = [
+                run_fleet(files.state_dir, lab, settings["phones"], best)
+                for _ in range(settings["runs"])
+            ]
+    main = sorted(runs, key=lambda r: r["wall_seconds"])[len(runs) // 2]
     curves = main.pop("_curves")
-    for result in scaling:
-        result.pop("_curves")
+    for result in [*scaling, *runs]:
+        result.pop("_curves", None)
+    walls = [r["wall_seconds"] for r in runs]
     chart = fleet_chart(
         results_dir / f"fleet-{datetime.now().date().isoformat()}.png",
         f"{main['phones']:,} phones, {best} worker(s), scale {SCALE:g}: "
@@ -257,20 +266,19 @@ def run(quick: bool = False, results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
         main["phones"],
         TARGET_SECONDS,
     )
-    everyone = main["converged"] == main["phones"]
     last = main["converge_wall_seconds"]["max"]
     figures = [
         limit(
             f"fleet {main['phones']:,}: all converged",
             "emulator run",
-            [main["wall_seconds"] if everyone else float("inf")],
+            [r["wall_seconds"] if r["converged"] == r["phones"] else float("inf") for r in runs],
             "s",
             TARGET_SECONDS,
         ),
         limit(
             "fleet: peak emulator memory",
             "emulator run",
-            [main["emulator_peak_rss_mib"]],
+            [max(r["emulator_peak_rss_mib"] for r in runs)],
             "MiB",
             TARGET_MEMORY_MIB,
         ),
@@ -294,10 +302,12 @@ def run(quick: bool = False, results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
         "figures": figures,
         "passed": passed(figures),
         "run": main,
+        "runs_wall_seconds": walls,
         "scaling": scaling,
         "chart": _repo_path(chart),
         "settings": {
             "phones": main["phones"],
+            "runs": len(runs),
             "workers": best,
             "scale": SCALE,
             "image_bytes": IMAGE_SIZE,
