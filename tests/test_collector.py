@@ -37,9 +37,9 @@ def test_pace_is_restored_after_a_failure() -> None:
 
 def _young_collections_while_keeping(count: int) -> int:
     gc.collect()
-    before = gc.get_stats()[0]["collections"]
-    kept = [[] for _ in range(count)]  # net allocations of containers
-    made = gc.get_stats()[0]["collections"] - before
+    before: int = gc.get_stats()[0]["collections"]
+    kept: list[list[int]] = [[] for _ in range(count)]  # net allocations of containers
+    made: int = gc.get_stats()[0]["collections"] - before
     del kept
     return made
 
@@ -61,7 +61,7 @@ def test_cycles_are_still_freed_at_the_long_run_pace() -> None:
         gc.collect()
         cycle = weakref.ref(_Node())  # a cycle nothing refers to: only a collection frees it
         assert cycle() is not None
-        kept = [[] for _ in range(YOUNG_EVERY + 10)]
+        kept: list[list[int]] = [[] for _ in range(YOUNG_EVERY + 10)]
         assert cycle() is None
         del kept
 
