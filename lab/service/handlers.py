@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -58,6 +59,7 @@ SERVER_HEADER = "X-MS-Server-Fqdn"
 # Distinct decisions (answers) and reported device kinds remembered per site.
 ANSWER_CACHE_SIZE = 1024
 
+T = TypeVar("T")
 Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 AuditObserver = Callable[[AuditRecord], AuditRepeat | None]
 _Varying = tuple[str, str, int, str, str, str, str]
@@ -118,6 +120,16 @@ async def read_body(request: web.BaseRequest, limit: int = MAX_REQUEST_BYTES) ->
         if len(data) > limit:
             raise too_large
     return bytes(data)
+
+
+def _remember(memo: dict[int, T], owner: object, entry: T) -> None:
+    """Keep ``entry`` in ``memo`` under ``owner``'s id, ANSWER_CACHE_SIZE entries at most.
+
+    Every entry holds its owner (or is checked against it), so a reused id cannot match.
+    """
+    if len(memo) >= ANSWER_CACHE_SIZE:
+        memo.clear()
+    memo[id(owner)] = entry
 
 
 class Endpoints:
@@ -288,10 +300,7 @@ class Endpoints:
                     )
                 )
                 observer(sighting)
-                # The entry holds the parsed request: a reused id cannot match.
-                if len(self._sightings) >= ANSWER_CACHE_SIZE:
-                    self._sightings.clear()
-                self._sightings[id(parsed)] = (parsed, sighting)
+                _remember(self._sightings, parsed, (parsed, sighting))
         note.named = True
         return web.Response(body=answer.body, headers=self._check_headers)
 
@@ -428,9 +437,7 @@ class Endpoints:
                 " ".join(f.module for f in decision.files),
                 _decision(decision),
             )
-            if len(self._answers) >= ANSWER_CACHE_SIZE:
-                self._answers.clear()
-            self._answers[id(decision)] = answer
+            _remember(self._answers, decision, answer)
         return answer
 
     @staticmethod
@@ -458,16 +465,10 @@ class Endpoints:
         upload = note.upload
         if parsed is not None:
             remote = request.remote or ""
-            # What the line holds besides the request's own fields (the parsed request's).
-            varying = (
-                remote,
-                request.path,
-                status,
-                returned,
-                version,
-                reason,
-                parsed.last_signed_in_user or (user.upn if user else ""),
-            )
+            path = request.path
+            signed_in = parsed.last_signed_in_user or (user.upn if user else "")
+            # What the line holds besides the time and the parsed request's own fields.
+            varying = (remote, path, status, returned, version, reason, signed_in)
             # A phone repeating its check makes the same line but for the time: the log's
             # repeat writes it in fewer steps (see ServiceContext.on_request).
             known = self._repeats.get(id(parsed))
@@ -487,18 +488,18 @@ class Endpoints:
                     self._name,
                     remote,
                     self._site_name,
-                    varying[1],
+                    path,
                     status,
                     *parsed.audit_fields,
-                    *varying[3:],
+                    returned,
+                    version,
+                    reason,
+                    signed_in,
                 )
             )
             repeat = observer(record)
             if repeat is not None:
-                # The entry holds the parsed request: a reused id cannot match.
-                if len(self._repeats) >= ANSWER_CACHE_SIZE:
-                    self._repeats.clear()
-                self._repeats[id(parsed)] = (parsed, observer, varying, repeat)
+                _remember(self._repeats, parsed, (parsed, observer, varying, repeat))
             return
         record = AuditRecord(
             time=now_iso(),
