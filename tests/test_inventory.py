@@ -13,6 +13,7 @@ import ssl
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -455,10 +456,18 @@ def client_context(service_config: LabConfig) -> ssl.SSLContext:
     return LabPKI(service_config).client_context()
 
 
+@dataclass
+class Running:
+    """A running pool with its inventory recorder, its store and its wall clock."""
+
+    pool: ServicePool
+    inventory: InventoryRecorder
+    store: Store
+    clock: Clock
+
+
 @pytest.fixture
-async def running(
-    service_config: LabConfig, tmp_path: Path
-) -> AsyncIterator[tuple[ServicePool, Clock]]:
+async def running(service_config: LabConfig, tmp_path: Path) -> AsyncIterator[Running]:
     state = tmp_path / "state"
     add_rules(state, service_config, {CX600: NOW - timedelta(days=90)})
     clock = Clock()
@@ -466,20 +475,20 @@ async def running(
     async with ServicePool(
         service_config, state, firewall=firewall, pki=LabPKI(service_config), now=clock
     ) as pool:
-        yield pool, clock
+        assert pool.inventory is not None
+        assert pool.store is not None
+        yield Running(pool, pool.inventory, pool.store, clock)
 
 
 async def test_checks_create_and_update_the_record_of_a_phone(
-    running: tuple[ServicePool, Clock], client_context: ssl.SSLContext
+    running: Running, client_context: ssl.SSLContext
 ) -> None:
-    pool, clock = running
-    assert pool.inventory is not None
-    assert pool.store is not None
+    pool, inventory, store, clock = running.pool, running.inventory, running.store, running.clock
     mac, serial = "00-04-F2-00-00-01", "CX6A000001"
     await check(pool, client_context, check_body(CX600, "0004f2000001", serial, OLD))
-    assert await pool.inventory.flush() == 1
+    assert await inventory.flush() == 1
     first = NOW.isoformat(timespec="seconds")
-    assert pool.store.phones() == [
+    assert store.phones() == [
         PhoneRecord(mac, serial, CX600, OLD, INSIDE_PHONE, "inside", "fe01", first, first, None)
     ]
 
@@ -493,9 +502,9 @@ async def test_checks_create_and_update_the_record_of_a_phone(
     await check(
         pool, client_context, hp, source=OUTSIDE_PHONE, user=("CONTOSO\\bob", "Summer2026!")
     )
-    assert await pool.inventory.flush() == 2
+    assert await inventory.flush() == 2
     later = clock.at.isoformat(timespec="seconds")
-    records = {p.mac: p for p in pool.store.phones()}
+    records = {p.mac: p for p in store.phones()}
     assert records[mac] == PhoneRecord(
         mac, serial, CX600, APPROVED, INSIDE_PHONE, "inside", "fe02", first, later,
         "alice@contoso.test",
@@ -505,31 +514,29 @@ async def test_checks_create_and_update_the_record_of_a_phone(
     assert (outside.zone, outside.address) == ("outside", str(pool.config.edge.address))
     assert (outside.kind, outside.last_user) == (HP4120, "bob@contoso.test")
 
-    statuses = {s.phone.mac: s for s in read_inventory(pool.store, clock.at)}
+    statuses = {s.phone.mac: s for s in read_inventory(store, clock.at)}
     assert statuses[mac].flags == ()
     assert statuses["00-04-F2-00-00-09"].flags == ()  # no rule for the HP4120
 
 
 async def test_a_repeated_check_is_seen_again_with_what_changed(
-    running: tuple[ServicePool, Clock], client_context: ssl.SSLContext
+    running: Running, client_context: ssl.SSLContext
 ) -> None:
-    pool, clock = running
-    assert pool.inventory is not None
-    assert pool.store is not None
+    pool, inventory, store, clock = running.pool, running.inventory, running.store, running.clock
     body = check_body(CX600, "00-04-F2-00-00-01", "CX6A000001", OLD)
     await check(pool, client_context, body)
     await check(pool, client_context, body)  # the same second: the same sighting
-    assert pool.inventory.pending == 1
+    assert inventory.pending == 1
     await check(pool, client_context, body, source=OTHER_INSIDE_PHONE)
-    assert await pool.inventory.flush() == 1
-    [record] = pool.store.phones()
+    assert await inventory.flush() == 1
+    [record] = store.phones()
     assert record.address == OTHER_INSIDE_PHONE
     await check(pool, client_context, body)  # back at its first address
-    assert await pool.inventory.flush() == 1
+    assert await inventory.flush() == 1
     clock.at = NOW + timedelta(seconds=1)
     await check(pool, client_context, body)
-    assert await pool.inventory.flush() == 1
-    [record] = pool.store.phones()
+    assert await inventory.flush() == 1
+    [record] = store.phones()
     assert (record.address, record.last_seen) == (INSIDE_PHONE, "2026-06-01T12:00:01+00:00")
 
 
