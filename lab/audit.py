@@ -101,8 +101,8 @@ class AuditLog:
     def write(self, record: AuditRecord) -> AuditRepeat | None:
         """Append ``record`` (the file is opened, or rolled over, as needed) and publish it.
 
-        Returns what writes the same record again at another time in fewer steps (a phone
-        repeating its check), when the line is one the log remembers.
+        Returns what writes the same record again, at the time it is called, in fewer steps
+        (a phone repeating its check), when the line is one the log remembers.
         """
         when = record.time
         fd = self._fd
@@ -179,10 +179,7 @@ class _Repeat:
         if fd is None or when[:10] != log._day or (events is not None and events.listened("audit")):
             log.write(self.record._replace(time=when))
             return
-        data = when.encode() + self.tail
-        written = os.write(fd, data)
-        if written < len(data):
-            _write_all(fd, data[written:])
+        _write_all(fd, when.encode() + self.tail)
 
 
 def csv_line(record: AuditRecord) -> str:
