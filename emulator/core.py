@@ -352,8 +352,8 @@ class Phone:
                 return self._timer_fired(now, timer)
             case BootFailed(reason=reason):
                 return self._boot_failed(now, reason)
-            case Resolved(addresses=addresses):
-                return self._step(now, self._walking.resolved(now, addresses))
+            case Resolved(addresses=addresses, kept=kept):
+                return self._step(now, self._walking.resolved(now, addresses, kept))
             case ResolutionFailed(reason=reason):
                 return self._step(now, self._walking.resolution_failed(now, reason))
             case ConnectionFailed(reason=reason):
@@ -917,8 +917,8 @@ class Phone:
         """Turn the walk's next step into actions."""
         walk = self._walking
         match step:
-            case Lookup(host=host):
-                return [Resolve(host)]
+            case Lookup(host=host, port=port):
+                return [Resolve(host, port)]
             case Attempt():
                 return self._send(walk)
             case Succeeded():

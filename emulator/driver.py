@@ -684,8 +684,8 @@ class PhoneDriver:
 
     def _carry_out(self, action: Action) -> None:
         match action:
-            case Resolve(host=host):
-                self._start(lambda: self._resolve(host))
+            case Resolve(host=host, port=port):
+                self._start(lambda: self._resolve(host, port))
             case SendRequest():
                 self._start(lambda: self._send(action))
             case StartDownload():
@@ -786,12 +786,14 @@ class PhoneDriver:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _resolve(self, host: str) -> Event:
+    async def _resolve(self, host: str, port: int) -> Event:
         try:
             addresses = await self._dns().resolve(host, "A")
         except ResolutionError as exc:
             return ResolutionFailed(self._now(), host, str(exc))
-        return Resolved(self._now(), host, tuple(addresses))
+        # Asked once the answer is in: the server may have closed it meanwhile.
+        kept = self._client.kept_address(host, port) if self._client is not None else None
+        return Resolved(self._now(), host, tuple(addresses), kept)
 
     async def _send(self, action: SendRequest) -> Event:
         target = action.target

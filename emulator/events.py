@@ -103,6 +103,9 @@ class Resolved(Event):
 
     host: str
     addresses: tuple[str, ...]
+    kept: str | None = None
+    """The address of a kept-alive connection the phone still holds to that host and port,
+    if any: a request goes on it before any new connection is opened."""
 
 
 @dataclass(frozen=True)
@@ -214,9 +217,11 @@ class Action:
 
 @dataclass(frozen=True)
 class Resolve(Action):
-    """Look up the A records of ``host``; answer Resolved or ResolutionFailed."""
+    """Look up the A records of ``host`` (to reach it on ``port``); answer Resolved or
+    ResolutionFailed."""
 
     host: str
+    port: int
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Routes to the service, and the walk over them: internal URL first, address by address.
 
 A phone talks to the service through an ordered list of routes (URLs). For each route it
-resolves the host and tries the addresses in the order DNS gave them: a 503 or a
-connection failure moves to the next address. When a route ends without any server having
+resolves the host and tries the addresses in the order DNS gave them, except that a server
+it still has a connection open to (same host name and port, from the request before) comes
+first, as any HTTP client sends on the connection it holds: a 503 or a connection failure
+moves to the next address. When a route ends without any server having
 answered (no DNS answer, no connection), the phone moves to the next route: that is how an
 inside phone falls back from the internal URL to the external one. When a server did
 answer (busy, errors), trying another route would reach the same pool: the walk ends and
@@ -78,9 +80,10 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True)
 class Lookup:
-    """Next step: look up this host name."""
+    """Next step: look up this host name (to reach it on this port)."""
 
     host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -150,17 +153,27 @@ class Walk:
             return Attempt()
         self.addresses, self.address_index = (), 0
         self.phase = Phase.RESOLVING
-        return Lookup(self.route.host)
+        return Lookup(self.route.host, self.route.port)
 
-    def resolved(self, now: float, addresses: tuple[str, ...]) -> Step:
-        """The DNS answer: try its first address, or give up on the route if it holds none."""
+    def resolved(self, now: float, addresses: tuple[str, ...], kept: str | None = None) -> Step:
+        """The DNS answer: try its first address, or give up on the route if it holds none.
+
+        ``kept`` is the address of a connection the phone still has open to the route's host
+        and port: when the answer names it, it is tried first (an HTTP client sends on the
+        connection it holds rather than open another), the others after it in DNS order.
+        """
         host = self.route.host
-        self.addresses, self.address_index = tuple(dict.fromkeys(addresses)), 0
+        answer = tuple(dict.fromkeys(addresses))
+        self.addresses, self.address_index = answer, 0
         self.phase = Phase.REQUESTING
-        if not self.addresses:
+        if not answer:
             self._log.add(now, LogLevel.ERROR, "dns", f"{host}: the DNS answer holds no address")
             return self._route_failed(now)
-        self._log.add(now, LogLevel.INFO, "dns", f"{host} is {', '.join(self.addresses)}")
+        message = f"{host} is {', '.join(answer)}"
+        if kept is not None and kept in answer and kept != answer[0]:
+            self.addresses = (kept, *(a for a in answer if a != kept))
+            message += f"; {kept} first, over the connection the phone has open to it"
+        self._log.add(now, LogLevel.INFO, "dns", message)
         return Attempt()
 
     def resolution_failed(self, now: float, reason: str) -> Step:

@@ -277,6 +277,10 @@ class WatchedClient:
         """The inner client's answer."""
         return await self.inner.post_log(url, body, **options)
 
+    def kept_address(self, host: str, port: int) -> str | None:
+        """The inner client's kept-alive connection to ``host`` on ``port``."""
+        return self.inner.kept_address(host, port)
+
     async def drop_connections(self) -> None:
         """Drop the inner client's connections."""
         await self.inner.drop_connections()

@@ -254,6 +254,10 @@ class HeldClient:
         with self.hold.held():
             return await self.inner.post_log(url, body, **options)
 
+    def kept_address(self, host: str, port: int) -> str | None:
+        """The inner client's kept-alive connection to ``host`` on ``port``."""
+        return self.inner.kept_address(host, port)
+
     async def drop_connections(self) -> None:
         """Drop the inner client's connections."""
         await self.inner.drop_connections()

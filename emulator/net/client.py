@@ -90,6 +90,10 @@ class HTTPSClient(Protocol):
         """POST a device log; ServiceStatusError when the service does not store it."""
         ...
 
+    def kept_address(self, host: str, port: int) -> str | None:
+        """The address of a kept-alive connection the client holds to ``host`` on ``port``."""
+        ...
+
     async def drop_connections(self) -> None:
         """Close every kept-alive connection (the phone restarts, or its clock changed)."""
         ...

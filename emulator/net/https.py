@@ -284,6 +284,28 @@ class PhoneHTTPSClient:
                 new_etag = response.headers.get("ETag") or (etag if keep else None)
                 return await self._receive(response, target, path, keep, total, new_etag, progress)
 
+    def kept_address(self, host: str, port: int) -> str | None:
+        """The address of a kept-alive connection, still open, made to ``host`` on ``port``;
+        of several, the one used last. None when the client holds none open.
+
+        aiohttp keeps its idle connections per key (address or name, port, TLS name), each
+        with the time it was last given back; the address is the one it went to.
+        """
+        connector = self._session.connector if self._session is not None else None
+        pooled: dict[Any, Any] = getattr(connector, "_conns", None) or {}
+        host = host.lower()
+        latest: tuple[float, str] | None = None
+        for key, idle in pooled.items():
+            if key.port != port or (key.server_hostname or key.host).lower() != host:
+                continue
+            for protocol, released in idle:
+                transport = protocol.transport
+                if protocol.is_connected() and transport is not None:
+                    peer = transport.get_extra_info("peername")
+                    if peer and (latest is None or released > latest[0]):
+                        latest = (released, str(peer[0]))
+        return latest[1] if latest is not None else None
+
     async def drop_connections(self) -> None:
         """Close every kept-alive connection (the phone restarts, or its clock changed)."""
         session, self._session = self._session, None

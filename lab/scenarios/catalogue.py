@@ -143,14 +143,22 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         name="imported-on-one-front-end",
         title="Imported on one front end only: the other answers 404 and the phone moves on",
-        symptom="Phones update, but the front ends' logs show 404s for image files.",
-        cause="The cab was imported to fe01 only; import is per server and fe02 has no files, "
-        "so a download sent to fe02 gets 404 and the phone tries the next server.",
+        symptom="Some phones update, and the front ends' logs show 404s for image files; "
+        "others are told there is no update.",
+        cause="The cab was imported to fe02 only; import is per server, so fe01 has neither "
+        "the rule nor the files. A check fe01 answers offers nothing; a download sent to fe01 "
+        "gets 404 and the phone tries the next server.",
         fix="Import the cab to every front end of the pool (lab update import --all; "
         "Import-CsDeviceUpdate for each server), then check the rules on each.",
         expected=f"updated {NEW} after a 404 from one front end",
-        fault=NotImportedOn("fe02"),
-        evidence=("answered HTTP 404", "downloaded", "update complete"),
+        fault=NotImportedOn("fe01"),
+        # DNS hands out the front ends in turn. The first phone's check goes to fe01, which
+        # offers nothing; the second's goes to fe02, which offers the update, and its first
+        # download (a lookup of its own) to fe01 again.
+        phones=(PhoneSpec(index=1), PhoneSpec(index=2)),
+        script=(PowerOn((0,)), Settle(), PowerOn((1,)), Settle()),
+        subject=1,
+        evidence=("has no update for", "answered HTTP 404", "downloaded", "update complete"),
     ),
     Scenario(
         name="maintenance-drain",

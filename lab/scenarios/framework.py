@@ -127,7 +127,9 @@ class PhoneSpec:
 
 @dataclass(frozen=True)
 class PowerOn:
-    """Every phone is plugged in."""
+    """Phones are plugged in: those at the positions given (0-based), or every phone."""
+
+    phones: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -369,6 +371,11 @@ class Scenario:
         for step in self.setup.admin:
             if isinstance(step, NameTestDevice) and not 0 <= step.phone < len(self.phones):
                 raise ScenarioError(f"{self.name}: no phone {step.phone} to name a test device")
+        for turn in self.script:
+            if isinstance(turn, PowerOn):
+                for phone in turn.phones:
+                    if not 0 <= phone < len(self.phones):
+                        raise ScenarioError(f"{self.name}: no phone {phone} to power on")
 
     def as_dict(self) -> dict[str, Any]:
         """What the scenario is, JSON-ready (``lab scenario list --json``)."""
@@ -596,8 +603,8 @@ def _watch_downloads(run: Run, fault: Fault) -> None:
 
 async def _do(run: Run, step: Step) -> None:
     match step:
-        case PowerOn():
-            for driver in run.drivers:
+        case PowerOn(phones=chosen):
+            for driver in [run.drivers[i] for i in chosen] if chosen else run.drivers:
                 driver.power_on()
         case Settle(within=within):
             await _settle(run, run.now() + within)
@@ -613,8 +620,9 @@ async def _settle(run: Run, until: float) -> None:
     try:
         # A fault strikes in steps (power off, then power on later), and a phone looks
         # settled between them: only phones found settled after the wait have settled.
-        while not all(d.settled for d in run.drivers):
-            for driver in run.drivers:
+        # Only phones plugged in so far: one the script has yet to power on has nothing to do.
+        while not all(d.settled for d in _plugged_in(run)):
+            for driver in _plugged_in(run):
                 await driver.wait_for(_settled, until=until, what="settling")
     except WaitTimeoutError as exc:
         run.settled = False
@@ -626,6 +634,10 @@ async def _settle(run: Run, until: float) -> None:
 
 def _settled(driver: PhoneDriver) -> bool:
     return driver.settled
+
+
+def _plugged_in(run: Run) -> list[PhoneDriver]:
+    return [d for d in run.drivers if d.powered_on_at is not None]
 
 
 def _on_event(run: Run, event: Event) -> None:

@@ -262,10 +262,10 @@ class Script:
         self.power_on(lease)
         return self.fire(Timer.BOOT)
 
-    def resolve(self, *addresses: str) -> list[Action]:
-        """Answer the pending DNS lookup."""
+    def resolve(self, *addresses: str, kept: str | None = None) -> list[Action]:
+        """Answer the pending DNS lookup (``kept``: the address of a connection still open)."""
         assert isinstance(self.pending, Resolve), self.pending
-        return self.do(Resolved(self.later(), self.pending.host, addresses))
+        return self.do(Resolved(self.later(), self.pending.host, addresses, kept))
 
     def respond(
         self,

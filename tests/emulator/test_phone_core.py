@@ -121,7 +121,7 @@ def test_first_boot_discovers_downloads_installs_and_restarts_into_the_new_versi
     # Never signed in: the service is found through DNS, ucupdates-r2.<lease domain>.
     assert script.fire(Timer.BOOT) == [
         StartTimer(Timer.CHECK, T0 + 60 + 86_400),
-        Resolve("ucupdates-r2.contoso.test"),
+        Resolve("ucupdates-r2.contoso.test", 10443),
     ]
     request = script.resolve(*FRONT_ENDS)[0]
     assert isinstance(request, SendRequest)
@@ -132,7 +132,7 @@ def test_first_boot_discovers_downloads_installs_and_restarts_into_the_new_versi
     )
 
     fw = firmware(vendor)
-    assert script.respond(200, offer_xml(fw)) == [Resolve("pool01.contoso.test")]
+    assert script.respond(200, offer_xml(fw)) == [Resolve("pool01.contoso.test", 10443)]
     assert script.state() is S.DOWNLOADING
     script.files = dict(fw.files)
     catalog = script.resolve(FRONT_ENDS[0])[0]
@@ -297,7 +297,7 @@ def test_a_call_started_during_the_download_holds_the_restart(
 def test_sign_in_stores_the_provisioning_and_checks_at_the_internal_url(script: Script) -> None:
     script.boot()
     script.check_with(NO_UPDATE)
-    assert script.do(SignIn(script.later(), ALICE)) == [Resolve("pool01.contoso.test")]
+    assert script.do(SignIn(script.later(), ALICE)) == [Resolve("pool01.contoso.test", 10443)]
     request = script.resolve(FRONT_ENDS[0])[0]
     assert isinstance(request, SendRequest)
     assert request.purpose is Purpose.SIGN_IN
@@ -306,7 +306,10 @@ def test_sign_in_stores_the_provisioning_and_checks_at_the_internal_url(script: 
 
     actions = script.respond(200, provisioning_xml(interval=3_600))
     signed_at = script.now
-    assert actions == [StartTimer(Timer.CHECK, signed_at + 3_600), Resolve("pool01.contoso.test")]
+    assert actions == [
+        StartTimer(Timer.CHECK, signed_at + 3_600),
+        Resolve("pool01.contoso.test", 10443),
+    ]
     phone = script.phone
     assert phone.provisioning is not None
     assert (phone.provisioning.internal_url, phone.provisioning.external_url) == (
@@ -329,7 +332,7 @@ def test_the_stored_urls_outlive_a_power_cycle(script: Script) -> None:
     script.do(PowerLost(script.later()))
     script.later(600)
     script.boot()
-    assert script.actions[-1] == Resolve("pool01.contoso.test")
+    assert script.actions[-1] == Resolve("pool01.contoso.test", 10443)
     assert script.resolve(*FRONT_ENDS)[0].target.url == INTERNAL_URL  # type: ignore[attr-defined]
 
 
@@ -349,7 +352,7 @@ def test_a_sign_in_during_a_download_waits_for_the_update_pass(
     assert script.state() is S.DOWNLOADING
     actions = script.install(firmware(vendor))
     # The pass is over: the sign-in starts before the idle wait does.
-    assert actions[-1] == Resolve("pool01.contoso.test")
+    assert actions[-1] == Resolve("pool01.contoso.test", 10443)
     assert script.state() is S.SIGNING_IN
     script.resolve(FRONT_ENDS[0])
     actions = script.respond(200, provisioning_xml())
@@ -362,7 +365,7 @@ def test_a_sign_in_during_the_idle_wait_counts_as_use(script: Script, vendor: Ve
     staged(script, vendor)
     assert script.do(SignIn(script.later(10), ALICE)) == [
         CancelTimer(Timer.REBOOT),
-        Resolve("pool01.contoso.test"),
+        Resolve("pool01.contoso.test", 10443),
     ]
     script.resolve(FRONT_ENDS[0])
     script.respond(200, provisioning_xml())
@@ -396,7 +399,7 @@ def test_the_periodic_check_runs_every_24_hours_at_the_exact_time(script: Script
     assert script.now == booted + 86_400
     assert actions == [
         StartTimer(Timer.CHECK, booted + 2 * 86_400),
-        Resolve("ucupdates-r2.contoso.test"),
+        Resolve("ucupdates-r2.contoso.test", 10443),
     ]
     script.check_with(NO_UPDATE)
     script.fire(Timer.CHECK)
@@ -426,7 +429,7 @@ def test_an_unresolvable_internal_url_falls_back_to_the_external_one(script: Scr
     signed_in(script)
     assert script.do(
         ResolutionFailed(script.later(), "pool01.contoso.test", "NXDOMAIN (no such name)")
-    ) == [Resolve("webext.contoso.test")]
+    ) == [Resolve("webext.contoso.test", 10443)]
     request = script.resolve(*EDGE)[0]
     assert isinstance(request, SendRequest)
     assert (request.target.url, request.target.address) == (EXTERNAL_URL, EDGE[0])
@@ -440,7 +443,7 @@ def test_internal_addresses_that_refuse_connections_fall_back_to_external(script
     signed_in(script)
     script.resolve(*FRONT_ENDS)
     assert script.refuse("timed out")[0].target.address == FRONT_ENDS[1]  # type: ignore[attr-defined]
-    assert script.refuse("timed out") == [Resolve("webext.contoso.test")]
+    assert script.refuse("timed out") == [Resolve("webext.contoso.test", 10443)]
 
 
 def test_downloads_from_outside_use_the_external_url(script: Script, vendor: Vendor) -> None:
@@ -448,7 +451,7 @@ def test_downloads_from_outside_use_the_external_url(script: Script, vendor: Ven
     script.do(ResolutionFailed(script.later(), "pool01.contoso.test", "NXDOMAIN"))
     script.resolve(*EDGE)
     script.respond(200, offer_xml(firmware(vendor)))
-    assert script.actions == [Resolve("webext.contoso.test")]
+    assert script.actions == [Resolve("webext.contoso.test", 10443)]
     download = script.resolve(*EDGE)[0]
     assert isinstance(download, StartDownload)
     assert "/DeviceUpdateFiles_Ext/" in download.target.url
@@ -506,7 +509,7 @@ def test_503_moves_to_the_next_address_and_the_retry_honours_retry_after(
     assert script.state() is S.BACKING_OFF
     assert actions == [StartTimer(Timer.RETRY, script.now + 900)]
     assert "Server is in maintenance mode" in script.log_text()
-    assert script.fire(Timer.RETRY)[-1] == Resolve("ucupdates-r2.contoso.test")
+    assert script.fire(Timer.RETRY)[-1] == Resolve("ucupdates-r2.contoso.test", 10443)
 
 
 def test_a_connection_failure_moves_to_the_next_address(script: Script) -> None:
@@ -598,6 +601,42 @@ def test_a_front_end_without_the_file_sends_the_phone_to_the_next(
     nxt = script.respond(404, diagnostics='404;reason="File not found on this server"')[0]
     assert isinstance(nxt, StartDownload)
     assert nxt.target.address == FRONT_ENDS[1]
+
+
+def test_an_open_connection_to_a_server_of_the_answer_is_tried_first(
+    script: Script, vendor: Vendor
+) -> None:
+    script.boot()
+    script.check_with(offer_xml(firmware(vendor)))
+    script.files = dict(firmware(vendor).files)
+    assert script.resolve(*FRONT_ENDS)[0].target.address == FRONT_ENDS[0]  # type: ignore[attr-defined]
+    script.serve_download()
+    # The next answer leads with the other server; the phone's connection is to the first.
+    image = script.resolve(*reversed(FRONT_ENDS), kept=FRONT_ENDS[0])[0]
+    assert isinstance(image, StartDownload)
+    assert (image.module, image.target.address) == ("CPE.nbt", FRONT_ENDS[0])
+    line = script.phone.log.matching("pool01.contoso.test is")[-1].message
+    assert line == (
+        f"pool01.contoso.test is {FRONT_ENDS[1]}, {FRONT_ENDS[0]}; {FRONT_ENDS[0]} first, "
+        "over the connection the phone has open to it"
+    )
+    # It stays a walk over both: a 404 there sends the phone to the other.
+    nxt = script.respond(404, diagnostics='404;reason="File not found on this server"')[0]
+    assert nxt.target.address == FRONT_ENDS[1]  # type: ignore[attr-defined]
+
+
+# Already first, not in the answer (gone from DNS), or no connection: the answer's order.
+@pytest.mark.parametrize("kept", [FRONT_ENDS[0], "127.10.0.13", None])
+def test_the_answer_order_holds_unless_an_open_connection_is_to_a_later_server(
+    script: Script, kept: str | None
+) -> None:
+    script.boot()
+    first = script.resolve(*FRONT_ENDS, kept=kept)[0]
+    assert isinstance(first, SendRequest)
+    assert first.target.address == FRONT_ENDS[0]
+    assert script.refuse("connection refused")[0].target.address == FRONT_ENDS[1]  # type: ignore[attr-defined]
+    line = script.phone.log.matching("ucupdates-r2.contoso.test is")[-1].message
+    assert line == f"ucupdates-r2.contoso.test is {', '.join(FRONT_ENDS)}"
 
 
 # --- Verification ---------------------------------------------------------------------------
@@ -699,7 +738,7 @@ def test_power_lost_while_flashing_leaves_the_running_image(script: Script, vend
     assert phone.backup_version is None
     assert "slot B holds 4.0.7577.4372 (damaged)" in script.log_text()
     # The damaged slot is no backup: the same offer is downloaded again.
-    assert script.check_with(offer_xml(fw)) == [Resolve("pool01.contoso.test")]
+    assert script.check_with(offer_xml(fw)) == [Resolve("pool01.contoso.test", 10443)]
     script.install(fw)
     assert phone.slots[SlotName.B].status is SlotStatus.VALID
 
@@ -795,11 +834,11 @@ def test_a_failed_sign_in_during_a_back_off_keeps_the_retry(script: Script) -> N
     retry_at = script.phone.timers[Timer.RETRY]
     assert script.do(SignIn(script.later(), ALICE)) == [
         CancelTimer(Timer.RETRY),
-        Resolve("pool01.contoso.test"),
+        Resolve("pool01.contoso.test", 10443),
     ]
     script.resolve(FRONT_ENDS[0])
     # Inside names fail: the sign-in tries the discovery name, which the edge answers outside.
-    assert script.refuse() == [Resolve("ucupdates-r2.contoso.test")]
+    assert script.refuse() == [Resolve("ucupdates-r2.contoso.test", 10443)]
     assert script.do(ResolutionFailed(script.later(), "ucupdates-r2.contoso.test", "SERVFAIL")) == [
         StartTimer(Timer.RETRY, retry_at)
     ]

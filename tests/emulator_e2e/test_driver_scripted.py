@@ -66,6 +66,9 @@ class ScriptedClient:
     async def post_log(self, url: str, body: bytes, **options: Any) -> Answer:
         raise AssertionError("not used")
 
+    def kept_address(self, host: str, port: int) -> str | None:
+        return None
+
     async def drop_connections(self) -> None:
         pass
 

@@ -179,3 +179,30 @@ async def test_a_download_cut_by_maintenance_resumes_on_the_other_front_end(
     # Only the rest came again, and the pieces fit together: the image verified.
     assert phone.bytes_downloaded == device_lab.stored_bytes("CX600", NEW) - offset
     assert logged(phone, "matches its catalog") == [T0 + BOOT]
+
+
+@pytest.mark.looptime
+async def test_the_image_follows_the_catalog_over_the_connection_the_phone_keeps(
+    device_lab: RunningLab, phones: Phones
+) -> None:
+    # The pool's name is looked up again for the image, and the lab DNS rotates its
+    # answer: the second answer names the other front end first. The phone still holds
+    # its connection to the server that sent the catalog, so the image comes over it.
+    device_lab.publish("CX600", NEW)
+    phone = phones.phone()
+    phone.power_on()
+    await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+
+    queries = device_lab.lab.dns.query_log.recent()
+    asked = [
+        q for q in queries if q["client"] == phone.address and q["qname"] == "pool01.contoso.test"
+    ]
+    lookups = [e.message for e in phone.phone.log.matching("pool01.contoso.test is ")]
+    assert len(asked) == len(lookups) == 2
+    first, second = (line.split(" is ")[1].split(";")[0].split(", ") for line in lookups)
+    assert first[0] != second[0]
+    files = {r.path.rsplit("/", 1)[-1]: r.server for r in device_lab.audit if "/CPE/" in r.path}
+    assert files["CPE.cat"] == files["CPE.nbt"]
+    server = next(fe for fe in device_lab.config.front_ends if fe.name == files["CPE.cat"])
+    assert str(server.address) == first[0]
+    assert lookups[1].endswith(f"; {first[0]} first, over the connection the phone has open to it")

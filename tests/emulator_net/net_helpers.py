@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 INSIDE_PHONE = "127.10.0.50"
 OUTSIDE_PHONE = "127.20.0.50"
 FE01 = "127.10.0.11"
+FE02 = "127.10.0.12"
 UCUPDATES = "ucupdates-r2.contoso.test"
 
 
@@ -61,7 +62,7 @@ class WebServer:
         self.app.middlewares.append(record)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0, ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from net_helpers import FE01, INSIDE_PHONE, UCUPDATES, WebServer
+from net_helpers import FE01, FE02, INSIDE_PHONE, UCUPDATES, WebServer
 
 from emulator.clock import Clock, LoopClock
 from emulator.errors import (
@@ -90,6 +90,11 @@ def service_app() -> web.Application:
     async def missing(request: web.Request) -> web.Response:
         return problem(404, 40401, "this server has no file CPE.nbt")
 
+    async def closing(request: web.Request) -> web.Response:
+        response = web.Response(body=NO_UPDATE, content_type="text/xml")
+        response.force_close()
+        return response
+
     async def too_big(request: web.Request) -> web.Response:
         return web.Response(body=b"<DeviceUpdateResponse>" + b" " * 70_000, content_type="text/xml")
 
@@ -102,6 +107,7 @@ def service_app() -> web.Application:
     app.router.add_post("/busy", busy)
     app.router.add_post("/denied", denied)
     app.router.add_post("/big", too_big)
+    app.router.add_post("/closing", closing)
     return app
 
 
@@ -175,6 +181,42 @@ async def test_connection_is_kept_alive_between_requests(
 
     assert client.connections_made == 1
     assert len({seen.peer for seen in server.requests}) == 1
+
+
+async def test_the_kept_connection_is_named_by_host_and_port_while_it_is_open(
+    server: WebServer, phone: PhoneFactory
+) -> None:
+    client = phone()
+    port = server.port
+    assert client.kept_address(UCUPDATES, port) is None
+    await client.post_xml(server.url(CHECK_PATH), b"<x/>", address=FE01)
+
+    assert client.kept_address(UCUPDATES, port) == FE01
+    assert client.kept_address(UCUPDATES.upper(), port) == FE01
+    assert client.kept_address("pool01.contoso.test", port) is None
+    assert client.kept_address(UCUPDATES, port + 1) is None
+    await client.drop_connections()
+    assert client.kept_address(UCUPDATES, port) is None
+
+    # By name, through the lab DNS (fe01 and fe02; only fe01 listens): where it went.
+    await client.post_xml(server.url(CHECK_PATH), b"<x/>")
+    assert client.kept_address(UCUPDATES, port) == FE01
+    # A server that closes the connection after its answer leaves none kept.
+    await client.post_xml(server.url("/closing"), b"<x/>")
+    assert client.kept_address(UCUPDATES, port) is None
+
+
+async def test_of_two_kept_connections_to_a_host_the_one_used_last_is_named(
+    server: WebServer, phone: PhoneFactory, pki: LabPKI
+) -> None:
+    # fe02 on the same port: one host name and port, two servers (as DNS gives them).
+    fe02 = WebServer(service_app(), FE02, pki.server("fe02").server_context(), port=server.port)
+    async with fe02:
+        client = phone()
+        for address in (FE01, FE02, FE01, FE02):
+            await client.post_xml(server.url(CHECK_PATH), b"<x/>", address=address)
+            assert client.kept_address(UCUPDATES, server.port) == address
+        assert client.connections_made == 2
 
 
 async def test_name_resolved_through_the_lab_dns_from_the_phone_address(

@@ -24,7 +24,7 @@ from lab.scenarios import (
     run_scenario,
     troubleshooting_table,
 )
-from lab.scenarios.framework import NameTestDevice, PhoneSpec, Setup
+from lab.scenarios.framework import NameTestDevice, PhoneSpec, PowerOn, Settle, Setup
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 ISSUE = {
@@ -114,6 +114,7 @@ def test_a_scenario_is_found_by_name_and_an_unknown_name_lists_the_known_ones() 
         ({"name": "Tampered Image"}, "is not kebab-case"),
         ({"subject": 1}, "no phone 1 to observe"),
         ({"subject": -1}, "no phone -1 to observe"),
+        ({"script": (PowerOn((0, 1)), Settle())}, "no phone 1 to power on"),
     ],
 )
 def test_a_badly_defined_scenario_is_refused(changes: dict[str, object], message: str) -> None:
@@ -149,6 +150,11 @@ def test_the_readme_table_maps_each_symptom_to_its_cause_and_fix() -> None:
             scenario.fix,
             f"`lab scenario run {scenario.name}`",
         ]
+
+
+def test_the_readme_shows_the_table_as_the_catalogue_makes_it() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert readme_table().rstrip("\n") in readme
 
 
 def test_the_table_keeps_each_text_in_its_cell() -> None:
