@@ -20,6 +20,11 @@ Rules of this module:
   than copying a cached chunk), and written through aiohttp, which waits for the client
   (flow control), so a slow reader holds a transfer open without the server buffering
   the file.
+- A small file (up to CONTENT_CACHE_FILE) read whole from the page cache is kept in memory
+  for the next requests of the same file version, as its ETag is (within
+  CONTENT_CACHE_BYTES in all, the least recently sent dropped first): thousands of phones
+  fetch the same image, and each read would copy it again. Opening the file and checking
+  where it lies still happen for every request.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ CHUNK_SIZE = 1024 * 1024
 TLS_WRITE_SIZE = 256 * 1024
 """How much of a chunk is handed to the TLS transport at once."""
 ETAG_CACHE_SIZE = 4096
+CONTENT_CACHE_FILE = 4 * 1024 * 1024
+"""The largest file whose content is kept in memory between requests."""
+CONTENT_CACHE_BYTES = 64 * 1024 * 1024
+"""How much file content a front end keeps in memory in all."""
 PATH_CACHE_SIZE = 4096
 _FD_PATHS = Path("/proc/self/fd")
 _FORBIDDEN_CHARACTERS = ("\\", "\x00")
@@ -52,6 +61,8 @@ class ImageFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._etags: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._contents: OrderedDict[tuple[int, int, int, int], bytes] = OrderedDict()
+        self._content_bytes = 0
         self._paths: OrderedDict[str, Path] = OrderedDict()
         self._root: tuple[tuple[int, int], Path] | None = None
         # Where the kernel says an open descriptor's file is: the last word on what was
@@ -126,6 +137,27 @@ class ImageFiles:
                 self._etags.popitem(last=False)
         return cached
 
+    def content(self, fd: int, st: os.stat_result) -> memoryview | None:
+        """The whole content of the small open file ``fd`` (stat ``st``), kept in memory for
+        that file version; None for a larger file, or one the page cache does not hold."""
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        kept = self._contents.get(key)
+        if kept is not None:
+            self._contents.move_to_end(key)
+            return memoryview(kept)
+        if st.st_size > CONTENT_CACHE_FILE:
+            return None
+        read = read_cached(fd, st.st_size, 0)
+        if read is None or len(read) != st.st_size:
+            return None  # not all in the page cache (a thread reads it), or changed meanwhile
+        kept = bytes(read)
+        self._contents[key] = kept
+        self._content_bytes += len(kept)
+        while self._content_bytes > CONTENT_CACHE_BYTES:
+            _, dropped = self._contents.popitem(last=False)
+            self._content_bytes -= len(dropped)
+        return memoryview(kept)
+
     async def send(
         self,
         request: web.BaseRequest,
@@ -173,10 +205,15 @@ class ImageFiles:
                 await response.write_eof()
                 return response
             loop = asyncio.get_running_loop()
+            whole = self.content(fd, st)
             offset = start
             while offset < end:
                 size = min(CHUNK_SIZE, end - offset)
-                chunk: bytes | memoryview | None = read_cached(fd, size, offset)
+                chunk: bytes | memoryview | None = (
+                    whole[offset : offset + size]
+                    if whole is not None
+                    else read_cached(fd, size, offset)
+                )
                 if chunk is None:
                     pending = loop.run_in_executor(None, os.pread, fd, size, offset)
                     chunk = await pending

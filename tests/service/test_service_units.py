@@ -14,6 +14,7 @@ from service_helpers import check_body
 
 from lab.config import User, default_config
 from lab.errors import ServiceError
+from lab.service import files
 from lab.service.files import ImageFiles, if_range_holds, parse_range, read_cached
 from lab.service.ntlm import (
     ENV_VAR,
@@ -360,3 +361,43 @@ def test_cached_reads_give_the_files_bytes_and_leave_the_rest_to_a_thread(
     finally:
         os.close(reader)
         os.close(writer)
+
+
+def test_small_files_are_kept_in_memory_per_version_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "CONTENT_CACHE_FILE", 1000)
+    monkeypatch.setattr(files, "CONTENT_CACHE_BYTES", 2500)
+    store = ImageFiles(tmp_path)
+
+    def content(name: str) -> memoryview | None:
+        fd = os.open(tmp_path / name, os.O_RDONLY)
+        try:
+            return store.content(fd, os.fstat(fd))
+        finally:
+            os.close(fd)
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(name.encode() * 1000)
+    (tmp_path / "big").write_bytes(b"x" * 1001)
+    first = content("a")
+    if first is None:
+        pytest.skip("this file system cannot read without waiting (RWF_NOWAIT)")
+    assert bytes(first) == b"a" * 1000
+    again = content("a")
+    assert again is not None
+    assert again.obj is first.obj  # kept: not read again
+    assert content("big") is None  # over the size kept: read in chunks as it is sent
+    # A new version of the file (written aside and renamed over, as the store does).
+    (tmp_path / "new").write_bytes(b"A" * 1000)
+    (tmp_path / "new").rename(tmp_path / "a")
+    newer = content("a")
+    assert newer is not None
+    assert bytes(newer) == b"A" * 1000
+    # At most 2,500 bytes in all: the least recently sent versions go first.
+    b = content("b")
+    assert b is not None
+    assert [bytes(v)[:1] for v in store._contents.values()] == [b"A", b"b"]
+    content("c")
+    assert [bytes(v)[:1] for v in store._contents.values()] == [b"b", b"c"]
+    assert store._content_bytes == 2000
