@@ -173,6 +173,7 @@ def check_catalog_device(
             )
 
 
+@functools.lru_cache(maxsize=256)
 def verify_catalog(
     data: bytes,
     cert_pem: bytes,
@@ -183,7 +184,13 @@ def verify_catalog(
     locale: str,
     version: str | None = None,
 ) -> Catalog:
-    """Parse, verify the signature of and check the device of a catalog, in that order."""
+    """Parse, verify the signature of and check the device of a catalog, in that order.
+
+    A pure function of its arguments, so an answer is kept for the next phone asking with
+    the same bytes, certificate and device (a fleet downloads a few catalogs thousands of
+    times; each check is an ECDSA verification). Only answers are kept: what fails, fails
+    again each time, with the same error.
+    """
     catalog = parse_catalog(data)
     verify_catalog_signature(catalog, cert_pem)
     check_catalog_device(

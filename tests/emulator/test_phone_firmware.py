@@ -63,6 +63,26 @@ def test_a_signed_catalog_parses_and_verifies(polycom: Vendor, signed: bytes) ->
     assert signed[len(catalog.signed) :].startswith(b"signature: ")
 
 
+def test_the_answer_for_a_catalog_is_kept_for_the_next_phone(
+    polycom: Vendor, signed: bytes
+) -> None:
+    first = verify_catalog(signed, polycom.cert_pem, **DEVICE, version=NEW)
+    hits = verify_catalog.cache_info().hits
+    # Another phone, the same bytes read from its own file: the same answer, not checked again.
+    assert (
+        verify_catalog(bytes(bytearray(signed)), polycom.cert_pem, **DEVICE, version=NEW) is first
+    )
+    assert verify_catalog.cache_info().hits == hits + 1
+    # Any other device, certificate or byte is checked afresh, and refused each time.
+    for _ in range(2):
+        with pytest.raises(DeviceMismatchError):
+            verify_catalog(signed, polycom.cert_pem, **{**DEVICE, "model": "CX700"}, version=NEW)
+        with pytest.raises(SignatureError):
+            verify_catalog(signed, Vendor("Polycom").cert_pem, **DEVICE, version=NEW)
+        with pytest.raises(SignatureError):
+            verify_catalog(signed.replace(b"CX600", b"CX700"), polycom.cert_pem, **DEVICE)
+
+
 def test_a_catalog_signed_by_another_key_is_refused(signed: bytes) -> None:
     with pytest.raises(SignatureError, match="not signed by the vendor key this phone trusts"):
         verify_catalog_signature(parse_catalog(signed), Vendor("Polycom").cert_pem)
