@@ -128,7 +128,7 @@ class ImageFiles:
 
     async def etag(self, fd: int, st: os.stat_result) -> str:
         """The strong ETag of the open file ``fd`` whose stat is ``st``."""
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = _version(st)
         cached = self._etags.get(key)
         if cached is None:
             cached = await asyncio.to_thread(_content_etag, fd, st.st_size)
@@ -140,7 +140,7 @@ class ImageFiles:
     def content(self, fd: int, st: os.stat_result) -> memoryview | None:
         """The whole content of the small open file ``fd`` (stat ``st``), kept in memory for
         that file version; None for a larger file, or one the page cache does not hold."""
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = _version(st)
         kept = self._contents.get(key)
         if kept is not None:
             self._contents.move_to_end(key)
@@ -242,6 +242,11 @@ class ImageFiles:
                 pending.add_done_callback(lambda _: os.close(fd))
             else:
                 os.close(fd)
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another: device, inode, size, mtime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _content_etag(fd: int, size: int) -> str:
