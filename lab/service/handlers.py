@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -36,6 +35,7 @@ from lab.firewall import Zone
 from lab.inventory import Sighting
 from lab.service.frontend import FrontEndServer, Mode, Role, SiteHandler
 from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
+from lab.service.memo import remember
 from lab.service.ntlm import Authenticated, Challenge, NtlmSession, Rejected, parse_authorization
 from lab.service.problems import Diagnostic, Problem, as_problem, problem_response
 from lab.service.xmlio import (
@@ -59,7 +59,6 @@ SERVER_HEADER = "X-MS-Server-Fqdn"
 # Distinct decisions (answers) and reported device kinds remembered per site.
 ANSWER_CACHE_SIZE = 1024
 
-T = TypeVar("T")
 Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 AuditObserver = Callable[[AuditRecord], AuditRepeat | None]
 _Varying = tuple[str, str, int, str, str, str, str]
@@ -120,16 +119,6 @@ async def read_body(request: web.BaseRequest, limit: int = MAX_REQUEST_BYTES) ->
         if len(data) > limit:
             raise too_large
     return bytes(data)
-
-
-def _remember(memo: dict[int, T], owner: object, entry: T) -> None:
-    """Keep ``entry`` in ``memo`` under ``owner``'s id, ANSWER_CACHE_SIZE entries at most.
-
-    Every entry holds its owner (or is checked against it), so a reused id cannot match.
-    """
-    if len(memo) >= ANSWER_CACHE_SIZE:
-        memo.clear()
-    memo[id(owner)] = entry
 
 
 class Endpoints:
@@ -300,7 +289,7 @@ class Endpoints:
                     )
                 )
                 observer(sighting)
-                _remember(self._sightings, parsed, (parsed, sighting))
+                remember(self._sightings, parsed, (parsed, sighting), ANSWER_CACHE_SIZE)
         note.named = True
         return web.Response(body=answer.body, headers=self._check_headers)
 
@@ -437,7 +426,7 @@ class Endpoints:
                 " ".join(f.module for f in decision.files),
                 _decision(decision),
             )
-            _remember(self._answers, decision, answer)
+            remember(self._answers, decision, answer, ANSWER_CACHE_SIZE)
         return answer
 
     @staticmethod
@@ -499,7 +488,9 @@ class Endpoints:
             )
             repeat = observer(record)
             if repeat is not None:
-                _remember(self._repeats, parsed, (parsed, observer, varying, repeat))
+                remember(
+                    self._repeats, parsed, (parsed, observer, varying, repeat), ANSWER_CACHE_SIZE
+                )
             return
         record = AuditRecord(
             time=now_iso(),

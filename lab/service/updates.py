@@ -28,6 +28,7 @@ from typing import Protocol
 
 from lab.decision import Decision, decide
 from lab.models import DeviceKind
+from lab.service.memo import remember
 from lab.service.xmlio import DeviceUpdateRequest
 from lab.store import Snapshot, Store
 
@@ -83,9 +84,7 @@ class StoreDecider:
         if decision is None:
             decision = decide(kind, installed, test_device, snapshot.rules_for(server))
             self._decisions[key] = decision
-        if len(self._by_request) >= DECISION_CACHE_SIZE:
-            self._by_request.clear()
-        self._by_request[id(request)] = (request, server, decision)
+        remember(self._by_request, request, (request, server, decision), DECISION_CACHE_SIZE)
         return decision
 
     def _current(self) -> Snapshot:
