@@ -8,6 +8,7 @@ The default lab ships inside the package (``default.toml``) and needs no privile
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -77,6 +78,53 @@ class User:
 
 
 @dataclass(frozen=True)
+class Lockout:
+    """Per-account lockout and per-source-address throttle of NTLM sign-ins.
+
+    The account side follows Active Directory's recommended policy: ``threshold`` failures
+    within ``window`` seconds lock the account for ``duration`` seconds. The address side
+    keeps one source address from guessing at speed or locking every account: past
+    ``address_threshold`` failures within ``window`` the address is refused for
+    ``address_duration`` seconds, before any answer is checked.
+    """
+
+    threshold: int = 10
+    window: float = 900.0
+    duration: float = 900.0
+    address_threshold: int = 20
+    address_duration: float = 900.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one peer may hold and how slowly it may talk; the ``[limits]`` table.
+
+    The timeouts follow Apache's mod_reqtimeout: the request headers must arrive within
+    ``header_timeout`` seconds; the body within ``body_timeout`` seconds, extended by one
+    second for every ``body_min_rate`` bytes received.
+    """
+
+    connections_per_address: int = 256
+    handshake_timeout: float = 10.0
+    header_timeout: float = 20.0
+    body_timeout: float = 20.0
+    body_min_rate: int = 500
+    keepalive_timeout: float = 120.0
+    dns_tcp_idle_timeout: float = 10.0
+    dns_tcp_message_timeout: float = 5.0
+    # File descriptors kept free for the admin API when the listeners take no more.
+    admin_reserve: int = 64
+    # Device logs kept per front end in all, oldest deleted first (200 x MaxLogCacheLimit).
+    device_logs_per_front_end: int = 102_400_000
+    # What one audit field (installed modules, user, ...) may write, in characters.
+    audit_field_max: int = 1024
+    # Largest total a cab may unpack to, read from its own headers before expanding.
+    cab_unpacked_max: int = 2 * 1024**3
+    # Bytes the service may keep in memory for answers it can give again.
+    answer_cache_bytes: int = 16 * 1024**2
+
+
+@dataclass(frozen=True)
 class FleetPhone:
     """One entry of the demo fleet."""
 
@@ -115,6 +163,8 @@ class LabConfig:
     pki: PKIConfig
     users: tuple[User, ...] = ()
     fleet: tuple[FleetPhone, ...] = field(default=())
+    lockout: Lockout = field(default=Lockout())
+    limits: Limits = field(default=Limits())
 
     @property
     def zones(self) -> tuple[str, ...]:
@@ -152,8 +202,6 @@ class LabConfig:
 
 
 def _replace(obj: T, **changes: Any) -> T:
-    import dataclasses
-
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 
 
@@ -252,7 +300,18 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
     r.reject_unknown(
         data,
         "",
-        {"lab", "domains", "network", "ports", "pool", "edge", "pki", "directory", "fleet"},
+        {
+            "lab",
+            "domains",
+            "network",
+            "ports",
+            "pool",
+            "edge",
+            "pki",
+            "directory",
+            "fleet",
+            "limits",
+        },
     )
 
     lab = r.table(data, "lab", "")
@@ -330,7 +389,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
     )
 
     directory = r.table(data, "directory", "")
-    r.reject_unknown(directory, "directory", {"users"})
+    r.reject_unknown(directory, "directory", {"users", "lockout"})
+    lockout = _numbers(r, r.table(directory, "lockout", "directory"), "directory.lockout", Lockout)
     users: list[User] = []
     for i, u in enumerate(r.tables(directory, "users", "directory")):
         path = f"directory.users[{i}]"
@@ -390,7 +450,33 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
         pki=pki,
         users=tuple(users),
         fleet=tuple(fleet),
+        lockout=lockout,
+        limits=_numbers(r, r.table(data, "limits", ""), "limits", Limits),
     )
+
+
+N = TypeVar("N", Lockout, Limits)
+
+
+def _numbers(r: _Reader, table: Mapping[str, Any], path: str, kind: type[N]) -> N:
+    """A table of positive numbers whose keys and defaults are the fields of ``kind``."""
+    defaults = {f.name: f.default for f in dataclasses.fields(kind)}
+    r.reject_unknown(table, path, set(defaults))
+    values: dict[str, Any] = {}
+    for key, default in defaults.items():
+        if key not in table:
+            continue
+        value = table[key]
+        number_kind: tuple[type, ...] = (int,) if isinstance(default, int) else (int, float)
+        r.check(
+            isinstance(value, number_kind) and not isinstance(value, bool),
+            f"{path}.{key}",
+            f"must be {'a whole number' if number_kind == (int,) else 'a number'}, "
+            f"not {_kind(value)} {value!r}",
+        )
+        r.check(value > 0, f"{path}.{key}", f"{value} must be more than 0")
+        values[key] = type(default)(value)
+    return kind(**values)
 
 
 def parse_toml(text: str, source: str) -> LabConfig:
