@@ -122,6 +122,8 @@ class Limits:
     cab_unpacked_max: int = 2 * 1024**3
     # Bytes the service may keep in memory for answers it can give again.
     answer_cache_bytes: int = 16 * 1024**2
+    # Seconds between two log lines about one kind of fault (counted in between).
+    fault_log_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -475,7 +477,7 @@ def _numbers(r: _Reader, table: Mapping[str, Any], path: str, kind: type[N]) -> 
             f"not {_kind(value)} {value!r}",
         )
         r.check(value > 0, f"{path}.{key}", f"{value} must be more than 0")
-        values[key] = type(default)(value)
+        values[key] = float(value) if isinstance(default, float) else int(value)
     return kind(**values)
 
 

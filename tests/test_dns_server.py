@@ -17,6 +17,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.asyncquery
 import dns.flags
@@ -36,6 +37,7 @@ from lab.dns.zones import View, build_views
 from lab.errors import DNSError
 from lab.events import Event
 from lab.firewall import FirewallPolicy
+from lab.guard import ConnectionBudget
 
 INSIDE = "127.10.0.50"
 OUTSIDE = "127.20.0.50"
@@ -416,6 +418,100 @@ async def test_malformed_packets_get_formerr_or_notimp(
     assert (await client.receive()).id == 7
 
 
+def query_for(labels: list[bytes], qid: int = 0x4242) -> bytes:
+    """A query for the name made of ``labels``, built by hand (dnspython refuses bad names)."""
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1)
+
+
+ZONE_LABELS = [b"contoso", b"test"]
+LONGEST_NAME = [b"a" * 63] * 3 + [b"b" * 48, *ZONE_LABELS]  # 255 bytes on the wire
+IMPOSSIBLE_NAMES = {
+    "label_too_long": [b"a" * 64, *ZONE_LABELS],
+    "name_too_long": [b"a" * 63] * 3 + [b"b" * 49, *ZONE_LABELS],  # 256 bytes
+}
+
+
+@pytest.mark.parametrize("reason", sorted(IMPOSSIBLE_NAMES))
+def test_a_name_no_dns_name_can_be_gets_formerr(reason: str) -> None:
+    responder = Responder(build_views(default_config()), FaultTable(default_config().zones))
+    result = responder.respond(View.INTERNAL, query_for(IMPOSSIBLE_NAMES[reason]), False)
+    assert isinstance(result, Malformed)
+    assert result.reason == reason
+    assert result.reply is not None
+    reply = dns.message.from_wire(result.reply)
+    assert (reply.id, reply.rcode(), bool(reply.flags & dns.flags.QR)) == (
+        0x4242,
+        dns.rcode.FORMERR,
+        True,
+    )
+
+
+def test_the_longest_names_dns_allows_are_still_answered() -> None:
+    responder = Responder(build_views(default_config()), FaultTable(default_config().zones))
+    result = responder.respond(View.INTERNAL, query_for(LONGEST_NAME), False)
+    assert isinstance(result, Answer)
+    assert result.outcome.rcode == "NXDOMAIN"
+
+
+async def test_impossible_names_get_formerr_over_udp_and_tcp_and_are_logged_as_counts(
+    server: DNSServer, raw_client: Callable[[str], RawClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    client = raw_client(OUTSIDE)
+    for qid in range(50):
+        client.send(query_for(IMPOSSIBLE_NAMES["label_too_long"], qid))
+        reply = await client.receive()
+        assert (reply.id, reply.rcode()) == (qid, dns.rcode.FORMERR)
+    reader, writer = await asyncio.open_connection(*server.address, local_addr=(INSIDE, 0))
+    writer.write(frame(query_for(IMPOSSIBLE_NAMES["name_too_long"], 0xBEEF)))
+    reply = await read_frame(reader)
+    assert (reply.id, reply.rcode()) == (0xBEEF, dns.rcode.FORMERR)
+    writer.close()
+
+    stats = server.stats()
+    assert stats["malformed_reasons"] == {"label_too_long": 50, "name_too_long": 1}
+    assert stats["errors"] == 0
+    assert stats["fault_log"] == {
+        "DNS: malformed packet (label_too_long)": 50,
+        "DNS: malformed packet (name_too_long)": 1,
+    }
+    # One line per kind within the interval (the counts come with the next one), no trace.
+    assert [r.getMessage().split(":")[1] for r in caplog.records] == [
+        " malformed packet (label_too_long)",
+        " malformed packet (name_too_long)",
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_a_failure_to_answer_costs_one_query_a_servfail_and_no_traceback(
+    server: DNSServer,
+    raw_client: Callable[[str], RawClient],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(view: View, data: bytes, tcp: bool) -> Answer | Malformed:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server._responder, "respond", broken)
+    client = raw_client(INSIDE)
+    client.send_query(UCUPDATES, qid=77)
+    reply = await client.receive()
+    assert (reply.id, reply.rcode()) == (77, dns.rcode.SERVFAIL)
+    client.send(b"\x00\x01")  # no header: nothing to reply to
+    client.send_query(UCUPDATES, qid=78)  # answered after the short one was dealt with
+    assert (await client.receive()).id == 78
+    monkeypatch.undo()
+    client.send_query(UCUPDATES, qid=79)
+    assert (await client.receive()).rcode() == dns.rcode.NOERROR
+    stats = server.stats()
+    assert (stats["errors"], stats["dropped"]) == (3, 1)
+    assert stats["fault_log"] == {"DNS: failed to answer a packet": 3}
+    # One line (the next ones are counted until the interval has passed), no trace.
+    [record] = caplog.records
+    assert record.getMessage().endswith("RuntimeError: a bug")
+    assert record.exc_info is None
+
+
 FUZZED = Responder(build_views(default_config()), FaultTable(default_config().zones))
 
 
@@ -598,6 +694,155 @@ async def test_tcp_half_close_still_gets_the_answer(server: DNSServer) -> None:
     assert (answer.id, addresses(answer)) == (9, [EDGE])
     assert await reader.read() == b""
     writer.close()
+
+
+def with_limits(config: LabConfig, **limits: Any) -> LabConfig:
+    """The lab with some ``[limits]`` changed."""
+    return dataclasses.replace(config, limits=dataclasses.replace(config.limits, **limits))
+
+
+async def answered_over_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether a query on this connection gets its answer."""
+    writer.write(frame(dns.message.make_query(UCUPDATES, "A", id=5).to_wire()))
+    return (await read_frame(reader)).id == 5
+
+
+def test_tcp_limits_come_from_the_config_and_a_shared_budget_is_used(
+    config: LabConfig, firewall: FirewallPolicy
+) -> None:
+    limited = with_limits(
+        config, connections_per_address=7, dns_tcp_idle_timeout=3.0, dns_tcp_message_timeout=2.0
+    )
+    own = DNSServer(limited, firewall)
+    assert (own.budget.per_address, own.tcp_idle_timeout, own.tcp_message_timeout) == (7, 3, 2)
+    assert own.stats()["tcp_limits"] == {
+        "per_address_cap": 7,
+        "idle_timeout": 3.0,
+        "message_timeout": 2.0,
+    }
+    shared = ConnectionBudget(per_address=3, total=10)
+    assert DNSServer(limited, firewall, budget=shared).budget is shared
+
+
+@pytest.mark.looptime
+async def test_tcp_connections_over_the_per_address_cap_are_closed_and_slots_come_back(
+    config: LabConfig, firewall: FirewallPolicy, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = ConnectionBudget(per_address=2, total=100)
+    async with DNSServer(config, firewall, tcp_idle_timeout=5, budget=budget) as server:
+        held = [
+            await asyncio.open_connection(*server.address, local_addr=(OUTSIDE, 0))
+            for _ in range(2)
+        ]
+        for reader, writer in held:
+            assert await answered_over_tcp(reader, writer)
+        over_reader, over_writer = await asyncio.open_connection(
+            *server.address, local_addr=(OUTSIDE, 0)
+        )
+        assert await asyncio.wait_for(over_reader.read(), 100) == b""  # closed at once
+        over_writer.close()
+        # Another address is not held back by the first one's connections.
+        inside = await asyncio.open_connection(*server.address, local_addr=(INSIDE, 0))
+        assert await answered_over_tcp(*inside)
+        stats = server.stats()
+        assert (stats["tcp_open"], stats["tcp_addresses"], stats["tcp_busiest_address"]) == (
+            3,
+            2,
+            2,
+        )
+        assert (stats["tcp_refused"], budget.held(OUTSIDE), budget.open) == (1, 2, 3)
+
+        # When the server closes them (idle), their slots come back for new connections.
+        for reader, writer in [*held, inside]:
+            assert await asyncio.wait_for(reader.read(), 100) == b""
+            writer.close()
+        assert budget.open == 0
+        again = await asyncio.open_connection(*server.address, local_addr=(OUTSIDE, 0))
+        assert await answered_over_tcp(*again)
+        assert budget.held(OUTSIDE) == 1
+        again[1].close()
+    assert budget.open == 0  # the server's stop gave back the last one
+    refused = [r for r in caplog.records if r.getMessage().startswith("DNS: TCP connection")]
+    assert [r.getMessage() for r in refused] == [
+        f"DNS: TCP connection refused: from {OUTSIDE}: over the per-address connection cap"
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+async def test_tcp_connections_over_the_total_cap_are_closed_and_say_so(
+    config: LabConfig, firewall: FirewallPolicy, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = ConnectionBudget(per_address=5, total=1)
+    async with DNSServer(config, firewall, budget=budget) as server:
+        first = await asyncio.open_connection(*server.address, local_addr=(INSIDE, 0))
+        assert await answered_over_tcp(*first)
+        reader, writer = await asyncio.open_connection(*server.address, local_addr=(OUTSIDE, 0))
+        assert await reader.read() == b""
+        writer.close()
+        first[1].close()
+        assert server.stats()["tcp_refused"] == 1
+    assert budget.refused.total == 1
+    assert caplog.messages == [
+        f"DNS: TCP connection refused: from {OUTSIDE}: over the total connection cap"
+    ]
+
+
+@pytest.mark.looptime
+async def test_a_message_must_be_whole_by_its_deadline_however_it_trickles(
+    config: LabConfig, firewall: FirewallPolicy
+) -> None:
+    loop = asyncio.get_running_loop()
+    server = DNSServer(config, firewall, tcp_idle_timeout=30, tcp_message_timeout=3)
+    async with server:
+        # A message in pieces, whole within the deadline, is answered.
+        reader, writer = await asyncio.open_connection(*server.address, local_addr=(INSIDE, 0))
+        query = frame(dns.message.make_query(UCUPDATES, "A", id=8).to_wire())
+        writer.write(query[:1])
+        await asyncio.sleep(2)
+        writer.write(query[1:])
+        assert (await read_frame(reader)).id == 8
+        # Between messages only the idle timeout applies, counted from the last message.
+        answered_at = loop.time()
+        assert await asyncio.wait_for(reader.read(), 100) == b""
+        assert loop.time() - answered_at == pytest.approx(30.0, abs=0.01)
+        writer.close()
+
+        # One byte a second of a message that never ends: cut 3 s after its first byte.
+        reader, writer = await asyncio.open_connection(*server.address, local_addr=(OUTSIDE, 0))
+
+        async def trickle() -> None:
+            writer.write(b"\x01\x00")  # 256 bytes follow, some day
+            while not writer.is_closing():
+                await asyncio.sleep(1)
+                writer.write(b"x")
+
+        started = loop.time()
+        trickling = asyncio.create_task(trickle())
+        assert await asyncio.wait_for(reader.read(), 100) == b""
+        assert loop.time() - started == pytest.approx(3.0, abs=0.01)
+        writer.close()
+        await trickling
+        stats = server.stats()
+    assert (stats["tcp_message_timeouts"], stats["tcp_idle_closed"]) == (1, 1)
+    assert stats["fault_log"] == {"DNS: TCP message not whole in time": 1}
+
+
+@pytest.mark.looptime
+async def test_stray_bytes_do_not_keep_an_idle_connection_open(
+    config: LabConfig, firewall: FirewallPolicy
+) -> None:
+    loop = asyncio.get_running_loop()
+    server = DNSServer(config, firewall, tcp_idle_timeout=5, tcp_message_timeout=100)
+    async with server:
+        reader, writer = await asyncio.open_connection(*server.address, local_addr=(OUTSIDE, 0))
+        assert await answered_over_tcp(reader, writer)
+        answered_at = loop.time()
+        await asyncio.sleep(4)
+        writer.write(b"\x00")  # the start of a message, not a message
+        assert await asyncio.wait_for(reader.read(), 100) == b""
+        assert loop.time() - answered_at == pytest.approx(5.0, abs=0.01)
+        writer.close()
+        assert server.stats()["tcp_idle_closed"] == 1
 
 
 # -- query log and counters ----------------------------------------------------------------

@@ -111,9 +111,11 @@ class Counters:
         self.malformed = 0
         self.dropped = 0
         self.truncated = 0
-        self.errors = 0  # packets the server failed on (a bug): dropped, logged with a trace
-        self.tcp_connections = 0
+        self.errors = 0  # packets the server failed on (a bug): SERVFAIL, and a fault logged
+        self.tcp_connections = 0  # accepted and admitted
+        self.tcp_refused = 0  # over the connection cap: closed before a byte was read
         self.tcp_idle_closed = 0
+        self.tcp_message_timeouts = 0  # closed because a message was not whole in time
 
     def count(self, transport: str, outcome: Outcome) -> None:
         """Count one well-formed query and what it got."""
@@ -149,5 +151,7 @@ class Counters:
             "truncated": self.truncated,
             "errors": self.errors,
             "tcp_connections": self.tcp_connections,
+            "tcp_refused": self.tcp_refused,
             "tcp_idle_closed": self.tcp_idle_closed,
+            "tcp_message_timeouts": self.tcp_message_timeouts,
         }

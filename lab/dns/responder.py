@@ -17,6 +17,8 @@ QR=1 (a response)               dropped (replying to responses invites reflectio
 opcode other than QUERY         NOTIMP, header only
 QDCOUNT other than 1            FORMERR, header only
 unparseable, or several OPTs    FORMERR, header only
+a label over 63 bytes           FORMERR, header only (no such name can exist, RFC 1035)
+a name over 255 bytes           FORMERR, header only
 EDNS version above 0            BADVERS (RFC 6891)
 class other than IN, AXFR/IXFR  REFUSED
 name outside every zone         REFUSED (AA=0: not authoritative for it)
@@ -43,6 +45,8 @@ from lab.dns.querylog import Outcome
 from lab.dns.zones import Lookup, RRSet, View, ViewRecords
 
 HEADER_SIZE = 12
+MAX_LABEL = 63  # bytes (RFC 1035 2.3.4)
+MAX_NAME = 255  # bytes on the wire: each label with its length byte, and the root's zero
 UDP_PAYLOAD = 512  # without EDNS (RFC 1035)
 MAX_UDP_PAYLOAD = 4096  # what we honour and advertise with EDNS
 MAX_TCP_MESSAGE = 65535
@@ -150,16 +154,20 @@ class Responder:
         if data[2] & _QR:
             return Malformed("response")
         if data[2] & _OPCODE:
-            return Malformed("opcode", _error_reply(data, RCODE.NOTIMP))
+            return Malformed("opcode", error_reply(data, RCODE.NOTIMP))
         if data[4:6] != b"\x00\x01":
-            return Malformed("question_count", _error_reply(data, RCODE.FORMERR))
+            return Malformed("question_count", error_reply(data, RCODE.FORMERR))
         try:
             request = DNSRecord.parse(data)
         except Exception:  # dnslib raises assorted errors on garbage; all mean FORMERR
-            return Malformed("unparseable", _error_reply(data, RCODE.FORMERR))
+            return Malformed("unparseable", error_reply(data, RCODE.FORMERR))
+        # dnslib reads such names but cannot write them back, so they never reach _answer.
+        name_fault = _name_fault(request.questions[0].qname)
+        if name_fault is not None:
+            return Malformed(name_fault, error_reply(data, RCODE.FORMERR))
         opts = [rr for rr in request.ar if rr.rtype == QTYPE.OPT]
         if len(opts) > 1:
-            return Malformed("edns", _error_reply(data, RCODE.FORMERR))
+            return Malformed("edns", error_reply(data, RCODE.FORMERR))
         return self._answer(view, request, opts[0] if opts else None, tcp)
 
     def _answer(self, view: View, request: Any, opt: Any, tcp: bool) -> Answer:
@@ -269,7 +277,24 @@ def _rrs(owner: Any, rrset: RRSet, rdatas: tuple[Any, ...]) -> list[Any]:
     return [RR(owner, rrset.rtype, ttl=rrset.ttl, rdata=rd) for rd in rdatas]
 
 
-def _error_reply(query: bytes, rcode: int) -> bytes:
+def _name_fault(name: DNSLabel) -> str | None:
+    """Why ``name`` cannot be a DNS name (the Malformed reason), or None when it can."""
+    labels = name.label
+    if any(len(label) > MAX_LABEL for label in labels):
+        return "label_too_long"
+    if sum(len(label) + 1 for label in labels) + 1 > MAX_NAME:
+        return "name_too_long"
+    return None
+
+
+def error_reply(query: bytes, rcode: int) -> bytes:
     """A header-only reply to a bad query: same ID, opcode and RD, QR=1, no sections."""
     flags = _QR | (query[2] & (_OPCODE | _RD))
     return query[:2] + bytes((flags, rcode)) + bytes(8)
+
+
+def failure_reply(query: bytes) -> bytes | None:
+    """SERVFAIL for a query the server failed on; None when there is nothing to reply to."""
+    if len(query) < HEADER_SIZE or query[2] & _QR:
+        return None
+    return error_reply(query, RCODE.SERVFAIL)

@@ -1,13 +1,25 @@
 """The lab's authoritative split-horizon DNS server: asyncio over UDP and TCP.
 
 What this module owns is the I/O: binding UDP and TCP on one address and port, TCP
-framing (2-byte length, several queries per connection, idle timeout, back-pressure),
-sending answers now or later (delay fault), and the query log and counters. What an
-answer *is* belongs to ``responder`` (and ``zones``, ``faults``).
+framing (2-byte length, several queries per connection, back-pressure), sending answers
+now or later (delay fault), and the query log and counters. What an answer *is* belongs
+to ``responder`` (and ``zones``, ``faults``).
 
 The view of every query is chosen at that moment by asking the FirewallPolicy about the
 source address; nothing about it is cached, so a firewall change applies to the very
 next query. No event loop policy is installed here: whoever runs the server picks the loop.
+
+What one peer may cost the server (``[limits]``):
+- every accepted TCP connection takes a slot of a ``ConnectionBudget`` (capped per source
+  address, shared with the lab's other listeners) before a byte is read, and gives it back
+  when it ends, however it ends; a connection over the cap is closed at once and counted;
+- a TCP connection is idle, and closed after ``dns_tcp_idle_timeout``, when no *complete*
+  message has arrived (nor answer left) for that long: stray bytes do not keep it open;
+- a message whose first byte (length prefix included) has arrived must be whole within
+  ``dns_tcp_message_timeout``, however many bytes trickle in meanwhile;
+- malformed packets, refused connections, missed deadlines and failures to answer are
+  reported through one ``FaultLog``: counts with a sample at a bounded rate, never a
+  traceback, so a peer sending garbage can neither fill the log nor slow the server.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import errno
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -24,19 +37,25 @@ from typing import Any, cast
 from lab.config import LabConfig
 from lab.dns.faults import FaultTable
 from lab.dns.querylog import Counters, QueryLog
-from lab.dns.responder import Malformed, Responder
+from lab.dns.responder import Malformed, Responder, failure_reply
 from lab.dns.zones import View, ViewRecords, build_views
 from lab.errors import DNSError
 from lab.events import EventBus
 from lab.firewall import FirewallPolicy, Zone
+from lab.guard import ConnectionBudget, FaultLog
 from lab.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TCP_IDLE_TIMEOUT = 30.0
 DEFAULT_QUERY_LOG_SIZE = 1000
+# A server with no shared budget caps connections per address only: the process-wide total
+# is the job of the budget the lab shares among its listeners.
+OWN_BUDGET_TOTAL = 1 << 20
 # With port 0, UDP picks the port and TCP may find it taken: try a few free ports.
 BIND_ATTEMPTS = 20
+TCP_BACKLOG = 1024
+"""Connections the kernel may queue before the loop accepts them (capped by somaxconn): a
+burst of connections, refused or not, must not drop the SYN of a normal client."""
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 """Bytes asked for the UDP socket's receive buffer (the kernel caps it at net.core.rmem_max):
 thousands of phones booting together send their queries in one burst, and the default
@@ -44,7 +63,6 @@ buffer (about 200 KiB) drops most of it before the loop reads it."""
 
 _VIEWS = {Zone.INSIDE: View.INTERNAL, Zone.OUTSIDE: View.EXTERNAL}
 _Reply = tuple[bytes | None, float]  # what to send (None: nothing) and after how many seconds
-_NO_REPLY: _Reply = (None, 0.0)
 
 
 class DNSServer(Service):
@@ -60,14 +78,28 @@ class DNSServer(Service):
         events: EventBus | None = None,
         query_log_path: Path | None = None,
         query_log_size: int = DEFAULT_QUERY_LOG_SIZE,
-        tcp_idle_timeout: float = DEFAULT_TCP_IDLE_TIMEOUT,
+        tcp_idle_timeout: float | None = None,
+        tcp_message_timeout: float | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
+        limits = config.limits
         self.config = config
         self.firewall = firewall
         self.events = events if events is not None else firewall.events
         self.host = host if host is not None else str(config.dns_address)
         self.port = config.ports.dns if port is None else port
-        self.tcp_idle_timeout = tcp_idle_timeout
+        self.tcp_idle_timeout = (
+            limits.dns_tcp_idle_timeout if tcp_idle_timeout is None else tcp_idle_timeout
+        )
+        self.tcp_message_timeout = (
+            limits.dns_tcp_message_timeout if tcp_message_timeout is None else tcp_message_timeout
+        )
+        if budget is None:
+            budget = ConnectionBudget(
+                per_address=limits.connections_per_address, total=OWN_BUDGET_TOTAL
+            )
+        self.budget = budget
+        self.fault_log = FaultLog(log, interval=limits.fault_log_interval)
         self.views: dict[View, ViewRecords] = build_views(config)
         self.faults = FaultTable(config.zones, self.events, on_change=self._faults_changed)
         self.query_log = QueryLog(query_log_size, query_log_path)
@@ -95,7 +127,9 @@ class DNSServer(Service):
                 lambda: _UDPProtocol(self, closed), sock=udp_sock
             )
             self._udp, self._udp_closed = udp, closed
-            self._tcp = await loop.create_server(lambda: _TCPConnection(self), sock=tcp_sock)
+            self._tcp = await loop.create_server(
+                lambda: _TCPConnection(self), sock=tcp_sock, backlog=TCP_BACKLOG
+            )
         except BaseException:
             tcp_sock.close()
             await self.stop()  # closes the UDP transport if it got that far, and the log
@@ -154,10 +188,20 @@ class DNSServer(Service):
         return self._address
 
     def stats(self) -> dict[str, Any]:
-        """Counters, cache figures and active faults, JSON-ready."""
+        """Counters, TCP connections and limits, logged faults, cache figures and active
+        faults, JSON-ready."""
+        per_address = Counter(connection.peer[0] for connection in self._connections)
         return {
             **self.counters.as_dict(),
             "tcp_open": len(self._connections),
+            "tcp_addresses": len(per_address),
+            "tcp_busiest_address": max(per_address.values(), default=0),
+            "tcp_limits": {
+                "per_address_cap": self.budget.per_address,
+                "idle_timeout": self.tcp_idle_timeout,
+                "message_timeout": self.tcp_message_timeout,
+            },
+            "fault_log": self.fault_log.counts(),
             "cache": self._responder.stats(),
             "faults_active": self.faults.snapshot(),
         }
@@ -169,13 +213,22 @@ class DNSServer(Service):
         view = _VIEWS[self.firewall.classify(client[0])]
         try:
             result = self._responder.respond(view, data, transport == "tcp")
-        except Exception:  # a bug here must cost one query, never the server
-            log.exception("DNS: failed to answer a %s packet from %s", transport, client[0])
+        except Exception as exc:  # a bug here must cost one query, never the server
             self.counters.errors += 1
-            self.counters.dropped += 1
-            return _NO_REPLY
+            self.fault_log.fault(
+                "DNS: failed to answer a packet",
+                f"{_packet(data, client, transport)}: {type(exc).__name__}: {exc}",
+            )
+            # SERVFAIL tells the client at once what it would otherwise learn by timing out.
+            reply = failure_reply(data)
+            if reply is None:
+                self.counters.dropped += 1
+            return reply, 0.0
         if isinstance(result, Malformed):
             self.counters.count_malformed(result.reason, result.reply is not None)
+            self.fault_log.fault(
+                f"DNS: malformed packet ({result.reason})", _packet(data, client, transport)
+            )
             return result.reply, 0.0
         self.query_log.record(time.time(), client, transport, result.outcome)
         self.counters.count(transport, result.outcome)
@@ -198,6 +251,12 @@ class DNSServer(Service):
     def _describe(self) -> str:
         host, port = self._address or (self.host, self.port)
         return f"{host} port {port}"
+
+
+def _packet(data: bytes, client: tuple[str, int], transport: str) -> str:
+    """A packet in a fault log sample: size, transport, source and ID when it has one."""
+    ident = f", id {int.from_bytes(data[:2], 'big')}" if len(data) >= 2 else ""
+    return f"{len(data)} bytes over {transport} from {client[0]} port {client[1]}{ident}"
 
 
 def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
@@ -273,38 +332,60 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 
 
 class _TCPConnection(asyncio.Protocol):
-    """One client connection: length-framed queries in, answers out, closed when idle."""
+    """One client connection: length-framed queries in, answers out, within the limits.
+
+    Closed when idle (no complete message in, no answer out, for the idle timeout) and when
+    a message that has begun is not whole by its deadline, whatever trickles in meanwhile.
+    """
 
     def __init__(self, server: DNSServer) -> None:
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
-        self._peer: tuple[str, int] = ("", 0)
+        self.peer: tuple[str, int] = ("", 0)
+        self._admitted = False  # holds a slot of the budget, to give back when it ends
         self._last_active = self._loop.time()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._message_timer: asyncio.TimerHandle | None = None  # set while a message arrives
         self._delayed = 0  # answers waiting to be sent
         self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        peer = self._transport.get_extra_info("peername")
-        self._peer = (str(peer[0]), int(peer[1]))
-        self._server._connections.add(self)
-        self._server.counters.tcp_connections += 1
-        self._arm_idle_timer(self._server.tcp_idle_timeout)
+        host, port = self._transport.get_extra_info("peername")[:2]
+        self.peer = (str(host), int(port))
+        server = self._server
+        budget = server.budget
+        if not budget.admit(self.peer[0]):
+            server.counters.tcp_refused += 1
+            over = "per-address" if budget.held(self.peer[0]) >= budget.per_address else "total"
+            server.fault_log.fault(
+                "DNS: TCP connection refused",
+                f"from {self.peer[0]}: over the {over} connection cap",
+            )
+            self._transport.close()
+            return
+        self._admitted = True
+        server._connections.add(self)
+        server.counters.tcp_connections += 1
+        self._arm_idle_timer(server.tcp_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self._last_active = self._loop.time()
+        if not self._admitted:
+            return  # refused: closing, and nothing it sends is read
         buffer = self._buffer
         buffer += data
+        completed = False
         while len(buffer) >= 2:
             size = int.from_bytes(buffer[:2], "big")
             if len(buffer) < 2 + size:
                 break
             message = bytes(buffer[2 : 2 + size])
             del buffer[: 2 + size]
-            response, delay = self._server._handle(message, self._peer, "tcp")
+            completed = True
+            self._last_active = self._loop.time()
+            response, delay = self._server._handle(message, self.peer, "tcp")
             if response is None:
                 continue
             if delay:
@@ -312,6 +393,7 @@ class _TCPConnection(asyncio.Protocol):
                 self._server._later(delay, self._send_delayed, response)
             else:
                 self._send(response)
+        self._time_message(restart=completed)
 
     def eof_received(self) -> bool:
         # A client may send its queries and half-close: keep writing until answers are out.
@@ -328,14 +410,29 @@ class _TCPConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        for timer in (self._idle_timer, self._message_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._message_timer = None
         self._transport = None
-        self._server._connections.discard(self)
+        if self._admitted:
+            self._admitted = False
+            self._server.budget.release(self.peer[0])
+            self._server._connections.discard(self)
 
     def close(self) -> None:
         """Close the connection (answers already written are still flushed)."""
         if self._transport is not None:
+            self._transport.close()
+
+    def _hang_up(self) -> None:
+        """Close on a limit; answers the client has not read go too (it is not reading)."""
+        if self._transport is None:
+            return
+        if self._transport.get_write_buffer_size():
+            # A graceful close would wait for a reader that never comes, holding the slot.
+            self._transport.abort()
+        else:
             self._transport.close()
 
     def _send(self, response: bytes) -> None:
@@ -351,14 +448,41 @@ class _TCPConnection(asyncio.Protocol):
         if self._eof and not self._delayed:
             self.close()
 
+    def _time_message(self, *, restart: bool) -> None:
+        """Keep the deadline of the message in the buffer: none when the buffer is empty,
+        a new one when that message began in this read, else the one already running."""
+        timer = self._message_timer
+        if self._buffer and timer is not None and not restart:
+            return  # the message that began earlier keeps its deadline
+        if timer is not None:
+            timer.cancel()
+            self._message_timer = None
+        if self._buffer and self._transport is not None:
+            self._message_timer = self._loop.call_later(
+                self._server.tcp_message_timeout, self._message_overdue
+            )
+
+    def _message_overdue(self) -> None:
+        self._message_timer = None
+        server = self._server
+        server.counters.tcp_message_timeouts += 1
+        server.fault_log.fault(
+            "DNS: TCP message not whole in time",
+            f"from {self.peer[0]}: {len(self._buffer)} bytes of a message after "
+            f"{server.tcp_message_timeout:g} s",
+        )
+        self._hang_up()
+
     def _arm_idle_timer(self, delay: float) -> None:
         self._idle_timer = self._loop.call_later(delay, self._check_idle)
 
     def _check_idle(self) -> None:
         # Re-arming once per timeout is cheaper than resetting a timer on every message.
-        remaining = self._last_active + self._server.tcp_idle_timeout - self._loop.time()
+        # A message still arriving does not count: the first of the two limits wins.
+        timeout = self._server.tcp_idle_timeout
+        remaining = self._last_active + timeout - self._loop.time()
         if remaining > 0 or self._delayed:
-            self._arm_idle_timer(max(remaining, 0.0) or self._server.tcp_idle_timeout)
+            self._arm_idle_timer(max(remaining, 0.0) or timeout)
             return
         self._server.counters.tcp_idle_closed += 1
-        self.close()
+        self._hang_up()
