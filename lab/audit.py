@@ -4,7 +4,26 @@ As Lync's ``RequestHandlerAuditLog_<server>_<date>.log``, every request a phone 
 written with who asked, what it has, what it was given and why. Each line goes to the file
 with its own ``write`` system call on an unbuffered descriptor (nothing is held in the
 process, so a crashed service loses none), files roll over at midnight UTC, and every line
-is also published as an ``audit`` event for the live stream.
+is also published as an ``audit`` event for the live stream (with the record's own values).
+
+Rules of this module:
+- One request is always one line, whatever a peer puts in a URL or a body field. Every
+  field is written percent-encoded where it holds a character that could break or fake a
+  line: control characters (C0, DEL, C1), the Unicode line and paragraph separators, and
+  ``%`` itself, each as the ``%XX`` of its UTF-8 bytes (a CR LF is written ``%0D%0A``, a NUL
+  ``%00``, a percent sign ``%25``). Nothing else changes, so ordinary values read as they
+  are and ``urllib.parse.unquote`` (what ``read_audit`` does) gives back the original text.
+  Commas and quotes are left to CSV quoting, as before.
+- A field is written with at most ``field_max`` characters (``[limits] audit_field_max``,
+  never less than ``FIELD_MAX_FLOOR``): a longer one keeps its beginning and ends with the
+  marker ``...[+N]``, N being how many encoded characters were left out. The cap applies
+  after encoding and never splits a ``%XX``, so one request cannot write more than about
+  ``field_max`` characters per column however long its installed-modules list is.
+- A remembered line (a phone repeating its check) is remembered as written, encoded and
+  capped; a time is only put before it when the time itself needs neither quoting nor
+  encoding, so every path writes the same line ``csv_line`` makes.
+- ``clean_up`` deletes this server's files whose day ended more than LogCleanUpInterval
+  ago (lab.service.logs runs it with the device logs' clean-up), never the day's file.
 """
 
 from __future__ import annotations
@@ -12,12 +31,15 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import unquote
 
+from lab.config import Limits
 from lab.events import EventBus
 
 
@@ -46,12 +68,28 @@ class AuditRecord(NamedTuple):
     decision: str = ""
     reason: str = ""
     last_signed_in_user: str = ""
+    # Who NTLM signed in on the connection (external site); last_signed_in_user is what
+    # the phone's body claims.
+    authenticated_user: str = ""
 
 
 COLUMNS = AuditRecord._fields
 _SEPARATORS = len(COLUMNS) - 1
 TAIL_MEMO = 4096
 """How many line endings (everything after the time) an audit log remembers."""
+FIELD_MAX = Limits().audit_field_max
+"""The default cap on one field, in characters (``[limits] audit_field_max``)."""
+FIELD_MAX_FLOOR = 64
+"""The smallest cap a log applies: a time, an address and the marker always fit whole."""
+
+# What a field may not hold as it is: characters that end, fake or hide a line, and the
+# escape character itself.
+_ENCODED = re.compile("[%\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_PARTIAL_ESCAPE = re.compile(r"%[0-9A-F]?\Z")
+# Bytes a line may hold as they are: printable ASCII but the escape character.
+_PLAIN_BYTES = bytes(byte for byte in range(0x20, 0x7F) if byte != ord("%"))
+# Bytes a time put before a remembered line may hold: those, but what CSV would quote.
+_PLAIN_TIME_BYTES = _PLAIN_BYTES.translate(None, b',"')
 
 AuditRepeat = Callable[[], None]
 """Writes a record again at the current time (``now_iso``), as the log would write that
@@ -86,13 +124,24 @@ _milli_text = _second_text = ""
 class AuditLog:
     """Appends audit records for one server to its per-day CSV file."""
 
-    def __init__(self, server: str, directory: Path, events: EventBus | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        directory: Path,
+        events: EventBus | None = None,
+        *,
+        field_max: int = FIELD_MAX,
+    ) -> None:
         self.server = server
         self.directory = directory
         self.events = events
+        self.field_max = max(field_max, FIELD_MAX_FLOOR)
         self._day: str | None = None
         self._fd: int | None = None
         self._repeats: dict[tuple[str | int, ...], _Repeat] = {}
+        self._name = re.compile(
+            rf"RequestHandlerAuditLog_{re.escape(server)}_(?P<day>[0-9]{{8}})\.log"
+        )
 
     def path_for(self, day: datetime) -> Path:
         """The file that holds ``day``'s records."""
@@ -114,7 +163,7 @@ class AuditLog:
         # a line, so this is kept to a few operations.
         rest = record[1:]
         repeat = self._repeats.get(rest)
-        if repeat is None or _needs_quoting(when):
+        if repeat is None or not self._plain(when):
             data, repeat = self._line(record, rest)
         else:
             data = when.encode() + repeat.tail
@@ -123,13 +172,17 @@ class AuditLog:
             self.events.publish("audit", **record._asdict())
         return repeat
 
+    def _plain(self, when: str) -> bool:
+        """Whether ``when`` is written as it is: no quoting, no encoding, within the cap."""
+        return len(when) <= self.field_max and not when.encode().translate(None, _PLAIN_TIME_BYTES)
+
     def _line(
         self, record: AuditRecord, rest: tuple[str | int, ...]
     ) -> tuple[bytes, _Repeat | None]:
         """``csv_line(record)``, encoded, and its repeat; its rest after the time is remembered."""
-        line = csv_line(record)
+        line = csv_line(record, self.field_max)
         when = record.time
-        if _needs_quoting(when):
+        if not self._plain(when):
             return line.encode(), None
         if len(self._repeats) >= TAIL_MEMO:
             self._repeats.clear()
@@ -150,6 +203,27 @@ class AuditLog:
             raise
         self._fd = fd
         return fd
+
+    def clean_up(self, now: datetime, keep_for: timedelta) -> list[Path]:
+        """Delete this server's audit files whose day ended more than ``keep_for`` before
+        ``now`` (never the file being written); returns the files deleted. Blocking."""
+        if not self.directory.is_dir():
+            return []
+        cutoff = now.astimezone(UTC) - keep_for
+        deleted = []
+        for path in sorted(self.directory.iterdir()):
+            match = self._name.fullmatch(path.name)
+            if match is None:
+                continue  # not one of this log's files: never ours to delete
+            try:
+                day = datetime.strptime(match["day"], "%Y%m%d").replace(tzinfo=UTC)
+            except ValueError:
+                continue
+            if f"{day:%Y-%m-%d}" == self._day or day + timedelta(days=1) > cutoff:
+                continue
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+        return deleted
 
     def close(self) -> None:
         """Close the current file (a later write reopens it)."""
@@ -182,20 +256,43 @@ class _Repeat:
         _write_all(fd, when.encode() + self.tail)
 
 
-def csv_line(record: AuditRecord) -> str:
-    """``record`` as one CSV line, as ``csv.writer`` (minimal quoting) writes it."""
+def csv_line(record: AuditRecord, field_max: int = FIELD_MAX) -> str:
+    """``record`` as one CSV line: every field encoded and capped (see the module rules),
+    then written as ``csv.writer`` (minimal quoting) writes it."""
     values = [str(value) for value in record]
     line = ",".join(values)
-    # Nearly every line needs no quoting: one scan of the joined line tells.
-    if line.count(",") == _SEPARATORS and '"' not in line and "\n" not in line and "\r" not in line:
+    # Nearly every line is short printable ASCII: one pass over its bytes tells (a line
+    # within the cap has no field over it); any other goes field by field.
+    if len(line) > field_max or line.encode().translate(None, _PLAIN_BYTES):
+        values = [audit_field(value, field_max) for value in values]
+        line = ",".join(values)
+    # Encoded fields hold no line break: quoting is for commas and quotes alone.
+    if line.count(",") == _SEPARATORS and '"' not in line:
         return line + "\n"
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(values)
     return buffer.getvalue()
 
 
-def _needs_quoting(text: str) -> bool:
-    return "," in text or '"' in text or "\n" in text or "\r" in text
+def audit_field(value: str, field_max: int = FIELD_MAX) -> str:
+    """``value`` as the audit log writes it: percent-encoded where the module rules say,
+    and cut to ``field_max`` characters with the ``...[+N]`` marker when longer."""
+    if _ENCODED.search(value) is not None:
+        value = _ENCODED.sub(_percent, value)
+    if len(value) <= field_max:
+        return value
+    # The marker is sized for the most that can be left out (everything), so what is kept
+    # and the real, never longer, marker stay within the cap.
+    keep = max(field_max - len(f"...[+{len(value)}]"), 0)
+    # Never half a %XX: the kept text must decode as it was written.
+    partial = _PARTIAL_ESCAPE.search(value, 0, keep)
+    if partial is not None:
+        keep = partial.start()
+    return f"{value[:keep]}...[+{len(value) - keep}]"
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match[0].encode())
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -208,6 +305,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def read_audit(path: Path) -> list[dict[str, str]]:
-    """Every record of an audit file, as dictionaries keyed by column."""
+    """Every record of an audit file, as dictionaries keyed by column, each field decoded
+    back to the text the service recorded (a cut field keeps its marker)."""
     with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+        return [
+            {key: unquote(value) if "%" in value else value for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]

@@ -1,4 +1,5 @@
-"""Image downloads from one front end's file store: safe paths, strong ETags, Range and If-Range.
+"""Image downloads from one front end's file store: safe paths, strong ETags, conditional
+requests, Range and If-Range.
 
 Rules of this module:
 - Only files inside the store are ever served. A request path is checked segment by segment
@@ -12,9 +13,20 @@ Rules of this module:
 - The ETag is strong and derived from the content (SHA-256), so it is the same on every
   front end holding the same image and a phone can resume a download on another server.
   It is computed once per file version (device, inode, size, mtime) and cached.
+- Every file answer (200, 206, 304, 412, 416) carries the ETag and ``Last-Modified`` (the
+  file's mtime, to the second, as an HTTP-date).
+- Conditional requests follow RFC 9110 section 13.2.2, in its order: ``If-Match`` (412 when
+  no listed ETag is this one by strong comparison; ``*`` matches, the file exists), else
+  ``If-Unmodified-Since`` (412 when the file changed after it); then ``If-None-Match`` (304
+  when a listed ETag is this one by weak comparison, or ``*``), else ``If-Modified-Since``
+  (304 when the file has not changed since); only then Range and If-Range. A 304 has no
+  body. aiohttp parses the headers; a date it cannot read is ignored, as the RFC says.
 - ``Range: bytes=...`` (one range) is honoured unless ``If-Range`` is present and does not
   match the current ETag exactly; then the whole file is sent with 200, never a mix. An
-  unsatisfiable range gets 416 with ``Content-Range: bytes */<size>``.
+  unsatisfiable range gets 416 with ``Content-Range: bytes */<size>``. Positions are ASCII
+  digits only; one longer than MAX_POSITION_DIGITS (past the end of any file) is read as
+  BEYOND_ANY_FILE rather than converted, so no header can make the parser fail. Any Range
+  that is not one well-formed byte range is ignored (the whole file, 200).
 - Bytes are read from the page cache without blocking where the system can say what is
   there (``RWF_NOWAIT``), in a worker thread otherwise (a thread hop costs the loop more
   than copying a cached chunk), and written through aiohttp, which waits for the client
@@ -32,13 +44,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from email.utils import formatdate
+from enum import Enum
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import ETag, web
 
 from lab.service.problems import Diagnostic, Problem
 
@@ -53,6 +68,22 @@ CONTENT_CACHE_BYTES = 64 * 1024 * 1024
 PATH_CACHE_SIZE = 4096
 _FD_PATHS = Path("/proc/self/fd")
 _FORBIDDEN_CHARACTERS = ("\\", "\x00")
+MAX_POSITION_DIGITS = 18
+"""The most significant digits a Range position is converted from (10**18 bytes is more
+than any file store holds)."""
+BEYOND_ANY_FILE: int = 10**MAX_POSITION_DIGITS
+"""What a longer position is read as: past the end of every file."""
+# One byte range, ASCII only (str.isdigit() would take "²" and int() would then fail).
+_BYTE_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)-([0-9]*)[ \t]*", re.ASCII | re.I)
+_ANY = "*"
+
+
+class Precondition(Enum):
+    """What a request's conditional headers make of a file answer (RFC 9110 section 13)."""
+
+    PROCEED = 200
+    NOT_MODIFIED = 304
+    FAILED = 412
 
 
 class ImageFiles:
@@ -181,17 +212,36 @@ class ImageFiles:
                 raise Problem(Diagnostic.FILE_NOT_FOUND, f"this server has no file {path.name}")
             etag = await self.etag(fd, st)
             size = st.st_size
-            last_modified = formatdate(st.st_mtime, usegmt=True)
+            modified = int(st.st_mtime)  # HTTP-dates have whole seconds
+            last_modified = formatdate(modified, usegmt=True)
+            validators = {**(headers or {}), "ETag": etag, "Last-Modified": last_modified}
+            precondition = evaluate_preconditions(
+                request, etag, datetime.fromtimestamp(modified, UTC)
+            )
+            if precondition is Precondition.FAILED:
+                raise Problem(
+                    Diagnostic.PRECONDITION_FAILED,
+                    f"the file is not the version the request's conditions name"
+                    f" (ETag {etag}, Last-Modified {last_modified})",
+                    headers=validators,
+                )
+            if precondition is Precondition.NOT_MODIFIED:
+                response = web.StreamResponse(status=304, headers=validators)
+                await response.prepare(request)
+                await response.write_eof()
+                return response
             start, end = 0, size
             status = 200
             answer = {
-                **(headers or {}),
-                "ETag": etag,
-                "Last-Modified": last_modified,
+                **validators,
                 "Accept-Ranges": "bytes",
                 "Content-Type": "application/octet-stream",
             }
-            wanted = parse_range(request.headers.get("Range"), size)
+            try:
+                wanted = parse_range(request.headers.get("Range"), size)
+            except Problem as unsatisfiable:
+                unsatisfiable.headers.update(validators)
+                raise
             if wanted is not None and if_range_holds(
                 request.headers.get("If-Range"), etag, last_modified
             ):
@@ -282,30 +332,83 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The one byte range ``header`` asks for as [start, end); None to send the whole file.
 
     Malformed or multi-range headers are ignored (RFC 9110 allows it); a range that
-    starts at or after the end of the file raises a 416 Problem.
+    starts at or after the end of the file, or an empty suffix, raises a 416 Problem.
     """
     if header is None:
         return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    match = _BYTE_RANGE.fullmatch(header)
+    if match is None:
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    first, last = first.strip(), last.strip()
-    if not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
-        return None
+    first, last = match.groups()
     if first == "":
-        if last == "" or int(last) == 0:
+        if last == "":
+            return None  # "bytes=-" names no range at all
+        suffix = _position(last)
+        if suffix == 0:
             raise _unsatisfiable(size)
-        return max(0, size - int(last)), size
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if last != "" and int(last) < start:
-        return None
+        return max(0, size - suffix), size
+    start = _position(first)
+    if last == "":
+        end = size
+    else:
+        if _position(last) < start:
+            return None
+        end = min(_position(last) + 1, size)
     if start >= size:
         raise _unsatisfiable(size)
     return start, end
+
+
+def _position(digits: str) -> int:
+    """A byte position written in ASCII digits, BEYOND_ANY_FILE when it is that far."""
+    significant = digits.lstrip("0")
+    if len(significant) > MAX_POSITION_DIGITS:
+        return BEYOND_ANY_FILE
+    return int(significant or "0")
+
+
+def evaluate_preconditions(request: web.BaseRequest, etag: str, modified: datetime) -> Precondition:
+    """What the conditional headers of ``request`` make of the file whose strong ``etag``
+    and last modification (whole seconds) are given, in RFC 9110 section 13.2.2's order."""
+    if_match = request.if_match
+    if if_match is not None:
+        if not _matches(request, "If-Match", if_match, etag, weak=False):
+            return Precondition.FAILED
+    else:
+        unmodified_since = _http_date(lambda: request.if_unmodified_since)
+        if unmodified_since is not None and modified > unmodified_since:
+            return Precondition.FAILED
+    read = request.method in ("GET", "HEAD")
+    if_none_match = request.if_none_match
+    if if_none_match is not None:
+        if _matches(request, "If-None-Match", if_none_match, etag, weak=True):
+            return Precondition.NOT_MODIFIED if read else Precondition.FAILED
+    elif read:
+        modified_since = _http_date(lambda: request.if_modified_since)
+        if modified_since is not None and modified <= modified_since:
+            return Precondition.NOT_MODIFIED
+    return Precondition.PROCEED
+
+
+def _matches(
+    request: web.BaseRequest, name: str, listed: tuple[ETag, ...], etag: str, *, weak: bool
+) -> bool:
+    """Whether ``listed`` (a header's ETags) names ``etag``: by weak comparison (opaque
+    values alone) or strong (neither weak); a lone ``*`` names any file that exists."""
+    if request.headers.get(name, "").strip() == _ANY:
+        return True  # "*" unquoted; aiohttp gives '"*"' the same value
+    value = etag.strip('"')
+    return any(tag.value == value and (weak or not tag.is_weak) for tag in listed)
+
+
+def _http_date(parsed: Callable[[], datetime | None]) -> datetime | None:
+    """A conditional header's date as aiohttp parses it (``parsed`` reads it); None when
+    absent or no date this server can hold (a year of thirty digits): the RFC says to
+    ignore such a header."""
+    try:
+        return parsed()
+    except (OverflowError, ValueError):
+        return None
 
 
 def if_range_holds(header: str | None, etag: str, last_modified: str) -> bool:

@@ -19,31 +19,49 @@ Rules of this module (docs/wire-protocol.md, "Device logs"):
   that device are deleted until the folder holds no more than the limit. The log just
   stored is never deleted, so one log larger than the limit stays, alone. Temporary files
   no upload of this process is writing (left by a killed process) are deleted then too.
+- ``[limits] device_logs_per_front_end`` caps the front end's logs in all, whatever the
+  MACs they name: after the device's own limit, the front end's oldest logs (by the stamp
+  in their names) are deleted until the total is within it, again never the log just
+  stored; a log counts as at least LOG_BLOCK bytes (a file-system block), so many tiny
+  logs cannot hold the disk's inodes either. A log larger than the total itself is refused
+  with 413 as one over MaxLogFileSize is. Folders left empty are removed. The total is kept
+  in memory from one scan of the folder, made at the first upload.
+- ``LogCleanUpInterval`` is how long a log is kept: ``clean_up(now, keep_for)`` deletes the
+  logs stamped earlier than ``now - keep_for`` (and temporary files no upload is writing).
+  ``LogCleanUp`` runs it, with the audit logs' own clean-up, once a day at
+  ``LogCleanUpTimeOfDay`` (UTC; midnight when it is not set), as ``next_clean_up`` says.
 - Every upload that names a valid device is published as a ``device.log`` event with its
   outcome: ``status`` 200 (stored), the refusal's status (413, 415, 400), or 0 when the
-  upload was cut before the whole log arrived.
+  upload was cut before the whole log arrived; ``deleted`` names the device's logs its
+  own limit deleted, ``evicted`` (``<MAC>/<name>``) the logs the front end's total did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import StreamReader
 
+from lab.audit import AuditLog
+from lab.config import Limits
 from lab.devconfig import DeviceUpdateConfig
-from lab.errors import IdentityError
+from lab.errors import IdentityError, LabError
 from lab.events import EventBus
 from lab.filestore import SERVERS_DIR
+from lab.lifecycle import Service
 from lab.models import normalise_mac
 from lab.service.problems import Diagnostic, Problem
 
@@ -58,6 +76,12 @@ MAX_NAME = 128
 _PLAIN_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_NAME - 1}}}$")
 _PATH_PARTS = ("/", "\\", ":", "\x00")
 _TICK = timedelta(microseconds=1)
+LOG_BLOCK = 4096
+"""What a log counts toward the front end's total at least: one file-system block."""
+FRONT_END_TOTAL = Limits().device_logs_per_front_end
+"""The default total of one front end's logs (``[limits] device_logs_per_front_end``)."""
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -87,12 +111,15 @@ class LogUpload:
 
 @dataclass(frozen=True)
 class StoredLog:
-    """A log written to its device's folder, and the older logs the cache limit deleted."""
+    """A log written to its device's folder, and the older logs the limits deleted: the
+    device's own (``deleted``, names) and other logs of the front end (``evicted``,
+    ``<MAC>/<name>``)."""
 
     upload: LogUpload
     path: Path
     size: int
     deleted: tuple[str, ...] = ()
+    evicted: tuple[str, ...] = ()
 
 
 def parse_log_upload(query: Mapping[str, str]) -> LogUpload:
@@ -141,11 +168,11 @@ def check_accepted(upload: LogUpload, config: DeviceUpdateConfig) -> None:
         )
 
 
-def _too_large(limit: int) -> Problem:
+def _too_large(limit: int, what: str = "MaxLogFileSize") -> Problem:
     # The rest of the body is never read, so the connection cannot be reused.
     return Problem(
         Diagnostic.BODY_TOO_LARGE,
-        f"the log is larger than MaxLogFileSize ({limit} bytes)",
+        f"the log is larger than {what} ({limit} bytes)",
         close=True,
     )
 
@@ -160,17 +187,31 @@ class DeviceLogStore:
         server: str,
         events: EventBus | None = None,
         now: Callable[[], datetime] = _utc_now,
+        total: int = FRONT_END_TOTAL,
     ) -> None:
+        if total < 1:
+            raise ValueError(f"the device logs' total must be at least 1 byte, not {total}")
         self.root = root
         self.server = server
         self.events = events
+        self.total = total
         self._now = now
         self._last = datetime.min.replace(tzinfo=UTC)
         self._writing: set[str] = set()
+        # Every stored log, oldest first, and what it counts toward the total. Changed on
+        # the event loop only; the disk work it decides runs in worker threads.
+        self._held: OrderedDict[Path, int] | None = None
+        self._held_bytes = 0
+        self._scanning = asyncio.Lock()
 
     def folder(self, mac: str) -> Path:
         """The folder of the device with ``mac`` (normalised, so never a path of its own)."""
         return self.root / normalise_mac(mac)
+
+    @property
+    def held_bytes(self) -> int:
+        """What the logs count toward the total now (0 before the first upload's scan)."""
+        return self._held_bytes
 
     async def receive(
         self,
@@ -179,43 +220,102 @@ class DeviceLogStore:
         content_length: int | None,
         config: DeviceUpdateConfig,
     ) -> StoredLog:
-        """Check ``upload`` against ``config``, store its body and apply the cache limit."""
+        """Check ``upload`` against ``config``, store its body and apply both limits."""
+        limit, what = config.max_log_file_size, "MaxLogFileSize"
+        if self.total < limit:
+            limit, what = self.total, "what this front end keeps of device logs in all"
         try:
             check_accepted(upload, config)
-            path, size = await self._write(upload, body, content_length, config.max_log_file_size)
+            path, size = await self._write(upload, body, content_length, limit, what)
             deleted = await _on_disk(
                 self._trim, path, config.max_log_cache_limit, frozenset(self._writing)
             )
+            held = await self._held_logs()
+            for name in deleted:
+                self._forget(held, path.parent / name)
+            if path not in held:
+                held[path] = max(size, LOG_BLOCK)
+                self._held_bytes += held[path]
+            evicted = self._over_total(held, keep=path)
+            if evicted:
+                await _on_disk(_delete_logs, evicted)
         except Problem as problem:
             self._publish(upload, problem.diagnostic.status, problem.reason)
             raise
         except BaseException:
             self._publish(upload, 0, "the upload was cut before the whole log arrived")
             raise
-        stored = StoredLog(upload, path, size, deleted)
+        stored = StoredLog(
+            upload=upload,
+            path=path,
+            size=size,
+            deleted=deleted,
+            evicted=tuple(f"{p.parent.name}/{p.name}" for p in evicted),
+        )
         self._publish(upload, 200, f"stored {path.name}", stored)
         return stored
 
+    async def clean_up(self, now: datetime, keep_for: timedelta) -> tuple[Path, ...]:
+        """Delete the logs stamped before ``now - keep_for`` (LogCleanUpInterval), and
+        temporary files no upload is writing; returns what was deleted."""
+        cutoff = now.astimezone(UTC) - keep_for
+        held = await self._held_logs()
+        deleted = await _on_disk(_clean_up, self.root, cutoff, frozenset(self._writing))
+        for path in deleted:
+            self._forget(held, path)
+        return deleted
+
+    async def _held_logs(self) -> OrderedDict[Path, int]:
+        """The logs on disk, oldest first (scanned once, then kept up to date)."""
+        if self._held is None:
+            async with self._scanning:
+                if self._held is None:
+                    held = await _on_disk(_scan, self.root)
+                    self._held_bytes = sum(held.values())
+                    self._held = held
+        return self._held
+
+    def _forget(self, held: OrderedDict[Path, int], path: Path) -> None:
+        self._held_bytes -= held.pop(path, 0)
+
+    def _over_total(self, held: OrderedDict[Path, int], keep: Path) -> list[Path]:
+        """The oldest logs but ``keep`` that must go for the rest to fit in the total,
+        forgotten already (deleting them is the caller's)."""
+        evicted: list[Path] = []
+        for path, charge in held.items():
+            if self._held_bytes <= self.total:
+                break
+            if path != keep:
+                evicted.append(path)
+                self._held_bytes -= charge
+        for path in evicted:
+            del held[path]
+        return evicted
+
     async def _write(
-        self, upload: LogUpload, body: StreamReader, content_length: int | None, limit: int
+        self,
+        upload: LogUpload,
+        body: StreamReader,
+        content_length: int | None,
+        limit: int,
+        what: str,
     ) -> tuple[Path, int]:
         if content_length is not None and content_length > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, what)
         folder = self.folder(upload.mac)
-        await _on_disk(folder.mkdir, parents=True, exist_ok=True)
         temp = folder / f".{uuid.uuid4().hex}{TEMP_SUFFIX}"
         # Known before it exists, so a trim running meanwhile never takes it for a leftover.
         self._writing.add(temp.name)
         fd: int | None = None
         placed = False
         try:
-            fd = await _on_disk(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            fd = await _on_disk(_create_temp, temp)
             size = 0
             batch = bytearray()
             while chunk := await body.readany():
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(limit)
+                    raise _too_large(limit, what)
                 batch += chunk
                 if len(batch) >= WRITE_BATCH:
                     await _on_disk(_write_all, fd, bytes(batch))
@@ -254,7 +354,7 @@ class DeviceLogStore:
         deleted: list[str] = []
         sizes: dict[Path, int] = {}
         for path in kept.parent.iterdir():
-            if path.name.endswith(TEMP_SUFFIX) and path.name.startswith("."):
+            if _is_temp(path):
                 if path.name not in writing:
                     path.unlink(missing_ok=True)
             elif _is_log(path):
@@ -286,11 +386,189 @@ class DeviceLogStore:
             stored=stored.path.name if stored else None,
             size=stored.size if stored else None,
             deleted=list(stored.deleted) if stored else [],
+            evicted=list(stored.evicted) if stored else [],
         )
+
+
+# -- the daily clean-up ------------------------------------------------------------------
+
+
+def next_clean_up(now: datetime, config: DeviceUpdateConfig) -> datetime:
+    """The first moment after ``now`` at LogCleanUpTimeOfDay (UTC; midnight when unset)."""
+    hours, minutes = map(int, (config.log_cleanup_time_of_day or "00:00").split(":"))
+    now = now.astimezone(UTC)
+    due = datetime.combine(now.date(), time(hours, minutes), tzinfo=UTC)
+    return due if due > now else due + timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class CleanUpReport:
+    """What one clean-up deleted: device logs and audit files."""
+
+    at: datetime
+    device_logs: tuple[Path, ...]
+    audit_logs: tuple[Path, ...]
+
+
+class LogCleanUp(Service):
+    """The daily clean-up of a lab's device logs and audit logs (LogCleanUpInterval, at
+    LogCleanUpTimeOfDay), read from the device-update configuration at every run.
+
+    ``start`` (or ``async with``) begins the daily runs; ``run_once`` cleans up at once.
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[DeviceLogStore],
+        audits: Sequence[AuditLog],
+        config: Callable[[], DeviceUpdateConfig],
+        *,
+        now: Callable[[], datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        events: EventBus | None = None,
+    ) -> None:
+        self.stores = stores
+        self.audits = audits
+        self.config = config
+        self.events = events
+        self._now = now
+        # How the runs wait for their time (a test's clock passes it at once).
+        self._sleep = sleep
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> CleanUpReport:
+        """Delete every log older than LogCleanUpInterval now."""
+        now = self._now()
+        keep_for = timedelta(seconds=self.config().log_cleanup_interval)
+        device_logs: list[Path] = []
+        for store in self.stores:
+            device_logs += await store.clean_up(now, keep_for)
+        audit_logs: list[Path] = []
+        for audit in self.audits:
+            audit_logs += await asyncio.to_thread(audit.clean_up, now, keep_for)
+        report = CleanUpReport(now, tuple(device_logs), tuple(audit_logs))
+        if self.events is not None:
+            self.events.publish(
+                "logs.cleaned_up",
+                device_logs=len(report.device_logs),
+                audit_logs=len(report.audit_logs),
+                keep_for=int(keep_for.total_seconds()),
+            )
+        return report
+
+    async def start(self) -> None:
+        """Begin the daily runs."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="log clean-up")
+
+    async def stop(self) -> None:
+        """Stop the daily runs (one in progress is cut)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        done = self._now()  # the last run's moment (or the start's): never run for it twice
+        while True:
+            now = self._now()
+            # Ahead of the clock should it lag behind the loop's: one run per day.
+            due = next_clean_up(max(now, done), self._schedule())
+            await self._sleep((due - now).total_seconds())
+            done = due
+            try:
+                await self.run_once()
+            except (LabError, OSError) as exc:
+                # The store or the disk failed now: the next day's run tries again.
+                log.warning("log clean-up skipped: %s", exc)
+
+    def _schedule(self) -> DeviceUpdateConfig:
+        try:
+            return self.config()
+        except LabError as exc:
+            log.warning("log clean-up at midnight: the configuration cannot be read: %s", exc)
+            return DeviceUpdateConfig()
 
 
 def _is_log(path: Path) -> bool:
     return not path.name.startswith(".") and path.is_file()
+
+
+def _is_temp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
+
+def _scan(root: Path) -> OrderedDict[Path, int]:
+    """Every log under ``root``, oldest first by the stamp of its name, with its charge."""
+    found: list[tuple[str, Path, int]] = []
+    for folder in _folders(root):
+        for path in folder.iterdir():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if _is_log(path):
+                    found.append((path.name, path, max(path.stat().st_size, LOG_BLOCK)))
+    found.sort()
+    return OrderedDict((path, charge) for _, path, charge in found)
+
+
+def _folders(root: Path) -> Iterable[Path]:
+    try:
+        return [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+    except FileNotFoundError:
+        return []
+
+
+def _stamped(path: Path) -> datetime:
+    """When a log was stored: the stamp its name starts with, or its mtime without one."""
+    stamp, _, _ = path.name.partition("_")
+    try:
+        return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+def _clean_up(root: Path, cutoff: datetime, writing: frozenset[str]) -> tuple[Path, ...]:
+    deleted: list[Path] = []
+    for folder in _folders(root):
+        for path in folder.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+                if _is_temp(path):
+                    old = path.name not in writing and _stamped(path) < cutoff
+                else:
+                    old = _is_log(path) and _stamped(path) < cutoff
+                if old:
+                    path.unlink()
+                    deleted.append(path)
+        _remove_if_empty(folder)
+    return tuple(deleted)
+
+
+def _delete_logs(paths: Iterable[Path]) -> None:
+    folders = set()
+    for path in paths:
+        path.unlink(missing_ok=True)
+        folders.add(path.parent)
+    for folder in folders:
+        _remove_if_empty(folder)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+
+
+def _create_temp(temp: Path) -> int:
+    """Create and open ``temp``, and its folder with it; a clean-up may remove an empty
+    folder between the two, so the folder is made again then."""
+    while True:
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileNotFoundError:
+            continue
 
 
 async def _on_disk(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

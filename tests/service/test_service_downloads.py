@@ -1,4 +1,5 @@
-"""Image downloads: resume with Range and If-Range, stale ETags, 404s, and what checks serve."""
+"""Image downloads: resume with Range and If-Range, stale ETags, conditional requests, odd
+Range headers, 404s, and what checks serve."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import hashlib
 import shutil
 import ssl
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from email.utils import formatdate
 from pathlib import Path
 
+import pytest
+from aiohttp.test_utils import make_mocked_request
 from service_helpers import (
     APPROVED,
     APPROVED_IMAGES,
@@ -24,7 +29,9 @@ from lab.config import LabConfig
 from lab.decision import Action
 from lab.firewall import FirewallPolicy
 from lab.pki import LabPKI
-from lab.service import ServicePool
+from lab.service import ServicePool, file_store_path
+from lab.service.files import Precondition, evaluate_preconditions, parse_range
+from lab.service.problems import Problem
 from lab.store import Selection, Store
 
 NBT = APPROVED_IMAGES[1]
@@ -190,3 +197,144 @@ async def test_a_store_change_is_served_at_the_next_check_without_a_restart(
     assert PENDING in served.reason
     assert records[0].decision == "none"
     assert "this server has no file" in records[2].reason
+
+
+# -- conditional requests (RFC 9110 section 13) -------------------------------------------
+
+CAT = APPROVED_IMAGES[0]
+CAT_URL = f"/DeviceUpdateFiles_Int/{CAT.relative}"
+OTHER_ETAG = '"0123456789abcdef0123456789abcdef"'
+LONG_AGO = "Sun, 01 Jan 2006 00:00:00 GMT"
+
+
+def file_date(pool: ServicePool, relative: str = CAT.relative) -> str:
+    """The Last-Modified a front end must send for a file of its store."""
+    path = file_store_path(pool.state_dir, "fe01") / relative
+    return formatdate(int(path.stat().st_mtime), usegmt=True)
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_conditional_requests_answer_304_and_412_in_the_rfcs_order(
+    phones: Phones, method: str
+) -> None:
+    conn = await phones.inside()
+    first = await conn.request("HEAD", CAT_URL)
+    etag, date = first.header("etag"), file_date(phones.pool)
+    assert etag is not None
+    assert first.header("last-modified") == date
+    cases: list[tuple[dict[str, str], int]] = [
+        ({"If-None-Match": etag}, 304),
+        ({"If-None-Match": "*"}, 304),
+        ({"If-None-Match": f"{OTHER_ETAG}, W/{etag}"}, 304),  # weak comparison
+        ({"If-None-Match": OTHER_ETAG}, 200),
+        ({"If-Modified-Since": date}, 304),
+        ({"If-Modified-Since": LONG_AGO}, 200),
+        ({"If-None-Match": OTHER_ETAG, "If-Modified-Since": date}, 200),  # ETag decides
+        ({"If-Match": OTHER_ETAG}, 412),
+        ({"If-Match": f"W/{etag}"}, 412),  # strong comparison
+        ({"If-Match": f"{OTHER_ETAG}, {etag}"}, 200),
+        ({"If-Match": "*"}, 200),
+        ({"If-Unmodified-Since": LONG_AGO}, 412),
+        ({"If-Unmodified-Since": date}, 200),
+        ({"If-Match": etag, "If-Unmodified-Since": LONG_AGO}, 200),  # ETag decides
+        ({"If-Match": etag, "If-None-Match": etag}, 304),
+        ({"If-Match": OTHER_ETAG, "If-None-Match": etag}, 412),  # If-Match first
+        ({"If-Modified-Since": "Mon, 01 Jan 999999999999999999999999999 00:00:00 GMT"}, 200),
+        ({"If-Unmodified-Since": "not a date"}, 200),
+    ]
+    for headers, status in cases:
+        answer = await conn.request(method, CAT_URL, headers)
+        assert answer.status == status, headers
+        assert answer.header("etag") == etag, headers
+        assert answer.header("last-modified") == date, headers
+        assert answer.header("x-ms-server-fqdn") == "fe01.contoso.test", headers
+        if status == 304:
+            assert answer.header("content-length") is None
+        if status == 412:
+            assert (answer.header("x-ms-diagnostics") or "").startswith("41201;"), headers
+        if status == 200 and method == "GET":
+            assert answer.body == CAT.data, headers
+    # The connection is still in step: every answer was framed as it said.
+    assert (await conn.request("GET", CAT_URL)).body == CAT.data
+
+
+async def test_range_positions_take_ascii_digits_only_and_any_length(phones: Phones) -> None:
+    conn = await phones.inside()
+    size = len(CAT.data)
+    huge = "9" * 5000
+    cases: list[tuple[str, int, bytes]] = [
+        ("bytes=\u00b2-", 200, CAT.data),  # a superscript two is no digit here
+        ("bytes=\u0661-\u0662", 200, CAT.data),  # nor are Arabic-Indic digits
+        ("bytes=-", 200, CAT.data),
+        (f"bytes={huge}-", 416, b""),
+        (f"bytes=0-{huge}", 206, CAT.data),
+        (f"bytes=-{huge}", 206, CAT.data),
+        (f"bytes={'0' * 5000}5-9", 206, CAT.data[5:10]),
+        ("BYTES=1-2", 206, CAT.data[1:3]),
+        ("byte\u017f=1-2", 200, CAT.data),  # no Unicode case folding either
+    ]
+    for header, status, body in cases:
+        answer = await conn.request("GET", CAT_URL, {"Range": header})
+        assert answer.status == status, header[:20]
+        assert answer.header("last-modified") == file_date(phones.pool)
+        if status == 416:
+            assert answer.header("content-range") == f"bytes */{size}"
+            assert answer.header("etag") is not None
+        else:
+            assert answer.body == body, header[:20]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=\u00b2-", None),
+        ("bytes=1\u00b2-", None),
+        ("bytes=" + "9" * 5000 + "-", "416"),
+        ("bytes=0-" + "9" * 5000, (0, 100)),
+        ("bytes=-" + "9" * 5000, (0, 100)),
+        ("bytes=" + "0" * 5000 + "7-8", (7, 9)),
+        ("bytes=" + "9" * 5000 + "-1", None),  # last before first
+        ("bytes=-", None),
+        (" bytes = 3-4 ", (3, 5)),
+        ("bytes=3 -4", None),
+    ],
+)
+def test_ranges_of_any_length_parse_without_failing(
+    header: str, expected: tuple[int, int] | str | None
+) -> None:
+    if expected == "416":
+        with pytest.raises(Problem) as caught:
+            parse_range(header, 100)
+        assert caught.value.diagnostic.status == 416
+    else:
+        assert parse_range(header, 100) == expected
+
+
+MODIFIED = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
+SAME = "Sun, 22 Nov 2026 10:00:00 GMT"
+EARLIER = "Sun, 22 Nov 2026 09:59:59 GMT"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "expected"),
+    [
+        ("GET", {}, Precondition.PROCEED),
+        ("GET", {"If-None-Match": '"a"'}, Precondition.NOT_MODIFIED),
+        ("HEAD", {"If-None-Match": 'W/"a"'}, Precondition.NOT_MODIFIED),
+        ("POST", {"If-None-Match": '"a"'}, Precondition.FAILED),
+        ("POST", {"If-Modified-Since": SAME}, Precondition.PROCEED),  # GET and HEAD only
+        ("GET", {"If-Modified-Since": SAME}, Precondition.NOT_MODIFIED),
+        ("GET", {"If-Modified-Since": EARLIER}, Precondition.PROCEED),
+        ("GET", {"If-Unmodified-Since": EARLIER}, Precondition.FAILED),
+        ("GET", {"If-Unmodified-Since": SAME}, Precondition.PROCEED),
+        ("GET", {"If-Match": '"b"', "If-Unmodified-Since": SAME}, Precondition.FAILED),
+        ("GET", {"If-Match": "garbage"}, Precondition.FAILED),
+        ("GET", {"If-Match": '"*"'}, Precondition.FAILED),  # a quoted star is an ETag
+        ("GET", {"If-None-Match": "*", "If-Match": "*"}, Precondition.NOT_MODIFIED),
+    ],
+)
+def test_preconditions_are_evaluated_in_the_rfcs_order(
+    method: str, headers: dict[str, str], expected: Precondition
+) -> None:
+    request = make_mocked_request(method, "/DeviceUpdateFiles_Int/x", headers=headers)
+    assert evaluate_preconditions(request, '"a"', MODIFIED) is expected

@@ -1,28 +1,31 @@
 """Device log upload over real TLS: stored per server and device, within the configured
-size, type and extension limits, atomically, with the cache limit applied; NTLM outside."""
+size, type and extension limits, atomically, with the device's cache limit and the front
+end's total applied; NTLM outside. The daily clean-up on an injected clock."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import random
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from service_helpers import INSIDE_PHONE, Phones, check_body, ntlm_request
 
-from lab.audit import AuditRecord
-from lab.config import LabConfig
+from lab.audit import AuditLog, AuditRecord
+from lab.config import LabConfig, Limits
+from lab.devconfig import DeviceUpdateConfig
 from lab.events import Event
 from lab.firewall import FirewallPolicy
 from lab.pki import LabPKI
 from lab.service import ServicePool
-from lab.service.logs import log_store_path
+from lab.service.logs import LOG_BLOCK, LogCleanUp, log_store_path, next_clean_up
 from lab.store import Store
 
 LOG = "/RequestHandler/ucdevicelog.upx"
@@ -156,6 +159,7 @@ async def test_a_celog_is_stored_at_its_device_path_with_the_exact_bytes(lab: Lo
         "stored": name,
         "size": 5000,
         "deleted": [],
+        "evicted": [],
     }
     [record] = lab.audit
     assert (record.server, record.site, record.path, record.status) == (
@@ -351,9 +355,7 @@ async def test_outside_log_uploads_need_ntlm(lab: LogLab) -> None:
     assert sorted(servers) == ["fe01", "fe02"]  # the edge spreads new connections
     external = [r for r in lab.audit if r.site == "external"]
     assert [r.status for r in external] == [401, 401, 200, 401, 200]
-    assert [r.last_signed_in_user for r in external if r.status == 200] == [
-        "alice@contoso.test"
-    ] * 2
+    assert [r.authenticated_user for r in external if r.status == 200] == ["alice@contoso.test"] * 2
 
 
 async def test_a_temporary_file_a_killed_process_left_goes_at_the_next_upload(
@@ -365,3 +367,217 @@ async def test_a_temporary_file_a_killed_process_left_goes_at_the_next_upload(
     status, _, _ = await lab.upload(log_bytes(100))
     assert status == 200
     assert list(lab.files()) == [f"{STAMP}_boot.clg"]
+
+
+# -- the front end's total ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def small_total(
+    service_config: LabConfig,
+    firewall: FirewallPolicy,
+    pki: LabPKI,
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+) -> AsyncIterator[LogLab]:
+    """A pool whose front ends keep 5 blocks (20,480 bytes) of device logs each."""
+    config = dataclasses.replace(
+        service_config, limits=Limits(device_logs_per_front_end=5 * LOG_BLOCK)
+    )
+    state = tmp_path / "state"
+    clock = Clock()
+    async with ServicePool(
+        config, state, firewall=firewall, pki=pki, shutdown_timeout=1.0, now=clock
+    ) as pool:
+        phones = Phones(pool, client_context)
+        opened = LogLab(pool, state, phones, clock)
+        unsubscribe = pool.events.subscribe(
+            lambda e: opened.uploads.append(e) if e.kind == "device.log" else None
+        )
+        try:
+            yield opened
+        finally:
+            unsubscribe()
+            await phones.close()
+
+
+def mac(number: int) -> str:
+    return f"00-04-F2-00-{number // 256:02X}-{number % 256:02X}"
+
+
+def logs_on_disk(state: Path, server: str = "fe01") -> dict[str, int]:
+    root = log_store_path(state, server)
+    return {f"{p.parent.name}/{p.name}": p.stat().st_size for p in root.glob("*/*")}
+
+
+async def test_the_front_end_total_deletes_its_oldest_logs_whatever_their_mac(
+    small_total: LogLab,
+) -> None:
+    lab = small_total
+    for number in range(8):
+        lab.clock.at = START.replace(minute=number)
+        status, diagnostics, _ = await lab.upload(log_bytes(3000), query(mac=mac(number)))
+        assert status == 200, diagnostics
+    # A log counts as one block at least: five fit, the three oldest went, first in first out.
+    kept = logs_on_disk(lab.state)
+    assert sorted(kept) == [f"{mac(n)}/20260301T12{n:02d}00.000000Z_boot.clg" for n in range(3, 8)]
+    assert sum(kept.values()) <= 5 * LOG_BLOCK
+    evicted = [e.data["evicted"] for e in lab.uploads]
+    assert evicted == [[]] * 5 + [[f"{mac(n)}/{stamp_at(n)}_boot.clg"] for n in range(3)]
+    # The folders of the devices whose logs all went are gone too.
+    assert sorted(p.name for p in log_store_path(lab.state, "fe01").iterdir()) == [
+        mac(n) for n in range(3, 8)
+    ]
+    # The other front end's logs are its own.
+    assert logs_on_disk(lab.state, "fe02") == {}
+
+
+async def test_a_log_larger_than_the_total_is_refused_and_the_others_stay(
+    small_total: LogLab,
+) -> None:
+    lab = small_total
+    status, _, _ = await lab.upload(log_bytes(100), query(mac=mac(1)))
+    assert status == 200
+    status, diagnostics, _ = await lab.upload(log_bytes(5 * LOG_BLOCK + 1), query(mac=mac(2)))
+    assert status == 413
+    assert "larger than what this front end keeps of device logs in all (20480 bytes)" in (
+        diagnostics
+    )
+    assert list(logs_on_disk(lab.state)) == [f"{mac(1)}/{STAMP}_boot.clg"]
+    # One that fits alone is taken, and the older log makes room for it.
+    status, _, _ = await lab.upload(log_bytes(5 * LOG_BLOCK), query(mac=mac(2)))
+    assert status == 200
+    assert list(logs_on_disk(lab.state)) == [f"{mac(2)}/{stamp_at(0, 1)}_boot.clg"]
+
+
+async def test_logs_stored_before_the_service_started_count_toward_the_total(
+    small_total: LogLab,
+) -> None:
+    lab = small_total
+    # Left by an earlier run: four blocks' worth, from 2025.
+    earlier = lab.folder(mac(9))
+    earlier.mkdir(parents=True)
+    for day in range(1, 5):
+        (earlier / f"202501{day:02d}T000000.000000Z_old.clg").write_bytes(log_bytes(LOG_BLOCK))
+    for number in range(2):
+        lab.clock.at = START.replace(minute=number)
+        status, _, _ = await lab.upload(log_bytes(10), query(mac=mac(number)))
+        assert status == 200
+    # Six blocks at the second upload: the oldest of all goes.
+    assert sorted(logs_on_disk(lab.state)) == [
+        f"{mac(0)}/{stamp_at(0)}_boot.clg",
+        f"{mac(1)}/{stamp_at(1)}_boot.clg",
+        *(f"{mac(9)}/202501{day:02d}T000000.000000Z_old.clg" for day in range(2, 5)),
+    ]
+    assert lab.uploads[-1].data["evicted"] == [f"{mac(9)}/20250101T000000.000000Z_old.clg"]
+
+
+def stamp_at(minute: int, tick: int = 0) -> str:
+    """The stamp of a log stored at START's hour and ``minute`` (and ``tick`` µs after)."""
+    return f"20260301T12{minute:02d}00.{tick:06d}Z"
+
+
+# -- clean-up: LogCleanUpInterval at LogCleanUpTimeOfDay -----------------------------------
+
+
+async def upload_at(lab: LogLab, at: datetime, device: str, file: str = "boot.clg") -> None:
+    lab.clock.at = at
+    status, diagnostics, _ = await lab.upload(log_bytes(100), query(mac=device, file=file))
+    assert status == 200, diagnostics
+
+
+async def test_clean_up_deletes_the_logs_older_than_the_interval(lab: LogLab) -> None:
+    await upload_at(lab, START - timedelta(days=11), MAC, "old.clg")
+    await upload_at(lab, START - timedelta(days=11), OTHER_MAC, "old.clg")
+    await upload_at(lab, START - timedelta(days=9), MAC, "recent.clg")
+    leftover = lab.folder() / ".0123456789abcdef.part"
+    leftover.write_bytes(b"half a log")
+    os.utime(leftover, ((START - timedelta(days=30)).timestamp(),) * 2)
+    store = lab.pool.servers["fe01"].logs
+    assert store is not None
+    held = store.held_bytes
+
+    deleted = await store.clean_up(START, timedelta(days=10))
+    assert sorted(p.name for p in deleted) == [
+        ".0123456789abcdef.part",
+        "20260218T120000.000000Z_old.clg",
+        "20260218T120000.000001Z_old.clg",
+    ]
+    assert list(lab.files()) == ["20260220T120000.000000Z_recent.clg"]
+    assert not lab.folder(OTHER_MAC).exists()  # emptied, so removed
+    assert store.held_bytes == held - 2 * LOG_BLOCK
+    # A device whose folder went stores its next log as ever.
+    await upload_at(lab, START, OTHER_MAC)
+    assert list(lab.files(OTHER_MAC)) == [f"{STAMP}_boot.clg"]
+
+
+@pytest.mark.parametrize(
+    ("time_of_day", "now", "due"),
+    [
+        (None, START, datetime(2026, 3, 2, 0, 0, tzinfo=UTC)),
+        ("03:30", START, datetime(2026, 3, 2, 3, 30, tzinfo=UTC)),
+        ("13:05", START, datetime(2026, 3, 1, 13, 5, tzinfo=UTC)),
+        ("12:00", START, datetime(2026, 3, 2, 12, 0, tzinfo=UTC)),  # strictly after now
+    ],
+)
+def test_the_next_clean_up_is_at_the_time_of_day(
+    time_of_day: str | None, now: datetime, due: datetime
+) -> None:
+    config = DeviceUpdateConfig(log_cleanup_time_of_day=time_of_day)
+    assert next_clean_up(now, config) == due
+
+
+async def test_the_daily_clean_up_runs_at_the_time_of_day_on_logs_and_audit_files(
+    lab: LogLab, tmp_path: Path
+) -> None:
+    await upload_at(lab, START - timedelta(days=3), MAC, "a.clg")
+    await upload_at(lab, START - timedelta(days=1), MAC, "b.clg")
+    await upload_at(lab, START, MAC, "c.clg")
+    audit = AuditLog("fe01", tmp_path / "audit")
+    for day in ("2026-02-20", "2026-02-28", "2026-03-01"):
+        audit.write(
+            AuditRecord(
+                time=f"{day}T12:00:00.000Z",
+                server="fe01",
+                client_address="",
+                site="internal",
+                path=LOG,
+                status=200,
+            )
+        )
+    lab.settings(LogCleanUpTimeOfDay="03:30", LogCleanUpInterval="2.")
+    lab.clock.at = START
+
+    # The clock moves only when the clean-up waits, by what it waits: no real time passes.
+    waits: list[float] = []
+    parked = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            parked.set()
+            await asyncio.Future()  # the third wait lasts until the clean-up stops
+        lab.clock.at += timedelta(seconds=seconds)
+
+    runs: list[Event] = []
+    lab.pool.events.subscribe(runs.append, kinds=("logs.cleaned_up",))
+    stores = [server.logs for server in lab.pool.servers.values() if server.logs is not None]
+    async with LogCleanUp(
+        stores,
+        [audit],
+        lab.pool.context.device_config,
+        now=lab.clock,
+        sleep=sleep,
+        events=lab.pool.events,
+    ):
+        async with asyncio.timeout(10):
+            await parked.wait()
+    audit.close()
+    # 12:00 to 03:30 the next day, then a day.
+    assert waits == [15.5 * 3600, 86400, 86400]
+    assert [(r.data["device_logs"], r.data["audit_logs"]) for r in runs] == [(1, 1), (1, 1)]
+    assert [r.data["keep_for"] for r in runs] == [2 * 86400] * 2
+    assert list(lab.files()) == [f"{STAMP}_c.clg"]
+    assert sorted(p.name for p in (tmp_path / "audit").iterdir()) == [
+        "RequestHandlerAuditLog_fe01_20260301.log"
+    ]
