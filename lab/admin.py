@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from lab.errors import DNSError, FirewallError, LabError, ServiceError
 from lab.fileio import write_atomic
+from lab.service.sites import TLSSite
 
 if TYPE_CHECKING:
     from lab.runner import Lab
@@ -28,6 +30,17 @@ if TYPE_CHECKING:
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
 LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
 TOKEN_KEY = web.AppKey("token", str)
+
+
+@dataclass
+class ServingSite:
+    """The site serving the app (known once it starts), whose request deadlines the guard
+    keeps (lab.service.sites)."""
+
+    site: TLSSite | None = None
+
+
+SITE_KEY = web.AppKey("site", ServingSite)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,9 +64,26 @@ def _error(status: int, message: str) -> web.Response:
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the token, then translate the lab's errors into JSON answers."""
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), request.app[TOKEN_KEY].encode()):
-        return _error(401, "missing or wrong admin token (see admin.token in the state dir)")
+    site = request.app[SITE_KEY].site
+    if site is None:
+        return await _answer(request, handler)
+    with site.serving(request):
+        return await _answer(request, handler)
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # RFC 6750: "Bearer" (any case), one space, the token; nothing else is a credential.
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), request.app[TOKEN_KEY].encode()
+    ):
+        response = _error(
+            401,
+            "missing or wrong admin token: send 'Authorization: Bearer <token>' "
+            "(the token is admin.token in the state dir)",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="lab admin"'
+        return response
     try:
         return await handler(request)
     except (FirewallError, DNSError, ValueError) as exc:
@@ -169,6 +199,7 @@ def make_app(lab: Lab, token: str) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=64 * 1024)
     app[LAB_KEY] = lab
     app[TOKEN_KEY] = token
+    app[SITE_KEY] = ServingSite()
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/firewall", firewall_show)
     app.router.add_post("/v1/firewall", firewall_change)

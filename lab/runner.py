@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -22,17 +24,20 @@ from typing import Any
 from aiohttp import web
 
 from emulator.collector import long_run_pace
-from lab.admin import make_app, make_token
+from lab.admin import SITE_KEY, make_app, make_token
 from lab.audit import AuditLog, AuditRecord, AuditRepeat
 from lab.config import LabConfig
 from lab.dns import DNSServer
-from lab.errors import LabStateError, PKIError
+from lab.errors import LabStateError, PKIError, ServiceError
 from lab.events import EventBus
 from lab.fileio import write_atomic
 from lab.firewall import FirewallPolicy
+from lab.guard import ConnectionBudget
 from lab.lifecycle import Service
 from lab.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
+from lab.service.logs import LogCleanUp
 from lab.service.pool import ServicePool
+from lab.service.sites import TLSSite, bind_same_port
 
 RUN_FILE = "run.json"
 LEASE_FILE = "lease.json"
@@ -66,6 +71,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_credential_leftovers() -> int:
+    """Remove NT-hash files that earlier versions of the lab wrote to the system temp
+    directory (``lab-ntlm-*``, ours only) and a killed lab left behind; how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob("lab-ntlm-*"):
+        try:
+            if path.is_dir() and path.stat().st_uid == os.getuid():
+                shutil.rmtree(path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 class FaultyCertificates:
@@ -104,6 +123,10 @@ class Lab(Service):
         self.events = events or EventBus()
         self.firewall = FirewallPolicy(config.inside, config.outside, self.events)
         self.pki = LabPKI(config, pki_dir)
+        # One budget of connections for every listener of the process (lab.guard).
+        self.budget = ConnectionBudget.for_process(
+            config.limits.connections_per_address, config.limits.admin_reserve
+        )
         self.certificate_fault = certificate_fault
         certificates: LabPKI | FaultyCertificates = self.pki
         if certificate_fault is not None:
@@ -113,9 +136,15 @@ class Lab(Service):
             self.firewall,
             events=self.events,
             query_log_path=state_dir / "logs" / "dns-queries.jsonl",
+            budget=self.budget,
         )
         self.audit = {
-            fe.name: AuditLog(fe.name, state_dir / "servers" / fe.name / "AuditLogs", self.events)
+            fe.name: AuditLog(
+                fe.name,
+                state_dir / "servers" / fe.name / "AuditLogs",
+                self.events,
+                field_max=config.limits.audit_field_max,
+            )
             for fe in config.front_ends
         }
         self.pool = ServicePool(
@@ -125,6 +154,7 @@ class Lab(Service):
             pki=certificates,
             events=self.events,
             on_request=self._audit,
+            budget=self.budget,
         )
         self._stack = AsyncExitStack()
         self.admin_address: tuple[str, int] = ("127.0.0.1", config.ports.admin)
@@ -134,12 +164,24 @@ class Lab(Service):
         """Make the PKI if needed, start every service, publish run.json and lease.json."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.state_dir / "logs").mkdir(exist_ok=True)
+        remove_credential_leftovers()
         # Certificates are CPU work; keep the loop free for anything already running.
         await asyncio.to_thread(self.pki.ensure)
         try:
             await self._stack.enter_async_context(self.dns)
             await self._stack.enter_async_context(self.pool)
             self._stack.callback(self._close_audit)
+            # Stopped before the audit logs close (the stack unwinds in reverse).
+            stores = [s.logs for s in self.pool.servers.values() if s.logs is not None]
+            await self._stack.enter_async_context(
+                LogCleanUp(
+                    stores,
+                    list(self.audit.values()),
+                    self.pool.context.device_config,
+                    now=self.pool.context.now,
+                    events=self.events,
+                )
+            )
             await self._start_admin()
         except BaseException:
             await self._stack.aclose()
@@ -151,19 +193,23 @@ class Lab(Service):
 
     async def _start_admin(self) -> None:
         token = make_token(self.state_dir)
-        runner = web.AppRunner(make_app(self, token), access_log=None)
+        app = make_app(self, token)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, "127.0.0.1", self.config.ports.admin)
         try:
-            await site.start()
-        except OSError as exc:
+            sock = bind_same_port(["127.0.0.1"], self.config.ports.admin)[0]
+        except ServiceError as exc:
             raise LabStateError(
-                f"the admin API cannot listen on 127.0.0.1:{self.config.ports.admin}: "
-                f"{exc.strerror}; is another lab running? (ports.admin in the config)"
+                f"the admin API {exc}; is another lab running? (ports.admin in the config)"
             ) from None
-        host, port = runner.addresses[0][:2]
-        self.admin_address = (host, port)
+        # The admin API may use the budget's reserve: it answers when the rest is full.
+        site = TLSSite(
+            runner, sock, None, limits=self.config.limits, budget=self.budget, reserved=True
+        )
+        app[SITE_KEY].site = site
+        await site.start()
+        self.admin_address = site.address
 
     def _audit(self, record: AuditRecord) -> AuditRepeat | None:
         return self.audit[record.server].write(record)

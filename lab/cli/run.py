@@ -108,7 +108,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     servers = info.get("pool", {}).get("servers", {})
     if servers:
         console.print(servers_table(servers))
+    for line in guard_lines(info.get("pool", {})):
+        console.print(line)
     return 0 if info["alive"] else 1
+
+
+def guard_lines(pool: dict[str, Any]) -> list[str]:
+    """What the limits hold back right now: connections, locked accounts, throttled
+    addresses (docs/security.md)."""
+    lines: list[str] = []
+    budget = pool.get("connections") or {}
+    if budget:
+        lines.append(
+            f"connections: {budget['open']} open of {budget['total_cap']} "
+            f"(at most {budget['per_address_cap']} per address, "
+            f"{budget['admin_reserve']} kept for the admin API); "
+            f"refused: {budget['refused_per_address']} over an address's cap, "
+            f"{budget['refused_total']} over the total"
+        )
+    timed_out = sum(
+        site.get("timed_out", 0)
+        for server in pool.get("servers", {}).values()
+        for site in server.get("limits", {}).values()
+    )
+    if timed_out:
+        lines.append(f"connections cut for sending too slowly: {timed_out}")
+    ntlm = pool.get("ntlm") or {}
+    for title, key in (
+        ("locked accounts", "locked_accounts"),
+        ("throttled addresses", "throttled_addresses"),
+    ):
+        held = ntlm.get(key) or {}
+        if held:
+            shown = ", ".join(f"{who} ({seconds} s left)" for who, seconds in held.items())
+            lines.append(f"{title}: {shown}")
+    return lines
 
 
 def _scale(text: str) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lab.service.edge import Edge, Upstream
 from lab.service.frontend import FrontEndServer, Mode, Role, ServerStatus, ServiceContext
-from lab.service.ntlm import Directory, LockoutPolicy
+from lab.service.ntlm import Directory
 from lab.service.pool import ServicePool, file_store_path
 from lab.service.updates import Decider, StoreDecider
 
@@ -20,7 +20,6 @@ __all__ = [
     "Directory",
     "Edge",
     "FrontEndServer",
-    "LockoutPolicy",
     "Mode",
     "Role",
     "ServerStatus",

@@ -4,7 +4,10 @@ Like a reverse proxy that does not terminate TLS, the edge forwards whole connec
 each new client connection is paired with a fresh connection to one front end's external
 site, and bytes flow both ways untouched, so the TLS session and NTLM's per-connection
 handshake are end to end. The upstream connection leaves from the edge's own address, so
-the front end sees the edge as its peer. New connections go round-robin over the servers
+the front end sees the edge as its peer; the edge remembers which client each upstream
+connection forwards (``Edge.origin``), so that a front end can throttle failed sign-ins
+per client, not per edge. Each client takes a slot of the process's connection budget
+(its cap per address), and is reset without one. New connections go round-robin over the servers
 the pool says are in production, asked at that moment; a server that refuses the
 connection is skipped for the next. Flow control is passed through (a slow reader on one
 side pauses reading on the other), half-closes are forwarded, and a reset on either side
@@ -20,7 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from lab.config import Limits
 from lab.events import EventBus
+from lab.guard import ConnectionBudget
 from lab.service.sites import reset_transport
 
 CONNECT_TIMEOUT = 5.0
@@ -106,6 +111,10 @@ class _Splice:
         self.client = _ClientSide(self)
         self.upstream = _Side(self)
         self.server: str | None = None
+        # The client's address while it holds a budget slot, and the upstream connection's
+        # own address (how the front end names the client, see Edge.origin).
+        self.peer: str | None = None
+        self.origin_key: tuple[str, int] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -131,12 +140,25 @@ class _Splice:
             if self._closed:
                 self.close(reset=True)
                 return
+            self._record_origin()
             self.server = upstream.name
             self.edge.forwarded(upstream.name)
             self.client.release()
             return
         self.edge.unrouted()
         self.close(reset=True)
+
+    def _record_origin(self) -> None:
+        # Before the client's first byte goes up: the front end asks as soon as it reads.
+        upstream = self.upstream.transport
+        client = self.client.transport
+        if upstream is None or client is None:
+            return
+        local = upstream.get_extra_info("sockname")
+        peer = client.get_extra_info("peername")
+        if local and peer:
+            self.origin_key = (str(local[0]), int(local[1]))
+            self.edge.origins[self.origin_key] = str(peer[0])
 
     def lost(self, side: _Side, exc: BaseException | None) -> None:
         # A reset on one side is passed on as a reset, a clean close as a close.
@@ -156,12 +178,24 @@ class _Splice:
             if self._connecting is not None and not self._connecting.done():
                 self._connecting.cancel()
             self.edge._splices.discard(self)
+            if self.origin_key is not None:
+                self.edge.origins.pop(self.origin_key, None)
+            if self.peer is not None:
+                self.edge.budget.release(self.peer)
 
 
 class _ClientSide(_Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.splice.edge._splices.add(self.splice)
+        edge = self.splice.edge
+        peername = transport.get_extra_info("peername")
+        peer = str(peername[0]) if peername else ""
+        if not edge.budget.admit(peer):
+            edge.over_budget += 1
+            reset_transport(cast(asyncio.Transport, transport))
+            return
+        self.splice.peer = peer
+        edge._splices.add(self.splice)
         self.splice.start()
 
 
@@ -175,8 +209,14 @@ class Edge:
         *,
         source: str,
         events: EventBus | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self._sock = sock
+        self.budget = budget or ConnectionBudget(Limits().connections_per_address, 1 << 20)
+        # Clients refused for want of a budget slot.
+        self.over_budget = 0
+        # The upstream connection's (host, port) -> the client it forwards (see origin).
+        self.origins: dict[tuple[str, int], str] = {}
         self._upstreams = upstreams
         self.source = source
         self.events = events
@@ -208,6 +248,10 @@ class Edge:
     def open_connections(self) -> int:
         """Connections being forwarded right now."""
         return len(self._splices)
+
+    def origin(self, host: str, port: int) -> str:
+        """The client a front end's peer ``host:port`` forwards, if it is the edge's."""
+        return self.origins.get((host, port), host)
 
     def choose(self) -> list[Upstream]:
         """The servers to try for a new connection, the next one in turn first."""

@@ -27,19 +27,20 @@ from lab.audit import AuditRecord, AuditRepeat
 from lab.config import FrontEnd, LabConfig
 from lab.devconfig import DeviceUpdateConfig
 from lab.events import EventBus
+from lab.guard import ConnectionBudget
 from lab.inventory import Sighting, utc_now
 from lab.service.files import ImageFiles
 from lab.service.logs import DeviceLogStore
-from lab.service.ntlm import Directory
+from lab.service.ntlm import Directory, TargetNames
 from lab.service.problems import DiagnosedRequestHandler, Diagnostic, Problem
 from lab.service.sites import TLSSite
 from lab.service.updates import Decider
 
 DEFAULT_RETRY_AFTER = 60
 DEFAULT_CHECK_INTERVAL = 86400
-# aiohttp's per-connection options: no access log (the audit seam records requests), and
-# idle keep-alive connections closed after what IIS uses by default.
-HANDLER_OPTIONS: dict[str, Any] = {"access_log": None, "keepalive_timeout": 120.0}
+# aiohttp's per-connection options: no access log (the audit seam records requests); idle
+# kept-alive connections are closed after [limits] keepalive_timeout (lab.service.sites).
+HANDLER_OPTIONS: dict[str, Any] = {"access_log": None}
 # What a site answers every request with (aiohttp's low-level server calls it).
 SiteHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -81,6 +82,13 @@ class ServiceContext:
     device_config: Callable[[], DeviceUpdateConfig] = DeviceUpdateConfig
     # Wall-clock time of sightings and log names (injectable for tests).
     now: Callable[[], datetime] = utc_now
+    # The address a connection's client has, from the peer the site sees: through the
+    # edge, the client the edge forwards (set by the pool once the edge runs).
+    origin: Callable[[str, int], str] = lambda host, port: host
+    # The process's connection budget, shared by every listener (set by the pool).
+    budget: ConnectionBudget | None = None
+    # The only peer a front end's external site admits (the edge's address), or anyone.
+    edge_address: str | None = None
 
     def internal_url(self, path: str) -> str:
         """An https URL at the pool FQDN (what inside phones use)."""
@@ -125,6 +133,8 @@ class ServerStatus:
     mode: Mode
     transfers: tuple[dict[str, Any], ...]
     connections: int
+    # Per site: connections open, refused over the budget, cut for being too slow.
+    limits: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def in_progress(self) -> int:
@@ -139,6 +149,7 @@ class ServerStatus:
             "mode": self.mode.value,
             "transfers": list(self.transfers),
             "connections": self.connections,
+            "limits": self.limits,
         }
 
 
@@ -158,6 +169,7 @@ class FrontEndServer:
         logs: DeviceLogStore | None = None,
     ) -> None:
         self.front_end = front_end
+        self.ntlm_names = TargetNames.for_front_end(context.config, front_end)
         self.files = files
         # Device log uploads are taken only when there is a log store.
         self.logs = logs
@@ -185,7 +197,12 @@ class FrontEndServer:
             self.internal = await self._site(
                 self._make_handler(self, Role.INTERNAL), internal_sock, admit=self._admit_internal
             )
-            self.external = await self._site(self._make_handler(self, Role.EXTERNAL), external_sock)
+            self.external = await self._site(
+                self._make_handler(self, Role.EXTERNAL),
+                external_sock,
+                admit=self._admit_external,
+                per_address=False,
+            )
         except BaseException:
             await self.stop()
             raise
@@ -195,6 +212,7 @@ class FrontEndServer:
         handler: SiteHandler,
         sock: socket.socket,
         admit: Callable[[str], bool] | None = None,
+        per_address: bool = True,
     ) -> TLSSite:
         # aiohttp's low-level server: the handler routes itself (lab.service.handlers).
         runner = web.ServerRunner(web.Server(handler), shutdown_timeout=self._shutdown_timeout)
@@ -204,6 +222,9 @@ class FrontEndServer:
             runner,
             sock,
             self.ssl_context,
+            limits=self.context.config.limits,
+            budget=self.context.budget,
+            per_address=per_address,
             admit=admit,
             on_refused=self._refused,
             handler_class=DiagnosedRequestHandler,
@@ -211,6 +232,12 @@ class FrontEndServer:
         )
         await site.start()
         return site
+
+    def _admit_external(self, peer: str) -> bool:
+        # Phones reach the external site through the edge only, as behind a reverse proxy;
+        # anyone else is dropped before TLS, as the internal site drops outside peers.
+        edge = self.context.edge_address
+        return edge is None or peer == edge
 
     def _refused(self, peer: str) -> None:
         self.context.events.publish("service.connection_refused", server=self.name, peer=peer)
@@ -283,4 +310,9 @@ class FrontEndServer:
             mode=self.mode,
             transfers=tuple(t.as_dict() for t in self.transfers),
             connections=sum(len(site.connections) for site in self.sites),
+            limits={
+                site_name: site.snapshot()
+                for site_name, site in (("internal", self.internal), ("external", self.external))
+                if site is not None
+            },
         )

@@ -36,7 +36,14 @@ from lab.inventory import Sighting
 from lab.service.frontend import FrontEndServer, Mode, Role, SiteHandler
 from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
 from lab.service.memo import remember
-from lab.service.ntlm import Authenticated, Challenge, NtlmSession, Rejected, parse_authorization
+from lab.service.ntlm import (
+    Authenticated,
+    Challenge,
+    NtlmSession,
+    Rejected,
+    Throttled,
+    parse_authorization,
+)
 from lab.service.problems import Diagnostic, Problem, as_problem, problem_response
 from lab.service.xmlio import (
     MAX_REQUEST_BYTES,
@@ -61,7 +68,7 @@ ANSWER_CACHE_SIZE = 1024
 
 Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 AuditObserver = Callable[[AuditRecord], AuditRepeat | None]
-_Varying = tuple[str, str, int, str, str, str, str]
+_Varying = tuple[str, str, int, str, str, str, str, str]
 """An audit line's fields besides the time and the parsed request's (see _report)."""
 
 
@@ -198,6 +205,11 @@ class Endpoints:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve ``request``: route, handle, answer refusals, and report it for the audit."""
+        # The body's deadline runs from here (lab.service.sites).
+        with self.server.site(self.role).serving(request):
+            return await self._serve(request)
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         note = Note()
         try:
             # An exact path and its method (every check) are found at once.
@@ -259,7 +271,9 @@ class Endpoints:
             user = note.user
             seen = self.context.now()
             remote = request.remote or ""
-            signed_in = parsed.last_signed_in_user or (user.upn if user else None)
+            # The account NTLM signed in is who the phone belongs to now; what the body
+            # claims is only believed where nobody signed in (the audit line keeps both).
+            signed_in = user.upn if user is not None else parsed.last_signed_in_user
             # A phone repeating its check within the same second is the same sighting: the
             # one made before is handed on again (the inventory keeps it once).
             known = self._sightings.get(id(parsed))
@@ -289,7 +303,8 @@ class Endpoints:
                     )
                 )
                 observer(sighting)
-                remember(self._sightings, parsed, (parsed, sighting), ANSWER_CACHE_SIZE)
+                if parsed.memorable:
+                    remember(self._sightings, parsed, (parsed, sighting), ANSWER_CACHE_SIZE)
         note.named = True
         return web.Response(body=answer.body, headers=self._check_headers)
 
@@ -353,7 +368,8 @@ class Endpoints:
         conn = self.server.site(self.role).connection(request)
         session = conn.state.get("ntlm")
         if not isinstance(session, NtlmSession):
-            session = self.context.directory.session()
+            origin = self.context.origin(conn.peer, conn.port)
+            session = self.context.directory.session(self.server.ntlm_names, origin)
             conn.state["ntlm"] = session
         header = request.headers.get("Authorization")
         user = session.user if header is None else self._step(session, header)
@@ -373,11 +389,16 @@ class Endpoints:
                 "NTLM challenge: answer it on this connection",
                 headers={"WWW-Authenticate": "NTLM " + base64.b64encode(outcome.token).decode()},
             )
+        if isinstance(outcome, Throttled):
+            raise Problem(
+                Diagnostic.TOO_MANY_FAILURES,
+                f"too many failed sign-ins from {outcome.address}; "
+                f"try again in {outcome.retry_after} s",
+                headers={"Retry-After": str(outcome.retry_after)},
+                close=True,
+            )
         assert isinstance(outcome, Rejected)
         if outcome.locked:
-            self.context.events.publish(
-                "service.account_locked", server=self.server.name, reason=outcome.reason
-            )
             raise Problem(Diagnostic.ACCOUNT_LOCKED, outcome.reason)
         raise Problem(Diagnostic.NTLM_FAILED, outcome.reason, headers={"WWW-Authenticate": "NTLM"})
 
@@ -455,9 +476,10 @@ class Endpoints:
         if parsed is not None:
             remote = request.remote or ""
             path = request.path
-            signed_in = parsed.last_signed_in_user or (user.upn if user else "")
+            claimed = parsed.last_signed_in_user or ""
+            authenticated = user.upn if user is not None else ""
             # What the line holds besides the time and the parsed request's own fields.
-            varying = (remote, path, status, returned, version, reason, signed_in)
+            varying = (remote, path, status, returned, version, reason, claimed, authenticated)
             # A phone repeating its check makes the same line but for the time: the log's
             # repeat writes it in fewer steps (see ServiceContext.on_request).
             known = self._repeats.get(id(parsed))
@@ -483,11 +505,12 @@ class Endpoints:
                     returned,
                     version,
                     reason,
-                    signed_in,
+                    claimed,
+                    authenticated,
                 )
             )
             repeat = observer(record)
-            if repeat is not None:
+            if repeat is not None and parsed.memorable:
                 remember(
                     self._repeats, parsed, (parsed, observer, varying, repeat), ANSWER_CACHE_SIZE
                 )
@@ -507,7 +530,7 @@ class Endpoints:
             record = record._replace(
                 mac=upload.mac,
                 reason=reason or upload.summary,
-                last_signed_in_user=user.upn if user else "",
+                authenticated_user=user.upn if user else "",
             )
         observer(record)
 

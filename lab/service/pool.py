@@ -33,12 +33,13 @@ from typing import Any, Protocol
 
 from lab import filestore
 from lab.audit import AuditRecord, AuditRepeat
-from lab.config import LabConfig
+from lab.config import LabConfig, Lockout
 from lab.decision import Decision
 from lab.devconfig import DeviceUpdateConfig
 from lab.errors import ConfigError, ServiceError
 from lab.events import Event, EventBus
 from lab.firewall import FirewallPolicy
+from lab.guard import ConnectionBudget
 from lab.inventory import FLUSH_INTERVAL, InventoryRecorder, utc_now
 from lab.lifecycle import Service
 from lab.pki import LabPKI
@@ -54,7 +55,7 @@ from lab.service.frontend import (
 )
 from lab.service.handlers import make_handler
 from lab.service.logs import DeviceLogStore, log_store_path
-from lab.service.ntlm import Directory, LockoutPolicy
+from lab.service.ntlm import Directory
 from lab.service.sites import bind_same_port
 from lab.service.updates import Decider, StoreDecider
 from lab.service.xmlio import DeviceUpdateRequest
@@ -97,7 +98,7 @@ class ServicePool(Service):
         decider: Decider | None = None,
         pki: CertificateSource | None = None,
         events: EventBus | None = None,
-        lockout: LockoutPolicy | None = None,
+        lockout: Lockout | None = None,
         clock: Callable[[], float] = time.monotonic,
         retry_after: int = DEFAULT_RETRY_AFTER,
         check_interval: int = DEFAULT_CHECK_INTERVAL,
@@ -105,13 +106,19 @@ class ServicePool(Service):
         shutdown_timeout: float = 5.0,
         now: Callable[[], datetime] = utc_now,
         inventory_interval: float = FLUSH_INTERVAL,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
         self.firewall = firewall
         self.events = events or firewall.events
         self.pki: CertificateSource = pki if pki is not None else LabPKI(config)
-        self.directory = Directory(config.users, lockout=lockout, clock=clock)
+        self.directory = Directory(
+            config.users,
+            lockout=lockout or config.lockout,
+            clock=clock,
+            on_lockout=self._locked_out,
+        )
         self._store: Store | None = None
         self._own_store = decider is None
         self.context = ServiceContext(
@@ -123,6 +130,8 @@ class ServicePool(Service):
             check_interval=check_interval,
             on_request=on_request,
             now=now,
+            budget=budget or ConnectionBudget(config.limits.connections_per_address, total=1 << 20),
+            origin=self._origin,
         )
         self.inventory: InventoryRecorder | None = None
         self._inventory_interval = inventory_interval
@@ -151,7 +160,6 @@ class ServicePool(Service):
                 await self.inventory.start()
                 self.context.on_check = self.inventory.record
             self.context.https_port = internal[0].getsockname()[1]
-            self.directory.open()
             for fe, isock, esock, tls in zip(
                 self.config.front_ends, internal, external, contexts, strict=True
             ):
@@ -168,6 +176,7 @@ class ServicePool(Service):
                         server=fe.name,
                         events=self.events,
                         now=self.context.now,
+                        total=self.config.limits.device_logs_per_front_end,
                     ),
                 )
                 self.servers[fe.name] = server
@@ -177,7 +186,9 @@ class ServicePool(Service):
                 self._production,
                 source=str(self.config.edge.address),
                 events=self.events,
+                budget=self.context.budget,
             )
+            self.context.edge_address = self.edge.source
             await self.edge.start()
         except BaseException:
             await self.stop()
@@ -191,7 +202,7 @@ class ServicePool(Service):
         self.events.publish("service.started", endpoints=self.endpoints())
 
     async def stop(self) -> None:
-        """Stop the edge and every front end; withdraw the credential file."""
+        """Stop the edge and every front end."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -201,7 +212,6 @@ class ServicePool(Service):
         servers, self.servers = list(self.servers.values()), {}
         # Concurrently: each waits up to the shutdown timeout for its transfers.
         await asyncio.gather(*(server.stop() for server in servers))
-        self.directory.close()
         if self.inventory is not None:
             # After the servers: no check can come in, so the last flush is complete.
             self.context.on_check = None
@@ -289,7 +299,10 @@ class ServicePool(Service):
             "edge": {
                 "open_connections": self.edge.open_connections if self.edge else 0,
                 "forwarded": dict(self.edge.forwarded_to) if self.edge else {},
+                "over_budget": self.edge.over_budget if self.edge else 0,
             },
+            "connections": self.context.budget.snapshot() if self.context.budget else {},
+            "ntlm": self.directory.snapshot(),
         }
 
     # -- maintenance -------------------------------------------------------------------------
@@ -351,6 +364,16 @@ class ServicePool(Service):
     def store(self) -> Store | None:
         """The update store the pool opened itself (None when given a decider)."""
         return self._store
+
+    def _origin(self, host: str, port: int) -> str:
+        # A connection from the edge speaks for the client the edge forwards.
+        edge = self.edge
+        return edge.origin(host, port) if edge is not None else host
+
+    def _locked_out(self, kind: str, who: str, seconds: float) -> None:
+        # An account locked, or an address throttled, by failed NTLM sign-ins.
+        name = "service.account_locked" if kind == "account" else "service.address_throttled"
+        self.events.publish(name, **{kind: who, "seconds": seconds})
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "firewall.changed":

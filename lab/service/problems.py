@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from lab.errors import ServiceError
+from lab.guard import FaultLog
 
 log = logging.getLogger(__name__)
+# Failures serving requests, logged as counts with a sample (never a traceback each).
+FAULTS = FaultLog(log)
 
 DIAGNOSTICS_HEADER = "X-Ms-Diagnostics"
 
@@ -37,10 +41,12 @@ class Diagnostic(Enum):
     UNKNOWN_MODEL = (404, 40402)
     NO_SUCH_PATH = (404, 40403)
     METHOD_NOT_ALLOWED = (405, 40501)
+    PRECONDITION_FAILED = (412, 41201)
     BODY_TOO_LARGE = (413, 41301)
     LOG_TYPE_NOT_ACCEPTED = (415, 41501)
     LOG_EXTENSION_NOT_ACCEPTED = (415, 41502)
     RANGE_NOT_SATISFIABLE = (416, 41601)
+    TOO_MANY_FAILURES = (429, 42901)
     INTERNAL_ERROR = (500, 50001)
     IN_MAINTENANCE = (503, 50301)
     STORE_UNAVAILABLE = (503, 50302)
@@ -122,6 +128,19 @@ class DiagnosedRequestHandler(RequestHandler):
         return response
 
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's report of a request that failed: a peer gone is no fault of ours, and
+        anything else is counted with a sample (lab.guard.FaultLog), not one traceback
+        per request."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("a peer went away during a request: %s", exc)
+            return
+        sample = (args[0] % args[1:]) if args else "a request failed"
+        detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else ""
+        FAULTS.fault("request failed in the HTTP layer", f"{sample} {detail}".strip(), None)
+
+
 _BY_STATUS = {
     404: Diagnostic.NO_SUCH_PATH,
     405: Diagnostic.METHOD_NOT_ALLOWED,
@@ -146,5 +165,9 @@ def as_problem(request: web.BaseRequest, exc: Exception) -> Problem | None:
     if isinstance(exc, ConnectionError | TimeoutError):
         # The peer went away (or was cut on purpose); there is no one to answer.
         return None
-    log.exception("unexpected failure serving %s %s", request.method, request.path)
+    FAULTS.fault(
+        "unexpected failure serving a request",
+        f"{request.method} {request.path}: {type(exc).__name__}: {exc}",
+        exc,
+    )
     return Problem(Diagnostic.INTERNAL_ERROR, "the server failed unexpectedly", close=True)

@@ -22,28 +22,42 @@ taken the transport. Accepting first has no such window on either loop.
 Each site keeps its open connections, which is how a firewall change cuts keep-alive
 connections already open, how maintenance cuts transfers, and how a request finds the
 per-connection state NTLM needs (``TLSSite.connection(request)``).
+
+What one peer may hold (lab.guard, ``[limits]`` in the config): every accepted connection
+takes a slot of the process's ``ConnectionBudget`` (a cap per source address and one in
+all) and is reset at once without one. A connection must finish its TLS handshake within
+``handshake_timeout``; each request's headers must arrive within ``header_timeout`` of its
+first byte (of the handshake's end, for the first request), and its body within
+``body_timeout``, extended by a second for every ``body_min_rate`` bytes received, as
+Apache's mod_reqtimeout does. Idle kept-alive connections are aiohttp's to close
+(``keepalive_timeout``). Deadlines are checked by one timer per site, set for the
+earliest deadline running, so a request costs no timer of its own and an idle site is
+never woken. The same site serves plain HTTP (the admin API) with no TLS context.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import logging
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from lab.config import Limits
 from lab.errors import ServiceError
+from lab.guard import ConnectionBudget
 
-# A TLS client that never finishes its handshake must not hold a connection forever.
-HANDSHAKE_TIMEOUT = 10.0
 BIND_ATTEMPTS = 20
+# Deadline sweeps are at least this far apart (a quarter of a timeout under 4 s).
+SWEEP_INTERVAL = 1.0
 # How long to wait before accepting again after the system refused (e.g. no free fds).
 ACCEPT_BACKOFF = 0.1
 # At most this many connections accepted per wake-up, so that serving is not starved.
@@ -68,17 +82,59 @@ def reset_socket(sock: socket.socket) -> None:
     sock.close()
 
 
+class AlertingSSLObject(ssl.SSLObject):
+    """A server's TLS object that sends its alert before a failed handshake ends.
+
+    asyncio's and uvloop's TLS transports close a connection whose handshake failed without
+    sending what OpenSSL wrote for the peer, so a client offering TLS 1.1 or no shared
+    cipher sees the connection drop instead of the ``protocol_version`` or
+    ``handshake_failure`` alert a TLS server sends. Installed through the public
+    ``SSLContext.sslobject_class`` hook, this object answers the first fatal error with
+    "want read", which obliges the transport to flush the outgoing data (the alert) and
+    wait; the error itself is raised on the next step. The client closes on the alert (or
+    the handshake timeout ends the connection).
+    """
+
+    _failure: ssl.SSLError | None = None
+
+    def do_handshake(self) -> None:
+        """Step the handshake; a fatal error is held back for one step (see the class)."""
+        if self._failure is not None:
+            raise self._failure
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            self._failure = exc
+            raise ssl.SSLWantReadError("the alert is sent first") from exc
+
+
+class _Phase(enum.Enum):
+    HANDSHAKE = "TLS handshake"
+    HEADERS = "request headers"
+    BODY = "request body"
+    SERVING = "answer"
+    IDLE = "next request"
+
+
 class GuardedConnection(asyncio.Protocol):
     """One admitted connection: after its TLS handshake, served by an aiohttp RequestHandler."""
 
-    def __init__(self, site: TLSSite, peer: str, sock: socket.socket) -> None:
+    def __init__(self, site: TLSSite, peer: str, port: int, sock: socket.socket) -> None:
         self.site = site
         self.peer = peer
+        self.port = port
         self.state: dict[str, Any] = {}  # per-connection state of the handlers (NTLM)
         self.transport: asyncio.Transport | None = None
         self._sock = sock
         self._handler: RequestHandler | None = None
         self._lost = False
+        # The request deadline (loop time; inf when none runs): see the module's rules.
+        self.deadline = float("inf")
+        self._phase = _Phase.HANDSHAKE
+        self._phase_start = 0.0
+        self._received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The handshake is done: aiohttp takes the TLS transport."""
@@ -87,15 +143,59 @@ class GuardedConnection(asyncio.Protocol):
         handler = self.site.make_handler()
         self._handler = handler
         self.site._upgraded(self)
+        self._start(_Phase.HEADERS, self.site.limits.header_timeout)
         handler.connection_made(transport)
-        # From here on the request bytes go to aiohttp's handler without a stop here (the
-        # transport looks the method up on this object for every read).
-        setattr(self, "data_received", handler.data_received)  # noqa: B010
 
     def data_received(self, data: bytes) -> None:
-        """Decrypted request bytes, for aiohttp."""
+        """Decrypted request bytes, for aiohttp; the first of a request starts its deadline."""
+        if self._phase is _Phase.IDLE:
+            self._start(_Phase.HEADERS, self.site.limits.header_timeout)
+        elif self._phase is _Phase.BODY:
+            self._received += len(data)
         if self._handler is not None:
             self._handler.data_received(data)
+
+    def request_started(self, body_pending: bool) -> None:
+        """The site's handler has a request's headers; its body may still be arriving."""
+        if body_pending:
+            self._start(_Phase.BODY, self.site.limits.body_timeout)
+        else:
+            self._start(_Phase.SERVING, None)
+
+    def request_done(self) -> None:
+        """The handler has answered: the next bytes start a new request."""
+        self._start(_Phase.IDLE, None)
+
+    def _start(self, phase: _Phase, timeout: float | None) -> None:
+        self._phase = phase
+        self._received = 0
+        now = self.site.now()
+        self._phase_start = now
+        if timeout is None:
+            self.deadline = float("inf")
+        else:
+            self.deadline = now + timeout
+            self.site.watch(self.deadline)
+
+    def overdue(self, now: float) -> bool:
+        """Whether the deadline has passed (a body that keeps its minimum rate is given
+        more time: one second per ``body_min_rate`` bytes)."""
+        if now < self.deadline:
+            return False
+        if self._phase is _Phase.BODY:
+            limits = self.site.limits
+            allowed = (
+                self._phase_start + limits.body_timeout + self._received / limits.body_min_rate
+            )
+            if now < allowed:
+                self.deadline = allowed
+                return False
+        return True
+
+    @property
+    def phase(self) -> str:
+        """What the connection is waiting for (for the timeout's report)."""
+        return self._phase.value
 
     def eof_received(self) -> bool | None:
         """The peer closed its side; aiohttp closes ours."""
@@ -140,14 +240,24 @@ class GuardedConnection(asyncio.Protocol):
 
 
 class TLSSite(web.BaseSite):
-    """An aiohttp site on a socket bound beforehand, with a per-connection admission check."""
+    """An aiohttp site on a socket bound beforehand, with a per-connection admission check.
+
+    ``budget`` is the process's connection budget; ``per_address`` False exempts this
+    site's peers from the per-address cap (the front ends' external sites, whose only
+    peer is the edge, which caps its own clients); ``reserved`` lets the site use the
+    budget's reserve (the admin API).
+    """
 
     def __init__(
         self,
         runner: web.BaseRunner,
         sock: socket.socket,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | None,
         *,
+        limits: Limits | None = None,
+        budget: ConnectionBudget | None = None,
+        per_address: bool = True,
+        reserved: bool = False,
         admit: Callable[[str], bool] | None = None,
         on_refused: Callable[[str], None] | None = None,
         handler_class: type[RequestHandler] = RequestHandler,
@@ -155,12 +265,21 @@ class TLSSite(web.BaseSite):
         backlog: int = 128,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        if ssl_context is not None:
+            ssl_context.sslobject_class = AlertingSSLObject
         self.ssl_context = ssl_context
+        self.limits = limits or Limits()
+        self.budget = budget or ConnectionBudget(self.limits.connections_per_address, 1 << 20)
+        self._per_address = per_address
+        self._reserved = reserved
         self._sock = sock
         self._admit = admit
         self._on_refused = on_refused
         self._handler_class = handler_class
-        self._handler_options = dict(handler_options or {})
+        self._handler_options = {
+            "keepalive_timeout": self.limits.keepalive_timeout,
+            **(handler_options or {}),
+        }
         host, port = sock.getsockname()[:2]
         self.address: tuple[str, int] = (str(host), int(port))
         self.connections: set[GuardedConnection] = set()
@@ -169,12 +288,24 @@ class TLSSite(web.BaseSite):
         self._listening = False
         self._retry: asyncio.TimerHandle | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
+        # The sweep of overdue connections: when it runs next (inf: not planned).
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweep_at = float("inf")
+        # Connections refused for want of a budget slot, and cut for being too slow.
+        self.over_budget = 0
+        self.timed_out = 0
 
     @property
     def name(self) -> str:
         """The URL this site answers on."""
         host, port = self.address
-        return f"https://{host}:{port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{host}:{port}"
+
+    def now(self) -> float:
+        """The loop's time, which every deadline uses."""
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
 
     async def start(self) -> None:
         """Start accepting on the socket."""
@@ -182,12 +313,47 @@ class TLSSite(web.BaseSite):
         self._loop = asyncio.get_running_loop()
         self._listen()
 
+    def watch(self, deadline: float) -> None:
+        """Make sure a sweep runs by ``deadline`` (a connection's new deadline)."""
+        if deadline >= self._sweep_at or self._loop is None:
+            return
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        self._sweep_at = deadline
+        self._sweep_timer = self._loop.call_at(deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        """Cut every overdue connection; plan the next sweep for the earliest deadline left.
+
+        Sweeps are at least a granule apart, so that a busy site sweeps its connections a
+        few times per timeout rather than once per request; with no deadline running none
+        is planned (an idle lab, or a test on fake time, is not woken).
+        """
+        self._sweep_timer = None
+        self._sweep_at = float("inf")
+        now = self.now()
+        earliest = float("inf")
+        for conn in list(self.connections):
+            if conn.overdue(now):
+                self.timed_out += 1
+                log.debug("site %s: %s timed out waiting for %s", self.name, conn.peer, conn.phase)
+                conn.reset()
+            elif conn.deadline < earliest:
+                earliest = conn.deadline
+        if earliest < float("inf"):
+            limits = self.limits
+            granule = min(SWEEP_INTERVAL, limits.header_timeout / 4, limits.body_timeout / 4)
+            self.watch(max(earliest, now + granule))
+
     async def stop(self) -> None:
         """Stop accepting; connections still in their handshake are cut."""
         self._unlisten()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         self._loop = None
         self._sock.close()
         for task in list(self._handshakes):
@@ -229,21 +395,29 @@ class TLSSite(web.BaseSite):
                 reset_socket(sock)
                 self.refused(peer)
                 continue
+            if not self.budget.admit(peer, reserved=self._reserved, capped=self._per_address):
+                reset_socket(sock)
+                self.over_budget += 1
+                continue
             sock.setblocking(False)
-            task = loop.create_task(self._handshake(sock, peer))
+            conn = GuardedConnection(self, peer, int(address[1]), sock)
+            self.connections.add(conn)
+            task = loop.create_task(self._handshake(conn, sock))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, sock: socket.socket, peer: str) -> None:
-        conn = GuardedConnection(self, peer, sock)
-        self.connections.add(conn)
+    async def _handshake(self, conn: GuardedConnection, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: conn,
-                sock,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
+            if self.ssl_context is None:
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            else:
+                await loop.connect_accepted_socket(
+                    lambda: conn,
+                    sock,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=self.limits.handshake_timeout,
+                )
         except OSError:
             # A failed handshake (bad client, reset, timeout) ends the connection quietly;
             # the loop closed the socket with its transport.
@@ -276,6 +450,21 @@ class TLSSite(web.BaseSite):
             raise ConnectionResetError("the connection of this request is gone")
         return conn
 
+    @contextmanager
+    def serving(self, request: web.BaseRequest) -> Iterator[None]:
+        """Around a handler: the request's headers are in, its body deadline starts; when
+        the handler returns, the connection waits for its next request."""
+        transport = request.transport
+        conn = self._by_transport.get(transport) if transport is not None else None
+        if conn is None:
+            yield
+            return
+        conn.request_started(request.body_exists and not request.content.is_eof())
+        try:
+            yield
+        finally:
+            conn.request_done()
+
     def enforce(self) -> int:
         """Reset every open connection whose peer is no longer admitted; returns how many."""
         cut = [conn for conn in self.connections if not self.admits(conn.peer)]
@@ -296,9 +485,19 @@ class TLSSite(web.BaseSite):
             self._by_transport[conn.transport] = conn
 
     def _closed(self, conn: GuardedConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.budget.release(conn.peer)
         if conn.transport is not None:
             self._by_transport.pop(conn.transport, None)
+
+    def snapshot(self) -> dict[str, int]:
+        """Open connections and those refused or cut by the limits, for ``lab status``."""
+        return {
+            "open": len(self.connections),
+            "over_budget": self.over_budget,
+            "timed_out": self.timed_out,
+        }
 
 
 def _bind(host: str, port: int) -> socket.socket:

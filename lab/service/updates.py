@@ -84,7 +84,8 @@ class StoreDecider:
         if decision is None:
             decision = decide(kind, installed, test_device, snapshot.rules_for(server))
             self._decisions[key] = decision
-        remember(self._by_request, request, (request, server, decision), DECISION_CACHE_SIZE)
+        if request.memorable:
+            remember(self._by_request, request, (request, server, decision), DECISION_CACHE_SIZE)
         return decision
 
     def _current(self) -> Snapshot:

@@ -23,7 +23,7 @@ import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NoReturn
 
@@ -93,6 +93,15 @@ class DeviceUpdateRequest:
     serial: str
     modules: tuple[Module, ...]
     last_signed_in_user: str | None = None
+    # The size of the body it was parsed from; no part of what the phone said.
+    body_size: int = field(default=0, compare=False)
+
+    @property
+    def memorable(self) -> bool:
+        """Whether what is worked out for this request may be remembered: only requests
+        from bodies of a real phone's size are, so that every memo keyed by requests is
+        bounded in bytes (entries x PARSE_MEMO_BODY), whatever bodies are sent."""
+        return self.body_size <= PARSE_MEMO_BODY
 
     @cached_property
     def installed_version(self) -> str:
@@ -222,6 +231,7 @@ def _parse_update_request(body: bytes) -> DeviceUpdateRequest:
         serial=serial,
         modules=modules,
         last_signed_in_user=user or None,
+        body_size=len(body),
     )
 
 

@@ -78,9 +78,7 @@ class RunningLab:
         return self.state.parent / "lab-up.err"
 
 
-def write_config(
-    directory: Path, overrides: dict[str, dict[str, Any]] | None = None
-) -> Path:
+def write_config(directory: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Path:
     """A private copy of the default config on free ports, with ``overrides`` merged in."""
     data = tomllib.loads(default_text())
     data["ports"] = {"dns": 0, "internal": 0, "external": 0, "edge": 0, "admin": 0}
@@ -108,7 +106,6 @@ def start_lab(
 
     def limit_files() -> None:
         if nofile is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     err = (directory / "lab-up.err").open("w")
@@ -126,7 +123,7 @@ def start_lab(
         stdout=subprocess.PIPE,
         stderr=err,
         text=True,
-        preexec_fn=limit_files if nofile is not None else None,  # noqa: PLW1509
+        preexec_fn=limit_files if nofile is not None else None,
     )
     err.close()
     assert proc.stdout is not None

@@ -25,13 +25,13 @@ from service_helpers import (
     Phones,
 )
 
-from lab.config import LabConfig, default_config
+from lab.config import LabConfig, Lockout, default_config
 from lab.decision import Action, ServedFile
 from lab.events import EventBus
 from lab.firewall import FirewallPolicy
 from lab.models import phone_model
 from lab.pki import LabPKI
-from lab.service import LockoutPolicy, ServicePool, file_store_path
+from lab.service import ServicePool, file_store_path
 from lab.store import ImportedVersion, Selection, Store
 
 
@@ -115,7 +115,7 @@ async def pool(
         service_state,
         firewall=firewall,
         pki=pki,
-        lockout=LockoutPolicy(threshold=3, window=600),
+        lockout=Lockout(threshold=3, window=600, duration=600),
         retry_after=30,
         shutdown_timeout=1.0,
         # Sightings are written when the pool stops, never while a test compares the

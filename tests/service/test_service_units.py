@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import stat
+import socket
 import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -12,17 +12,16 @@ import pytest
 import spnego
 from service_helpers import check_body
 
-from lab.config import User, default_config
-from lab.errors import ServiceError
+from lab.config import Lockout, default_config
 from lab.service import files
 from lab.service.files import ImageFiles, if_range_holds, parse_range, read_cached
 from lab.service.ntlm import (
-    ENV_VAR,
     Authenticated,
     Challenge,
     Directory,
-    LockoutPolicy,
     Rejected,
+    TargetNames,
+    Throttled,
     parse_authorization,
     read_authenticate,
     token_type,
@@ -37,7 +36,9 @@ from lab.service.xmlio import (
     update_response,
 )
 
-USERS = default_config().users
+CONFIG = default_config()
+USERS = CONFIG.users
+NAMES = TargetNames.for_front_end(CONFIG, CONFIG.front_ends[0])
 
 
 class Clock:
@@ -48,11 +49,11 @@ class Clock:
         return self.now
 
 
-def sign_in(directory: Directory, user: str, password: str) -> object:
+def sign_in(directory: Directory, user: str, password: str, address: str = "") -> object:
     client = spnego.client(
         user, password, protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
     )
-    session = directory.session()
+    session = directory.session(NAMES, address)
     negotiate = client.step()
     assert negotiate is not None
     challenge = session.step(negotiate)
@@ -125,78 +126,142 @@ def test_diagnostics_values_stay_one_quoted_line() -> None:
 # -- NTLM --------------------------------------------------------------------------------
 
 
-def test_credential_file_is_private_shared_and_removed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    first = Directory(USERS)
-    second = Directory(USERS[:1])
-    with first:
-        path = first.credential_file
-        assert path is not None
-        assert os.environ[ENV_VAR] == str(path)
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-        text = path.read_text()
-        assert "fc525c9683e8fe067095ba2ddc971889".upper() in text
-        assert "Passw0rd" not in text
-        with second:
-            assert second.credential_file == path
-        assert path.exists()  # still needed by the first directory
-    assert not path.exists()
-    assert not path.parent.exists()
-    assert ENV_VAR not in os.environ
+def av_pairs(challenge: bytes) -> dict[int, str]:
+    length, _, offset = struct.unpack_from("<HHI", challenge, 40)
+    data = challenge[offset : offset + length]
+    pairs: dict[int, str] = {}
+    while data:
+        av_id, size = struct.unpack_from("<HH", data)
+        if av_id == 0:
+            break
+        if av_id != 7:  # the time stamp is no text
+            pairs[av_id] = data[4 : 4 + size].decode("utf-16-le")
+        data = data[4 + size :]
+    return pairs
 
 
-def test_two_directories_may_not_disagree_on_a_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    other = User("alice", "CONTOSO", "alice@contoso.test", "0" * 32)
-    with Directory(USERS), pytest.raises(ServiceError, match=r"CONTOSO\\alice.*another NT hash"):
-        Directory([other]).open()
+def test_the_challenge_describes_the_lab_not_the_host() -> None:
+    directory = Directory(USERS)
+    client = spnego.client(
+        "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+    )
+    negotiate = client.step()
+    assert negotiate is not None
+    challenge = directory.session(NAMES).step(negotiate)
+    assert isinstance(challenge, Challenge)
+    assert av_pairs(challenge.token) == {
+        1: "FE01",
+        2: "CONTOSO",
+        3: "fe01.contoso.test",
+        4: "contoso.test",
+        5: "contoso.test",
+    }
+    assert socket.gethostname().upper() not in challenge.token.decode("utf-16-le", "replace")
+
+
+def test_no_credential_file_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NTLM_USER_FILE", raising=False)
+    directory = Directory(USERS)
+    assert isinstance(sign_in(directory, "CONTOSO\\alice", "Passw0rd!"), Authenticated)
+    assert "NTLM_USER_FILE" not in os.environ
 
 
 @pytest.mark.parametrize(
-    "name", ["CONTOSO\\alice", "contoso\\ALICE", "alice", "alice@contoso.test"]
+    "name",
+    ["CONTOSO\\alice", "contoso\\ALICE", "alice", "alice@contoso.test", "ALICE@CONTOSO.TEST"],
 )
 def test_every_form_of_the_name_signs_in(name: str) -> None:
-    with Directory(USERS) as directory:
-        outcome = sign_in(directory, name, "Passw0rd!")
+    outcome = sign_in(Directory(USERS), name, "Passw0rd!")
     assert isinstance(outcome, Authenticated)
     assert outcome.user.name == "alice"
 
 
-def test_lockout_counts_failures_in_the_window_and_ends_with_it() -> None:
+def test_a_domain_in_the_user_field_counts_against_the_same_account() -> None:
     clock = Clock()
-    policy = LockoutPolicy(threshold=3, window=60)
-    with Directory(USERS, lockout=policy, clock=clock) as directory:
-        first = sign_in(directory, "CONTOSO\\bob", "wrong")
-        assert isinstance(first, Rejected)
-        assert not first.locked
-        clock.now += 61  # the first failure falls out of the window
-        for _ in range(2):
-            assert isinstance(sign_in(directory, "CONTOSO\\bob", "wrong"), Rejected)
-        assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
-        for _ in range(2):
-            sign_in(directory, "CONTOSO\\bob", "wrong")
-        third = sign_in(directory, "CONTOSO\\bob", "wrong")
-        assert isinstance(third, Rejected)
-        assert third.locked
-        locked = sign_in(directory, "CONTOSO\\bob", "Summer2026!")
+    policy = Lockout(threshold=3, window=60, duration=120)
+    directory = Directory(USERS, lockout=policy, clock=clock)
+    # The form that once escaped the count: the domain inside the user field, none beside it.
+    for form in ("CONTOSO\\alice", "alice@contoso.test", "alice"):
+        outcome = sign_in(directory, form, "wrong")
+        assert isinstance(outcome, Rejected)
+    assert directory.is_locked(directory.find("", "alice@contoso.test"))  # type: ignore[arg-type]
+    for form in ("CONTOSO\\alice", "alice@contoso.test", "contoso\\ALICE"):
+        locked = sign_in(directory, form, "Passw0rd!")
         assert isinstance(locked, Rejected)
         assert locked.locked
-        assert "locked out" in locked.reason
-        clock.now += 60
-        assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
-        for _ in range(3):
-            sign_in(directory, "CONTOSO\\bob", "wrong")
-        bob = directory.find("CONTOSO", "bob")
-        assert bob is not None
-        assert directory.is_locked(bob)
-        directory.unlock(bob)  # what an administrator does
-        assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
 
 
-def test_lockout_policy_is_checked() -> None:
-    with pytest.raises(ServiceError, match="at least 1"):
-        LockoutPolicy(threshold=0)
+def test_a_wrong_password_and_an_unknown_user_look_the_same() -> None:
+    directory = Directory(USERS)
+    answers = {
+        sign_in(directory, name, password)
+        for name, password in [
+            ("CONTOSO\\alice", "wrong"),
+            ("CONTOSO\\nobody", "Passw0rd!"),
+            ("CONTOSO\\nobody", "wrong"),
+            ("nobody@contoso.test", "Passw0rd!"),
+            ("OTHER\\alice", "Passw0rd!"),
+        ]
+    }
+    assert answers == {Rejected("the user name or password is incorrect")}
+
+
+def test_lockout_counts_failures_in_the_window_and_lasts_its_duration() -> None:
+    clock = Clock()
+    policy = Lockout(threshold=3, window=60, duration=300)
+    directory = Directory(USERS, lockout=policy, clock=clock)
+    first = sign_in(directory, "CONTOSO\\bob", "wrong")
+    assert isinstance(first, Rejected)
+    assert not first.locked
+    clock.now += 61  # the first failure falls out of the window
+    for _ in range(2):
+        assert isinstance(sign_in(directory, "CONTOSO\\bob", "wrong"), Rejected)
+    assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
+    for _ in range(2):
+        sign_in(directory, "CONTOSO\\bob", "wrong")
+    third = sign_in(directory, "CONTOSO\\bob", "wrong")
+    assert isinstance(third, Rejected)
+    assert third.locked
+    # Locked: the right password and a wrong one get the same answer.
+    assert sign_in(directory, "CONTOSO\\bob", "Summer2026!") == third
+    assert sign_in(directory, "CONTOSO\\bob", "wrong") == third
+    assert directory.snapshot()["locked_accounts"] == {"bob": 300}
+    clock.now += 299
+    assert sign_in(directory, "CONTOSO\\bob", "Summer2026!") == third
+    clock.now += 1
+    assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
+    for _ in range(3):
+        sign_in(directory, "CONTOSO\\bob", "wrong")
+    bob = directory.find("CONTOSO", "bob")
+    assert bob is not None
+    assert directory.is_locked(bob)
+    directory.unlock(bob)  # what an administrator does
+    assert isinstance(sign_in(directory, "CONTOSO\\bob", "Summer2026!"), Authenticated)
+
+
+def test_one_address_is_throttled_before_it_can_lock_every_account() -> None:
+    clock = Clock()
+    policy = Lockout(threshold=5, window=60, duration=60, address_threshold=4, address_duration=90)
+    seen: list[tuple[str, str, float]] = []
+    directory = Directory(
+        USERS, lockout=policy, clock=clock, on_lockout=lambda *args: seen.append(args)
+    )
+    for name in ("CONTOSO\\alice", "CONTOSO\\bob", "CONTOSO\\alice", "CONTOSO\\bob"):
+        assert isinstance(sign_in(directory, name, "wrong", address="127.20.6.6"), Rejected)
+    # Throttled: even the right password is not looked at, and nobody is locked.
+    refused = sign_in(directory, "CONTOSO\\alice", "Passw0rd!", address="127.20.6.6")
+    assert refused == Throttled("127.20.6.6", 90)
+    assert seen == [("address", "127.20.6.6", 90)]
+    assert directory.snapshot()["locked_accounts"] == {}
+    assert directory.snapshot()["throttled_addresses"] == {"127.20.6.6": 90}
+    # Another address signs alice in.
+    assert isinstance(
+        sign_in(directory, "CONTOSO\\alice", "Passw0rd!", "127.20.6.7"), Authenticated
+    )
+    clock.now += 90
+    assert isinstance(
+        sign_in(directory, "CONTOSO\\alice", "Passw0rd!", "127.20.6.6"), Authenticated
+    )
 
 
 def test_ntlmv1_answers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,18 +271,33 @@ def test_ntlmv1_answers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
     )
     monkeypatch.delenv("LM_COMPAT_LEVEL")
-    with Directory(USERS) as directory:
-        session = directory.session()
-        negotiate = client.step()
-        assert negotiate is not None
-        challenge = session.step(negotiate)
-        assert isinstance(challenge, Challenge)
-        answer = client.step(challenge.token)
-        assert answer is not None
-        assert not read_authenticate(answer).ntlmv2
-        outcome = session.step(answer)
+    session = Directory(USERS).session(NAMES)
+    negotiate = client.step()
+    assert negotiate is not None
+    challenge = session.step(negotiate)
+    assert isinstance(challenge, Challenge)
+    answer = client.step(challenge.token)
+    assert answer is not None
+    assert not read_authenticate(answer).ntlmv2
+    outcome = session.step(answer)
     assert isinstance(outcome, Rejected)
     assert "only NTLMv2" in outcome.reason
+
+
+def test_a_tampered_message_integrity_code_is_refused() -> None:
+    client = spnego.client(
+        "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+    )
+    session = Directory(USERS).session(NAMES)
+    negotiate = client.step()
+    assert negotiate is not None
+    challenge = session.step(negotiate)
+    assert isinstance(challenge, Challenge)
+    answer = client.step(challenge.token)
+    assert answer is not None
+    tampered = bytearray(answer)
+    tampered[72] ^= 0x01  # the MIC (the client announced one in its AV pairs)
+    assert isinstance(session.step(bytes(tampered)), Rejected)
 
 
 def test_tokens_and_headers() -> None:
@@ -231,10 +311,10 @@ def test_tokens_and_headers() -> None:
     forged += b"\x00" * (64 - len(forged))
     with pytest.raises(ValueError, match="past the message"):
         read_authenticate(forged)
-    with Directory(USERS) as directory:
-        session = directory.session()
-        assert isinstance(session.step(forged), Rejected)
-        assert isinstance(session.step(b"nonsense"), Rejected)
+    session = Directory(USERS).session(NAMES)
+    assert isinstance(session.step(forged), Rejected)
+    assert isinstance(session.step(b"nonsense"), Rejected)
+    assert isinstance(session.step(b"NTLMSSP\x00\x01\x00\x00\x00"), Rejected)  # too short
 
 
 # -- ranges and paths --------------------------------------------------------------------
