@@ -120,8 +120,6 @@ class Limits:
     audit_field_max: int = 1024
     # Largest total a cab may unpack to, read from its own headers before expanding.
     cab_unpacked_max: int = 2 * 1024**3
-    # Bytes the service may keep in memory for answers it can give again.
-    answer_cache_bytes: int = 16 * 1024**2
     # Seconds between two log lines about one kind of fault (counted in between).
     fault_log_interval: float = 60.0
 

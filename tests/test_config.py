@@ -84,6 +84,16 @@ def _write(tmp_path: Path, change: dict[str, object]) -> Path:
         ({"fleet[1].user": "mallory"}, "fleet[1].user", "no directory user"),
         ({"edge.colour": "blue"}, "edge.colour", "unknown key"),
         ({"pki.key_type": "dsa"}, "pki.key_type", "is not one of"),
+        ({"limits": {"header_timeout": 0}}, "limits.header_timeout", "must be more than 0"),
+        ({"limits": {"header_timeout": "20s"}}, "limits.header_timeout", "must be a number"),
+        (
+            {"limits": {"connections_per_address": 2.5}},
+            "limits.connections_per_address",
+            "must be a whole number",
+        ),
+        ({"limits": {"max_bytes": 1}}, "limits.max_bytes", "unknown key"),
+        ({"directory.lockout": {"threshold": -1}}, "directory.lockout.threshold", "more than 0"),
+        ({"directory.lockout": {"window": True}}, "directory.lockout.window", "must be a number"),
     ],
 )
 def test_broken_config_names_file_key_and_problem(
@@ -136,3 +146,23 @@ def test_cli_exits_2_with_one_line_for_a_broken_config(tmp_path: Path) -> None:
     assert lines == [
         f"lab: {path}: pool.front_ends[1].address: '127.10.0.300' is not an IPv4 address"
     ]
+
+
+def test_limits_and_lockout_take_their_defaults_and_overrides(tmp_path: Path) -> None:
+    default = default_config()
+    assert default.limits.connections_per_address == 256
+    assert (default.lockout.threshold, default.lockout.window) == (10, 900.0)
+    path = _write(
+        tmp_path,
+        {
+            "limits": {"header_timeout": 5, "admin_reserve": 16},
+            "directory.lockout": {"duration": 60},
+        },
+    )
+    config = load_config(path)
+    assert config.limits.header_timeout == 5.0
+    assert isinstance(config.limits.header_timeout, float)
+    assert config.limits.admin_reserve == 16
+    assert config.limits.body_timeout == default.limits.body_timeout
+    assert config.lockout.duration == 60.0
+    assert config.lockout.threshold == 10
