@@ -3,19 +3,22 @@
 Layout of the state directory::
 
     <state>/servers/<fe>/DeviceUpdateFiles/UCPhone/<Vendor>/<Model>/<Rev>/<Locale>/<Version>/CPE/
-    <state>/servers/<fe>/.staging/<change id>/new|old/...   files being placed, and backups
-    <state>/filestore.lock                                   one writer of file stores at a time
-    <state>/filestore.journal.json                           the change in progress, if any
+    <state>/servers/<fe>/.staging/<change id>/new/...   files written, waiting for the commit
+    <state>/filestore.lock                               one writer of file stores at a time
+    <state>/filestore.journal.json                       the change in progress, if any
 
-A FileChange is how an import writes: the journal (what will be written, which targets
-already existed, which folders will be made) is on disk before anything else; then the new
-files are staged beside the file store; then each is put in place with an atomic rename,
-keeping a hard link to the file it replaces. The change counts as made only when the
-caller records its id in the update store (in the same transaction as the rules). Until
-then ``recover`` undoes it: a killed import leaves a journal, and the next process that
-takes the lock restores the file stores exactly (files, backups, folders) and removes the
-journal; a change whose id is recorded is finished instead (staging and backups deleted).
-Everything here runs under the lock, so it never meets another writer halfway.
+A FileChange is how an import writes, and its files reach a file store only once the import
+is committed, so a running service (which serves ``DeviceUpdateFiles`` and nothing beside
+it) never sees a file of an import that may still be undone. The journal (which files go
+where) is on disk before anything else; then the new files are written to staging, beside
+the file store; then the caller records the change's id in the update store, in the same
+transaction as its rules: that commit is the moment the change counts as made. Only then is
+each staged file moved into place with an atomic rename (replacing the file it updates).
+
+``recover`` puts right what a killed process left, going the way the commit says: a change
+whose id is not recorded is dropped (only staging held its files), one whose id is recorded
+is finished (the staged files still waiting are moved into place). Everything here runs
+under the lock, so it never meets another writer halfway.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -140,11 +143,21 @@ class FileStoreLock:
         self.release()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class _Entry:
     server: str
     path: str
-    existed: bool
+
+
+# Staged files go to a change's staging folder under this name (and, in journals of
+# format 1, files they replaced were kept under "old").
+_NEW, _OLD = "new", "old"
+# Journals of format 1, without a "format" key, come from labs that placed files before
+# the commit; ``recover`` still undoes them.
+JOURNAL_FORMAT = 2
+
+# Writes every staged file: layout path -> the staging paths (one per file store) it goes to.
+Stager = Callable[[Mapping[PurePosixPath, Sequence[Path]]], None]
 
 
 class FileChange:
@@ -153,74 +166,85 @@ class FileChange:
     def __init__(self, state_dir: Path, change_id: str) -> None:
         self.state_dir = state_dir
         self.id = change_id
-        self._data: dict[tuple[str, str], bytes] = {}
+        self._entries: set[_Entry] = set()
 
-    def add(self, store: FileStore, relative: PurePosixPath, data: bytes) -> None:
-        """Plan to write ``data`` at ``relative`` in ``store``."""
+    def add(self, store: FileStore, relative: PurePosixPath) -> None:
+        """Plan to write the file at ``relative`` in ``store``."""
         store.path(relative)  # refuse a path outside the store now, not halfway
-        self._data[(store.server, str(relative))] = data
+        self._entries.add(_Entry(store.server, str(relative)))
 
     @property
     def empty(self) -> bool:
         """True when nothing is planned."""
-        return not self._data
+        return not self._entries
 
     @property
     def count(self) -> int:
         """How many files are planned."""
-        return len(self._data)
+        return len(self._entries)
 
-    def apply(self, checkpoint: Checkpoint = _no_checkpoint) -> None:
-        """Journal, stage and place every file; undone again if anything fails here."""
-        entries = [
-            _Entry(server, path, _target(self.state_dir, server, path).exists())
-            for server, path in sorted(self._data)
-        ]
-        created = _missing_folders(self.state_dir, entries)
-        _write_journal(self.state_dir, {"id": self.id, "entries": entries, "created": created})
+    def stage(self, write: Stager, checkpoint: Checkpoint = _no_checkpoint) -> None:
+        """Journal the change and have ``write`` put every planned file in staging; the
+        journal and staging are removed again if anything fails here."""
+        servers = {FileStore(self.state_dir, e.server).server_dir for e in self._entries}
+        made = {f for server in servers for f in (server.parent, server) if not f.exists()}
+        journal = {
+            "format": JOURNAL_FORMAT,
+            "id": self.id,
+            "entries": sorted(self._entries),
+            # Folders staging makes, which dropping the change removes again.
+            "made": sorted(str(f.relative_to(self.state_dir)) for f in made),
+        }
+        _write_journal(self.state_dir, journal)
         checkpoint("journal-written")
         try:
-            for entry in entries:
-                staged = _staging(self.state_dir, entry.server, self.id, "new", entry.path)
+            targets: dict[PurePosixPath, list[Path]] = {}
+            for entry in sorted(self._entries):
+                staged = _staging(self.state_dir, entry.server, self.id, _NEW, entry.path)
                 staged.parent.mkdir(parents=True, exist_ok=True)
-                _write_synced(staged, self._data[(entry.server, entry.path)])
+                targets.setdefault(PurePosixPath(entry.path), []).append(staged)
+            write(targets)
             checkpoint("staged")
-            for number, entry in enumerate(entries):
-                target = _target(self.state_dir, entry.server, entry.path)
-                if entry.existed:
-                    backup = _staging(self.state_dir, entry.server, self.id, "old", entry.path)
-                    backup.parent.mkdir(parents=True, exist_ok=True)
-                    _link_or_copy(target, backup)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                staged = _staging(self.state_dir, entry.server, self.id, "new", entry.path)
-                os.replace(staged, target)
-                if number == 0:
-                    checkpoint("file-placed")
-            checkpoint("all-placed")
         except BaseException:
-            _undo(self.state_dir, _read_journal(self.state_dir))
+            _drop(self.state_dir, _read_journal(self.state_dir))
             raise
 
-    def finish(self) -> None:
-        """The change is recorded: drop staging, backups and the journal."""
+    def publish(self, checkpoint: Checkpoint = _no_checkpoint) -> None:
+        """The change is recorded: move every staged file into its file store, then drop
+        staging and the journal. If this fails, ``recover`` finishes it."""
         journal = _read_journal(self.state_dir)
         if journal is not None and journal["id"] == self.id:
-            _finish(self.state_dir, journal)
+            _place(self.state_dir, journal, checkpoint)
 
 
 def recover(state_dir: Path, committed: Callable[[str], bool]) -> str | None:
-    """Finish or undo a change a killed process left; the caller holds the lock.
+    """Finish or drop a change a killed process left; the caller holds the lock.
 
     Returns what was done (for a message), or None when there was nothing to do.
     """
     journal = _read_journal(state_dir)
     if journal is None:
         return None
-    if committed(journal["id"]):
-        _finish(state_dir, journal)
-        return f"finished interrupted file-store change {journal['id']}"
-    _undo(state_dir, journal)
-    return f"undid interrupted file-store change {journal['id']}"
+    change = journal["id"]
+    current = journal.get("format") == JOURNAL_FORMAT
+    try:
+        if committed(change):
+            if current:
+                _place(state_dir, journal, _no_checkpoint)
+            else:
+                _drop(state_dir, journal)  # format 1 placed its files before the commit
+            return f"finished interrupted file-store change {change}"
+        if current:
+            _drop(state_dir, journal)
+        else:
+            _undo_format_1(state_dir, journal)
+    except OSError as exc:
+        # The journal stays: nothing is lost, and the next attempt starts from it again.
+        raise StoreError(
+            f"cannot put right the interrupted file-store change {change} ({exc}); "
+            f"the file stores need a look (its journal is {state_dir / JOURNAL_FILE})"
+        ) from exc
+    return f"undid interrupted file-store change {change}"
 
 
 def journal_pending(state_dir: Path) -> bool:
@@ -240,49 +264,60 @@ def _staging(state_dir: Path, server: str, change_id: str, kind: str, path: str)
     return base.joinpath(*PurePosixPath(path).parts)
 
 
-def _missing_folders(state_dir: Path, entries: list[_Entry]) -> list[str]:
-    """Folders (relative to the state dir) a change will make, deepest last."""
-    missing: set[Path] = set()
-    for entry in entries:
-        store = FileStore(state_dir, entry.server)
-        for folder in (_target(state_dir, entry.server, entry.path).parent, store.server_dir):
-            while folder != state_dir and not folder.exists():
-                missing.add(folder)
-                folder = folder.parent
-    return sorted(str(p.relative_to(state_dir)) for p in missing)
+def _entries(journal: dict[str, Any]) -> list[_Entry]:
+    return [_Entry(e["server"], e["path"]) for e in journal["entries"]]
 
 
-def _undo(state_dir: Path, journal: dict[str, Any] | None) -> None:
+def _place(state_dir: Path, journal: dict[str, Any], checkpoint: Checkpoint) -> None:
+    """Move each staged file of a recorded change into place, then drop staging and journal.
+
+    A file no longer in staging was placed before (by a process that was then killed).
+    """
+    entries = _entries(journal)
+    for number, entry in enumerate(entries):
+        staged = _staging(state_dir, entry.server, journal["id"], _NEW, entry.path)
+        if staged.exists():
+            target = _target(state_dir, entry.server, entry.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+        if number == 0:
+            checkpoint("file-placed")
+    checkpoint("all-placed")
+    _drop(state_dir, journal)
+
+
+def _drop(state_dir: Path, journal: dict[str, Any] | None) -> None:
+    """Remove a change's staging, the folders it made if they are empty, and its journal
+    (the file stores are not touched)."""
     if journal is None:
         return
-    entries = [_Entry(**e) for e in journal["entries"]]
-    for entry in reversed(entries):
-        target = _target(state_dir, entry.server, entry.path)
-        if entry.existed:
-            backup = _staging(state_dir, entry.server, journal["id"], "old", entry.path)
-            # No backup means the target was never replaced: it is still the original.
-            if backup.exists():
-                os.replace(backup, target)
-        else:
-            target.unlink(missing_ok=True)
-    _drop_staging(state_dir, entries, journal["id"])
-    for folder in sorted(journal["created"], key=lambda p: p.count("/"), reverse=True):
+    for server in sorted({e.server for e in _entries(journal)}):
+        staging = state_dir / SERVERS_DIR / server / STAGING_DIR
+        shutil.rmtree(staging / journal["id"], ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    for folder in sorted(journal.get("made", ()), key=lambda p: p.count("/"), reverse=True):
         with contextlib.suppress(OSError):
             (state_dir / folder).rmdir()
     _remove_journal(state_dir)
 
 
-def _finish(state_dir: Path, journal: dict[str, Any]) -> None:
-    _drop_staging(state_dir, [_Entry(**e) for e in journal["entries"]], journal["id"])
-    _remove_journal(state_dir)
-
-
-def _drop_staging(state_dir: Path, entries: list[_Entry], change_id: str) -> None:
-    for server in sorted({e.server for e in entries}):
-        staging = state_dir / SERVERS_DIR / server / STAGING_DIR
-        shutil.rmtree(staging / change_id, ignore_errors=True)
+def _undo_format_1(state_dir: Path, journal: dict[str, Any]) -> None:
+    """Undo a format-1 change: its files were placed before the commit, the files they
+    replaced kept in staging, and the folders it made listed."""
+    for entry in reversed(journal["entries"]):
+        target = _target(state_dir, entry["server"], entry["path"])
+        if entry["existed"]:
+            backup = _staging(state_dir, entry["server"], journal["id"], _OLD, entry["path"])
+            # No backup means the target was never replaced: it is still the original.
+            if backup.exists():
+                os.replace(backup, target)
+        else:
+            target.unlink(missing_ok=True)
+    for folder in sorted(journal["created"], key=lambda p: p.count("/"), reverse=True):
         with contextlib.suppress(OSError):
-            staging.rmdir()
+            (state_dir / folder).rmdir()
+    _drop(state_dir, journal)
 
 
 def _write_journal(state_dir: Path, journal: dict[str, Any]) -> None:
@@ -323,14 +358,6 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        # A file system without hard links: a copy keeps the original just as well.
-        shutil.copy2(source, target)
 
 
 def _prune_empty(folder: Path, stop: Path) -> None:

@@ -1,13 +1,16 @@
 """Importing a vendor cab into front ends' file stores and rules, and removing rules with
 their files: the two operations that change the update store and file stores together.
 
-An import is all or nothing. The cab is checked completely in memory first (lab.cab), so
-a bad cab is refused before anything is touched. Then, holding the file-store lock, the
-files that are new or different are written through a FileChange (journal, staging,
-atomic renames; lab.filestore) and the rules and version records are committed in one
-store transaction that also records the change's id. A failure or a killed process before
-that commit leaves a journal that the next process undoes; after it, the change is only
-tidied up. An import that would change nothing writes nothing, not even a record.
+An import is all or nothing. The cab is checked completely first (lab.cab: streamed block
+by block, its sizes within ``[limits] cab_unpacked_max``, writing nothing), so a bad cab is
+refused before anything is touched. Then, holding the file-store lock, the files that are
+new or different are unpacked from the cab again into staging through a FileChange
+(lab.filestore), and the rules and version records are committed in one store transaction
+that also records the change's id; only then are the staged files moved into the file
+stores, so a running service never serves a file of an import that is not committed. A
+failure or a killed process before that commit leaves a journal that the next process
+drops; after it, the next process finishes placing the files. An import that would change
+nothing writes nothing, not even a record.
 
 Test hook: when the environment variable ``LAB_TEST_KILL_AT`` names a step (one of
 ``STEPS``), the importing process kills itself with SIGKILL on reaching it. Tests use it
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from lab import filestore
-from lab.cab import CabContents, DeviceUpdate, Progress, read_cab
+from lab.cab import DEFAULT_UNPACKED_MAX, CabContents, DeviceUpdate, Progress, check_cab
 from lab.catalog import Verifier
 from lab.config import FrontEnd
 from lab.decision import ServedFile
@@ -35,7 +38,7 @@ from lab.models import KindKey
 from lab.store import ImportedVersion, RuleChange, Selection, Store
 
 KILL_ENV = "LAB_TEST_KILL_AT"
-STEPS = ("locked", "journal-written", "staged", "file-placed", "all-placed", "committed")
+STEPS = ("locked", "journal-written", "staged", "committed", "file-placed", "all-placed")
 MAX_CAB_SIZE = 2 * 1024 * 1024 * 1024
 
 
@@ -60,16 +63,18 @@ def read_cab_file(
     trusted: Callable[[str], bytes],
     verify: Verifier,
     progress: Progress | None = None,
+    *,
+    limit: int = DEFAULT_UNPACKED_MAX,
 ) -> CabContents:
-    """Read and check the cab at ``path`` (see lab.cab.read_cab); CabError if it is bad."""
+    """Check the cab at ``path`` (see lab.cab.check_cab), unpacking at most ``limit`` bytes;
+    CabError if it is bad. An import reads it again from ``path``."""
     try:
         size = path.stat().st_size
-        if size > MAX_CAB_SIZE:
-            raise CabError(f"{path}: {size} bytes is larger than a cab may be ({MAX_CAB_SIZE})")
-        data = path.read_bytes()
     except OSError as exc:
         raise CabError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-    return read_cab(data, path.name, trusted, verify, progress)
+    if size > MAX_CAB_SIZE:
+        raise CabError(f"{path}: {size} bytes is larger than a cab may be ({MAX_CAB_SIZE})")
+    return check_cab(lambda: path.open("rb"), path.name, trusted, verify, progress, limit=limit)
 
 
 def served_files(update: DeviceUpdate) -> tuple[ServedFile, ...]:
@@ -114,16 +119,16 @@ def import_cab(
                 )
                 for file in update.files:
                     if not files.holds(file.path, file.size, file.sha256):
-                        change.add(files, file.path, file.data)
+                        change.add(files, file.path)
         names = tuple(fe.name for fe in servers)
         planned, records = store.preview_import(items)
         if change.empty and records == 0 and all(c.action == "unchanged" for c in planned):
             report("nothing to change", 4)
             return ImportResult(cab.name, names, tuple(planned), 0, recovered)
-        report(f"writing {change.count} files", 1)
+        report(f"unpacking {change.count} files", 1)
         if not change.empty:
             try:
-                change.apply(step)
+                change.stage(cab.extract, step)
             except OSError as exc:
                 raise StoreError(
                     f"cannot write the file stores ({exc}); nothing was imported"
@@ -132,14 +137,20 @@ def import_cab(
         try:
             changes = store.record_import(change.id, cab.name, cab.sha256, items)
         except BaseException:
-            # Undo, unless the commit did happen after all; if the store cannot even say,
-            # the journal stays and the next process to open the store decides.
+            # Drop the staged files, unless the commit did happen after all (then place
+            # them); if the store cannot even say, the journal stays for the next process.
             with contextlib.suppress(Exception):
                 filestore.recover(state_dir, store.import_recorded)
             raise
         step("committed")
-        report("tidying up", 3)
-        change.finish()
+        report("placing files", 3)
+        try:
+            change.publish(step)
+        except OSError as exc:
+            raise StoreError(
+                f"{cab.name} is imported, but not all its files are in place yet ({exc}); "
+                "the next `lab update` command puts them there"
+            ) from exc
         report("imported", 4)
         return ImportResult(cab.name, names, tuple(changes), change.count, recovered)
 

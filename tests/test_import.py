@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from cabarchive import CabArchive
+from security.cabs import CabLayout, Folder, chunked, members_in_order, write_cab
 
-from lab.cab import build_cab, pack_cab
+from lab.cab import CabContents, build_cab, pack_cab
 from lab.catalog import Signer
 from lab.config import default_config
 from lab.decision import Action
@@ -108,14 +110,16 @@ def make_cab(pki: LabPKI, tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+def check(pki: LabPKI, cab: Path) -> CabContents:
+    """What `lab cab check` does: check the whole cab, writing nothing."""
+    return read_cab_file(cab, lambda v: pki.vendor(v).certificate_pem(), verify_vendor_signature)
+
+
 def run_import(
     pki: LabPKI, state: Path, cab: Path, servers: tuple[str, ...] = ("fe01",)
 ) -> ImportResult:
     """What `lab update import` does: check the whole cab, then import it."""
-    contents = read_cab_file(
-        cab, lambda v: pki.vendor(v).certificate_pem(), verify_vendor_signature
-    )
-    return import_cab(state, contents, [CONFIG.front_end(s) for s in servers])
+    return import_cab(state, check(pki, cab), [CONFIG.front_end(s) for s in servers])
 
 
 def state_bytes(state: Path) -> dict[str, bytes | None]:
@@ -278,8 +282,32 @@ def _killed_import(pki: LabPKI, state: Path, cab: Path, step: str) -> None:
     assert process.returncode == -signal.SIGKILL, process.stderr
 
 
-@pytest.mark.parametrize("step", ["journal-written", "staged", "file-placed", "all-placed"])
-def test_an_import_killed_midway_leaves_everything_as_it_was(
+BEFORE_COMMIT = STEPS[1 : STEPS.index("committed")]
+AFTER_COMMIT = STEPS[STEPS.index("committed") :]
+
+
+def served_files(state: Path, server: str = "fe01") -> dict[str, bytes]:
+    """Every file a front end's service would serve: its file store, nothing beside it."""
+    root = FileStore(state, server).root
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def cab_files(cab: Path) -> dict[str, bytes]:
+    """The catalogs and images of a cab, by the file-store path they go to."""
+    return {
+        name.replace("\\", "/"): f.buf or b""
+        for name, f in CabArchive(cab.read_bytes()).items()
+        if not name.endswith("CPE.xml")
+    }
+
+
+def test_the_kill_steps_are_the_documented_ones_around_the_commit() -> None:
+    assert BEFORE_COMMIT == ("journal-written", "staged")
+    assert AFTER_COMMIT == ("committed", "file-placed", "all-placed")
+
+
+@pytest.mark.parametrize("step", BEFORE_COMMIT)
+def test_an_import_killed_before_its_commit_leaves_everything_as_it_was(
     pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path, step: str
 ) -> None:
     state = tmp_path / "state"
@@ -287,36 +315,83 @@ def test_an_import_killed_midway_leaves_everything_as_it_was(
     with Store.open(state) as store:
         store.change(Action.APPROVE, Selection(all_=True))
     before = state_bytes(state)
+    served = served_files(state)
     # Replaces V1's files (other image size), adds V2 and a new device kind.
     cab = make_cab(("CX600", V1), ("CX600", V2), ("HP4120", V2), size=8192)
     _killed_import(pki, state, cab, step)
     assert (state / JOURNAL_FILE).exists()
-    Store.open(state).close()  # the next process to open the store puts things back
+    assert served_files(state) == served  # not one file of it is where the service looks
+    Store.open(state).close()  # the next process to open the store drops what it staged
     assert state_bytes(state) == before
     result = run_import(pki, state, cab)
     assert result.files_written == 6
     assert rules(state) == [("fe01", "HP4120", (V2, None, None)), ("fe01", "CX600", (V2, V1, None))]
 
 
-def test_an_import_killed_after_its_commit_is_finished(
+def test_an_import_killed_before_its_commit_into_a_new_state_leaves_nothing(
     pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    cab = make_cab(("CX600", V1))
-    _killed_import(pki, state, cab, "committed")
     Store.open(state).close()
-    assert rules(state) == [("fe01", "CX600", (V1, None, None))]
+    before = state_bytes(state)
+    cab = make_cab(("CX600", V1))
+    process = subprocess.run(
+        [sys.executable, "-c", IMPORT_SCRIPT, str(pki.directory), str(state), "fe02", str(cab)],
+        input="go\n",
+        env={**os.environ, KILL_ENV: "staged"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    assert (state / "servers" / "fe02" / ".staging").is_dir()
+    Store.open(state).close()
+    after = state_bytes(state)
+    assert after.pop("filestore.lock") == b""  # the lock file stays, as after any import
+    assert after == before
+    assert not (state / "servers").exists()
+
+
+@pytest.mark.parametrize("step", AFTER_COMMIT)
+def test_an_import_killed_after_its_commit_is_finished(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path, step: str
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    with Store.open(state) as store:
+        store.change(Action.APPROVE, Selection(all_=True))
+    cab = make_cab(("CX600", V1), ("CX600", V2), ("HP4120", V2), size=8192)
+    _killed_import(pki, state, cab, step)
+    assert (state / JOURNAL_FILE).exists()
+    Store.open(state).close()  # the next process to open the store puts the files in place
+    assert rules(state) == [("fe01", "HP4120", (V2, None, None)), ("fe01", "CX600", (V2, V1, None))]
     assert not (state / JOURNAL_FILE).exists()
     assert sorted(p.name for p in (state / "servers" / "fe01").iterdir()) == ["DeviceUpdateFiles"]
+    assert served_files(state) == cab_files(cab)
     assert not run_import(pki, state, cab).changed
 
 
-def test_every_kill_step_is_known_to_the_importer() -> None:
-    tested = {"journal-written", "staged", "file-placed", "all-placed", "committed"}
-    assert tested <= set(STEPS)
+def test_no_file_of_an_import_reaches_a_file_store_before_its_commit(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)), ("fe01", "fe02"))
+    before = {server: served_files(state, server) for server in ("fe01", "fe02")}
+    seen: dict[str, dict[str, dict[str, bytes]]] = {}
+
+    def look(step: str) -> None:
+        seen[step] = {server: served_files(state, server) for server in ("fe01", "fe02")}
+
+    cab = make_cab(("CX600", V1), ("CX600", V2), size=8192)
+    contents = check(pki, cab)
+    import_cab(state, contents, [FE01, FE02], checkpoint=look)
+    assert list(seen) == list(STEPS)
+    for step in ("locked", *BEFORE_COMMIT, "committed"):
+        assert seen[step] == before, step
+    assert seen["all-placed"] == {"fe01": cab_files(cab), "fe02": cab_files(cab)}
 
 
-def test_a_failure_during_an_import_undoes_it_in_the_same_process(
+def test_a_failure_before_the_commit_undoes_the_import_in_the_same_process(
     pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
@@ -329,11 +404,121 @@ def test_a_failure_during_an_import_undoes_it_in_the_same_process(
     )
 
     def fail(step: str) -> None:
-        if step == "file-placed":
+        if step == "staged":
             raise OSError(28, "No space left on device")
 
     with pytest.raises(StoreError, match=r"No space left.*nothing was imported"):
         import_cab(state, contents, [FE01], checkpoint=fail)
+    assert state_bytes(state) == before
+
+
+def test_a_failure_after_the_commit_is_finished_by_the_next_process(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    cab = make_cab(("CX600", V1), ("CX600", V2), size=8192)
+    contents = check(pki, cab)
+
+    def fail(step: str) -> None:
+        if step == "file-placed":
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(StoreError, match=r"imported, but not all its files are in place yet"):
+        import_cab(state, contents, [FE01], checkpoint=fail)
+    assert (state / JOURNAL_FILE).exists()
+    Store.open(state).close()
+    assert not (state / JOURNAL_FILE).exists()
+    assert served_files(state) == cab_files(cab)
+    assert rules(state) == [("fe01", "CX600", (V2, None, None))]
+
+
+def _stored_cab(path: Path, files: dict[str, bytes]) -> None:
+    """``files`` as one stored folder: its headers depend only on the names and sizes."""
+    named = sorted((name, len(data)) for name, data in files.items())
+    data = b"".join(files[name] for name, _ in named)
+    blocks = [(chunk, len(chunk)) for chunk in chunked([data])]
+    with path.open("wb") as out:
+        write_cab(out, CabLayout(members_in_order(named), [Folder(blocks, compression=0)]))
+
+
+def test_a_change_that_cannot_be_finished_says_so_and_keeps_its_journal(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    cab = make_cab(("CX600", V1))
+
+    def fail(step: str) -> None:
+        if step == "file-placed":
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(StoreError, match=r"not all its files are in place yet"):
+        import_cab(state, check(pki, cab), [FE01], checkpoint=fail)
+    image = FileStore(state, "fe01").path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt")
+    image.mkdir()  # something in the way of the image still waiting in staging
+    with pytest.raises(StoreError, match=r"cannot put right the interrupted file-store change"):
+        Store.open(state).close()
+    assert (state / JOURNAL_FILE).exists()
+    image.rmdir()
+    Store.open(state).close()
+    assert served_files(state) == cab_files(cab)
+    assert not (state / JOURNAL_FILE).exists()
+
+
+def test_a_cab_that_changes_between_check_and_import_is_refused(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    before = state_bytes(state)
+    cab = tmp_path / "UCUpdates.cab"
+    files = {n: f.buf or b"" for n, f in CabArchive(make_cab(("CX600", V2)).read_bytes()).items()}
+    _stored_cab(cab, files)
+    contents = check(pki, cab)
+    # The same headers, another image: only its bytes tell.
+    image = next(n for n in files if n.endswith("CPE.nbt"))
+    _stored_cab(cab, {**files, image: bytes(len(files[image]))})
+    with pytest.raises(CabError, match=r"CPE\.nbt' changed since the cab was checked"):
+        import_cab(state, contents, [FE01])
+    assert state_bytes(state) == before
+    # Another cab in its place: its headers tell.
+    cab.write_bytes(make_cab(("HP4110", V2)).read_bytes())
+    with pytest.raises(CabError, match=r"UCUpdates\.cab: the cab changed since it was checked"):
+        import_cab(state, contents, [FE01])
+    assert state_bytes(state) == before
+
+
+def test_a_journal_of_an_earlier_lab_is_still_undone(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    before = state_bytes(state)
+    # What a killed import of the earlier design left: a replaced file (its original kept in
+    # staging), a new file in a new folder, and a journal without a format.
+    files = FileStore(state, "fe01")
+    replaced = f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt"
+    added = f"UCPhone/Polycom/CX600/A/ENU/{V2}/CPE/CPE.nbt"
+    backup = state / "servers/fe01/.staging/old1/old" / replaced
+    backup.parent.mkdir(parents=True)
+    os.link(files.path(replaced), backup)
+    files.path(replaced).unlink()
+    files.path(replaced).write_bytes(b"new image")
+    files.path(added).parent.mkdir(parents=True)
+    files.path(added).write_bytes(b"added image")
+    journal = {
+        "id": "old1",
+        "entries": [
+            {"server": "fe01", "path": replaced, "existed": True},
+            {"server": "fe01", "path": added, "existed": False},
+        ],
+        "created": [
+            f"servers/fe01/DeviceUpdateFiles/UCPhone/Polycom/CX600/A/ENU/{V2}",
+            f"servers/fe01/DeviceUpdateFiles/UCPhone/Polycom/CX600/A/ENU/{V2}/CPE",
+        ],
+    }
+    (state / JOURNAL_FILE).write_text(json.dumps(journal))
+    Store.open(state).close()
     assert state_bytes(state) == before
 
 

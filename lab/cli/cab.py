@@ -202,7 +202,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = common.config_from(args)
     with tty_progress("checking") as progress:
         contents = read_cab_file(
-            args.file, vendor_certificates(config), verify_vendor_signature, progress
+            args.file,
+            vendor_certificates(config),
+            verify_vendor_signature,
+            progress,
+            limit=config.limits.cab_unpacked_max,
         )
     if args.json:
         common.print_json(contents_dict(contents))

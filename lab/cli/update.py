@@ -135,7 +135,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     state = common.state_dir(args)
     with tty_progress("checking cab") as progress:
         cab = read_cab_file(
-            args.file, vendor_certificates(config), verify_vendor_signature, progress
+            args.file,
+            vendor_certificates(config),
+            verify_vendor_signature,
+            progress,
+            limit=config.limits.cab_unpacked_max,
         )
     with tty_progress("importing") as progress:
         result = import_cab(state, cab, servers, progress=progress)
