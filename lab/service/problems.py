@@ -127,7 +127,6 @@ class DiagnosedRequestHandler(RequestHandler):
         response.headers[DIAGNOSTICS_HEADER] = diagnostics_value(diagnostic.code, reason)
         return response
 
-
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """aiohttp's report of a request that failed: a peer gone is no fault of ours, and
         anything else is counted with a sample (lab.guard.FaultLog), not one traceback

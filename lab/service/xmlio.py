@@ -205,12 +205,12 @@ def _parse_update_request(body: bytes) -> DeviceUpdateRequest:
             "wrong-document", f"the root element is <{tag}>, not <DeviceUpdateRequest>"
         )
     values: dict[str, str] = {}
-    for field in REQUIRED_FIELDS:
-        element = root.find(field)
+    for name in REQUIRED_FIELDS:
+        element = root.find(name)
         text = (element.text or "").strip() if element is not None else ""
         if not text:
-            raise XMLRequestError("missing-field", f"<{field}> is missing or empty")
-        values[field] = text
+            raise XMLRequestError("missing-field", f"<{name}> is missing or empty")
+        values[name] = text
     modules = tuple(_modules(root))
     user_element = root.find("LastSignedInUser")
     user = (user_element.text or "").strip() if user_element is not None else ""
