@@ -158,7 +158,7 @@ class FaultLog:
             self.logger.warning("%s: %s", kind, entry.sample, exc_info=exc if first else None)
         else:
             self.logger.warning(
-                "%s: %d times in the last %.0f s, latest: %s",
+                "%s: %d times in the last %.3g s, latest: %s",
                 kind,
                 entry.since_report,
                 min(now - entry.last_report, self.interval),

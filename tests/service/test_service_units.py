@@ -19,6 +19,7 @@ from lab.service.ntlm import (
     Authenticated,
     Challenge,
     Directory,
+    NtlmSession,
     Rejected,
     TargetNames,
     Throttled,
@@ -49,18 +50,23 @@ class Clock:
         return self.now
 
 
-def sign_in(directory: Directory, user: str, password: str, address: str = "") -> object:
+def client_answer(session: NtlmSession, user: str, password: str) -> bytes:
+    """pyspnego's AUTHENTICATE for ``session``'s CHALLENGE (the session has not seen it)."""
     client = spnego.client(
         user, password, protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
     )
-    session = directory.session(NAMES, address)
     negotiate = client.step()
     assert negotiate is not None
     challenge = session.step(negotiate)
     assert isinstance(challenge, Challenge)
     answer = client.step(challenge.token)
     assert answer is not None
-    return session.step(answer)
+    return answer
+
+
+def sign_in(directory: Directory, user: str, password: str, address: str = "") -> object:
+    session = directory.session(NAMES, address)
+    return session.step(client_answer(session, user, password))
 
 
 # -- request and response XML ------------------------------------------------------------
@@ -267,17 +273,8 @@ def test_one_address_is_throttled_before_it_can_lock_every_account() -> None:
 def test_ntlmv1_answers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # An initiator at compatibility level 0 sends NTLMv1 (and LM) answers.
     monkeypatch.setenv("LM_COMPAT_LEVEL", "0")
-    client = spnego.client(
-        "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
-    )
-    monkeypatch.delenv("LM_COMPAT_LEVEL")
     session = Directory(USERS).session(NAMES)
-    negotiate = client.step()
-    assert negotiate is not None
-    challenge = session.step(negotiate)
-    assert isinstance(challenge, Challenge)
-    answer = client.step(challenge.token)
-    assert answer is not None
+    answer = client_answer(session, "CONTOSO\\alice", "Passw0rd!")
     assert not read_authenticate(answer).ntlmv2
     outcome = session.step(answer)
     assert isinstance(outcome, Rejected)
@@ -285,17 +282,8 @@ def test_ntlmv1_answers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_tampered_message_integrity_code_is_refused() -> None:
-    client = spnego.client(
-        "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
-    )
     session = Directory(USERS).session(NAMES)
-    negotiate = client.step()
-    assert negotiate is not None
-    challenge = session.step(negotiate)
-    assert isinstance(challenge, Challenge)
-    answer = client.step(challenge.token)
-    assert answer is not None
-    tampered = bytearray(answer)
+    tampered = bytearray(client_answer(session, "CONTOSO\\alice", "Passw0rd!"))
     tampered[72] ^= 0x01  # the MIC (the client announced one in its AV pairs)
     assert isinstance(session.step(bytes(tampered)), Rejected)
 
