@@ -19,9 +19,9 @@ Rules of this module:
   marker ``...[+N]``, N being how many encoded characters were left out. The cap applies
   after encoding and never splits a ``%XX``, so one request cannot write more than about
   ``field_max`` characters per column however long its installed-modules list is.
-- A remembered line (a phone repeating its check) is remembered as written, encoded and
-  capped; a time is only put before it when the time itself needs neither quoting nor
-  encoding, so every path writes the same line ``csv_line`` makes.
+- A record is built by keyword (``AuditRecord`` takes no positional arguments), so a
+  column added or moved is one change here, checked by mypy; the CSV column order is the
+  field order. Its time is the service clock's (``audit_time``), never a clock of its own.
 - ``clean_up`` deletes this server's files whose day ended more than LogCleanUpInterval
   ago (lab.service.logs runs it with the device logs' clean-up), never the day's file.
 """
@@ -32,23 +32,18 @@ import csv
 import io
 import os
 import re
-import time
-from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
 from urllib.parse import unquote
 
 from lab.config import Limits
 from lab.events import EventBus
 
 
-class AuditRecord(NamedTuple):
-    """One request as the audit log records it (field order is the CSV column order).
-
-    A named tuple: one is made for every request, and a tuple is built several times faster
-    than a frozen dataclass.
-    """
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """One request as the audit log records it (field order is the CSV column order)."""
 
     time: str
     server: str
@@ -72,11 +67,17 @@ class AuditRecord(NamedTuple):
     # the phone's body claims.
     authenticated_user: str = ""
 
+    def values(self) -> tuple[str | int, ...]:
+        """The fields in column order."""
+        return tuple(getattr(self, name) for name in COLUMNS)
 
-COLUMNS = AuditRecord._fields
+    def as_dict(self) -> dict[str, str | int]:
+        """The fields by column name (what the ``audit`` event carries)."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+COLUMNS = tuple(f.name for f in fields(AuditRecord))
 _SEPARATORS = len(COLUMNS) - 1
-TAIL_MEMO = 4096
-"""How many line endings (everything after the time) an audit log remembers."""
 FIELD_MAX = Limits().audit_field_max
 """The default cap on one field, in characters (``[limits] audit_field_max``)."""
 FIELD_MAX_FLOOR = 64
@@ -88,12 +89,6 @@ _ENCODED = re.compile("[%\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _PARTIAL_ESCAPE = re.compile(r"%[0-9A-F]?\Z")
 # Bytes a line may hold as they are: printable ASCII but the escape character.
 _PLAIN_BYTES = bytes(byte for byte in range(0x20, 0x7F) if byte != ord("%"))
-# Bytes a time put before a remembered line may hold: those, but what CSV would quote.
-_PLAIN_TIME_BYTES = _PLAIN_BYTES.translate(None, b',"')
-
-AuditRepeat = Callable[[], None]
-"""Writes a record again at the current time (``now_iso``), as the log would write that
-record: what AuditLog.write hands back for a record whose line it remembers."""
 
 
 def audit_file_name(server: str, day: datetime) -> str:
@@ -101,24 +96,9 @@ def audit_file_name(server: str, day: datetime) -> str:
     return f"RequestHandlerAuditLog_{server}_{day:%Y%m%d}.log"
 
 
-def now_iso() -> str:
-    """The current UTC time as the audit log writes it (``2026-11-22T10:00:00.123Z``)."""
-    # Every request asks: the text is made once per millisecond, the date and time of day
-    # once per second.
-    global _milli, _milli_text, _second, _second_text
-    milli = int(time.time() * 1000)
-    if milli != _milli:
-        second = milli // 1000
-        if second != _second:
-            _second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            _second = second
-        _milli_text = f"{_second_text}.{milli - second * 1000:03d}Z"
-        _milli = milli
-    return _milli_text
-
-
-_milli = _second = -1
-_milli_text = _second_text = ""
+def audit_time(moment: datetime) -> str:
+    """``moment`` as the audit log writes a time: UTC to the millisecond, ``...123Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditLog:
@@ -138,7 +118,6 @@ class AuditLog:
         self.field_max = max(field_max, FIELD_MAX_FLOOR)
         self._day: str | None = None
         self._fd: int | None = None
-        self._repeats: dict[tuple[str | int, ...], _Repeat] = {}
         self._name = re.compile(
             rf"RequestHandlerAuditLog_{re.escape(server)}_(?P<day>[0-9]{{8}})\.log"
         )
@@ -147,47 +126,16 @@ class AuditLog:
         """The file that holds ``day``'s records."""
         return self.directory / audit_file_name(self.server, day)
 
-    def write(self, record: AuditRecord) -> AuditRepeat | None:
-        """Append ``record`` (the file is opened, or rolled over, as needed) and publish it.
-
-        Returns what writes the same record again, at the time it is called, in fewer steps
-        (a phone repeating its check), when the line is one the log remembers.
-        """
+    def write(self, record: AuditRecord) -> None:
+        """Append ``record`` (the file is opened, or rolled over, as needed) and publish it."""
         when = record.time
         fd = self._fd
         if fd is None or when[:10] != self._day:
             fd = self._open(datetime.fromisoformat(when.replace("Z", "+00:00")))
             self._day = when[:10]
-        # A phone's checks repeat everything but the time: the rest of the line is made
-        # once per phone, server and answer (bounded, see TAIL_MEMO). Every check writes
-        # a line, so this is kept to a few operations.
-        rest = record[1:]
-        repeat = self._repeats.get(rest)
-        if repeat is None or not self._plain(when):
-            data, repeat = self._line(record, rest)
-        else:
-            data = when.encode() + repeat.tail
-        _write_all(fd, data)
+        _write_all(fd, csv_line(record, self.field_max).encode())
         if self.events is not None and self.events.listened("audit"):
-            self.events.publish("audit", **record._asdict())
-        return repeat
-
-    def _plain(self, when: str) -> bool:
-        """Whether ``when`` is written as it is: no quoting, no encoding, within the cap."""
-        return len(when) <= self.field_max and not when.encode().translate(None, _PLAIN_TIME_BYTES)
-
-    def _line(
-        self, record: AuditRecord, rest: tuple[str | int, ...]
-    ) -> tuple[bytes, _Repeat | None]:
-        """``csv_line(record)``, encoded, and its repeat; its rest after the time is remembered."""
-        line = csv_line(record, self.field_max)
-        when = record.time
-        if not self._plain(when):
-            return line.encode(), None
-        if len(self._repeats) >= TAIL_MEMO:
-            self._repeats.clear()
-        repeat = self._repeats[rest] = _Repeat(self, record, line[len(when) :].encode())
-        return line.encode(), repeat
+            self.events.publish("audit", **record.as_dict())
 
     def _open(self, day: datetime) -> int:
         self.close()
@@ -232,34 +180,10 @@ class AuditLog:
             self._fd = None
 
 
-class _Repeat:
-    """A remembered line of one log: its record, and the encoded rest after the time."""
-
-    __slots__ = ("log", "record", "tail")
-
-    def __init__(self, log: AuditLog, record: AuditRecord, tail: bytes) -> None:
-        self.log = log
-        self.record = record
-        self.tail = tail
-
-    def __call__(self) -> None:
-        """Write the record again at the current time: the time and the remembered rest, in
-        one ``write`` (now_iso's text needs no quoting); the long way (AuditLog.write) on a
-        new day, or when someone listens for audit events."""
-        when = now_iso()
-        log = self.log
-        fd = log._fd
-        events = log.events
-        if fd is None or when[:10] != log._day or (events is not None and events.listened("audit")):
-            log.write(self.record._replace(time=when))
-            return
-        _write_all(fd, when.encode() + self.tail)
-
-
 def csv_line(record: AuditRecord, field_max: int = FIELD_MAX) -> str:
     """``record`` as one CSV line: every field encoded and capped (see the module rules),
     then written as ``csv.writer`` (minimal quoting) writes it."""
-    values = [str(value) for value in record]
+    values = [str(value) for value in record.values()]
     line = ",".join(values)
     # Nearly every line is short printable ASCII: one pass over its bytes tells (a line
     # within the cap has no field over it); any other goes field by field.

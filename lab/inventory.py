@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from lab.errors import LabError, ServiceError
 from lab.events import EventBus
@@ -57,20 +56,8 @@ T = TypeVar("T")
 
 
 def utc_now() -> datetime:
-    """The current time in UTC, to the second the inventory keeps (its default clock).
-
-    Every update check asks: the datetime is made once per second.
-    """
-    global _second, _second_now
-    second = int(time.time())
-    if second != _second:
-        _second_now = datetime.fromtimestamp(second, UTC)
-        _second = second
-    return _second_now
-
-
-_second = -1
-_second_now = datetime.fromtimestamp(0, UTC)
+    """The current time in UTC: the service's clock unless one is injected."""
+    return datetime.now(UTC)
 
 
 def _stamp(moment: datetime) -> str:
@@ -84,12 +71,9 @@ class Flag(StrEnum):
     LEFT_BEHIND = "left-behind"
 
 
-class Sighting(NamedTuple):
-    """One answered update check, as the check path hands it over.
-
-    A named tuple rather than a frozen dataclass: it is made on every check, and a tuple
-    is built several times faster.
-    """
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sighting:
+    """One answered update check, as the check path hands it over (built by keyword)."""
 
     mac: str
     serial: str
@@ -215,10 +199,10 @@ class InventoryRecorder(Service):
     def record(self, sighting: Sighting) -> None:
         """Keep ``sighting`` for the next flush (a dict assignment: the check path's cost).
 
-        The very sighting already pending (a phone repeating its check) changes nothing.
+        A sighting equal to the one pending (a phone repeating its check) changes nothing.
         """
         pending = self._pending.get(sighting.mac)
-        if pending is sighting:
+        if pending == sighting:
             return
         self._pending[sighting.mac] = _later(pending, sighting)
         self._recorded.set()
@@ -308,7 +292,7 @@ def _later(older: Sighting | None, newer: Sighting | None) -> Sighting:
         return older
     if older is None or newer.user is not None or older.user is None:
         return newer
-    return newer._replace(user=older.user)
+    return replace(newer, user=older.user)
 
 
 def _write(store: Store, sightings: list[Sighting]) -> None:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from emulator.collector import long_run_pace
 from lab.admin import SITE_KEY, make_app, make_token
-from lab.audit import AuditLog, AuditRecord, AuditRepeat
+from lab.audit import AuditLog, AuditRecord
 from lab.config import LabConfig
 from lab.dns import DNSServer
 from lab.errors import LabStateError, PKIError, ServiceError
@@ -211,8 +211,8 @@ class Lab(Service):
         await site.start()
         self.admin_address = site.address
 
-    def _audit(self, record: AuditRecord) -> AuditRepeat | None:
-        return self.audit[record.server].write(record)
+    def _audit(self, record: AuditRecord) -> None:
+        self.audit[record.server].write(record)
 
     def _close_audit(self) -> None:
         for log in self.audit.values():

@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
@@ -20,8 +19,8 @@ from lab.audit import (
     AuditLog,
     AuditRecord,
     audit_field,
+    audit_time,
     csv_line,
-    now_iso,
     read_audit,
 )
 from lab.events import Event, EventBus
@@ -97,8 +96,8 @@ def test_the_fast_line_is_exactly_what_csv_writer_writes(values: list[str]) -> N
     )
 )
 def test_every_written_line_is_the_records_csv_line(rows: list[list[str]]) -> None:
-    # Lines are written as the time and a remembered rest: whatever the fields (a time that
-    # needs quoting included), and however often a rest repeats, the file holds csv_line.
+    # Whatever the fields (a time that needs quoting included), and however often a record
+    # repeats, the file holds csv_line.
     records = [record("2026-11-22T10:00:00.000Z", "none")]  # opens the day's file
     for values in rows:
         fields = dict(zip([c for c in COLUMNS if c != "status"], values, strict=True))
@@ -123,76 +122,19 @@ def test_a_repeated_check_gets_its_own_time_each_line(tmp_path: Path) -> None:
     assert {r["decision"] for r in rows} == {"4.0.7577.4398"}
 
 
-def test_now_iso_is_the_current_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
-    ticks = iter([1_795_000_000.0004, 1_795_000_000.0009, 1_795_000_000.9991, 1_795_000_001.25])
-    monkeypatch.setattr("lab.audit.time", SimpleNamespace(time=lambda: next(ticks)))
-    assert [now_iso() for _ in range(4)] == [
-        "2026-11-18T11:06:40.000Z",
-        "2026-11-18T11:06:40.000Z",
-        "2026-11-18T11:06:40.999Z",
-        "2026-11-18T11:06:41.250Z",
-    ]
+def test_audit_time_is_the_clocks_moment_in_utc_to_the_millisecond() -> None:
+    moment = datetime(2026, 11, 18, 11, 6, 40, 999_700, tzinfo=UTC)
+    assert audit_time(moment) == "2026-11-18T11:06:40.999Z"
+    elsewhere = moment.astimezone(timezone(timedelta(hours=-5)))
+    assert audit_time(elsewhere) == "2026-11-18T11:06:40.999Z"
 
 
-def _fixed_time(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    monkeypatch.setattr("lab.audit.time", SimpleNamespace(time=lambda: seconds))
-
-
-def test_a_repeat_writes_the_same_line_at_the_current_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = AuditLog("fe01", tmp_path)
-    first = record("2026-11-18T11:06:40.000Z", "4.0.7577.4398", mac="00-04-F2-00-00-01")
-    repeat = log.write(first)
-    assert repeat is not None
-    assert log.write(first) is repeat  # one per remembered line
-    _fixed_time(monkeypatch, 1_795_000_000.25)
-    repeat()
-    _fixed_time(monkeypatch, 1_795_000_001.5)
-    repeat()
-    rows = read_audit(tmp_path / "RequestHandlerAuditLog_fe01_20261118.log")
-    assert [r["time"] for r in rows] == [
-        "2026-11-18T11:06:40.000Z",
-        "2026-11-18T11:06:40.000Z",
-        "2026-11-18T11:06:40.250Z",
-        "2026-11-18T11:06:41.500Z",
-    ]
-    assert all({**r, "time": ""} == {**rows[0], "time": ""} for r in rows)
-
-
-def test_a_repeat_on_a_new_day_opens_that_days_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = AuditLog("fe01", tmp_path)
-    repeat = log.write(record("2026-11-18T23:59:59.000Z", "none"))
-    assert repeat is not None
-    _fixed_time(monkeypatch, 1_795_046_400.0)  # 2026-11-19T00:00:00Z
-    repeat()
-    log.close()
-    rows = read_audit(tmp_path / "RequestHandlerAuditLog_fe01_20261119.log")
-    assert [(r["time"], r["decision"]) for r in rows] == [("2026-11-19T00:00:00.000Z", "none")]
-
-
-def test_a_repeat_publishes_when_someone_listens(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    events = EventBus()
-    log = AuditLog("fe01", tmp_path, events)
-    repeat = log.write(record("2026-11-18T11:06:40.000Z", "none"))
-    assert repeat is not None
-    with events.stream() as stream:
-        _fixed_time(monkeypatch, 1_795_000_002.0)
-        repeat()
-        [event] = stream.pending()
-    assert event.kind == "audit"
-    assert event.data["time"] == "2026-11-18T11:06:42.000Z"
-    assert event.data["decision"] == "none"
-
-
-def test_a_time_that_needs_quoting_gets_no_repeat(tmp_path: Path) -> None:
-    log = AuditLog("fe01", tmp_path)
-    log.write(record("2026-11-18T11:06:40.000Z", "none"))  # opens the day's file
-    assert log.write(record('2026-11-18T11:06:40,"1"', "none")) is None
+def test_records_are_built_by_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        AuditRecord("2026-11-22T10:00:00.000Z", "fe01")  # type: ignore[call-arg]
+    made = record("2026-11-22T10:00:00.000Z", "none")
+    assert made.values() == tuple(made.as_dict().values())
+    assert list(made.as_dict()) == list(COLUMNS)
 
 
 # -- hostile fields: one request, one line ----------------------------------------------
@@ -225,19 +167,16 @@ def test_control_characters_are_percent_encoded_and_read_back(tmp_path: Path) ->
     assert row["reason"] == "50% done"
 
 
-def test_a_repeated_record_with_control_characters_stays_one_line_each_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_record_written_twice_with_control_characters_stays_one_line_each_time(
+    tmp_path: Path,
 ) -> None:
     log = AuditLog("fe01", tmp_path)
     hostile = record("2026-11-18T11:06:40.000Z", "none", last_signed_in_user="a\nb\rc")
-    repeat = log.write(hostile)
-    assert repeat is not None
-    log.write(hostile)  # the remembered tail
-    _fixed_time(monkeypatch, 1_795_000_001.5)
-    repeat()  # the repeat's own short path
+    log.write(hostile)
+    log.write(hostile)
     log.close()
     lines = (tmp_path / "RequestHandlerAuditLog_fe01_20261118.log").read_text().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 3
     assert all(line.endswith(",a%0Ab%0Dc,") for line in lines[1:])
 
 

@@ -278,7 +278,15 @@ def sighting(
     seen: datetime = NOW,
 ) -> Sighting:
     return Sighting(
-        mac, "CX6A000001", CX600, version, INSIDE_PHONE, Zone.INSIDE, "fe01", seen, user
+        mac=mac,
+        serial="CX6A000001",
+        kind=CX600,
+        version=version,
+        address=INSIDE_PHONE,
+        zone=Zone.INSIDE,
+        server="fe01",
+        seen=seen,
+        user=user,
     )
 
 
@@ -315,7 +323,7 @@ async def test_the_same_sighting_again_is_kept_once_and_again_after_a_flush(
     async with InventoryRecorder(tmp_path, interval=3600) as recorder:
         seen = sighting()
         recorder.record(seen)
-        recorder.record(seen)
+        recorder.record(sighting())  # an equal one: a phone repeating its check
         assert recorder.pending == 1
         assert await recorder.flush() == 1
         recorder.record(seen)  # written already, and seen again: pending again
@@ -639,13 +647,14 @@ async def test_lab_phones_says_when_no_phone_was_seen(tmp_path: Path) -> None:
     assert json.loads(await run_cli("phones", "--json", "--state-dir", str(tmp_path))) == []
 
 
-def test_the_inventory_clock_is_utc_to_the_second() -> None:
-    before = datetime.now(UTC).replace(microsecond=0)
+def test_the_inventory_clock_is_utc_and_its_stamps_are_to_the_second() -> None:
+    before = datetime.now(UTC)
     now = utc_now()
     after = datetime.now(UTC)
     assert now.tzinfo is UTC
-    assert now.microsecond == 0
     assert before <= now <= after
+    stamped = sighting(seen=datetime(2026, 11, 22, 10, 0, 0, 999_999, tzinfo=UTC)).record()
+    assert stamped.last_seen == "2026-11-22T10:00:00+00:00"
 
 
 def test_a_device_kind_hashes_as_an_equal_kind_does() -> None:

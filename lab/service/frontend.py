@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.audit import AuditRecord, AuditRepeat
+from lab.audit import AuditRecord
 from lab.config import FrontEnd, LabConfig
 from lab.devconfig import DeviceUpdateConfig
 from lab.events import EventBus
@@ -72,15 +72,13 @@ class ServiceContext:
     check_interval: int = DEFAULT_CHECK_INTERVAL
     # The port of every URL the service hands out (the lease's https_port); set at start.
     https_port: int = 0
-    # Called with every request to the update endpoints (the audit log's seam). What it
-    # hands back, if anything, writes the same record again at another time: it is called
-    # instead for a request whose record would differ only in its time (a repeated check).
-    on_request: Callable[[AuditRecord], AuditRepeat | None] | None = None
+    # Called with every request to the update endpoints (the audit log's seam).
+    on_request: Callable[[AuditRecord], None] | None = None
     # Called with every answered update check (the phone inventory's seam); must be cheap.
     on_check: Callable[[Sighting], None] | None = None
     # The device-update configuration in force (log limits), read at every log upload.
     device_config: Callable[[], DeviceUpdateConfig] = DeviceUpdateConfig
-    # Wall-clock time of sightings and log names (injectable for tests).
+    # The service's clock: the time of audit lines, sightings and log names (injectable).
     now: Callable[[], datetime] = utc_now
     # The address a connection's client has, from the peer the site sees: through the
     # edge, the client the edge forwards (set by the pool once the edge runs).

@@ -13,9 +13,10 @@ holds their own.
 
 The update check is the request a fleet makes most, so its path is kept short: the site
 routes its few fixed paths itself on aiohttp's low-level server (no application, router
-or middleware), one place answers refusals and writes the audit record, a repeated body
-is not parsed again, a decision is remembered per device kind and version, and an answer
-is built once per decision.
+or middleware), and one place answers refusals and writes the audit record. Nothing is
+remembered per request or by object identity: audit records and sightings are built by
+keyword for every request, at the time the service's clock gives (``ServiceContext.now``),
+and the only cache is the answer body per decision (by value, bounded).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from lab.audit import AuditRecord, AuditRepeat, now_iso
+from lab.audit import AuditRecord, audit_time
 from lab.config import User
 from lab.decision import Decision
 from lab.errors import StoreError
@@ -35,7 +37,6 @@ from lab.firewall import Zone
 from lab.inventory import Sighting
 from lab.service.frontend import FrontEndServer, Mode, Role, SiteHandler
 from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
-from lab.service.memo import remember
 from lab.service.ntlm import (
     Authenticated,
     Challenge,
@@ -63,21 +64,20 @@ EXTERNAL_FILES = "/DeviceUpdateFiles_Ext"
 XML_TYPE = "text/xml"
 CHECK_CONTENT_TYPE = f"{XML_TYPE}; charset=utf-8"
 SERVER_HEADER = "X-MS-Server-Fqdn"
-# Distinct decisions (answers) and reported device kinds remembered per site.
+# Distinct answers (decision and port) kept built per site.
 ANSWER_CACHE_SIZE = 1024
 
 Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
-AuditObserver = Callable[[AuditRecord], AuditRepeat | None]
-_Varying = tuple[str, str, int, str, str, str, str, str]
-"""An audit line's fields besides the time and the parsed request's (see _report)."""
 
 
 class Note:
     """What serving one request learnt on the way, for its audit record."""
 
-    __slots__ = ("answer", "decision", "named", "parsed", "rest", "upload", "user")
+    __slots__ = ("answer", "decision", "named", "parsed", "rest", "time", "upload", "user")
 
-    def __init__(self) -> None:
+    def __init__(self, time: datetime) -> None:
+        # When the request came, on the service's clock: its audit line's and sighting's.
+        self.time = time
         # The rest of the path after a route's prefix (a file path), "" for exact routes.
         self.rest = ""
         self.parsed: DeviceUpdateRequest | None = None
@@ -154,15 +154,9 @@ class Endpoints:
             CIMultiDict({hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE, SERVER_HEADER: self._fqdn})
         )
         self._zone = Zone.INSIDE if role is Role.INTERNAL else Zone.OUTSIDE
-        # Few kinds and versions are in a fleet: what each decision answers is remembered
-        # (bounded, see ANSWER_CACHE_SIZE).
-        self._answers: dict[int, _Answer] = {}
-        # Each parsed request's last sighting and the audit repeat of its last line
-        # (bounded the same way).
-        self._sightings: dict[int, tuple[DeviceUpdateRequest, Sighting]] = {}
-        self._repeats: dict[
-            int, tuple[DeviceUpdateRequest, AuditObserver, _Varying, AuditRepeat]
-        ] = {}
+        # Few kinds and versions are in a fleet: what each decision answers is made once
+        # (keyed by the decision's value and the port, ANSWER_CACHE_SIZE entries at most).
+        self._answers: dict[tuple[Decision, int], _Answer] = {}
 
     def _route_all(self) -> None:
         internal = self.role is Role.INTERNAL
@@ -210,7 +204,7 @@ class Endpoints:
             return await self._serve(request)
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
-        note = Note()
+        note = Note(self.context.now())
         try:
             # An exact path and its method (every check) are found at once.
             exact = self._exact.get(request.path)
@@ -269,42 +263,24 @@ class Endpoints:
         observer = self.context.on_check
         if observer is not None:
             user = note.user
-            seen = self.context.now()
-            remote = request.remote or ""
-            # The account NTLM signed in is who the phone belongs to now; what the body
-            # claims is only believed where nobody signed in (the audit line keeps both).
-            signed_in = user.upn if user is not None else parsed.last_signed_in_user
-            # A phone repeating its check within the same second is the same sighting: the
-            # one made before is handed on again (the inventory keeps it once).
-            known = self._sightings.get(id(parsed))
-            if (
-                known is not None
-                and known[0] is parsed
-                and (sighting := known[1]).seen is seen
-                and sighting.address == remote
-                and sighting.user == signed_in
-            ):
-                observer(sighting)
-            else:
-                # One tuple, in Sighting's field order.
-                sighting = Sighting._make(
-                    (
-                        parsed.mac,
-                        parsed.serial,
-                        kind,
-                        parsed.installed_version,
-                        remote,
-                        # The internal site admits inside peers only; the external one is
-                        # the edge's.
-                        self._zone,
-                        self._name,
-                        seen,
-                        signed_in,
-                    )
+            observer(
+                Sighting(
+                    mac=parsed.mac,
+                    serial=parsed.serial,
+                    kind=kind,
+                    version=parsed.installed_version,
+                    address=request.remote or "",
+                    # The internal site admits inside peers only; the external one is the
+                    # edge's.
+                    zone=self._zone,
+                    server=self._name,
+                    seen=note.time,
+                    # The account NTLM signed in is who the phone belongs to now; what the
+                    # body claims is only believed where nobody signed in (the audit line
+                    # keeps both).
+                    user=user.upn if user is not None else parsed.last_signed_in_user,
                 )
-                observer(sighting)
-                if parsed.memorable:
-                    remember(self._sightings, parsed, (parsed, sighting), ANSWER_CACHE_SIZE)
+            )
         note.named = True
         return web.Response(body=answer.body, headers=self._check_headers)
 
@@ -424,11 +400,11 @@ class Endpoints:
         raise _challenge("update checks from outside need NTLM credentials")
 
     def _answer(self, decision: Decision) -> _Answer:
-        """The answer body and audit text of ``decision`` (built once per decision)."""
-        port = self.context.https_port
-        answer = self._answers.get(id(decision))
-        # The decision kept in the entry makes a reused id harmless.
-        if answer is None or answer.decision is not decision or answer.port != port:
+        """The answer body and audit text of ``decision`` (built once per decision and
+        port: the site's one cache, keyed by value and bounded)."""
+        key = (decision, self.context.https_port)
+        answer = self._answers.get(key)
+        if answer is None:
             downloads = [
                 Download(
                     module=item.module,
@@ -441,13 +417,13 @@ class Endpoints:
                 for item in decision.files
             ]
             answer = _Answer(
-                decision,
-                port,
-                update_response(downloads),
-                " ".join(f.module for f in decision.files),
-                _decision(decision),
+                body=update_response(downloads),
+                modules=" ".join(f.module for f in decision.files),
+                version=_decision(decision),
             )
-            remember(self._answers, decision, answer, ANSWER_CACHE_SIZE)
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[key] = answer
         return answer
 
     @staticmethod
@@ -466,81 +442,43 @@ class Endpoints:
         parsed = note.parsed
         decision = note.decision
         user = note.user
+        returned = version = ""
         if decision is not None:
             reason = reason or decision.reason
             answer = note.answer or self._answer(decision)
             returned, version = answer.modules, answer.version
-        else:
-            returned = version = ""
         upload = note.upload
-        if parsed is not None:
-            remote = request.remote or ""
-            path = request.path
-            claimed = parsed.last_signed_in_user or ""
-            authenticated = user.upn if user is not None else ""
-            # What the line holds besides the time and the parsed request's own fields.
-            varying = (remote, path, status, returned, version, reason, claimed, authenticated)
-            # A phone repeating its check makes the same line but for the time: the log's
-            # repeat writes it in fewer steps (see ServiceContext.on_request).
-            known = self._repeats.get(id(parsed))
-            if (
-                known is not None
-                and known[0] is parsed
-                and known[1] is observer
-                and known[2] == varying
-            ):
-                known[3]()
-                return
-            # One tuple, every field in column order, the request's part made once per
-            # parsed request.
-            record = AuditRecord._make(
-                (
-                    now_iso(),
-                    self._name,
-                    remote,
-                    self._site_name,
-                    path,
-                    status,
-                    *parsed.audit_fields,
-                    returned,
-                    version,
-                    reason,
-                    claimed,
-                    authenticated,
-                )
-            )
-            repeat = observer(record)
-            if repeat is not None and parsed.memorable:
-                remember(
-                    self._repeats, parsed, (parsed, observer, varying, repeat), ANSWER_CACHE_SIZE
-                )
-            return
-        record = AuditRecord(
-            time=now_iso(),
-            server=self._name,
-            client_address=request.remote or "",
-            site=self._site_name,
-            path=request.path,
-            status=status,
-            reason=reason,
-            decision=version,
-            modules_returned=returned,
-        )
         if upload is not None:
-            record = record._replace(
-                mac=upload.mac,
-                reason=reason or upload.summary,
-                authenticated_user=user.upn if user else "",
+            reason = reason or upload.summary
+        observer(
+            AuditRecord(
+                time=audit_time(note.time),
+                server=self._name,
+                client_address=request.remote or "",
+                site=self._site_name,
+                path=request.path,
+                status=status,
+                device_type=parsed.device_type if parsed else "",
+                mac=parsed.mac if parsed else upload.mac if upload else "",
+                serial=parsed.serial if parsed else "",
+                vendor=parsed.vendor if parsed else "",
+                model=parsed.model if parsed else "",
+                revision=parsed.revision if parsed else "",
+                locale=parsed.locale if parsed else "",
+                installed_modules=parsed.installed_modules if parsed else "",
+                modules_returned=returned,
+                decision=version,
+                reason=reason,
+                last_signed_in_user=(parsed.last_signed_in_user or "") if parsed else "",
+                authenticated_user=user.upn if user is not None else "",
             )
-        observer(record)
+        )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Answer:
     """What one decision answers: its body, and the modules it returns for the audit."""
 
-    decision: Decision
-    port: int
     body: bytes
     modules: str
     version: str

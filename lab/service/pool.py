@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lab import filestore
-from lab.audit import AuditRecord, AuditRepeat
+from lab.audit import AuditRecord
 from lab.config import LabConfig, Lockout
 from lab.decision import Decision
 from lab.devconfig import DeviceUpdateConfig
@@ -102,7 +102,7 @@ class ServicePool(Service):
         clock: Callable[[], float] = time.monotonic,
         retry_after: int = DEFAULT_RETRY_AFTER,
         check_interval: int = DEFAULT_CHECK_INTERVAL,
-        on_request: Callable[[AuditRecord], AuditRepeat | None] | None = None,
+        on_request: Callable[[AuditRecord], None] | None = None,
         shutdown_timeout: float = 5.0,
         now: Callable[[], datetime] = utc_now,
         inventory_interval: float = FLUSH_INTERVAL,

@@ -28,7 +28,6 @@ from typing import Protocol
 
 from lab.decision import Decision, decide
 from lab.models import DeviceKind
-from lab.service.memo import remember
 from lab.service.xmlio import DeviceUpdateRequest
 from lab.store import Snapshot, Store
 
@@ -57,7 +56,6 @@ class StoreDecider:
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._decisions: dict[tuple[str, DeviceKind, str, bool], Decision] = {}
-        self._by_request: dict[int, tuple[DeviceUpdateRequest, str, Decision]] = {}
         self._index = _open_index(Path(f"{store.path}-shm"))
         if self._index is not None:
             weakref.finalize(self, os.close, self._index)
@@ -70,12 +68,7 @@ class StoreDecider:
         """lab.decision.decide on the store's current snapshot for ``server``'s rules."""
         snapshot = self._current()
         if snapshot is not self._snapshot or len(self._decisions) >= DECISION_CACHE_SIZE:
-            self._snapshot, self._decisions, self._by_request = snapshot, {}, {}
-        # A phone repeats its parsed request (see xmlio): its decision on this snapshot is
-        # found by the request itself (the entry holds it, so a reused id cannot match).
-        known = self._by_request.get(id(request))
-        if known is not None and known[0] is request and known[1] == server:
-            return known[2]
+            self._snapshot, self._decisions = snapshot, {}
         test_device = _is_test_device(snapshot, request)
         kind = request.kind
         installed = request.installed_version
@@ -84,8 +77,6 @@ class StoreDecider:
         if decision is None:
             decision = decide(kind, installed, test_device, snapshot.rules_for(server))
             self._decisions[key] = decision
-        if request.memorable:
-            remember(self._by_request, request, (request, server, decision), DECISION_CACHE_SIZE)
         return decision
 
     def _current(self) -> Snapshot:

@@ -7,23 +7,20 @@ parsing cost. What the phone sends is parsed into a frozen DeviceUpdateRequest; 
 service answers is built with ElementTree so every value is escaped, once per distinct
 answer. The shapes follow docs/wire-protocol.md.
 
-A phone sends the very same bytes at every check until something on it changes (its
-version, its signed-in user), so ``parse_update_request`` remembers the requests it parsed
-from small bodies (bounded, see PARSE_MEMO_SIZE): a fleet's daily checks, and a phone's
-repeated ones, are parsed once. What the check path derives from a request (its device
-kind, installed version and the audit log's text of its modules) is computed once per
-parsed request too.
+Every body is parsed on its own: nothing is remembered between requests here (real
+phones each send their own MAC and serial, so a memory of bodies would only serve a
+benchmark). What the check path derives from a request (its device kind, installed
+version and the audit log's text of its modules) is computed once per parsed request.
 """
 
 from __future__ import annotations
 
 # Untrusted input is parsed by _parse_xml alone, which refuses what defusedxml refuses.
-import functools
 import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import NoReturn
 
@@ -38,13 +35,6 @@ from lab.errors import IdentityError, ServiceError
 from lab.models import DeviceKind, check_kind, normalise_mac, normalise_serial, parse_version
 
 MAX_REQUEST_BYTES = 64 * 1024
-# Parsed requests remembered, by body: about one per phone of a large fleet. Only bodies up
-# to PARSE_MEMO_BODY bytes are kept (a real check is about 600), so the memory stays
-# bounded (a few MiB) whatever the bodies sent.
-PARSE_MEMO_SIZE = 16384
-PARSE_MEMO_BODY = 2048
-# How many distinct answers are kept built (one per device kind and version served).
-RESPONSE_CACHE_SIZE = 1024
 # Fields of the request that every phone must send, in document order.
 REQUIRED_FIELDS = (
     "DeviceType",
@@ -93,15 +83,6 @@ class DeviceUpdateRequest:
     serial: str
     modules: tuple[Module, ...]
     last_signed_in_user: str | None = None
-    # The size of the body it was parsed from; no part of what the phone said.
-    body_size: int = field(default=0, compare=False)
-
-    @property
-    def memorable(self) -> bool:
-        """Whether what is worked out for this request may be remembered: only requests
-        from bodies of a real phone's size are, so that every memo keyed by requests is
-        bounded in bytes (entries x PARSE_MEMO_BODY), whatever bodies are sent."""
-        return self.body_size <= PARSE_MEMO_BODY
 
     @cached_property
     def installed_version(self) -> str:
@@ -164,22 +145,7 @@ class Download:
 
 
 def parse_update_request(body: bytes) -> DeviceUpdateRequest:
-    """Parse and validate a DeviceUpdateRequest body; XMLRequestError says what is wrong.
-
-    The request is frozen, so the one parsed from the same small body before is returned
-    (refusals are not remembered: a bad body is parsed, and refused, every time).
-    """
-    if len(body) <= PARSE_MEMO_BODY:
-        return _parse_remembered(body)
-    return _parse_update_request(body)
-
-
-@functools.lru_cache(maxsize=PARSE_MEMO_SIZE)
-def _parse_remembered(body: bytes) -> DeviceUpdateRequest:
-    return _parse_update_request(body)
-
-
-def _parse_update_request(body: bytes) -> DeviceUpdateRequest:
+    """Parse and validate a DeviceUpdateRequest body; XMLRequestError says what is wrong."""
     if len(body) > MAX_REQUEST_BYTES:
         raise XMLRequestError(
             "too-large", f"the request body is {len(body)} bytes, over {MAX_REQUEST_BYTES}"
@@ -231,7 +197,6 @@ def _parse_update_request(body: bytes) -> DeviceUpdateRequest:
         serial=serial,
         modules=modules,
         last_signed_in_user=user or None,
-        body_size=len(body),
     )
 
 
@@ -295,32 +260,16 @@ def _modules(root: ET.Element) -> list[Module]:
         version = element.get("version", "").strip()
         if not name or not version:
             raise XMLRequestError("missing-field", "a <Module> lacks its name or version")
-        problem = _version_problem(version)
-        if problem:
-            raise XMLRequestError("bad-version", f"module {name!r}: {problem}")
+        try:
+            parse_version(version)
+        except IdentityError as exc:
+            raise XMLRequestError("bad-version", f"module {name!r}: {exc}") from None
         modules.append(Module(name, version, element.get("timestamp", "").strip()))
     return modules
 
 
-# A fleet reports few distinct versions: each is checked once.
-@functools.lru_cache(maxsize=RESPONSE_CACHE_SIZE)
-def _version_problem(version: str) -> str:
-    """What is wrong with ``version`` ("" when it is a valid version)."""
-    try:
-        parse_version(version)
-    except IdentityError as exc:
-        return str(exc)
-    return ""
-
-
 def update_response(downloads: Sequence[Download]) -> bytes:
     """The DeviceUpdateResponse body: ``downloads="0"`` or one <Download> per file."""
-    return _update_response(tuple(downloads))
-
-
-# Every phone of a device kind at one version gets the same answer: build it once.
-@functools.lru_cache(maxsize=RESPONSE_CACHE_SIZE)
-def _update_response(downloads: tuple[Download, ...]) -> bytes:
     root = ET.Element("DeviceUpdateResponse", downloads=str(len(downloads)))
     for item in downloads:
         element = ET.SubElement(
