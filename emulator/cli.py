@@ -747,6 +747,8 @@ def _run_loop(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         loop.set_exception_handler(_closed_tls_is_quiet(loop.get_exception_handler()))
         results.append(await main())
 
+    # Lab picks its loop the same way in one place (lab.service.run.event_loop_factory); the
+    # phones' side keeps its own few lines, as it never imports lab.
     if loop == "uvloop":
         try:
             import uvloop

@@ -54,6 +54,7 @@ from lab.cab import build, read_cab
 from lab.catalog import Signer
 from lab.config import LabConfig
 from lab.decision import Action
+from lab.errors import IdentityError
 from lab.events import Event
 from lab.filestore import FileStore
 from lab.importer import import_cab
@@ -329,8 +330,17 @@ class Phones:
         seed: int = 0,
         **options: Any,
     ) -> PhoneDriver:
-        """A phone (powered off) at 127.10.1.<index> inside or 127.20.1.<index> outside."""
+        """A phone (powered off) at 127.10.1.<index> inside or 127.20.1.<index> outside.
+
+        Each phone is made once: a second phone of the same model and index would share the
+        first one's MAC and serial number, which no two real phones do (IdentityError).
+        """
         identity = get_model(model).identity(index)
+        if any(driver.phone.identity.mac == identity.mac for driver in self.drivers):
+            raise IdentityError(
+                f"phone {model} #{index} (MAC {identity.mac}) is already made on this lab: "
+                "reuse its driver, or give the new phone another index"
+            )
         core = Phone(identity, rng=random.Random(seed), settings=settings)
         driver = PhoneDriver(
             core,

@@ -23,6 +23,18 @@ So for a test on fake time ``device_lab`` turns fake time on before it starts th
 keeps it on until the lab has stopped, handing it to looptime for the test call itself:
 setup (your own fixtures built on these included), test and teardown read one clock, and
 the phones' clock reads exactly ``lab.harness.T0`` when ``phones`` is set up.
+
+Two guards, so that a mistake costs a line and not a run:
+
+- Without the ``test`` extra (pytest-asyncio, looptime) the plugin stays loaded but off:
+  pytest starts, its header says which package is missing, and a test that asks for
+  ``device_lab``, ``phones`` or ``virtual_clock`` fails at once saying the same. pytest
+  loads this module wherever the package is installed, so it must never fail to import.
+- A test on ``phones`` with no looptime mark (and no --looptime/--no-looptime) fails at
+  setup, telling to add the mark: unmarked, its phones would wait out every boot and every
+  five-minute idle wait on the real clock until the test's timeout. A test that means the
+  real clock says so with ``@pytest.mark.looptime(False)``. (``device_lab`` alone may run
+  unmarked: phones in another process, on a clock of their own, use it so.)
 """
 
 from __future__ import annotations
@@ -31,18 +43,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 try:
     import pytest_asyncio
     from looptime import LoopTimeEventLoop
-except ImportError as exc:  # pragma: no cover - only without the test extra
-    raise ImportError(
-        f"the device_update_lab pytest plugin needs pytest-asyncio and looptime ({exc}): "
-        "install device-update-lab[test], or disable the plugin with -p no:device_update_lab"
-    ) from exc
+except ImportError as exc:  # only without the test extra
+    # Named as it is installed (pytest-asyncio), not as it is imported (pytest_asyncio).
+    MISSING: str | None = (exc.name or str(exc)).replace("_", "-")
+else:
+    MISSING = None
+"""The test-extra package that could not be imported, or None when the fixtures are on."""
 
 # The lab and the emulator are imported when a fixture is first used, not here: pytest
 # loads this plugin in every run wherever the package is installed, lab or no lab.
@@ -73,7 +86,32 @@ def lab_config(lab_pki_dir: Path) -> LabConfig:
     )
 
 
-@pytest_asyncio.fixture
+def _off() -> str:
+    """Why the lab fixtures are off, in one line."""
+    return (
+        f"device-update-lab: lab fixtures off, {MISSING} is not installed "
+        "(install device-update-lab[test])"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say in pytest's header that the lab fixtures are off, and why."""
+    return None if MISSING is None else _off()
+
+
+def _async_fixture(function: Any) -> Any:
+    """pytest-asyncio's fixture; without it, a fixture of that name failing with ``_off()``."""
+    if MISSING is None:
+        return pytest_asyncio.fixture(function)
+
+    def unavailable() -> NoReturn:
+        pytest.fail(_off(), pytrace=False)
+
+    unavailable.__doc__ = function.__doc__
+    return pytest.fixture(unavailable, name=function.__name__)
+
+
+@_async_fixture
 async def device_lab(
     lab_config: LabConfig, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[RunningLab]:
@@ -88,8 +126,10 @@ async def device_lab(
             yield running
 
 
-@pytest_asyncio.fixture
-async def phones(device_lab: RunningLab, tmp_path: Path) -> AsyncIterator[Phones]:
+@_async_fixture
+async def phones(
+    device_lab: RunningLab, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Phones]:
     """Makes emulator phones on ``device_lab``'s lease (``phones.phone(model, ...)``).
 
     They run on the loop's time (mark the test ``@pytest.mark.looptime``), keep their files
@@ -97,6 +137,15 @@ async def phones(device_lab: RunningLab, tmp_path: Path) -> AsyncIterator[Phones
     """
     from lab.harness import phones_on
 
+    # Only loops looptime patched have fake time (uvloop has not): only there is it a choice.
+    if isinstance(asyncio.get_running_loop(), LoopTimeEventLoop) and _on_fake_time(request) is None:
+        pytest.fail(
+            f"{request.node.name} has no looptime mark, so its phones would run on the real "
+            "clock and wait out every boot and idle wait until the test's timeout: mark it "
+            "@pytest.mark.looptime (fake time), or @pytest.mark.looptime(False) to mean the "
+            "real clock",
+            pytrace=False,
+        )
     async with phones_on(device_lab, tmp_path / "phones") as made:
         yield made
 
@@ -163,14 +212,17 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
         held.resume()
 
 
-def _on_fake_time(request: pytest.FixtureRequest) -> bool:
+def _on_fake_time(request: pytest.FixtureRequest) -> bool | None:
     """Whether looptime runs the test on fake time: its marks and --looptime/--no-looptime.
 
     The same decision looptime's own plugin makes (which it does not export): the nearest
-    mark with an argument wins, and a bare mark or --looptime turns it on.
+    mark with an argument wins, and a bare mark or --looptime turns it on. None when
+    neither a mark nor an option says anything (looptime then runs it on the real clock).
     """
     flag = request.config.getoption("looptime", None)
     marks = list(request.node.iter_markers("looptime"))
+    if not marks and flag is None:
+        return None
     enabled = bool((marks or flag is True) and flag is not False)
     for mark in reversed(marks):
         if mark.args:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from lab.lifecycle import Service
 from lab.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
 from lab.service.logs import LogCleanUp
 from lab.service.pool import ServicePool
+from lab.service.run import stop_on_signals
 from lab.service.sites import TLSSite, bind_same_port
 
 RUN_FILE = "run.json"
@@ -272,17 +272,11 @@ class Lab(Service):
 
 async def serve_until_signalled(lab: Lab, on_ready: Callable[[Lab], None]) -> None:
     """Run ``lab`` until SIGINT or SIGTERM, calling ``on_ready`` once it is up."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    with stop_on_signals(stop):
         async with lab:
             on_ready(lab)
             await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
 
 
 def run_event_loop(main: Callable[[], Any]) -> Any:

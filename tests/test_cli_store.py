@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ from cabarchive import CabArchive
 
 from lab.cab import pack_cab
 from lab.cli import main
+from lab.cli.common import STDOUT_CLOSED
 from lab.config import default_text
 from lab.store import STORE_FILE
 
@@ -208,3 +212,24 @@ def test_global_options_may_follow_the_action(lab: Lab, capsys: pytest.CaptureFi
     argv = ["test-device", "list", "--json", "--state-dir", str(lab.state)]
     assert main([*argv, "--config", str(lab.config)]) == 0
     assert [d["value"] for d in json.loads(capsys.readouterr().out)] == ["CX6A000009"]
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(lab: Lab) -> None:
+    lab.ok("update", "import", str(lab.build("UCUpdates.cab", V1)), "--all")
+    argv = [sys.executable, "-m", "lab.cli", "--config", str(lab.config)]
+    argv += ["--state-dir", str(lab.state), "update", "list", "--json"]
+    # With a reader the command writes its list.
+    listed = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert (listed.returncode, listed.stderr) == (0, ""), listed.stderr
+    assert len(json.loads(listed.stdout)) == 2
+    # As `| head -1` closes the pipe once it has its line; here before the first byte, so
+    # that every write fails whatever the timing: no traceback, the code of SIGPIPE.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        closed = subprocess.run(
+            argv, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, check=False
+        )
+    finally:
+        os.close(write)
+    assert (closed.returncode, closed.stderr) == (STDOUT_CLOSED, "")

@@ -1,7 +1,9 @@
 """The ``lab`` command line: one sub-command module per area, each with ``register``.
 
 Exit codes: 0 success, 1 the operation failed (for example a scenario's outcome was not
-the expected one), 2 bad input (arguments, config, cab files): the message says what.
+the expected one), 2 bad input (arguments, config, cab files): the message says what;
+130 interrupted, 141 stdout's reader went away (``lab update list --json | head -1``),
+quietly, as any tool in a pipeline.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A named config is checked before anything runs, whatever the command.
             common.config_from(args)
         code: int = args.func(args)
+        # A reader that went away shows here at the latest, not in the flush at exit.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return common.stdout_closed()
     except ConfigError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -11,6 +12,10 @@ from typing import Any, NoReturn
 from lab.config import LabConfig, load_config
 
 DEFAULT_STATE_DIR = Path("state")
+
+STDOUT_CLOSED = 141
+"""Exit code when stdout's reader went away (``lab update list --json | head -1``): 128 +
+SIGPIPE, what a shell reports for a tool that SIGPIPE ended, as 130 is 128 + SIGINT."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -64,3 +69,16 @@ def print_json(data: Any) -> None:
     """Pretty JSON on stdout."""
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def stdout_closed() -> int:
+    """Send what is left for stdout to the null device once its reader has closed the pipe.
+
+    Python ignores SIGPIPE, so writing to a pipe nobody reads raises BrokenPipeError; the
+    caller catches it, and this keeps the interpreter's own flush of stdout at exit from
+    raising it again. Returns STDOUT_CLOSED, the code to exit with.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return STDOUT_CLOSED

@@ -3,16 +3,21 @@
 The event loop is chosen here, when the service is run, and not when anything is imported:
 uvloop where it is installed, asyncio's own loop otherwise. ``serve`` is the coroutine a
 larger runner can await instead, on whatever loop it already runs.
+
+How a lab process picks its loop (``event_loop_factory``) and stops on a signal
+(``stop_on_signals``) is written once, here, for every runner of lab's to share. (The phones'
+side, emulator/cli.py, picks its own loop: it never imports lab.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from lab.config import LabConfig, load_config
@@ -30,21 +35,33 @@ async def serve(
 ) -> None:
     """Run a pool for ``config`` until ``stop`` is set (or SIGINT / SIGTERM without one)."""
     firewall = FirewallPolicy(config.inside, config.outside)
-    loop = asyncio.get_running_loop()
-    own_signals = stop is None
-    stop = stop or asyncio.Event()
-    if own_signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-    try:
+    signals: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if stop is None:
+        stop = asyncio.Event()
+        signals = stop_on_signals(stop)
+    with signals:
         async with ServicePool(config, state_dir, firewall=firewall) as pool:
             if ready is not None:
                 ready(pool)
             await stop.wait()
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a lab process cleanly."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Within the block, SIGINT or SIGTERM sets ``stop`` (on the running loop) instead of
+    ending the process; on the way out both are back to Python's default handling."""
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield
     finally:
-        if own_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -14,6 +14,7 @@ from emulator.clock import Clock
 from emulator.driver import PhoneDriver
 from emulator.states import PhoneState
 from lab.config import LabConfig
+from lab.errors import IdentityError
 from lab.harness import BOOT, DAY, IDLE_WAIT, NEW, T0, Phones, RunningLab, idle_on, logged
 from lab.pki import LabPKI
 from lab.runner import RUN_FILE
@@ -107,6 +108,20 @@ async def test_the_lab_uses_the_sessions_pki_and_its_config(
     assert LabPKI(lab_config).ensure() == []
     assert device_lab.lab.pki.directory == lab_pki_dir
     assert device_lab.lease.ca_cert == (lab_pki_dir / "ca.pem").resolve()
+
+
+@pytest.mark.looptime
+async def test_a_phone_is_made_once_and_a_second_one_with_its_mac_is_refused(
+    phones: Phones,
+) -> None:
+    first = phones.phone("CX600", index=3)
+    message = r"^phone CX600 #3 \(MAC 00-04-F2-00-00-03\) is already made on this lab: "
+    with pytest.raises(IdentityError, match=message):
+        phones.phone("CX600", index=3, inside=False)
+    # Another index, or another model at the same index, is another phone.
+    others = [phones.phone("CX600", index=4), phones.phone("HP4120", index=3)]
+    assert phones.drivers == [first, *others]
+    assert len({driver.phone.identity.mac for driver in phones.drivers}) == 3
 
 
 @pytest_asyncio.fixture

@@ -398,16 +398,37 @@ async def test_a_kept_path_swapped_for_a_symlink_is_refused(tmp_path: Path) -> N
     assert caught.value.diagnostic.status == 404
 
 
+@pytest.fixture
+def nowait_dir(tmp_path: Path) -> Path:
+    """``tmp_path``, where the system reads a cached file without waiting (``RWF_NOWAIT``).
+
+    Asked of the system itself, not of the code under test, so that a test on it is skipped
+    only where the file system cannot, never because the code returned nothing.
+    """
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        pytest.skip("this system has no RWF_NOWAIT reads")
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"probe")  # just written, so in the page cache
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(5)], 0, nowait)
+    except OSError as exc:
+        pytest.skip(f"this file system cannot read without waiting (RWF_NOWAIT): {exc}")
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return tmp_path
+
+
 def test_cached_reads_give_the_files_bytes_and_leave_the_rest_to_a_thread(
-    tmp_path: Path,
+    nowait_dir: Path,
 ) -> None:
     data = os.urandom(3 * 1024 * 1024 + 5)
-    image = tmp_path / "CPE.nbt"
+    image = nowait_dir / "CPE.nbt"
     image.write_bytes(data)
     fd = os.open(image, os.O_RDONLY)
     try:
-        if read_cached(fd, 1, 0) is None:
-            pytest.skip("this file system cannot read without waiting (RWF_NOWAIT)")
         # Just written, so cached: each part is read at once, the end is empty.
         got = b"".join(
             bytes(read_cached(fd, 1024 * 1024, offset) or b"")
@@ -428,33 +449,32 @@ def test_cached_reads_give_the_files_bytes_and_leave_the_rest_to_a_thread(
 
 
 def test_small_files_are_kept_in_memory_per_version_within_a_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nowait_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(files, "CONTENT_CACHE_FILE", 1000)
     monkeypatch.setattr(files, "CONTENT_CACHE_BYTES", 2500)
-    store = ImageFiles(tmp_path)
+    store = ImageFiles(nowait_dir)
 
     def content(name: str) -> memoryview | None:
-        fd = os.open(tmp_path / name, os.O_RDONLY)
+        fd = os.open(nowait_dir / name, os.O_RDONLY)
         try:
             return store.content(fd, os.fstat(fd))
         finally:
             os.close(fd)
 
     for name in ("a", "b", "c"):
-        (tmp_path / name).write_bytes(name.encode() * 1000)
-    (tmp_path / "big").write_bytes(b"x" * 1001)
+        (nowait_dir / name).write_bytes(name.encode() * 1000)
+    (nowait_dir / "big").write_bytes(b"x" * 1001)
     first = content("a")
-    if first is None:
-        pytest.skip("this file system cannot read without waiting (RWF_NOWAIT)")
+    assert first is not None
     assert bytes(first) == b"a" * 1000
     again = content("a")
     assert again is not None
     assert again.obj is first.obj  # kept: not read again
     assert content("big") is None  # over the size kept: read in chunks as it is sent
     # A new version of the file (written aside and renamed over, as the store does).
-    (tmp_path / "new").write_bytes(b"A" * 1000)
-    (tmp_path / "new").rename(tmp_path / "a")
+    (nowait_dir / "new").write_bytes(b"A" * 1000)
+    (nowait_dir / "new").rename(nowait_dir / "a")
     newer = content("a")
     assert newer is not None
     assert bytes(newer) == b"A" * 1000
