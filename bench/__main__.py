@@ -39,7 +39,7 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "dns": Benchmark(dns.run, ("dnsperf",)),
-    "check": Benchmark(service.run_check, ("h2load", "nginx", "curl")),
+    "check": Benchmark(service.run_check, ("wrk", "h2load", "nginx", "curl")),
     "newtls": Benchmark(service.run_newtls, ("h2load", "nginx", "curl", "openssl")),
     "download": Benchmark(service.run_download, ("nginx", "curl")),
     "startup": Benchmark(startup.run, ()),

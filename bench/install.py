@@ -2,10 +2,11 @@
 
 Every tool comes from the system's package manager: dnsperf, nginx (``nginx-light`` where
 the distribution still has it, which is nginx with only the core modules, TLS included;
-``nginx`` otherwise), h2load from ``nghttp2-client``, curl and openssl. When one is missing and we
-run as root, ``apt-get update`` and one ``apt-get install -y`` bring them all; otherwise
-the command to run is printed and ``python -m bench`` exits 2. Nothing here starts a
-system service: nginx only ever runs as a foreground process of the nginx benchmark.
+``nginx`` otherwise), h2load from ``nghttp2-client``, wrk, curl and openssl. When one is
+missing and we run as root, ``apt-get update`` and one ``apt-get install -y`` bring them
+all; otherwise the command to run is printed and ``python -m bench`` exits 2. Nothing here
+starts a system service: nginx only ever runs as a foreground process of the nginx
+benchmark.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ TOOLS: dict[str, Tool] = {
     "dnsperf": Tool("dnsperf", ("dnsperf",)),
     "nginx": Tool("nginx", ("nginx-light", "nginx")),
     "h2load": Tool("h2load", ("nghttp2-client",)),
+    "wrk": Tool("wrk", ("wrk",)),
     "curl": Tool("curl", ("curl",)),
     "openssl": Tool("openssl", ("openssl",)),
 }

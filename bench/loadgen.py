@@ -1,9 +1,14 @@
-"""The clients of the service benchmarks: h2load for update checks, curl for downloads.
+"""The clients of the service benchmarks: wrk and h2load for update checks, curl for downloads.
 
-Both are run as subprocesses and their own figures are parsed (h2load's ``finished in``
-time and request counts, curl's ``%{speed_download}``), so process start-up is never part
-of a measurement. A run in which anything failed or answered other than 2xx raises
-RuntimeError: a server answering errors quickly must not pass for a fast one.
+Each is run as a subprocess and its own figures are parsed (wrk's request count and
+``Requests/sec``, h2load's ``finished in`` time and request counts, curl's
+``%{speed_download}``), so process start-up is never part of a measurement. A run in which
+anything failed or answered other than 2xx raises RuntimeError: a server answering errors
+quickly must not pass for a fast one.
+
+wrk sends a different phone's check with every request (bench/phones.lua hands out
+prepared requests round robin from a file of bodies, one per line); h2load sends one body
+again and again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ _REQUESTS = re.compile(
     r"(\d+) errored, (\d+) timeout"
 )
 _STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+WRK_SCRIPT = Path(__file__).resolve().parent / "phones.lua"
+_WRK_DONE = re.compile(r"^\s*(\d+) requests in [\d.]+\w+, ", re.MULTILINE)
+_WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)\s*$", re.MULTILINE)
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_WRK_STATUS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+# How long wrk waits for an answer before it counts a timeout (its default is 2 s, which a
+# busy two-core machine can reach without anything being wrong).
+WRK_TIMEOUT = "10s"
 
 
 @dataclass(frozen=True)
@@ -129,6 +142,49 @@ def h2load(
     if done.returncode != 0:
         raise RuntimeError(f"h2load failed ({done.returncode}): {done.stderr or done.stdout}")
     return parse_h2load(done.stdout)
+
+
+def parse_wrk(output: str) -> LoadRun:
+    """The answered requests and measured time of wrk's report; RuntimeError on failures.
+
+    wrk prints a socket-error line and a non-2xx line only when there were some; either
+    one fails the run. (wrk counts a 3xx as answered: the servers measured never send one,
+    and the lab's answers are checked in its audit log.)
+    """
+    done = _WRK_DONE.search(output)
+    rate = _WRK_RATE.search(output)
+    if done is None or rate is None:
+        raise RuntimeError(f"wrk gave no report: {output[-2000:]}")
+    problems = [
+        found.group(0)
+        for found in (_WRK_SOCKET.search(output), _WRK_STATUS.search(output))
+        if found
+    ]
+    requests = int(done.group(1))
+    if problems or requests == 0:
+        raise RuntimeError(
+            f"wrk saw failures ({'; '.join(problems) or 'no request answered'}): "
+            "the server under test is not answering the check as expected"
+        )
+    # The time is taken from wrk's rate (requests over the run's time, two decimals), as
+    # for h2load, so that both tools' runs add up the same way.
+    per_second = float(rate.group(1))
+    return LoadRun(requests, requests / per_second if per_second else 0.0)
+
+
+def wrk(url: str, bodies: Path, *, seconds: int, start: int = 0, clients: int = CLIENTS) -> LoadRun:
+    """POST the checks of ``bodies`` (one per line) round robin as text/xml over HTTP/1.1,
+    from the ``start``-th on, ``clients`` kept-alive connections, one thread, for
+    ``seconds`` (wrk takes whole ones)."""
+    command = [require("wrk"), "-t", "1", "-c", str(clients), "-d", f"{seconds}s"]
+    command += ["--timeout", WRK_TIMEOUT, "-s", str(WRK_SCRIPT), url]
+    command += ["--", str(bodies), str(start)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout)
 
 
 def new_connection_checks(url: str, body: Path, *, bursts: int, clients: int = CLIENTS) -> LoadRun:

@@ -1,11 +1,12 @@
 """Profile the lab under one benchmark's load with py-spy: where a check's time goes.
 
-``python -m bench.profile check|newtls|download [--seconds N]`` starts the lab as the
-benchmarks do (bench.rig, bench.service), samples ``lab up`` with ``py-spy record`` while
-the benchmark's client loads it, and prints the top frames by own time and by time
-including callees, with the lab's CPU time per request. The raw samples (collapsed stacks,
-one line per stack) are kept for flame graphs. py-spy is a measuring tool, not a
-dependency of the lab: install it into the virtual environment with
+``python -m bench.profile phones|check|newtls|download [--seconds N]`` starts the lab as
+the benchmarks do (bench.rig, bench.service), samples ``lab up`` with ``py-spy record``
+while the benchmark's client loads it (``phones``: wrk with the checks of 10,000 distinct
+phones, bench.phones; ``check``: h2load with one body), and prints the top frames by own
+time and by time including callees, with the lab's CPU time per request. The raw samples
+(collapsed stacks, one line per stack) are kept for flame graphs. py-spy is a measuring
+tool, not a dependency of the lab: install it into the virtual environment with
 ``.venv/bin/pip install py-spy`` when needed.
 """
 
@@ -20,8 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.loadgen import curl_download, h2load, new_connection_checks, process_cpu
-from bench.rig import make_lab_files
+from bench.loadgen import curl_download, h2load, new_connection_checks, process_cpu, wrk
+from bench.phones import MIX, fleet, write_bodies
+from bench.rig import MODEL, make_lab_files
 from bench.service import (
     CHECK_IMAGE,
     CLIENT_ADDRESS,
@@ -67,6 +69,12 @@ def top_frames(raw: Path, count: int = TOP) -> str:
 
 def load(servers: Servers, stage: str, seconds: float) -> int:
     """Run ``stage``'s client against the lab for about ``seconds``; requests made."""
+    if stage == "phones":
+        bodies = servers.work / "phones.txt"
+        if not bodies.exists():
+            write_bodies(bodies, fleet())
+        run = wrk(servers.check_url(LAB), bodies, seconds=max(1, round(seconds)))
+        return run.requests
     if stage == "check":
         return h2load(servers.check_url(LAB), servers.request_file, seconds=seconds).requests
     done = 0
@@ -92,7 +100,7 @@ def load(servers: Servers, stage: str, seconds: float) -> int:
 def main() -> int:
     """Profile one stage and print its top frames."""
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("stage", choices=("check", "newtls", "download"))
+    parser.add_argument("stage", choices=("phones", "check", "newtls", "download"))
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to sample")
     parser.add_argument("--output", type=Path, help="where to keep the raw samples")
     args = parser.parse_args()
@@ -104,7 +112,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         work = Path(tmp)
         raw = args.output or work / "samples.txt"
-        files = make_lab_files(work / "lab", RECOMMENDED_KEY, size)
+        models = MIX if args.stage == "phones" else (MODEL,)
+        files = make_lab_files(work / "lab", RECOMMENDED_KEY, size, models)
         with Servers(files, work, baseline=False) as servers:
             load(servers, args.stage, 1.0)  # warm-up, not sampled
             # --function: one line per function, whatever line of it was running.

@@ -2,21 +2,24 @@
 
 ``make_lab_files`` writes a copy of the default lab with every port 0 and its own PKI
 directory and key type, makes the certificates, and puts a realistic update in the store:
-a vendor cab for the CX600 built, checked and imported into every front end with the
-lab's own code (lab.cab, lab.importer), then approved (lab.store). A CX600 reporting an
-older version is then answered with two downloads, the catalog and the image.
+a vendor cab with version APPROVED for each model asked for (the CX600 by default; the
+check benchmark's phone mix, bench.phones, has four), built, checked and imported into
+every front end with the lab's own code (lab.cab, lab.importer), then approved
+(lab.store). A phone of such a model reporting an older version is then answered with two
+downloads, the catalog and the image, and one reporting APPROVED with none.
 
 ``LabProcess`` runs ``python -m lab.cli --config <file> --state-dir <dir> up`` (uvloop,
 the real store, the audit log on), waits for its ``ready`` line and reads the endpoints
-from run.json. The internal site drops outside peers, and h2load cannot choose its source
-address: its connections to 127.10.0.11 leave from 127.0.0.1, which the default segments
-put outside. ``admit_loopback_client`` therefore moves 127.0.0.1 inside with the lab's own
-firewall toggle (the admin API, as ``lab firewall set 127.0.0.1 inside`` does); the
-configured segments stay the default ones.
+from run.json. The internal site drops outside peers, and neither wrk nor h2load can
+choose its source address: their connections to 127.10.0.11 leave from 127.0.0.1, which
+the default segments put outside. ``admit_loopback_client`` therefore moves 127.0.0.1
+inside with the lab's own firewall toggle (the admin API, as ``lab firewall set 127.0.0.1
+inside`` does); the configured segments stay the default ones.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import selectors
 import signal
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +53,7 @@ MAC = "00-04-F2-00-0B-01"
 SERIAL = "CX6A000B01"
 USER = "alice@contoso.test"
 FRONT_END = "fe01"
-# The address h2load's connections leave from (the kernel's choice for 127.x targets).
+# The address wrk's and h2load's connections leave from (the kernel's choice for 127.x).
 LOOPBACK_CLIENT = "127.0.0.1"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -92,14 +96,18 @@ def write_config(directory: Path, key_type: str) -> Path:
     return path
 
 
-def make_lab_files(directory: Path, key_type: str, image_size: int) -> LabFiles:
-    """Config, certificates and a store holding an approved CX600 update of ``image_size``."""
+def make_lab_files(
+    directory: Path, key_type: str, image_size: int, models: Sequence[str] = (MODEL,)
+) -> LabFiles:
+    """Config, certificates and a store holding an approved update of ``image_size`` for
+    each of ``models`` (version APPROVED); ``image_path`` is the first model's image."""
     config_path = write_config(directory, key_type)
     config = load_config(config_path)
     state = directory / "state"
     pki = LabPKI(config)
     pki.ensure()
-    data, updates = build([(phone_model(MODEL), APPROVED)], pki.vendor, image_size)
+    items = [(phone_model(name), APPROVED) for name in models]
+    data, updates = build(items, pki.vendor, image_size)
     contents = read_cab(
         data,
         CAB_NAME,
@@ -109,20 +117,32 @@ def make_lab_files(directory: Path, key_type: str, image_size: int) -> LabFiles:
     import_cab(state, contents, config.front_ends)
     with Store.open(state) as store:
         store.change(Action.APPROVE, Selection(all_=True))
-    image = updates[0].image
+    first = phone_model(models[0]).kind()
+    image = next(u.image for u in updates if u.kind == first)
     return LabFiles(config_path, state, config, str(image.path), image.size)
 
 
-def check_request() -> bytes:
-    """A CX600's update check (docs/wire-protocol.md), one version behind the approved one."""
+def check_request(
+    *,
+    model: str = MODEL,
+    mac: str = MAC,
+    serial: str = SERIAL,
+    installed: str = INSTALLED,
+    user: str | None = USER,
+) -> bytes:
+    """A phone's update check (docs/wire-protocol.md); by default a CX600's, one version
+    behind the approved one. ``user`` None: nobody has signed in on the phone yet."""
+    kind = phone_model(model).kind()
+    signed_in = f"<LastSignedInUser>{user}</LastSignedInUser>" if user else ""
     return (
         "<DeviceUpdateRequest>"
-        "<DeviceType>UCPhone</DeviceType><Vendor>Polycom</Vendor>"
-        f"<Model>{MODEL}</Model><Revision>A</Revision><Locale>ENU</Locale>"
-        f"<MacAddress>{MAC}</MacAddress><SerialNumber>{SERIAL}</SerialNumber>"
-        f'<Modules><Module name="CPE.nbt" version="{INSTALLED}" '
+        f"<DeviceType>{kind.device_type}</DeviceType><Vendor>{kind.vendor}</Vendor>"
+        f"<Model>{kind.model}</Model><Revision>{kind.revision}</Revision>"
+        f"<Locale>{kind.locale}</Locale>"
+        f"<MacAddress>{mac}</MacAddress><SerialNumber>{serial}</SerialNumber>"
+        f'<Modules><Module name="CPE.nbt" version="{installed}" '
         'timestamp="2012-11-02T10:00:00Z"/></Modules>'
-        f"<LastSignedInUser>{USER}</LastSignedInUser>"
+        f"{signed_in}"
         "</DeviceUpdateRequest>"
     ).encode()
 
@@ -220,11 +240,21 @@ class LabProcess(Started):
             end_process(process, lambda: process.send_signal(signal.SIGTERM), STOP_TIMEOUT)
 
 
+def _audit_files(files: LabFiles, front_end: str) -> list[Path]:
+    return sorted((files.state_dir / "servers" / front_end / "AuditLogs").glob("*.log"))
+
+
 def audit_lines(files: LabFiles, front_end: str = FRONT_END) -> int:
     """How many requests a front end's audit logs record."""
-    directory = files.state_dir / "servers" / front_end / "AuditLogs"
     total = 0
-    for path in directory.glob("*.log"):
+    for path in _audit_files(files, front_end):
         with path.open("rb") as handle:
             total += max(0, sum(1 for _ in handle) - 1)  # minus the header line
     return total
+
+
+def audit_records(files: LabFiles, front_end: str = FRONT_END) -> Iterator[dict[str, str]]:
+    """A front end's audit lines as they were written, keyed by the header's column names."""
+    for path in _audit_files(files, front_end):
+        with path.open(encoding="utf-8", newline="") as handle:
+            yield from csv.DictReader(handle)
