@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from types import MappingProxyType
 
@@ -48,7 +48,7 @@ from emulator.codec import (
     parse_update_response,
 )
 from emulator.codec import build_update_request as _build_request
-from emulator.errors import MalformedAnswerError, ProtocolError
+from emulator.errors import FirmwareProblem, MalformedAnswerError, ProtocolError
 from emulator.events import (
     Action,
     Boot,
@@ -88,7 +88,16 @@ from emulator.events import (
 from emulator.firmware import CatalogEntry
 from emulator.lease import SIGN_IN_PATH, Lease
 from emulator.models import CATALOG_MODULE, FACTORY_TIMESTAMP, IMAGE_MODULE, DeviceIdentity
-from emulator.phonelog import LogLevel, PhoneLog, format_duration, format_time
+from emulator.phonelog import (
+    NO_FACTS,
+    CheckTrigger,
+    LogCode,
+    LogFacts,
+    LogLevel,
+    PhoneLog,
+    format_duration,
+    format_time,
+)
 from emulator.routes import (
     Attempt,
     Exhausted,
@@ -354,10 +363,10 @@ class Phone:
                 return self._boot_failed(now, reason)
             case Resolved(addresses=addresses, kept=kept):
                 return self._step(now, self._walking.resolved(now, addresses, kept))
-            case ResolutionFailed(reason=reason):
-                return self._step(now, self._walking.resolution_failed(now, reason))
-            case ConnectionFailed(reason=reason):
-                return self._step(now, self._walking.connection_failed(now, reason))
+            case ResolutionFailed(reason=reason, answer=answer):
+                return self._step(now, self._walking.resolution_failed(now, reason, answer))
+            case ConnectionFailed(reason=reason, certificate=certificate):
+                return self._step(now, self._walking.connection_failed(now, reason, certificate))
             case ResponseReceived():
                 return self._response(now, event)
             case DownloadFinished(size=size, etag=etag):
@@ -368,8 +377,8 @@ class Phone:
                 return self._catalog_verified(now, files)
             case ImageVerified():
                 return self._image_verified(now)
-            case VerificationFailed(reason=reason):
-                return self._refuse_update(now, reason)
+            case VerificationFailed(reason=reason, problem=problem):
+                return self._refuse_update(now, reason, problem)
             case SignIn(credentials=credentials):
                 return self._sign_in(now, credentials)
             case CallStarted():
@@ -392,6 +401,7 @@ class Phone:
             "power",
             f"power on; DHCP lease: domain {lease.domain}, DNS server {dns}, "
             f"SIP server {lease.sip_server}",
+            LogCode.POWER_ON,
         )
         backup = self._slots[self._slots.inactive]
         if backup.status in (SlotStatus.CORRUPT, SlotStatus.FAILED):
@@ -400,10 +410,13 @@ class Phone:
                 "image",
                 f"slot {self._slots.inactive.value} holds {backup.describe()}: "
                 "the phone has no backup image until its next update",
+                LogCode.BACKUP_DAMAGED,
+                LogFacts(version=backup.version, slot=self._slots.inactive),
             )
         slot = self._slots.bootable()
         if slot is None:
-            self._error(now, "image", "no slot holds an image that can start; the phone stays off")
+            message = "no slot holds an image that can start; the phone stays off"
+            self._error(now, "image", message, LogCode.NO_IMAGE_STARTS)
             self._lease = None
             return []
         return self._boot(now, slot, update=False)
@@ -414,7 +427,8 @@ class Phone:
         self._state = S.BOOTING
         self._booting = slot
         self._boot_is_update = update
-        self._info(now, "power", f"starting image {version} from slot {slot.value}")
+        message = f"starting image {version} from slot {slot.value}"
+        self._info(now, "power", message, LogCode.STARTING, LogFacts(version=version, slot=slot))
         return [Boot(slot, version), self._arm(Timer.BOOT, now + self.settings.boot_time)]
 
     def _booted(self, now: float) -> list[Action]:
@@ -430,12 +444,16 @@ class Phone:
                 "update",
                 f"update complete: now running {self.current_version}; "
                 f"{previous} kept as the backup in slot {slot.other.value}",
+                LogCode.UPDATED,
+                LogFacts(version=self.current_version, previous=previous, slot=slot),
             )
-        self._info(now, "power", f"running {self.current_version}")
+        running = LogFacts(version=self.current_version, slot=slot)
+        self._info(now, "power", f"running {self.current_version}", LogCode.RUNNING, running)
         if not self._updates_enabled:
-            self._info(now, "update", "device update is disabled by in-band provisioning")
+            message = "device update is disabled by in-band provisioning"
+            self._info(now, "update", message, LogCode.UPDATES_DISABLED)
             return self._settle(now)
-        return self._start_check(now, "at power-on")
+        return self._start_check(now, CheckTrigger.POWER_ON)
 
     def _boot_failed(self, now: float, reason: str) -> list[Action]:
         slot = self._booting
@@ -447,6 +465,8 @@ class Phone:
             now,
             "power",
             f"image {failed.version} in slot {slot.value} did not start: {reason}",
+            LogCode.BOOT_FAILED,
+            LogFacts(version=failed.version, slot=slot),
         )
         actions = self._cancel(Timer.BOOT)
         other = slot.other
@@ -455,9 +475,12 @@ class Phone:
                 now,
                 "power",
                 f"returning to the backup image {self._slots[other].version} in slot {other.value}",
+                LogCode.RETURNING_TO_BACKUP,
+                LogFacts(version=self._slots[other].version, slot=other),
             )
             return actions + self._boot(now, other, update=False)
-        self._error(now, "power", "no other image can start; the phone stays off")
+        message = "no other image can start; the phone stays off"
+        self._error(now, "power", message, LogCode.NO_IMAGE_STARTS)
         self._state = S.OFF
         self._booting = None
         self._lease = None
@@ -472,9 +495,12 @@ class Phone:
                 f"power lost while writing {damaged.version} into slot "
                 f"{self._slots.inactive.value}: that slot is damaged; the phone keeps "
                 f"running {self.current_version}",
+                LogCode.POWER_CUT_INSTALLING,
+                LogFacts(version=damaged.version, slot=self._slots.inactive),
             )
         else:
-            self._warn(now, "power", f"power lost while {self._state.value}")
+            message = f"power lost while {self._state.value}"
+            self._warn(now, "power", message, LogCode.POWER_LOST)
         actions = self._reset_volatile()
         self._state = S.OFF
         self._lease = None
@@ -508,6 +534,8 @@ class Phone:
             "update",
             f"no call or use for {format_duration(self.settings.idle_wait)}: restarting into "
             f"{self._slots[staged].version}",
+            LogCode.RESTARTING,
+            LogFacts(version=self._slots[staged].version, slot=staged),
         )
         return self._reset_volatile() + self._boot(now, staged, update=True)
 
@@ -528,24 +556,24 @@ class Phone:
 
     def _check_timer(self, now: float) -> list[Action]:
         if self._state in (S.IDLE, S.BACKING_OFF):
-            return self._start_check(now, "every " + format_duration(self._check_interval))
+            return self._start_check(now, CheckTrigger.PERIODIC)
         self._check_due = True
         if self._state is S.AWAITING_REBOOT:
-            self._info(now, "update", "periodic check postponed: the restart will check")
+            message = "periodic check postponed: the restart will check"
         else:
-            self._info(
-                now, "update", f"periodic check due; it waits until {self._state.value} ends"
-            )
+            message = f"periodic check due; it waits until {self._state.value} ends"
+        self._info(now, "update", message, LogCode.CHECK_POSTPONED)
         return []
 
     def _retry_now(self, now: float) -> list[Action]:
         retry = self._retry
         assert retry is not None
         self._retry = None
-        self._info(now, "update", f"retrying the {retry.purpose.value}")
+        message = f"retrying the {retry.purpose.value}"
+        self._info(now, "update", message, LogCode.RETRYING, LogFacts(purpose=retry.purpose))
         if retry.purpose is Purpose.DOWNLOAD and self._update is not None:
             return self._start_download(now)
-        return self._start_check(now, "retry", scheduled=False)
+        return self._start_check(now, CheckTrigger.RETRY, scheduled=False)
 
     def _arm(self, timer: Timer, at: float) -> StartTimer:
         self._timers[timer] = at
@@ -573,7 +601,7 @@ class Phone:
             self._state = S.BACKING_OFF
             return [self._arm(Timer.RETRY, max(now, self._retry.at))]
         if self._check_due and self._updates_enabled:
-            return self._start_check(now, "due during another activity")
+            return self._start_check(now, CheckTrigger.DUE)
         self._check_due = False
         self._state = S.IDLE
         return []
@@ -589,16 +617,16 @@ class Phone:
 
     def _call_started(self, now: float) -> list[Action]:
         self._calls += 1
-        self._info(now, "call", "call started")
+        self._info(now, "call", "call started", LogCode.CALL_STARTED)
         if self._state is S.AWAITING_REBOOT:
-            self._info(now, "update", "restart held: a call is in progress")
+            self._info(now, "update", "restart held: a call is in progress", LogCode.RESTART_HELD)
             return self._cancel(Timer.REBOOT)
         return []
 
     def _call_ended(self, now: float) -> list[Action]:
         self._calls -= 1
         self._quiet_since = now
-        self._info(now, "call", "call ended")
+        self._info(now, "call", "call ended", LogCode.CALL_ENDED)
         if self._state is S.AWAITING_REBOOT and not self._calls:
             return self._restart_moved(now)
         return []
@@ -612,7 +640,8 @@ class Phone:
     def _restart_moved(self, now: float) -> list[Action]:
         actions = self._hold_or_arm_restart(now)
         at = self._timers[Timer.REBOOT]
-        self._info(now, "update", f"phone in use: the restart waits until {format_time(at)}")
+        message = f"phone in use: the restart waits until {format_time(at)}"
+        self._info(now, "update", message, LogCode.RESTART_MOVED, LogFacts(at=at))
         return actions
 
     def _clock_changed(self, now: float, offset: float) -> list[Action]:
@@ -622,6 +651,8 @@ class Phone:
             "clock",
             f"phone clock now reads {format_time(now + offset)} ({offset:+.0f} s from true "
             "time); certificates are checked against it",
+            LogCode.CLOCK_CHANGED,
+            LogFacts(clock_offset=offset),
         )
         return []
 
@@ -634,6 +665,8 @@ class Phone:
                 now,
                 "sign-in",
                 f"sign-in of {credentials.account} starts when {self._state.value} ends",
+                LogCode.SIGN_IN_WAITING,
+                LogFacts(user=credentials.account),
             )
             return []
         actions = self._cancel(Timer.RETRY) + self._cancel(Timer.REBOOT)
@@ -653,7 +686,13 @@ class Phone:
                 lease.url(external_host or lease.discovery_host, SIGN_IN_PATH), RouteKind.EXTERNAL
             ),
         )
-        self._info(now, "sign-in", f"signing in {credentials.account} at {routes[0].url}")
+        self._info(
+            now,
+            "sign-in",
+            f"signing in {credentials.account} at {routes[0].url}",
+            LogCode.SIGNING_IN,
+            LogFacts(user=credentials.account, url=routes[0].url),
+        )
         return self._begin_walk(now, Purpose.SIGN_IN, routes)
 
     def _signed_in(self, now: float, provisioning: Provisioning) -> list[Action]:
@@ -674,6 +713,8 @@ class Phone:
             f"{provisioning.internal_url or '(none)'}, external URL "
             f"{provisioning.external_url or '(none)'}, device update {enabled}, "
             f"check every {format_duration(self._check_interval)}",
+            LogCode.SIGNED_IN,
+            LogFacts(user=self._user, interval=self._check_interval),
         )
         self._retry = None
         self._retries = 0
@@ -705,7 +746,9 @@ class Phone:
         assert self._lease is not None
         return (Route(self._lease.discovery_url, RouteKind.DISCOVERY),)
 
-    def _start_check(self, now: float, why: str, *, scheduled: bool = True) -> list[Action]:
+    def _start_check(
+        self, now: float, trigger: CheckTrigger, *, scheduled: bool = True
+    ) -> list[Action]:
         actions = self._cancel(Timer.RETRY)
         self._retry = None
         self._update = None
@@ -718,8 +761,16 @@ class Phone:
         self._info(
             now,
             "update",
-            f"checking for updates ({why}) with {self.current_version}; "
-            f"service from {source}: {routes[0].url}",
+            f"checking for updates ({_check_words(trigger, self._check_interval)}) with "
+            f"{self.current_version}; service from {source}: {routes[0].url}",
+            LogCode.CHECKING,
+            LogFacts(
+                version=self.current_version,
+                trigger=trigger,
+                interval=self._check_interval,
+                route=routes[0].kind,
+                url=routes[0].url,
+            ),
         )
         return actions + self._begin_walk(now, Purpose.CHECK, routes)
 
@@ -729,11 +780,15 @@ class Phone:
         self._retries = 0
         current = self.current_version
         version = answer.version
+        offer = replace(walk.facts(), version=version, previous=current)
         if version is None:
-            self._info(now, "update", f"{walk.where} has no update for {current}")
+            message = f"{walk.where} has no update for {current}"
+            facts = replace(walk.facts(), version=current)
+            self._info(now, "update", message, LogCode.UP_TO_DATE, facts)
             return self._settle(now)
         if version == current:
-            self._info(now, "update", f"the service offers {version}, which is running")
+            message = f"the service offers {version}, which is running"
+            self._info(now, "update", message, LogCode.UP_TO_DATE, offer)
             return self._settle(now)
         if version in self._failed_versions:
             when = format_time(self._failed_versions[version])
@@ -742,6 +797,8 @@ class Phone:
                 "update",
                 f"the service offers {version}, which did not start on this phone at {when}; "
                 "not installing it again",
+                LogCode.NOT_REINSTALLED,
+                offer,
             )
             return self._settle(now)
         backup = self._slots.inactive
@@ -751,6 +808,8 @@ class Phone:
                 "update",
                 f"the service offers {version}, the backup image in slot {backup.value}: "
                 "switching to it without a download",
+                LogCode.BACKUP_OFFERED,
+                replace(offer, slot=backup),
             )
             self._staged = backup
             # Nothing to download: the quiet minutes count from now, not from a use before.
@@ -762,9 +821,12 @@ class Phone:
                 now,
                 "update",
                 f"the service offers {version} without {' or '.join(missing)}; ignoring it",
+                LogCode.OFFER_INCOMPLETE,
+                offer,
             )
             return self._settle(now)
-        self._info(now, "update", f"{walk.where} offers an update: {current} -> {version}")
+        message = f"{walk.where} offers an update: {current} -> {version}"
+        self._info(now, "update", message, LogCode.OFFERED, offer)
         self._update = _Update(version, answer, walk.route.kind)
         return self._start_download(now)
 
@@ -787,6 +849,14 @@ class Phone:
             now,
             "download",
             f"downloading {offer.module} {offer.version} ({offer.size} bytes{resume})",
+            LogCode.DOWNLOADING,
+            LogFacts(
+                module=offer.module,
+                version=offer.version,
+                size=offer.size,
+                offset=download.offset,
+                purpose=Purpose.DOWNLOAD,
+            ),
         )
         return self._begin_walk(now, Purpose.DOWNLOAD, self._download_routes(offer, update.kind))
 
@@ -809,6 +879,8 @@ class Phone:
             now,
             "download",
             f"downloaded {update.module} ({size} bytes) from {walk.route.host} ({walk.address})",
+            LogCode.DOWNLOADED,
+            replace(walk.facts(), module=update.module, version=update.version, size=size),
         )
         return self._start_download(now)
 
@@ -821,7 +893,10 @@ class Phone:
             f"download of {update.module} from {walk.where} cut at byte {event.offset}: "
             f"{event.reason}; it will resume from there"
         )
-        return self._step(now, walk.interrupted(now, message))
+        facts = replace(
+            walk.facts(), module=update.module, version=update.version, offset=event.offset
+        )
+        return self._step(now, walk.interrupted(now, message, facts))
 
     # --- Verification and install -----------------------------------------------------------
 
@@ -846,8 +921,14 @@ class Phone:
         entry = next((f for f in files if f.name == IMAGE_MODULE), None)
         if entry is None:
             return self._refuse_update(now, f"the catalog does not list {IMAGE_MODULE}")
+        update = self._update
+        assert update is not None
         self._info(
-            now, "verify", f"catalog signature verified with the {self.identity.vendor} certificate"
+            now,
+            "verify",
+            f"catalog signature verified with the {self.identity.vendor} certificate",
+            LogCode.CATALOG_VERIFIED,
+            LogFacts(version=update.version, module=CATALOG_MODULE),
         )
         self._state = S.VERIFYING_IMAGE
         return [VerifyImage(IMAGE_MODULE, entry.size, entry.sha256)]
@@ -859,12 +940,16 @@ class Phone:
             now,
             "verify",
             f"{IMAGE_MODULE} {update.version} matches its catalog (size and SHA-256)",
+            LogCode.IMAGE_VERIFIED,
+            LogFacts(version=update.version, module=IMAGE_MODULE),
         )
         slot = self._slots.begin_write(update.version, now)
         # The download has ended: the quiet minutes before the restart start now and run
         # on while the image is installed.
         self._quiet_since = now
-        self._info(now, "install", f"installing {update.version} into slot {slot.value}")
+        message = f"installing {update.version} into slot {slot.value}"
+        facts = LogFacts(version=update.version, slot=slot)
+        self._info(now, "install", message, LogCode.INSTALLING, facts)
         self._state = S.FLASHING
         return [
             Flash(slot, IMAGE_MODULE, update.version),
@@ -883,16 +968,22 @@ class Phone:
             f"{self._slots[slot].version} installed in slot {slot.value}; the phone restarts "
             f"after {format_duration(self.settings.idle_wait)} without a call or use, counted "
             "from the end of the download",
+            LogCode.INSTALLED,
+            LogFacts(version=self._slots[slot].version, slot=slot),
         )
         return [DiscardDownloads(modules), *self._settle(now)]
 
-    def _refuse_update(self, now: float, reason: str) -> list[Action]:
+    def _refuse_update(
+        self, now: float, reason: str, problem: FirmwareProblem = FirmwareProblem.DOES_NOT_VERIFY
+    ) -> list[Action]:
         update = self._update
         assert update is not None
         self._error(
             now,
             "verify",
             f"update to {update.version} refused: {reason}; keeping {self.current_version}",
+            LogCode.UPDATE_REFUSED,
+            LogFacts(version=update.version, previous=self.current_version, firmware=problem),
         )
         modules = tuple(self._downloads)
         self._downloads.clear()
@@ -908,7 +999,9 @@ class Phone:
             Purpose.DOWNLOAD: S.DOWNLOADING,
         }[purpose]
         if not routes:
-            self._error(now, purpose.value, "no URL to use")
+            self._error(
+                now, purpose.value, "no URL to use", LogCode.NO_URL, LogFacts(purpose=purpose)
+            )
             return self._walk_failed(now, purpose, None)
         self._walk = Walk(purpose, routes, self.log)
         return self._step(now, self._walk.start())
@@ -923,10 +1016,11 @@ class Phone:
                 return self._send(walk)
             case Succeeded():
                 raise AssertionError("a success is read by the caller")  # pragma: no cover
-            case Refused(message=message):
+            case Refused(message=message, code=code, status=status, diagnostics=diagnostics):
                 if walk.purpose is not Purpose.SIGN_IN:
                     message += f"; the phone keeps {self.current_version}"
-                self._error(now, walk.purpose.value, message)
+                facts = replace(walk.facts(), status=status, diagnostics=diagnostics)
+                self._error(now, walk.purpose.value, message, code, facts)
                 return self._give_up(now, walk.purpose)
             case Exhausted(retry_after=retry_after):
                 return self._walk_failed(now, walk.purpose, retry_after)
@@ -987,7 +1081,8 @@ class Phone:
 
     def _walk_failed(self, now: float, purpose: Purpose, retry_after: float | None) -> list[Action]:
         if purpose is Purpose.SIGN_IN:
-            self._error(now, "sign-in", "sign-in failed: no server could be reached")
+            message = "sign-in failed: no server could be reached"
+            self._error(now, "sign-in", message, LogCode.SIGN_IN_FAILED)
             self._signing_in = None
             return self._settle(now)
         limit = self.settings.max_retries
@@ -997,6 +1092,8 @@ class Phone:
                 purpose.value,
                 f"{purpose.value} failed {self._retries + 1} times in a row; giving up "
                 "until the next scheduled check",
+                LogCode.GAVE_UP,
+                LogFacts(purpose=purpose),
             )
             self._retries = 0
             self._retry = None
@@ -1011,16 +1108,39 @@ class Phone:
             now,
             purpose.value,
             f"{purpose.value} failed; retry {self._retries} of {limit} in {delay:.1f} s",
+            LogCode.RETRY_SCHEDULED,
+            LogFacts(purpose=purpose, at=now + delay, retry_after=retry_after),
         )
         return self._settle(now)
 
     # --- Log --------------------------------------------------------------------------------
 
-    def _info(self, now: float, topic: str, message: str) -> None:
-        self.log.add(now, LogLevel.INFO, topic, message)
+    # Every line gets its code and facts where it is written: what programs judge by.
 
-    def _warn(self, now: float, topic: str, message: str) -> None:
-        self.log.add(now, LogLevel.WARNING, topic, message)
+    def _info(
+        self, now: float, topic: str, message: str, code: LogCode, facts: LogFacts = NO_FACTS
+    ) -> None:
+        self.log.add(now, LogLevel.INFO, topic, message, code=code, facts=facts)
 
-    def _error(self, now: float, topic: str, message: str) -> None:
-        self.log.add(now, LogLevel.ERROR, topic, message)
+    def _warn(
+        self, now: float, topic: str, message: str, code: LogCode, facts: LogFacts = NO_FACTS
+    ) -> None:
+        self.log.add(now, LogLevel.WARNING, topic, message, code=code, facts=facts)
+
+    def _error(
+        self, now: float, topic: str, message: str, code: LogCode, facts: LogFacts = NO_FACTS
+    ) -> None:
+        self.log.add(now, LogLevel.ERROR, topic, message, code=code, facts=facts)
+
+
+def _check_words(trigger: CheckTrigger, interval: float) -> str:
+    """Why a check started, as the log says it (``interval``: the check interval, seconds)."""
+    match trigger:
+        case CheckTrigger.POWER_ON:
+            return "at power-on"
+        case CheckTrigger.PERIODIC:
+            return "every " + format_duration(interval)
+        case CheckTrigger.RETRY:
+            return "retry"
+        case CheckTrigger.DUE:
+            return "due during another activity"

@@ -37,8 +37,10 @@ from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from emulator.clock import Clock, to_datetime
+from emulator.codec import parse_diagnostics
 from emulator.core import Phone
 from emulator.errors import (
+    CertificateError,
     DownloadInterruptedError,
     DriverError,
     FirmwareError,
@@ -95,7 +97,14 @@ from emulator.net.https import (
 )
 from emulator.net.resolver import DEFAULT_TIMEOUT, DEFAULT_TRIES, DNSResolver, Resolver
 from emulator.net.tls import CertificateChecker, PhoneTLSContext, phone_context
-from emulator.phonelog import MAX_LOG_FILE_SIZE, LogLevel, celog_file_name, render_celog
+from emulator.phonelog import (
+    MAX_LOG_FILE_SIZE,
+    LogCode,
+    LogFacts,
+    LogLevel,
+    celog_file_name,
+    render_celog,
+)
 from emulator.routes import is_address
 from emulator.states import BUSY, QUIET, UP, PhoneState
 
@@ -446,6 +455,8 @@ class PhoneDriver:
             LogLevel.INFO,
             LOG_TOPIC,
             f"uploading the log as {LOG_TYPE} {file_name} ({len(body)} bytes) to {url}",
+            code=LogCode.LOG_UPLOADING,
+            facts=LogFacts(url=url, size=len(body)),
         )
         try:
             stored, address = await self._post_log(url, body)
@@ -458,13 +469,30 @@ class PhoneDriver:
                 retry_after=exc.retry_after,
                 body=exc.body,
             )
-            phone.log.add(self._now(), LogLevel.ERROR, LOG_TOPIC, str(exc))
+            diagnostics = parse_diagnostics(exc.diagnostics)
+            facts = LogFacts(url=url, status=exc.status, diagnostics=diagnostics)
+            code = LogCode.LOG_NOT_UPLOADED
+            phone.log.add(self._now(), LogLevel.ERROR, LOG_TOPIC, str(exc), code=code, facts=facts)
             raise refused from None
         except (NetworkError, MalformedAnswerError) as exc:
-            phone.log.add(self._now(), LogLevel.ERROR, LOG_TOPIC, f"log not uploaded: {exc}")
+            phone.log.add(
+                self._now(),
+                LogLevel.ERROR,
+                LOG_TOPIC,
+                f"log not uploaded: {exc}",
+                code=LogCode.LOG_NOT_UPLOADED,
+                facts=LogFacts(url=url),
+            )
             raise
         host = urlsplit(url).hostname
-        phone.log.add(self._now(), LogLevel.INFO, LOG_TOPIC, f"{host} ({address}): {stored}")
+        phone.log.add(
+            self._now(),
+            LogLevel.INFO,
+            LOG_TOPIC,
+            f"{host} ({address}): {stored}",
+            code=LogCode.LOG_UPLOADED,
+            facts=LogFacts(url=url, host=host, address=address),
+        )
         return stored
 
     async def _post_log(self, url: str, body: bytes) -> tuple[str, str]:
@@ -503,7 +531,15 @@ class PhoneDriver:
                 else:
                     return answer.body.decode("utf-8", "replace").strip(), address
                 problem = f"{host} at {address}:{port}: {failure}"
-                self.phone.log.add(self._now(), LogLevel.WARNING, LOG_TOPIC, problem)
+                status = failure.status if isinstance(failure, ServiceStatusError) else None
+                self.phone.log.add(
+                    self._now(),
+                    LogLevel.WARNING,
+                    LOG_TOPIC,
+                    problem,
+                    code=LogCode.LOG_UPLOAD_FAILED,
+                    facts=LogFacts(url=url, host=host, address=address, status=status),
+                )
         finally:
             await self.network.close_client(client)
         assert failure is not None  # the DNS answer held at least one address
@@ -790,7 +826,7 @@ class PhoneDriver:
         try:
             addresses = await self._dns().resolve(host, "A")
         except ResolutionError as exc:
-            return ResolutionFailed(self._now(), host, str(exc))
+            return ResolutionFailed(self._now(), host, str(exc), answer=exc.answer)
         # Asked once the answer is in: the server may have closed it meanwhile.
         kept = self._client.kept_address(host, port) if self._client is not None else None
         return Resolved(self._now(), host, tuple(addresses), kept)
@@ -809,7 +845,7 @@ class PhoneDriver:
         except ServiceStatusError as exc:
             return _status(self._now(), exc)
         except (NetworkError, MalformedAnswerError) as exc:
-            return ConnectionFailed(self._now(), str(exc))
+            return _connection_failed(self._now(), exc)
         return ResponseReceived(self._now(), answer.status, answer.body)
 
     async def _download(self, action: StartDownload) -> Event:
@@ -833,7 +869,7 @@ class PhoneDriver:
         except ServiceStatusError as exc:
             return _status(self._now(), exc)
         except (NetworkError, MalformedAnswerError) as exc:
-            return ConnectionFailed(self._now(), str(exc))
+            return _connection_failed(self._now(), exc)
         except OSError as exc:
             reason = f"cannot write {action.module} to {path}: {exc.strerror or exc}"
             return ConnectionFailed(self._now(), reason)
@@ -859,7 +895,7 @@ class PhoneDriver:
         except OSError as exc:
             return VerificationFailed(now, f"cannot read {action.module}: {exc.strerror}")
         except FirmwareError as exc:
-            return VerificationFailed(now, str(exc))
+            return VerificationFailed(now, str(exc), problem=exc.problem)
         return CatalogVerified(now, catalog.files)
 
     def _verify_image(self, action: VerifyImage) -> None:
@@ -918,15 +954,22 @@ def _status(now: float, exc: ServiceStatusError) -> ResponseReceived:
     return ResponseReceived(now, exc.status, exc.body, exc.diagnostics, exc.retry_after)
 
 
-def _problem(check: Callable[..., object], *args: object) -> str | None:
+def _connection_failed(now: float, exc: NetworkError | MalformedAnswerError) -> ConnectionFailed:
+    certificate = exc.kind if isinstance(exc, CertificateError) else None
+    return ConnectionFailed(now, str(exc), certificate=certificate)
+
+
+def _problem(check: Callable[..., object], *args: object) -> FirmwareError | None:
     """What ``check(*args)`` finds wrong with an image (its FirmwareError), or None; safe to
     run in a worker thread."""
     try:
         check(*args)
     except FirmwareError as exc:
-        return str(exc)
+        return exc
     return None
 
 
-def _image_event(now: float, problem: str | None) -> Event:
-    return ImageVerified(now) if problem is None else VerificationFailed(now, problem)
+def _image_event(now: float, problem: FirmwareError | None) -> Event:
+    if problem is None:
+        return ImageVerified(now)
+    return VerificationFailed(now, str(problem), problem=problem.problem)

@@ -6,6 +6,8 @@ so a driver or a test only ever handles one family. Messages say what is wrong i
 
 from __future__ import annotations
 
+import enum
+
 
 class EmulatorError(Exception):
     """Base of every error the emulator raises on purpose."""
@@ -46,8 +48,22 @@ class MalformedAnswerError(EmulatorError, ValueError):
     """An answer from the update service (check, provisioning) is not what the protocol says."""
 
 
+class FirmwareProblem(enum.StrEnum):
+    """What kind of check a refused update failed, for programs that judge a phone's log."""
+
+    NOT_SIGNED = "not-signed"
+    """The catalog's signature does not verify with the vendor key the phone trusts."""
+    ALTERED = "altered"
+    """The image's SHA-256 differs from the one its catalog lists."""
+    DOES_NOT_VERIFY = "does-not-verify"
+    """Any other check: catalog format, device, size, an unreadable file."""
+
+
 class FirmwareError(EmulatorError, ValueError):
     """A firmware catalog or image fails a check; the phone must not install it."""
+
+    problem = FirmwareProblem.DOES_NOT_VERIFY
+    """Which kind of check failed, as the phone's log records it (each subclass says)."""
 
 
 class CatalogError(FirmwareError):
@@ -61,6 +77,8 @@ class VendorCertificateError(FirmwareError):
 class SignatureError(FirmwareError):
     """A catalog's signature does not verify with the vendor certificate the phone trusts."""
 
+    problem = FirmwareProblem.NOT_SIGNED
+
 
 class DeviceMismatchError(FirmwareError):
     """A catalog is for another vendor, model, revision, locale or version than expected."""
@@ -68,6 +86,12 @@ class DeviceMismatchError(FirmwareError):
 
 class ImageError(FirmwareError):
     """An image's size or SHA-256 differs from its catalog entry, or it cannot be read."""
+
+
+class ImageAlteredError(ImageError):
+    """An image's SHA-256 differs from its catalog entry: altered or corrupt."""
+
+    problem = FirmwareProblem.ALTERED
 
 
 class NetworkError(EmulatorError):
@@ -101,11 +125,33 @@ class TLSError(NetworkError):
         super().__init__(message)
 
 
+class CertificateProblem(enum.StrEnum):
+    """Which of the phone's checks a server certificate failed."""
+
+    UNTRUSTED_ISSUER = "untrusted-issuer"
+    NOT_YET_VALID = "not-yet-valid"
+    """Not yet valid by the phone's clock."""
+    EXPIRED = "expired"
+    """Expired by the phone's clock."""
+    NAME_MISMATCH = "name-mismatch"
+    """The host name is not on the certificate."""
+    UNUSABLE = "unusable"
+    """Anything else: no certificate, unreadable, no trusted CA at all."""
+
+
 class CertificateError(TLSError):
     """A server certificate fails the phone's checks: trusted CA, host name, its clock's date."""
 
-    def __init__(self, host: str, problem: str, *, address: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        problem: str,
+        *,
+        address: str | None = None,
+        kind: CertificateProblem = CertificateProblem.UNUSABLE,
+    ) -> None:
         self.problem = problem
+        self.kind = kind
         self.address = address
         where = f" (served by {address})" if address else ""
         super().__init__(f"certificate for {host}: {problem}{where}", host=host)

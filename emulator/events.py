@@ -13,7 +13,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from emulator.errors import CredentialsError
+from emulator.errors import CertificateProblem, CredentialsError, FirmwareProblem
 from emulator.firmware import CatalogEntry
 from emulator.lease import Lease
 from emulator.slots import SlotName
@@ -114,6 +114,8 @@ class ResolutionFailed(Event):
 
     host: str
     reason: str
+    answer: str | None = None
+    """What the DNS server said (NXDOMAIN, SERVFAIL, ...), when it said something."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class ConnectionFailed(Event):
     """The last request could not reach its address (refused, timed out, TLS error...)."""
 
     reason: str
+    certificate: CertificateProblem | None = None
+    """Which check the server's certificate failed, when that is why."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,8 @@ class VerificationFailed(Event):
     """The last VerifyCatalog or VerifyImage failed, for this reason."""
 
     reason: str
+    problem: FirmwareProblem = FirmwareProblem.DOES_NOT_VERIFY
+    """Which kind of check failed (the FirmwareError's ``problem``)."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from emulator.errors import (
     CatalogError,
     DeviceMismatchError,
+    ImageAlteredError,
     ImageError,
     SignatureError,
     VendorCertificateError,
@@ -227,7 +228,7 @@ def check_received(size: int, sha256: str, entry: CatalogEntry) -> None:
             "(incomplete or altered download)"
         )
     if sha256 != entry.sha256:
-        raise ImageError(
+        raise ImageAlteredError(
             f"{entry.name} has SHA-256 {sha256}, but its catalog lists {entry.sha256} "
             "(altered or corrupt image)"
         )

@@ -8,8 +8,8 @@ moves to the next address. When a route ends without any server having
 answered (no DNS answer, no connection), the phone moves to the next route: that is how an
 inside phone falls back from the internal URL to the external one. When a server did
 answer (busy, errors), trying another route would reach the same pool: the walk ends and
-the phone backs off instead. A walk logs each failure with its reason and names the next
-step; the phone core (emulator/core.py) turns steps into actions.
+the phone backs off instead. A walk logs each failure with its reason (and its log code and
+facts) and names the next step; the phone core (emulator/core.py) turns steps into actions.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from emulator.codec import describe_status, parse_diagnostics
+from emulator.codec import Diagnostics, describe_status, parse_diagnostics
+from emulator.errors import CertificateProblem
 from emulator.events import Purpose
-from emulator.phonelog import LogLevel, PhoneLog
+from emulator.phonelog import LogCode, LogFacts, LogLevel, PhoneLog
 
 
 class RouteKind(enum.Enum):
@@ -98,9 +99,15 @@ class Succeeded:
 
 @dataclass(frozen=True)
 class Refused:
-    """The service refused (401/403 or another 4xx): no retry; ``message`` says why."""
+    """The service refused (401/403 or another 4xx): no retry; ``message`` says why.
+
+    ``code`` is DENIED (401/403) or REQUEST_REFUSED (another 4xx), for the log line.
+    """
 
     message: str
+    code: LogCode
+    status: int
+    diagnostics: Diagnostics | None
 
 
 @dataclass(frozen=True)
@@ -167,37 +174,51 @@ class Walk:
         self.addresses, self.address_index = answer, 0
         self.phase = Phase.REQUESTING
         if not answer:
-            self._log.add(now, LogLevel.ERROR, "dns", f"{host}: the DNS answer holds no address")
+            message = f"{host}: the DNS answer holds no address"
+            facts = LogFacts(host=host, purpose=self.purpose)
+            self._log.add(now, LogLevel.ERROR, "dns", message, code=LogCode.NO_ADDRESS, facts=facts)
             return self._route_failed(now)
         message = f"{host} is {', '.join(answer)}"
         if kept is not None and kept in answer and kept != answer[0]:
             self.addresses = (kept, *(a for a in answer if a != kept))
             message += f"; {kept} first, over the connection the phone has open to it"
-        self._log.add(now, LogLevel.INFO, "dns", message)
+        facts = LogFacts(host=host, address=self.addresses[0], purpose=self.purpose)
+        self._log.add(now, LogLevel.INFO, "dns", message, code=LogCode.RESOLVED, facts=facts)
         return Attempt()
 
-    def resolution_failed(self, now: float, reason: str) -> Step:
-        """The lookup failed: the route cannot be reached."""
-        self._log.add(now, LogLevel.ERROR, "dns", f"lookup of {self.route.host} failed: {reason}")
+    def resolution_failed(self, now: float, reason: str, answer: str | None = None) -> Step:
+        """The lookup failed (``answer``: what the DNS server said): the route cannot be reached."""
+        host = self.route.host
+        self._log.add(
+            now,
+            LogLevel.ERROR,
+            "dns",
+            f"lookup of {host} failed: {reason}",
+            code=LogCode.DNS_FAILED,
+            facts=LogFacts(host=host, dns_answer=answer, purpose=self.purpose),
+        )
         return self._route_failed(now)
 
-    def connection_failed(self, now: float, reason: str) -> Step:
+    def connection_failed(
+        self, now: float, reason: str, certificate: CertificateProblem | None = None
+    ) -> Step:
         """No connection (refused, timed out, TLS): try the next address."""
         route = self.route
         message = f"cannot reach {route.host} at {self.address}:{route.port}: {reason}"
-        self._log.add(now, LogLevel.ERROR, self.purpose.value, message)
+        facts = self._facts(certificate=certificate)
+        self._add(now, LogLevel.ERROR, message, LogCode.CONNECTION_FAILED, facts)
         return self._next_address(now)
 
-    def interrupted(self, now: float, message: str) -> Step:
+    def interrupted(self, now: float, message: str, facts: LogFacts) -> Step:
         """A transfer was cut: the server was reached, so try its peers, not another route."""
         self.answered = True
-        self._log.add(now, LogLevel.WARNING, self.purpose.value, message)
+        self._add(now, LogLevel.WARNING, message, LogCode.DOWNLOAD_CUT, facts)
         return self._next_address(now)
 
     def malformed(self, now: float, problem: str) -> Step:
         """A 200 answer the phone cannot use: another server may answer properly."""
         message = f"{self.where} answered nonsense: {problem}"
-        self._log.add(now, LogLevel.ERROR, self.purpose.value, message)
+        self._add(now, LogLevel.ERROR, message, LogCode.MALFORMED_ANSWER, self._facts())
         return self._next_address(now)
 
     def response(
@@ -208,9 +229,11 @@ class Walk:
         if status == 200:
             return Succeeded()
         purpose = self.purpose.value
-        described = describe_status(status, parse_diagnostics(diagnostics))
+        parsed = parse_diagnostics(diagnostics)
+        described = describe_status(status, parsed)
         if status in (401, 403):
-            return Refused(f"{self.where} denied the {purpose}: {described}")
+            message = f"{self.where} denied the {purpose}: {described}"
+            return Refused(message, LogCode.DENIED, status, parsed)
         if status == 503:
             if retry_after is not None and (
                 self.retry_after is None or retry_after > self.retry_after
@@ -218,13 +241,17 @@ class Walk:
                 self.retry_after = retry_after
             wait = f"; it asks to retry after {retry_after:g} s" if retry_after else ""
             message = f"{self.where} is unavailable: {described}{wait}"
-            self._log.add(now, LogLevel.WARNING, purpose, message)
+            facts = self._facts(status=status, diagnostics=parsed, retry_after=retry_after)
+            self._add(now, LogLevel.WARNING, message, LogCode.UNAVAILABLE, facts)
             return self._next_address(now)
         if status >= 500 or (status == 404 and self.purpose is Purpose.DOWNLOAD):
             # Another front end may be healthy, or hold the file: import is per server.
-            self._log.add(now, LogLevel.ERROR, purpose, f"{self.where} answered {described}")
+            message = f"{self.where} answered {described}"
+            facts = self._facts(status=status, diagnostics=parsed)
+            self._add(now, LogLevel.ERROR, message, LogCode.SERVER_FAILED, facts)
             return self._next_address(now)
-        return Refused(f"{self.where} refused the {purpose}: {described}")
+        message = f"{self.where} refused the {purpose}: {described}"
+        return Refused(message, LogCode.REQUEST_REFUSED, status, parsed)
 
     def _next_address(self, now: float) -> Step:
         self.address_index += 1
@@ -242,5 +269,36 @@ class Walk:
             f"{failed.kind.value} URL {failed.url} cannot be reached; trying "
             f"{self.route.kind.value} URL {self.route.url}"
         )
-        self._log.add(now, LogLevel.WARNING, self.purpose.value, message)
+        facts = LogFacts(purpose=self.purpose, route=self.route.kind, url=self.route.url)
+        self._add(now, LogLevel.WARNING, message, LogCode.FALLING_BACK, facts)
         return self.start()
+
+    def facts(self) -> LogFacts:
+        """The facts of a line about the current route and address (add more with replace)."""
+        return self._facts()
+
+    def _facts(
+        self,
+        *,
+        status: int | None = None,
+        diagnostics: Diagnostics | None = None,
+        retry_after: float | None = None,
+        certificate: CertificateProblem | None = None,
+    ) -> LogFacts:
+        route = self.route
+        return LogFacts(
+            purpose=self.purpose,
+            route=route.kind,
+            url=route.url,
+            host=route.host,
+            address=self.address,
+            status=status,
+            diagnostics=diagnostics,
+            retry_after=retry_after,
+            certificate=certificate,
+        )
+
+    def _add(
+        self, now: float, level: LogLevel, message: str, code: LogCode, facts: LogFacts
+    ) -> None:
+        self._log.add(now, level, self.purpose.value, message, code=code, facts=facts)

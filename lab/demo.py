@@ -19,8 +19,9 @@ The story, in chapters, on one lab and one event loop (lab.harness):
 
 Rules of this module: the fleet comes from the config (``config.fleet``), so a user's own
 config with another fleet works too; what a phone *should* end as is derived from its
-entry alone (`expected_outcome`), what it *did* end as from its own log and the front
-ends' audit records alone (`observed_outcome`), and the two are compared as plain words.
+entry alone (`expected_outcome`), what it *did* end as from the codes and facts of its own
+log (never the log's sentences, which are for people) and the front ends' audit records
+alone (`observed_outcome`), and the two are compared as plain words.
 Phones run on a ScaledClock (``scale`` phone seconds per real second), or on the loop's
 time when ``scale`` is None (tests under looptime): the code path is the same.
 """
@@ -48,6 +49,7 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
+from emulator import LogCode, RouteKind
 from emulator.clock import Clock, to_datetime
 from emulator.core import TIME_SLACK, Phone
 from emulator.driver import Network, PhoneDriver
@@ -185,7 +187,8 @@ def expected_outcome(phone: DemoPhone) -> str:
 
 
 def observed_outcome(driver: PhoneDriver, checks: Sequence[AuditRecord]) -> str:
-    """What the phone did end as, in `expected_outcome`'s words, from its log and ``checks``.
+    """What the phone did end as, in `expected_outcome`'s words, from its log's codes and
+    facts and ``checks``.
 
     ``checks`` are the front ends' audit records of this phone's update checks, in order.
     """
@@ -209,9 +212,9 @@ def observed_outcome(driver: PhoneDriver, checks: Sequence[AuditRecord]) -> str:
     else:
         route = "in-band, edge + NTLM" if record.last_signed_in_user else "in-band, edge"
     outcome = f"{version} ({source}) via {route}"
-    if core.log.matching("restart held: a call is in progress"):
-        ended = [e.time for e in core.log.matching("call ended")]
-        restarts = [e.time for e in core.log.matching("no call or use for")]
+    if core.log.coded(LogCode.RESTART_HELD):
+        ended = [e.time for e in core.log.coded(LogCode.CALL_ENDED)]
+        restarts = [e.time for e in core.log.coded(LogCode.RESTARTING)]
         waited = bool(ended and restarts) and (
             restarts[-1] >= ended[-1] + core.settings.idle_wait - TIME_SLACK
         )
@@ -221,13 +224,10 @@ def observed_outcome(driver: PhoneDriver, checks: Sequence[AuditRecord]) -> str:
 
 def _check_source(core: Phone, version: str) -> str | None:
     """Where the phone took the URL of the check that offered ``version`` from."""
-    source = found = None
-    for entry in core.log:
-        if entry.message.startswith("checking for updates"):
-            source = "DNS discovery" if "from DNS discovery" in entry.message else "in-band"
-        elif "offers an update:" in entry.message and entry.message.endswith(f"-> {version}"):
-            found = source
-    return found
+    offers = [e for e in core.log.coded(LogCode.OFFERED) if e.facts.version == version]
+    if not offers:
+        return None
+    return "DNS discovery" if offers[-1].facts.route is RouteKind.DISCOVERY else "in-band"
 
 
 def explaining_line(entries: Sequence[LogEntry], changed: bool) -> LogEntry | None:
@@ -241,7 +241,7 @@ def explaining_line(entries: Sequence[LogEntry], changed: bool) -> LogEntry | No
     trouble = [e for e in entries if e.level is not LogLevel.INFO]
     if trouble:
         return trouble[-1]
-    telling = [e for e in entries if e.topic in TELLING_TOPICS or e.message.startswith("power on")]
+    telling = [e for e in entries if e.topic in TELLING_TOPICS or e.code is LogCode.POWER_ON]
     if telling and changed:
         return telling[0]
     if telling:

@@ -16,12 +16,15 @@ import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
 from rich.console import Console
 
+from emulator import LogCode
 from emulator.models import get_model
+from emulator.phonelog import LogEntry, LogLevel, PhoneLog
 from lab.cli import main
 from lab.config import FleetPhone, LabConfig, default_text
 from lab.demo import (
@@ -58,8 +61,8 @@ DEFAULT_FLEET_ENDS = [
 """What each phone of lab/default.toml's fleet must end as, in the summary's words."""
 
 
-def times(phone: PhoneOutcome, text: str) -> list[float]:
-    return [entry.time for entry in phone.log if text in entry.message]
+def times(phone: PhoneOutcome, code: LogCode) -> list[float]:
+    return [entry.time for entry in phone.log if entry.code is code]
 
 
 async def demo(
@@ -121,19 +124,19 @@ async def test_the_default_fleet_updates_as_each_entry_says_and_the_story_is_tol
 
     # Phone times are exact on loop time: plugged in STAGGER apart, restarts five minutes
     # after the download ended (installing included), the busy phone's only after its call.
-    plugged = [times(p, "power on; DHCP lease")[-1] for p in result.phones]
+    plugged = [times(p, LogCode.POWER_ON)[-1] for p in result.phones]
     assert plugged == [plugged[0] + k * STAGGER for k in range(6)]
     for phone in result.phones[:2] + result.phones[3:5]:
-        (verified,) = times(phone, "matches its catalog")
-        (installed,) = times(phone, "installed in slot B")
+        (verified,) = times(phone, LogCode.IMAGE_VERIFIED)
+        (installed,) = times(phone, LogCode.INSTALLED)
         assert installed == verified + FLASH
-        assert times(phone, "no call or use for 5 min") == [verified + IDLE_WAIT]
+        assert times(phone, LogCode.RESTARTING) == [verified + IDLE_WAIT]
     cx700 = result.phones[5]
-    (installed,) = times(cx700, "installed in slot B")
-    (held,) = times(cx700, "restart held")
-    (ended,) = times(cx700, "call ended")
+    (installed,) = times(cx700, LogCode.INSTALLED)
+    (held,) = times(cx700, LogCode.RESTART_HELD)
+    (ended,) = times(cx700, LogCode.CALL_ENDED)
     assert (held, ended) == (installed + CALL_AFTER, installed + CALL_AFTER + CALL_LENGTH)
-    assert times(cx700, "no call or use for 5 min") == [ended + IDLE_WAIT]
+    assert times(cx700, LogCode.RESTARTING) == [ended + IDLE_WAIT]
 
     # The summary and the System Information screens.
     for label, end in DEFAULT_FLEET_ENDS:
@@ -146,6 +149,27 @@ async def test_the_default_fleet_updates_as_each_entry_says_and_the_story_is_tol
     assert text.count("│ System Information") == 6
     assert "Every phone ended as it should." in text
     assert result.as_dict()["ok"] is True
+
+
+@pytest.mark.looptime
+async def test_the_summary_judges_by_log_codes_and_facts_not_by_sentences(
+    lab_config: LabConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every phone log line says only a placeholder; codes and facts stay. The summary must
+    # come out the same, so an outcome that leaned on a sentence would fail here.
+    add = PhoneLog.add
+
+    def add_without_words(
+        self: PhoneLog, time: float, level: LogLevel, topic: str, message: str, **coded: Any
+    ) -> LogEntry:
+        return add(self, time, level, topic, "(words for people only)", **coded)
+
+    monkeypatch.setattr(PhoneLog, "add", add_without_words)
+    result, text = await demo(lab_config, tmp_path / "state")
+
+    assert result.ok, text
+    assert [(p.label, p.observed) for p in result.phones] == DEFAULT_FLEET_ENDS
+    assert all(e.message == "(words for people only)" for p in result.phones for e in p.log)
 
 
 @pytest.mark.looptime

@@ -548,7 +548,8 @@ class PhoneHTTPSClient:
                 # aiohttp tried every address and reports only the last failure; a server
                 # whose certificate the phone refused says more than another that refused
                 # the connection.
-                raise CertificateError(target.host, rejections[0].problem) from None
+                first = rejections[0]
+                raise CertificateError(target.host, first.problem, kind=first.kind) from None
             raise self._translate(exc, target) from None
 
     def _translate(self, exc: Exception, target: _Target) -> NetworkError:
@@ -556,8 +557,12 @@ class PhoneHTTPSClient:
         address = f"{target.address}:{target.port}" if target.address else None
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             cause = exc.certificate_error
-            problem = cause.error.problem if isinstance(cause, PhoneCertificateRejected) else cause
-            return CertificateError(target.host, str(problem), address=address)
+            if isinstance(cause, PhoneCertificateRejected):
+                rejected = cause.error
+                return CertificateError(
+                    target.host, rejected.problem, address=address, kind=rejected.kind
+                )
+            return CertificateError(target.host, str(cause), address=address)
         if isinstance(exc, aiohttp.ClientConnectorSSLError):
             return TLSError(
                 f"TLS handshake with {where} failed: {_problem(exc.os_error)}", host=target.host

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from emulator.errors import CertificateError
+from emulator.errors import CertificateError, CertificateProblem
 
 # The DER form for the certificates of an SSL object's chain (the ssl module keeps it private).
 _ENCODING_DER = 2
@@ -95,9 +95,8 @@ class CertificateChecker:
             )
             verifier.verify(leaf, intermediates)
         except (VerificationError, ValueError) as exc:
-            raise CertificateError(
-                host, self._explain(host, leaf, intermediates, now, exc)
-            ) from None
+            kind, problem = self._explain(host, leaf, intermediates, now, exc)
+            raise CertificateError(host, problem, kind=kind) from None
         involved = [leaf, *intermediates, *self.trusted]
         if len(self._passed) >= PASSED_CHAINS:
             self._passed.clear()
@@ -113,11 +112,11 @@ class CertificateChecker:
         intermediates: list[x509.Certificate],
         now: datetime,
         exc: Exception,
-    ) -> str:
-        """The first check the chain fails, in the words a support engineer would use."""
+    ) -> tuple[CertificateProblem, str]:
+        """The first check the chain fails, and it in the words a support engineer would use."""
         path = _issuer_path(leaf, [*intermediates, *self.trusted])
         if path[-1] not in self.trusted:
-            return (
+            return CertificateProblem.UNTRUSTED_ISSUER, (
                 f"issued by {_common_name(path[-1].issuer)}, a CA the phone does not trust "
                 f"(it trusts {', '.join(_common_name(c.subject) for c in self.trusted)})"
             )
@@ -126,19 +125,20 @@ class CertificateChecker:
                 "certificate" if cert is leaf else f"CA certificate {_common_name(cert.subject)}"
             )
             if now < cert.not_valid_before_utc:
-                return (
+                return CertificateProblem.NOT_YET_VALID, (
                     f"{which} is not yet valid by the phone's clock ({format_time(now)}; "
                     f"valid from {format_time(cert.not_valid_before_utc)})"
                 )
             if now > cert.not_valid_after_utc:
-                return (
+                return CertificateProblem.EXPIRED, (
                     f"{which} expired by the phone's clock ({format_time(now)}; "
                     f"valid until {format_time(cert.not_valid_after_utc)})"
                 )
         names = _dns_names(leaf)
         if not _name_matches(host, names):
-            return f"name not on the certificate (names: {', '.join(names) or 'none'})"
-        return f"the certificate does not verify: {exc}"
+            problem = f"name not on the certificate (names: {', '.join(names) or 'none'})"
+            return CertificateProblem.NAME_MISMATCH, problem
+        return CertificateProblem.UNUSABLE, f"the certificate does not verify: {exc}"
 
 
 class CheckedSSLObject(ssl.SSLObject):

@@ -8,6 +8,7 @@ contoso.test, front ends fe01 and fe02, the edge), whose names the outcomes ment
 
 from __future__ import annotations
 
+from emulator import LogCode
 from emulator.faults import BootFailure, Call, PowerCut, Trigger, WrongClock
 from emulator.states import PhoneState
 from lab.decision import Action
@@ -49,7 +50,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         fix="Nothing to fix: keep the ucupdates-r2 A record pointing at the pool's front ends "
         "and approve the firmware; the phone restarts 5 minutes after the download.",
         expected=f"updated {NEW}",
-        evidence=("service from DNS discovery", "offers an update", "update complete"),
+        evidence=(LogCode.CHECKING, LogCode.OFFERED, LogCode.UPDATED),
     ),
     Scenario(
         name="ucupdates-record-missing",
@@ -61,7 +62,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "DNS; the edge in external DNS), or sign a user in on the phone.",
         expected="not found: ucupdates-r2.contoso.test",
         fault=DNSRecordMissing("ucupdates-r2.contoso.test"),
-        evidence=("lookup of ucupdates-r2", "giving up", "offers an update"),
+        evidence=(LogCode.DNS_FAILED, LogCode.GAVE_UP, LogCode.OFFERED),
     ),
     Scenario(
         name="ucupdates-only-in-sip-domain",
@@ -74,7 +75,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected="not found: ucupdates-r2.corp.contoso.test",
         setup=Setup(dhcp_domain="corp.contoso.test"),
         fault=DNSRecordMissing("ucupdates-r2.corp.contoso.test"),
-        evidence=("DHCP lease", "lookup of ucupdates-r2", "giving up", "offers an update"),
+        evidence=(LogCode.POWER_ON, LogCode.DNS_FAILED, LogCode.GAVE_UP, LogCode.OFFERED),
     ),
     Scenario(
         name="certificate-without-ucupdates-name",
@@ -87,7 +88,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "phones use (ucupdates-r2.contoso.test) as a subject alternative name.",
         expected="certificate refused: ucupdates-r2.contoso.test is not on it",
         fault=BadCertificate("no-ucupdates-name"),
-        evidence=("name not on the certificate", "giving up", "offers an update"),
+        evidence=(LogCode.CONNECTION_FAILED, LogCode.GAVE_UP, LogCode.OFFERED),
     ),
     Scenario(
         name="phone-clock-wrong",
@@ -99,7 +100,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         "_ntp._udp SRV record), then restart it or wait for its next check.",
         expected="certificate refused: not yet valid by the phone's clock",
         fault=PhoneTrouble(WrongClock(offset=-400 * DAY)),
-        evidence=("phone clock now reads", "not yet valid", "giving up", "offers an update"),
+        evidence=(
+            LogCode.CLOCK_CHANGED,
+            LogCode.CONNECTION_FAILED,
+            LogCode.GAVE_UP,
+            LogCode.OFFERED,
+        ),
     ),
     Scenario(
         name="update-pending",
@@ -114,7 +120,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         setup=Setup(admin=(Publish(approve=False), NameTestDevice(phone=0))),
         phones=(PhoneSpec(index=1), PhoneSpec(index=2)),
         subject=1,
-        evidence=("offers an update", "has no update for", "update complete"),
+        evidence=(LogCode.OFFERED, LogCode.UP_TO_DATE, LogCode.UPDATED),
     ),
     Scenario(
         name="outside-no-user",
@@ -126,7 +132,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "bring the phone into the office once.",
         expected="refused: no signed-in user",
         fault=Outside(),
-        evidence=("ucupdates-r2.contoso.test is", "denied the update check", "offers an update"),
+        evidence=(LogCode.RESOLVED, LogCode.DENIED, LogCode.OFFERED),
     ),
     Scenario(
         name="outside-signed-in",
@@ -138,7 +144,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "ucupdates-r2 record in external DNS pointing at it.",
         expected=f"updated {NEW} through the edge",
         phones=(PhoneSpec(inside=False, user="alice"),),
-        evidence=("signed in as", "offers an update", "downloaded", "update complete"),
+        evidence=(LogCode.SIGNED_IN, LogCode.OFFERED, LogCode.DOWNLOADED, LogCode.UPDATED),
     ),
     Scenario(
         name="imported-on-one-front-end",
@@ -158,7 +164,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         phones=(PhoneSpec(index=1), PhoneSpec(index=2)),
         script=(PowerOn((0,)), Settle(), PowerOn((1,)), Settle()),
         subject=1,
-        evidence=("has no update for", "answered HTTP 404", "downloaded", "update complete"),
+        evidence=(LogCode.UP_TO_DATE, LogCode.SERVER_FAILED, LogCode.DOWNLOADED, LogCode.UPDATED),
     ),
     Scenario(
         name="maintenance-drain",
@@ -172,7 +178,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected=f"updated {NEW} with the download finished on a draining front end",
         setup=Setup(admin=(Publish(size=LARGE_IMAGE),)),
         fault=Maintenance(immediate=False),
-        evidence=("downloaded", "is unavailable", "update complete"),
+        evidence=(LogCode.DOWNLOADED, LogCode.UNAVAILABLE, LogCode.UPDATED),
     ),
     Scenario(
         name="maintenance-immediate",
@@ -185,7 +191,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected=f"updated {NEW} with the download resumed on another front end",
         setup=Setup(admin=(Publish(size=LARGE_IMAGE),)),
         fault=Maintenance(immediate=True),
-        evidence=("it will resume from there", "downloaded", "matches its catalog"),
+        evidence=(LogCode.DOWNLOAD_CUT, LogCode.DOWNLOADED, LogCode.IMAGE_VERIFIED),
     ),
     Scenario(
         name="restore-to-backup",
@@ -199,7 +205,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected=f"back on {FACTORY} without a download",
         setup=Setup(admin=(Publish(version=FACTORY), Publish())),
         script=(PowerOn(), Settle(), Admin(Action.RESTORE), Pass(DAY + HOUR), Settle()),
-        evidence=("offers an update", "without a download", "update complete"),
+        evidence=(LogCode.OFFERED, LogCode.BACKUP_OFFERED, LogCode.UPDATED),
         scale=DAY_LONG,
     ),
     Scenario(
@@ -212,7 +218,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "while the screen says it is installing.",
         expected=f"updated {NEW} after a power cut while installing",
         fault=PhoneTrouble(PowerCut()),
-        evidence=("power lost while writing", "(damaged)", "update complete"),
+        evidence=(LogCode.POWER_CUT_INSTALLING, LogCode.BACKUP_DAMAGED, LogCode.UPDATED),
     ),
     Scenario(
         name="boot-failure",
@@ -224,7 +230,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "tries it (lab update restore --model CX600).",
         expected=f"back on {FACTORY} after {NEW} did not start",
         fault=PhoneTrouble(BootFailure()),
-        evidence=("did not start", "returning to the backup image", "not installing it again"),
+        evidence=(LogCode.BOOT_FAILED, LogCode.RETURNING_TO_BACKUP, LogCode.NOT_REINSTALLED),
     ),
     Scenario(
         name="tampered-image",
@@ -236,7 +242,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "find out what changed them.",
         expected=f"refused {NEW}: image altered",
         fault=AlteredImage(),
-        evidence=("catalog signature verified", "refused", "matches its catalog"),
+        evidence=(LogCode.CATALOG_VERIFIED, LogCode.UPDATE_REFUSED, LogCode.IMAGE_VERIFIED),
     ),
     Scenario(
         name="wrongly-signed-catalog",
@@ -249,7 +255,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "import trusts.",
         expected=f"refused {NEW}: catalog not signed by the vendor",
         fault=ForeignSignature(),
-        evidence=("refused", "catalog signature verified"),
+        evidence=(LogCode.UPDATE_REFUSED, LogCode.CATALOG_VERIFIED),
     ),
     Scenario(
         name="busy-in-calls",
@@ -261,7 +267,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected=f"updated {NEW} once the call ended",
         fault=PhoneTrouble(Call(trigger=Trigger(on=PhoneState.DOWNLOADING), duration=1800.0)),
         scale=1200.0,
-        evidence=("call started", "restart held", "call ended", "restarting into"),
+        evidence=(
+            LogCode.CALL_STARTED,
+            LogCode.RESTART_HELD,
+            LogCode.CALL_ENDED,
+            LogCode.RESTARTING,
+        ),
     ),
     Scenario(
         name="approved-at-24-hour-check",
@@ -273,7 +284,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected=f"updated {NEW} at the periodic check (every 24 h)",
         setup=Setup(admin=(Publish(approve=False),)),
         script=(PowerOn(), Settle(), Pass(3 * HOUR), Admin(Action.APPROVE), Pass(DAY), Settle()),
-        evidence=("checking for updates", "has no update for", "offers an update"),
+        evidence=(LogCode.CHECKING, LogCode.UP_TO_DATE, LogCode.OFFERED),
         scale=DAY_LONG,
     ),
 )

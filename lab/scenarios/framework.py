@@ -15,7 +15,9 @@ is only data. A scenario is run in this order, on one event loop with lab.harnes
 
 A run passes when the observed value equals the expected one. Outcome values come from one
 vocabulary (see ``describe_outcome``), so a run without its fault shows what a healthy lab
-does, in the same words, and the comparison tells the two apart.
+does, in the same words, and the comparison tells the two apart. Outcomes and evidence are
+chosen by the phone log's codes and facts (emulator.phonelog.LogCode), never by its
+sentences: those are for people, and their words may change.
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulator import (
+    CertificateProblem,
+    CheckTrigger,
+    FirmwareProblem,
+    LogCode,
+    LogEntry,
+    RouteKind,
+)
 from emulator.clock import to_datetime
+from emulator.codec import describe_status
 from emulator.driver import PhoneDriver
 from emulator.errors import DriverError, WaitTimeoutError
-from emulator.events import Credentials
+from emulator.events import Credentials, Purpose
 from emulator.faults import AnyFault
 from emulator.models import get_model
-from emulator.phonelog import LogEntry
+from emulator.phonelog import format_duration
 from lab.cab import write_file_atomic
 from lab.catalog import sign_catalog
 from lab.config import LabConfig
@@ -47,6 +58,7 @@ from lab.importer import remove_rules
 from lab.models import phone_model
 from lab.pki import FaultKind
 from lab.runner import Lab
+from lab.service.problems import Diagnostic
 from lab.store import Selection, Store
 
 HOUR = 3600.0
@@ -356,8 +368,8 @@ class Scenario:
     fault: Fault | None = None
     phones: tuple[PhoneSpec, ...] = (PhoneSpec(),)
     script: tuple[Step, ...] = UPDATE
-    evidence: tuple[str, ...] = ()
-    """Texts whose phone log lines show the outcome."""
+    evidence: tuple[LogCode, ...] = ()
+    """The log codes whose phone log lines show the outcome (shown to people as written)."""
     subject: int = 0
     """Which phone the outcome is observed on (0-based)."""
     scale: float = 600.0
@@ -674,12 +686,12 @@ def _timeline(run: Run) -> tuple[TimelineEntry, ...]:
 
 
 def _evidence(run: Run) -> tuple[str, ...]:
-    texts = run.scenario.evidence
+    codes = run.scenario.evidence
     several = len(run.drivers) > 1
     lines: list[tuple[float, str]] = []
     for spec, driver in zip(run.specs, run.drivers, strict=True):
         for entry in driver.phone.log:
-            if any(text in entry.message for text in texts):
+            if entry.code in codes:
                 prefix = f"[{spec.label()}] " if several else ""
                 lines.append((entry.time, prefix + entry.render()))
     return tuple(line for _, line in sorted(lines, key=lambda item: item[0]))
@@ -694,7 +706,8 @@ def describe_outcome(run: Run) -> str:
     ``updated V`` (with how, when something on the way mattered), ``back on V without a
     download`` (restore), ``back on V after W did not start``, or why the phone kept its
     version: ``refused: ...``, ``refused V: ...`` (firmware), ``certificate refused: ...``,
-    ``not found: NAME``, ``DNS failed: NAME``, else ``stayed on V``.
+    ``not found: NAME``, ``DNS failed: NAME``, else ``stayed on V``. Judged from the codes
+    and facts of the phone's log lines, never from their words.
     """
     driver = run.subject
     core = driver.phone
@@ -705,7 +718,7 @@ def describe_outcome(run: Run) -> str:
         failed = ", ".join(sorted(core.failed_versions))
         return f"back on {end} after {failed} did not start"
     if len(versions) > 1:
-        if _matching(log, f"the service offers {end}, the backup image"):
+        if any(e.facts.version == end for e in _coded(log, LogCode.BACKUP_OFFERED)):
             return f"back on {end} without a download"
         how = _how_updated(run, log, end)
         return f"updated {end}" + (" " + ", ".join(how) if how else "")
@@ -723,82 +736,84 @@ def _versions(driver: PhoneDriver) -> list[str]:
     return versions
 
 
-def _matching(log: list[LogEntry], text: str) -> list[LogEntry]:
-    return [e for e in log if text in e.message]
+def _coded(log: list[LogEntry], *codes: LogCode) -> list[LogEntry]:
+    return [e for e in log if e.code in codes]
 
 
 def _how_updated(run: Run, log: list[LogEntry], version: str) -> list[str]:
     """What mattered on the way to ``version``: route, moment, detours, holds."""
     how: list[str] = []
-    offers = _matching(log, f"-> {version}")
+    offers = [e for e in _coded(log, LogCode.OFFERED) if e.facts.version == version]
     offer = offers[-1] if offers else None
-    if offer is not None and "/RequestHandlerExt/" in offer.message:
+    # In-band provisioning's external URL is the one published through the edge.
+    if offer is not None and offer.facts.route is RouteKind.EXTERNAL:
         how.append("through the edge")
     if offer is not None:
-        checks = [e for e in log if "checking for updates (" in e.message and e.time <= offer.time]
-        why = checks[-1].message.split("(", 1)[1].split(")", 1)[0] if checks else ""
-        if why.startswith("every "):
-            how.append(f"at the periodic check ({why})")
-    if _matching(log, "answered HTTP 404"):
+        checks = [e for e in _coded(log, LogCode.CHECKING) if e.time <= offer.time]
+        check = checks[-1].facts if checks else None
+        if check is not None and check.trigger is CheckTrigger.PERIODIC:
+            assert check.interval is not None
+            how.append(f"at the periodic check (every {format_duration(check.interval)})")
+    if any(e.facts.status == 404 for e in _coded(log, LogCode.SERVER_FAILED)):
         how.append("after a 404 from one front end")
-    if _matching(log, "it will resume from there"):
+    if _coded(log, LogCode.DOWNLOAD_CUT):
         how.append("with the download resumed on another front end")
     elif any(
         e.kind == "maintenance.entered" and not e.data.get("immediate") and e.data.get("transfers")
         for e in run.events
     ):
         how.append("with the download finished on a draining front end")
-    if _matching(log, "power lost while writing"):
+    if _coded(log, LogCode.POWER_CUT_INSTALLING):
         how.append("after a power cut while installing")
-    installed = [e.time for e in _matching(log, f"{version} installed in slot")]
-    restarts = [e.time for e in _matching(log, f"restarting into {version}")]
+    installed = [e.time for e in _coded(log, LogCode.INSTALLED) if e.facts.version == version]
+    restarts = [e.time for e in _coded(log, LogCode.RESTARTING) if e.facts.version == version]
     # A call that ends while the update waits to restart is what held the restart.
     if (
         installed
         and restarts
-        and any(installed[-1] <= e.time <= restarts[-1] for e in _matching(log, "call ended"))
+        and any(installed[-1] <= e.time <= restarts[-1] for e in _coded(log, LogCode.CALL_ENDED))
     ):
         how.append("once the call ended")
     return how
 
 
-# Phone log phrases and the outcome words they stand for, checked in this order.
-_CERTIFICATE_PROBLEMS = (
-    ("not yet valid by the phone's clock", "not yet valid by the phone's clock"),
-    ("expired by the phone's clock", "expired by the phone's clock"),
-    ("a CA the phone does not trust", "issued by an untrusted CA"),
-    ("name not on the certificate", "{host} is not on it"),
-)
-_FIRMWARE_PROBLEMS = (
-    ("altered or corrupt image", "image altered"),
-    ("is not signed by the vendor key this phone trusts", "catalog not signed by the vendor"),
-)
+# What a refused certificate or update was, in the outcome's words.
+_CERTIFICATE_PROBLEMS = {
+    CertificateProblem.NOT_YET_VALID: "not yet valid by the phone's clock",
+    CertificateProblem.EXPIRED: "expired by the phone's clock",
+    CertificateProblem.UNTRUSTED_ISSUER: "issued by an untrusted CA",
+    CertificateProblem.NAME_MISMATCH: "{host} is not on it",
+}
+_FIRMWARE_PROBLEMS = {
+    FirmwareProblem.ALTERED: "image altered",
+    FirmwareProblem.NOT_SIGNED: "catalog not signed by the vendor",
+    FirmwareProblem.DOES_NOT_VERIFY: "it does not verify",
+}
 
 
 def _why_not(log: list[LogEntry]) -> str | None:
     """Why a phone that kept its version did not update, from its log; None if nothing failed."""
-    for entry in _matching(log, "denied the update check: "):
-        if "need a signed-in user" in entry.message:
+    for entry in _coded(log, LogCode.DENIED):
+        facts = entry.facts
+        if facts.purpose is not Purpose.CHECK:
+            continue
+        diagnostics = facts.diagnostics
+        if diagnostics is not None and diagnostics.code == Diagnostic.NO_SIGNED_IN_USER.code:
             return "refused: no signed-in user"
-        reason = entry.message.split("denied the update check: ", 1)[1]
-        return "refused: " + reason.split("; the phone keeps", 1)[0]
-    for entry in _matching(log, " refused: "):
-        if entry.message.startswith("update to "):
-            version = entry.message.split()[2]
-            for phrase, words in _FIRMWARE_PROBLEMS:
-                if phrase in entry.message:
-                    return f"refused {version}: {words}"
-            return f"refused {version}: it does not verify"
-    for entry in _matching(log, "cannot reach "):
-        host = entry.message.split("cannot reach ", 1)[1].split()[0]
-        for phrase, words in _CERTIFICATE_PROBLEMS:
-            if phrase in entry.message:
-                return "certificate refused: " + words.format(host=host)
-    for entry in _matching(log, "lookup of "):
-        host = entry.message.split()[2]
-        if "does not exist" in entry.message:
-            return f"not found: {host}"
-        return f"DNS failed: {host}"
+        assert facts.status is not None
+        return "refused: " + describe_status(facts.status, diagnostics)
+    for entry in _coded(log, LogCode.UPDATE_REFUSED):
+        firmware = entry.facts.firmware or FirmwareProblem.DOES_NOT_VERIFY
+        return f"refused {entry.facts.version}: {_FIRMWARE_PROBLEMS[firmware]}"
+    for entry in _coded(log, LogCode.CONNECTION_FAILED):
+        certificate = entry.facts.certificate
+        if certificate is not None and certificate in _CERTIFICATE_PROBLEMS:
+            words = _CERTIFICATE_PROBLEMS[certificate].format(host=entry.facts.host)
+            return "certificate refused: " + words
+    for entry in _coded(log, LogCode.DNS_FAILED):
+        if entry.facts.dns_answer == "NXDOMAIN":
+            return f"not found: {entry.facts.host}"
+        return f"DNS failed: {entry.facts.host}"
     return None
 
 
