@@ -70,11 +70,17 @@ class Connection:
         timeout: float = 10.0,
     ) -> None:
         raw = socket.create_connection(address, timeout=timeout, source_address=(source, 0))
+        # The handshake is asked for explicitly: wrap_socket skips it, and hands back an
+        # unconnected socket, when the server's reset has already arrived.
+        sock = client_context(lab).wrap_socket(
+            raw, server_hostname=hostname, do_handshake_on_connect=False
+        )
         try:
-            self.sock = client_context(lab).wrap_socket(raw, server_hostname=hostname)
+            sock.do_handshake()
         except BaseException:
-            raw.close()
+            sock.close()
             raise
+        self.sock = sock
         self.hostname = hostname
 
     def send(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> None:
