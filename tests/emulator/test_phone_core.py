@@ -70,16 +70,6 @@ from emulator.states import TRANSITIONS, EventKey, PhoneState, allowed_events, d
 S = PhoneState
 
 
-@pytest.fixture(scope="module")
-def vendor() -> Vendor:
-    return Vendor("Polycom")
-
-
-@pytest.fixture
-def script(vendor: Vendor) -> Script:
-    return Script.new(vendor=vendor)
-
-
 def staged(script: Script, vendor: Vendor) -> Script:
     """Bring a phone from power-on to an installed update waiting for the idle restart."""
     script.boot()

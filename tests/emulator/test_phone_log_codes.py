@@ -47,16 +47,6 @@ from emulator.slots import SlotName
 C = LogCode
 
 
-@pytest.fixture(scope="module")
-def vendor() -> Vendor:
-    return Vendor("Polycom")
-
-
-@pytest.fixture
-def script(vendor: Vendor) -> Script:
-    return Script.new(vendor=vendor)
-
-
 def codes(script: Script) -> list[LogCode]:
     return [entry.code for entry in script.phone.log]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from phone_script import (
@@ -30,11 +29,6 @@ from emulator.phonelog import (
     render_celog,
 )
 from emulator.screens import system_information
-
-
-@pytest.fixture(scope="module")
-def vendor() -> Vendor:
-    return Vendor("Polycom")
 
 
 def test_a_new_phone_shows_its_factory_state() -> None:
