@@ -115,6 +115,23 @@ class Connection:
         self.close()
 
 
+def reset_before_tls(address: tuple[str, int], source: str, wait: float = 5.0) -> bool:
+    """Whether a TCP connection from ``source`` is reset before a byte of TLS: the client
+    sends nothing and waits; a server doing TLS would wait too (its handshake timeout).
+
+    Plain sockets on purpose: a TLS client socket that meets the reset while it is being
+    wrapped can be left half made by the ssl module, unclosed.
+    """
+    try:
+        with socket.create_connection(address, timeout=wait, source_address=(source, 0)) as raw:
+            raw.recv(1)  # data or a clean close: no reset
+    except ConnectionResetError:  # at the connect already, or while waiting
+        return True
+    except TimeoutError:
+        pass
+    return False
+
+
 def through_edge(lab: RunningLab, source: str) -> Connection:
     """A connection from outside address ``source`` to the edge, for the external web name."""
     config_text = lab.config.read_text()
