@@ -49,20 +49,32 @@ from rich.panel import Panel
 from rich.table import Column, Table
 from rich.text import Text
 
-from emulator import LogCode, RouteKind
-from emulator.clock import Clock, to_datetime
-from emulator.core import TIME_SLACK, Phone
-from emulator.driver import Network, PhoneDriver
-from emulator.events import Credentials
-from emulator.faults import AnyFault, Call, Trigger
-from emulator.lease import Lease
-from emulator.models import get_model
-from emulator.net.client import Answer, HTTPSClient
-from emulator.net.client import Download as DownloadResult
-from emulator.net.resolver import Resolver
-from emulator.phonelog import LogEntry, LogLevel
-from emulator.screens import system_information
-from emulator.states import PhoneState
+from emulator import (
+    TIME_SLACK,
+    Answer,
+    AnyFault,
+    Call,
+    Clock,
+    Credentials,
+    HTTPSClient,
+    Lease,
+    LogCode,
+    LogEntry,
+    LogLevel,
+    Network,
+    Phone,
+    PhoneDriver,
+    PhoneState,
+    Resolver,
+    RouteKind,
+    Trigger,
+    get_model,
+    system_information,
+    to_datetime,
+)
+from emulator import (
+    Download as DownloadResult,
+)
 from lab.audit import AuditRecord
 from lab.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
 from lab.config import FleetPhone, LabConfig

@@ -38,17 +38,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulator.clock import Clock, LoopClock, ScaledClock
-from emulator.core import Phone
-from emulator.driver import LeaseNetwork, PhoneDriver
-from emulator.events import Credentials
-from emulator.faults import AnyFault
-from emulator.lease import Lease, load_lease
-from emulator.models import get_model
-from emulator.net.client import Answer, Download, HTTPSClient
-from emulator.net.resolver import Resolver
-from emulator.settings import PhoneSettings
-from emulator.states import PhoneState
+from emulator import (
+    Answer,
+    AnyFault,
+    Clock,
+    Credentials,
+    Download,
+    HTTPSClient,
+    Lease,
+    LeaseNetwork,
+    LoopClock,
+    Phone,
+    PhoneDriver,
+    PhoneSettings,
+    PhoneState,
+    Resolver,
+    ScaledClock,
+    get_model,
+    load_lease,
+)
 from lab.audit import AuditRecord
 from lab.cab import build, read_cab
 from lab.catalog import Signer

@@ -60,7 +60,7 @@ else:
 # The lab and the emulator are imported when a fixture is first used, not here: pytest
 # loads this plugin in every run wherever the package is installed, lab or no lab.
 if TYPE_CHECKING:
-    from emulator.clock import Clock
+    from emulator import Clock
     from lab.config import LabConfig
     from lab.harness import Phones, RunningLab
 

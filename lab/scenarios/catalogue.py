@@ -8,9 +8,15 @@ contoso.test, front ends fe01 and fe02, the edge), whose names the outcomes ment
 
 from __future__ import annotations
 
-from emulator import LogCode
-from emulator.faults import BootFailure, Call, PowerCut, Trigger, WrongClock
-from emulator.states import PhoneState
+from emulator import (
+    BootFailure,
+    Call,
+    LogCode,
+    PhoneState,
+    PowerCut,
+    Trigger,
+    WrongClock,
+)
 from lab.decision import Action
 from lab.harness import FACTORY, NEW
 from lab.scenarios.framework import (

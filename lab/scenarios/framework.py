@@ -31,21 +31,23 @@ from pathlib import Path
 from typing import Any
 
 from emulator import (
+    AnyFault,
     CertificateProblem,
     CheckTrigger,
+    Credentials,
+    DriverError,
     FirmwareProblem,
     LogCode,
     LogEntry,
+    PhoneDriver,
+    Purpose,
     RouteKind,
+    WaitTimeoutError,
+    describe_status,
+    format_duration,
+    get_model,
+    to_datetime,
 )
-from emulator.clock import to_datetime
-from emulator.codec import describe_status
-from emulator.driver import PhoneDriver
-from emulator.errors import DriverError, WaitTimeoutError
-from emulator.events import Credentials, Purpose
-from emulator.faults import AnyFault
-from emulator.models import get_model
-from emulator.phonelog import format_duration
 from lab.cab import write_file_atomic
 from lab.catalog import sign_catalog
 from lab.config import LabConfig
