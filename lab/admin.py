@@ -16,19 +16,49 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from lab.dns import DNSServer
 from lab.errors import DNSError, FirewallError, LabError, ServiceError
+from lab.events import EventBus
 from lab.fileio import write_atomic
+from lab.firewall import FirewallPolicy
+from lab.service.pool import ServicePool
 from lab.service.sites import TLSSite
 
-if TYPE_CHECKING:
-    from lab.runner import Lab
+
+class AdministeredLab(Protocol):
+    """What the admin API changes and shows of a running lab (lab.ops.runner.Lab)."""
+
+    @property
+    def firewall(self) -> FirewallPolicy:
+        """The firewall policy."""
+        ...
+
+    @property
+    def dns(self) -> DNSServer:
+        """The DNS server (its faults)."""
+        ...
+
+    @property
+    def pool(self) -> ServicePool:
+        """The pool of front ends (maintenance)."""
+        ...
+
+    @property
+    def events(self) -> EventBus:
+        """The lab's events."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``lab status`` shows."""
+        ...
+
 
 TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
-LAB_KEY: web.AppKey[Lab] = web.AppKey("lab")
+LAB_KEY: web.AppKey[AdministeredLab] = web.AppKey("lab")
 TOKEN_KEY = web.AppKey("token", str)
 
 
@@ -194,7 +224,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app(lab: Lab, token: str) -> web.Application:
+def make_app(lab: AdministeredLab, token: str) -> web.Application:
     """The admin application for ``lab``."""
     app = web.Application(middlewares=[_guard], client_max_size=64 * 1024)
     app[LAB_KEY] = lab
