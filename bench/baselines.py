@@ -1,7 +1,7 @@
 """The bare aiohttp baseline: one TLS site whose only handler answers a POST with a fixed body.
 
 It is what the update check would cost if the service did nothing of its own: the same
-aiohttp, the same event loop (uvloop), the same TLS context (``lab.pki.CertPair``'s, made
+aiohttp, the same event loop (uvloop), the same TLS context (``lab.net.pki.CertPair``'s, made
 from the same certificate and key) and an answer of the same size and type, but no
 firewall check, no XML parsing, no store decision and no audit line. The body of the
 request is read, as any POST handler must before answering on a kept-alive connection.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from lab.pki import CertPair
-from lab.runner import run_event_loop
+from lab.net.pki import CertPair
+from lab.ops.runner import run_event_loop
 
 CONTENT_TYPE = "text/xml; charset=utf-8"
 

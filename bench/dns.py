@@ -1,6 +1,6 @@
 """DNS benchmark: the lab's server against dnslib's threaded server, measured with dnsperf.
 
-Both servers answer the same records (``lab.dns.zones``) from the same view rules, each in
+Both servers answer the same records (``lab.net.dns.zones``) from the same view rules, each in
 a subprocess of its own: the lab server on uvloop (when installed), dnslib's
 ``DNSServer`` (a thread per UDP request) with a ``BaseResolver`` built on the same zones.
 dnsperf sends the same query file of the lab's names to each, from an inside address so
@@ -32,10 +32,10 @@ from dnslib import CLASS, RCODE, RR
 from dnslib.server import BaseResolver, DNSLogger
 from dnslib.server import DNSServer as DnslibServer
 
-from lab.config import LabConfig, default_config
-from lab.dns import DNSServer
-from lab.dns.zones import View, build_views
-from lab.firewall import FirewallPolicy
+from lab.net.config import LabConfig, default_config
+from lab.net.dns import DNSServer
+from lab.net.dns.zones import View, build_views
+from lab.net.firewall import FirewallPolicy
 
 SOURCE = "127.10.0.50"  # an inside address: queries get the internal view
 TARGET_RATIO = 4.0

@@ -35,15 +35,15 @@ from typing import Any
 import tomli_w
 
 from bench.process import Started, end_process
-from lab.adminclient import AdminClient
-from lab.cab import CAB_NAME, build, read_cab
-from lab.config import LabConfig, default_text, load_config
-from lab.decision import Action
-from lab.importer import import_cab
 from lab.models import phone_model
-from lab.pki import LabPKI, verify_vendor_signature
-from lab.runner import read_run_file
-from lab.store import Selection, Store
+from lab.net.config import LabConfig, default_text, load_config
+from lab.net.pki import LabPKI, verify_vendor_signature
+from lab.ops.adminclient import AdminClient
+from lab.ops.runner import read_run_file
+from lab.store.cab import CAB_NAME, build, read_cab
+from lab.store.decision import Action
+from lab.store.importer import import_cab
+from lab.store.store import Selection, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "CX600"

@@ -39,8 +39,8 @@ from emulator.states import PhoneState
 
 __all__ = [
     "TIME_SLACK",
-    "AnyFault",
     "Answer",
+    "AnyFault",
     "BootFailure",
     "Call",
     "CertificateProblem",

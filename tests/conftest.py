@@ -1,7 +1,7 @@
 """Fixtures shared by the whole suite.
 
 The lab fixtures (lab_config, device_lab, phones, virtual_clock) come from the project's own
-pytest plugin, lab/pytest_plugin.py, installed as an entry point.
+pytest plugin, lab/ops/pytest_plugin.py, installed as an entry point.
 """
 
 from __future__ import annotations

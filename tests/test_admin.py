@@ -8,11 +8,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lab.admin import TOKEN_FILE, read_token
-from lab.audit import read_audit
-from lab.config import LabConfig
-from lab.dnsprobe import query
-from lab.runner import Lab
+from lab.net.config import LabConfig
+from lab.net.dnsprobe import query
+from lab.ops.runner import Lab
+from lab.service.admin import TOKEN_FILE, read_token
+from lab.service.audit import read_audit
 
 INSIDE_PHONE = "127.10.0.150"
 OTHER_INSIDE_PHONE = "127.10.0.151"

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lab.audit import (
+from lab.events import Event, EventBus
+from lab.service.audit import (
     COLUMNS,
     FIELD_MAX_FLOOR,
     AuditLog,
@@ -23,7 +24,6 @@ from lab.audit import (
     csv_line,
     read_audit,
 )
-from lab.events import Event, EventBus
 
 
 def record(time: str, decision: str, **extra: str) -> AuditRecord:

@@ -23,7 +23,11 @@ from security.cabs import (
     write_cab,
 )
 
-from lab.cab import (
+from lab.errors import CabError
+from lab.models import phone_model
+from lab.net.config import default_config
+from lab.net.pki import LabPKI, verify_vendor_signature
+from lab.store.cab import (
     CabContents,
     build_cab,
     cab_members,
@@ -33,12 +37,8 @@ from lab.cab import (
     read_cab,
     synthetic_image,
 )
-from lab.cabformat import BLOCK_MAX, CabMember, checksum, read_index, unpack
-from lab.catalog import catalog_body, parse_catalog, sign_catalog
-from lab.config import default_config
-from lab.errors import CabError
-from lab.models import phone_model
-from lab.pki import LabPKI, verify_vendor_signature
+from lab.store.cabformat import BLOCK_MAX, CabMember, checksum, read_index, unpack
+from lab.store.catalog import catalog_body, parse_catalog, sign_catalog
 
 V1, V2 = "4.0.7577.4372", "4.0.7577.4400"
 SIZE = 4096
@@ -335,7 +335,7 @@ def test_catalog_round_trip(pki: LabPKI) -> None:
 
 
 def test_a_written_cab_file_is_what_was_built(tmp_path: Path, good: bytes) -> None:
-    from lab.cab import write_file_atomic
+    from lab.store.cab import write_file_atomic
 
     target = tmp_path / "UCUpdates.cab"
     write_file_atomic(target, good)

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from cabarchive import CabArchive
 
-from lab.cab import pack_cab
 from lab.cli import main
 from lab.cli.common import STDOUT_CLOSED
-from lab.config import default_text
-from lab.store import STORE_FILE
+from lab.net.config import default_text
+from lab.store.cab import pack_cab
+from lab.store.store import STORE_FILE
 
 V1, V2 = "4.0.7577.4372", "4.0.7577.4400"
 

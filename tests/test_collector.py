@@ -10,7 +10,7 @@ import pytest
 
 from emulator import cli as emulator_cli
 from emulator.collector import OLDER_EVERY, YOUNG_EVERY, long_run_pace
-from lab.runner import run_event_loop
+from lab.ops.runner import run_event_loop
 
 LONG_RUN = (YOUNG_EVERY, OLDER_EVERY, OLDER_EVERY)
 

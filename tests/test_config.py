@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import tomli_w
 
-from lab.config import HIGH_PORTS, REAL_PORTS, default_config, default_text, load_config
 from lab.errors import ConfigError
+from lab.net.config import HIGH_PORTS, REAL_PORTS, default_config, default_text, load_config
 
 
 def test_default_config_describes_the_whole_lab() -> None:

@@ -6,7 +6,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from lab.decision import (
+from lab.errors import RuleError
+from lab.models import DeviceKind
+from lab.store.decision import (
     TRANSITIONS,
     Action,
     Decision,
@@ -17,8 +19,6 @@ from lab.decision import (
     index_rules,
     transition,
 )
-from lab.errors import RuleError
-from lab.models import DeviceKind
 
 CX600 = DeviceKind("UCPhone", "Polycom", "CX600", "A", "ENU")
 HP4110 = DeviceKind("UCPhone", "HP", "HP4110", "A", "ENU")

@@ -26,8 +26,9 @@ from emulator import LogCode
 from emulator.models import get_model
 from emulator.phonelog import LogEntry, LogLevel, PhoneLog
 from lab.cli import main
-from lab.config import FleetPhone, LabConfig, default_text
-from lab.demo import (
+from lab.errors import LabStateError
+from lab.net.config import FleetPhone, LabConfig, default_text
+from lab.ops.demo import (
     APPROVED,
     CALL_AFTER,
     CALL_LENGTH,
@@ -39,8 +40,7 @@ from lab.demo import (
     prepare_state_dir,
     run_demo,
 )
-from lab.errors import LabStateError
-from lab.harness import FLASH, IDLE_WAIT, RunningLab
+from lab.ops.harness import FLASH, IDLE_WAIT, RunningLab
 
 SMALL_IMAGE = 16 * 1024
 """In-process runs build their cabs with small images: building is real time."""

@@ -29,15 +29,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.config import FrontEnd, LabConfig, default_config
-from lab.dns import DNSServer
-from lab.dns.faults import FaultTable
-from lab.dns.responder import Answer, Malformed, Responder
-from lab.dns.zones import View, build_views
 from lab.errors import DNSError
 from lab.events import Event
-from lab.firewall import FirewallPolicy
-from lab.guard import ConnectionBudget
+from lab.net.config import FrontEnd, LabConfig, default_config
+from lab.net.dns import DNSServer
+from lab.net.dns.faults import FaultTable
+from lab.net.dns.responder import Answer, Malformed, Responder
+from lab.net.dns.zones import View, build_views
+from lab.net.firewall import FirewallPolicy
+from lab.net.guard import ConnectionBudget
 
 INSIDE = "127.10.0.50"
 OUTSIDE = "127.20.0.50"

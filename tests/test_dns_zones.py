@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from dnslib import NS, QTYPE, RCODE, SOA, SRV, A
 
-from lab.config import LabConfig, default_config, default_text, parse_toml
-from lab.dns.faults import FaultKind, FaultTable
-from lab.dns.querylog import Counters, Outcome, QueryLog
-from lab.dns.zones import RRSet, View, ViewRecords, build_views, zone_of
 from lab.errors import DNSError
 from lab.events import Event, EventBus
-from lab.firewall import Zone
+from lab.net.config import LabConfig, default_config, default_text, parse_toml
+from lab.net.dns.faults import FaultKind, FaultTable
+from lab.net.dns.querylog import Counters, Outcome, QueryLog
+from lab.net.dns.zones import RRSet, View, ViewRecords, build_views, zone_of
+from lab.net.firewall import Zone
 
 
 def two_zone_config() -> LabConfig:

@@ -8,7 +8,7 @@ import pytest
 
 from lab.errors import FirewallError
 from lab.events import Event, EventBus
-from lab.firewall import FirewallPolicy, Zone
+from lab.net.firewall import FirewallPolicy, Zone
 
 
 @pytest.fixture

@@ -15,16 +15,23 @@ import pytest
 from cabarchive import CabArchive
 from security.cabs import CabLayout, Folder, chunked, members_in_order, write_cab
 
-from lab.cab import CabContents, build_cab, pack_cab
-from lab.catalog import Signer
-from lab.config import default_config
-from lab.decision import Action
 from lab.errors import CabError, StoreError
-from lab.filestore import JOURNAL_FILE, FileStore
-from lab.importer import KILL_ENV, STEPS, ImportResult, import_cab, read_cab_file, remove_rules
 from lab.models import phone_model
-from lab.pki import LabPKI, verify_vendor_signature
-from lab.store import STORE_FILE, Selection, Store
+from lab.net.config import default_config
+from lab.net.pki import LabPKI, verify_vendor_signature
+from lab.store.cab import CabContents, build_cab, pack_cab
+from lab.store.catalog import Signer
+from lab.store.decision import Action
+from lab.store.filestore import JOURNAL_FILE, FileStore
+from lab.store.importer import (
+    KILL_ENV,
+    STEPS,
+    ImportResult,
+    import_cab,
+    read_cab_file,
+    remove_rules,
+)
+from lab.store.store import STORE_FILE, Selection, Store
 
 V1, V2 = "4.0.7577.4372", "4.0.7577.4400"
 FOLDER = "UCPhone\\Polycom\\CX600\\A\\ENU\\4.0.7577.4372\\CPE"
@@ -34,9 +41,9 @@ FE01, FE02 = CONFIG.front_ends
 IMPORT_SCRIPT = """
 import sys
 from pathlib import Path
-from lab.config import default_config
-from lab.importer import import_cab, read_cab_file
-from lab.pki import LabPKI, verify_vendor_signature
+from lab.net.config import default_config
+from lab.store.importer import import_cab, read_cab_file
+from lab.net.pki import LabPKI, verify_vendor_signature
 certs, state, server, *cabs = sys.argv[1:]
 config = default_config()
 pki = LabPKI(config, Path(certs))
@@ -55,9 +62,9 @@ for cab in cabs:
 APPROVE_SCRIPT = """
 import sys
 from pathlib import Path
-from lab.decision import Action
+from lab.store.decision import Action
 from lab.errors import RuleError
-from lab.store import Selection, Store
+from lab.store.store import Selection, Store
 state, last, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 if sys.stdin.readline().strip() != "go":
     raise SystemExit("not started")

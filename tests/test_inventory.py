@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 import spnego
 
-from lab.config import LabConfig, default_config
-from lab.decision import Action, ServedFile
 from lab.events import Event, EventBus
-from lab.firewall import FirewallPolicy, Zone
-from lab.inventory import (
+from lab.models import DeviceKind, phone_model
+from lab.net.config import LabConfig, default_config
+from lab.net.firewall import FirewallPolicy, Zone
+from lab.net.pki import LabPKI
+from lab.service import ServicePool
+from lab.service.inventory import (
     SUPPORT_WINDOW,
     Flag,
     InventoryRecorder,
@@ -34,10 +36,8 @@ from lab.inventory import (
     read_inventory,
     utc_now,
 )
-from lab.models import DeviceKind, phone_model
-from lab.pki import LabPKI
-from lab.service import ServicePool
-from lab.store import (
+from lab.store.decision import Action, ServedFile
+from lab.store.store import (
     MIGRATIONS,
     STORE_FILE,
     Approval,

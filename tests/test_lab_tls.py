@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.config import LabConfig
-from lab.runner import Lab
+from lab.net.config import LabConfig
+from lab.ops.runner import Lab
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

@@ -15,7 +15,7 @@ import dns.query
 import pytest
 import tomli_w
 
-from lab.config import default_text
+from lab.net.config import default_text
 
 
 def lab_cmd(config: Path, state: Path, *args: str) -> list[str]:

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lab.config import FrontEnd, LabConfig, default_config, default_text, parse_toml
 from lab.errors import PKIError
-from lab.pki import (
+from lab.net.config import FrontEnd, LabConfig, default_config, default_text, parse_toml
+from lab.net.pki import (
     FAULTS,
     VENDORS,
     CertPair,

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from lab.decision import Action, ServedFile
-from lab.devconfig import SETTINGS, DeviceUpdateConfig, format_span, span_seconds
 from lab.errors import EntryError, IdentityError, RuleError, SettingError, StoreError
 from lab.models import (
     DeviceKind,
@@ -24,7 +22,9 @@ from lab.models import (
     parse_version,
     phone_model,
 )
-from lab.store import SCHEMA_VERSION, STORE_FILE, ImportedVersion, Selection, Store
+from lab.store.decision import Action, ServedFile
+from lab.store.devconfig import SETTINGS, DeviceUpdateConfig, format_span, span_seconds
+from lab.store.store import SCHEMA_VERSION, STORE_FILE, ImportedVersion, Selection, Store
 
 V1, V2, V3 = "4.0.7577.4372", "4.0.7577.4400", "4.0.7577.4410"
 IDENTITY = re.compile(
@@ -134,7 +134,7 @@ def test_rules_are_named_by_identity_or_uuid_prefix(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = iter(["abcd1111-0000-4000-8000-000000000000", "abcd2222-0000-4000-8000-000000000000"])
-    monkeypatch.setattr("lab.store.uuid.uuid4", lambda: uuid.UUID(next(ids)))
+    monkeypatch.setattr("lab.store.store.uuid.uuid4", lambda: uuid.UUID(next(ids)))
     imported(store, item(), item("HP4110"))
     first, second = store.rule("abcd1"), store.rule("abcd2")
     assert {first.kind.model, second.kind.model} == {"CX600", "HP4110"}
@@ -401,8 +401,8 @@ def test_a_running_service_sees_another_process_change_at_its_next_check(tmp_pat
         imported(service, item())
         assert not service.snapshot().decide("fe01", kind, "4.0.7577.4366").serves
         script = (
-            "import sys; from pathlib import Path; from lab.store import Store, Selection;"
-            "from lab.decision import Action;"
+            "import sys; from pathlib import Path; from lab.store.store import Store, Selection;"
+            "from lab.store.decision import Action;"
             "s = Store.open(Path(sys.argv[1]));"
             "s.change(Action.APPROVE, Selection(all_=True)); s.close()"
         )

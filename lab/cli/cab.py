@@ -22,7 +22,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from lab.cab import (
+from lab.cli import common
+from lab.errors import CabError
+from lab.models import MODEL_NAMES, phone_model
+from lab.net.config import LabConfig
+from lab.net.pki import LabPKI, verify_vendor_signature
+from lab.store.cab import (
     CAB_NAME,
     DEFAULT_IMAGE_SIZE,
     CabContents,
@@ -31,12 +36,7 @@ from lab.cab import (
     check_image_size,
     write_file_atomic,
 )
-from lab.cli import common
-from lab.config import LabConfig
-from lab.errors import CabError
-from lab.importer import read_cab_file
-from lab.models import MODEL_NAMES, phone_model
-from lab.pki import LabPKI, verify_vendor_signature
+from lab.store.importer import read_cab_file
 
 _SIZE = re.compile(r"^(?P<n>\d+)\s*(?P<unit>|b|k|kb|kib|m|mb|mib|g|gb|gib)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lab.config import LabConfig, load_config
+from lab.net.config import LabConfig, load_config
 
 DEFAULT_STATE_DIR = Path("state")
 

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
-from lab.devconfig import SETTINGS, DeviceUpdateConfig
 from lab.errors import SettingError
-from lab.store import Store
+from lab.store.devconfig import SETTINGS, DeviceUpdateConfig
+from lab.store.store import Store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
-from lab.inventory import Flag, PhoneStatus, read_inventory
-from lab.store import Store
+from lab.service.inventory import Flag, PhoneStatus, read_inventory
+from lab.store.store import Store
 
 _FLAG_STYLE = {Flag.NOT_APPROVED: "yellow", Flag.LEFT_BEHIND: "bold red"}
 

@@ -13,10 +13,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lab.adminclient import AdminClient
 from lab.cli import common
-from lab.demo import DEFAULT_SCALE, prepare_state_dir, run_demo
-from lab.runner import Lab, read_run_file, run_event_loop, serve_until_signalled
+from lab.ops.adminclient import AdminClient
+from lab.ops.demo import DEFAULT_SCALE, prepare_state_dir, run_demo
+from lab.ops.runner import Lab, read_run_file, run_event_loop, serve_until_signalled
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -11,9 +11,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from lab.adminclient import AdminClient
 from lab.cli import common
 from lab.cli.run import servers_table
+from lab.ops.adminclient import AdminClient
 
 FAULT_KINDS = ("remove", "servfail", "delay", "drop")
 

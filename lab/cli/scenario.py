@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
-from lab.config import LabConfig, default_config
 from lab.errors import ScenarioError
-from lab.runner import run_event_loop
-from lab.scenarios import SCENARIOS, Observation, Scenario, get_scenario, run_scenario
+from lab.net.config import LabConfig, default_config
+from lab.ops.runner import run_event_loop
+from lab.ops.scenarios import SCENARIOS, Observation, Scenario, get_scenario, run_scenario
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

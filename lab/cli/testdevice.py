@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
-from lab.store import Store, TestDevice
+from lab.store.store import Store, TestDevice
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -16,12 +16,12 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.cli.cab import tty_progress, vendor_certificates
-from lab.config import FrontEnd, LabConfig
-from lab.decision import Action, Rule
 from lab.errors import ConfigError
-from lab.importer import ImportResult, import_cab, read_cab_file, remove_rules
-from lab.pki import verify_vendor_signature
-from lab.store import RuleChange, Selection, Store
+from lab.net.config import FrontEnd, LabConfig
+from lab.net.pki import verify_vendor_signature
+from lab.store.decision import Action, Rule
+from lab.store.importer import ImportResult, import_cab, read_cab_file, remove_rules
+from lab.store.store import RuleChange, Selection, Store
 
 NONE = "–"
 

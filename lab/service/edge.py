@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from lab.config import Limits
 from lab.events import EventBus
-from lab.guard import ConnectionBudget
+from lab.net.config import Limits
+from lab.net.guard import ConnectionBudget
 from lab.service.sites import reset_transport
 
 CONNECT_TIMEOUT = 5.0

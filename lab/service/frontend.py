@@ -23,18 +23,18 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.audit import AuditRecord
-from lab.config import FrontEnd, LabConfig
-from lab.devconfig import DeviceUpdateConfig
 from lab.events import EventBus
-from lab.guard import ConnectionBudget
-from lab.inventory import Sighting, utc_now
+from lab.net.config import FrontEnd, LabConfig
+from lab.net.guard import ConnectionBudget
+from lab.service.audit import AuditRecord
 from lab.service.files import ImageFiles
+from lab.service.inventory import Sighting, utc_now
 from lab.service.logs import DeviceLogStore
 from lab.service.ntlm import Directory, TargetNames
 from lab.service.problems import DiagnosedRequestHandler, Diagnostic, Problem
 from lab.service.sites import TLSSite
 from lab.service.updates import Decider
+from lab.store.devconfig import DeviceUpdateConfig
 
 DEFAULT_RETRY_AFTER = 60
 DEFAULT_CHECK_INTERVAL = 86400

@@ -29,13 +29,12 @@ from datetime import datetime
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from lab.audit import AuditRecord, audit_time
-from lab.config import User
-from lab.decision import Decision
 from lab.errors import StoreError
-from lab.firewall import Zone
-from lab.inventory import Sighting
+from lab.net.config import User
+from lab.net.firewall import Zone
+from lab.service.audit import AuditRecord, audit_time
 from lab.service.frontend import FrontEndServer, Mode, Role, SiteHandler
+from lab.service.inventory import Sighting
 from lab.service.logs import EXTERNAL_LOG_PATH, LOG_PATH, LogUpload, parse_log_upload
 from lab.service.ntlm import (
     Authenticated,
@@ -55,6 +54,7 @@ from lab.service.xmlio import (
     provisioning_document,
     update_response,
 )
+from lab.store.decision import Decision
 
 CHECK_PATH = "/RequestHandler/ucdevice.upx"
 EXTERNAL_CHECK_PATH = "/RequestHandlerExt/ucdevice.upx"

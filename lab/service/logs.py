@@ -55,15 +55,15 @@ from typing import Any, TypeVar
 
 from aiohttp import StreamReader
 
-from lab.audit import AuditLog
-from lab.config import Limits
-from lab.devconfig import DeviceUpdateConfig
 from lab.errors import IdentityError, LabError
 from lab.events import EventBus
-from lab.filestore import SERVERS_DIR
 from lab.lifecycle import Service
 from lab.models import normalise_mac
+from lab.net.config import Limits
+from lab.service.audit import AuditLog
 from lab.service.problems import Diagnostic, Problem
+from lab.store.devconfig import DeviceUpdateConfig
+from lab.store.filestore import SERVERS_DIR
 
 LOG_PATH = "/RequestHandler/ucdevicelog.upx"
 EXTERNAL_LOG_PATH = "/RequestHandlerExt/ucdevicelog.upx"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
 from cryptography.hazmat.primitives.ciphers import Cipher
 
-from lab.config import FrontEnd, LabConfig, Lockout, User
+from lab.net.config import FrontEnd, LabConfig, Lockout, User
 
 SIGNATURE = b"NTLMSSP\x00"
 NEGOTIATE = 1

@@ -31,18 +31,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from lab import filestore
-from lab.audit import AuditRecord
-from lab.config import LabConfig, Lockout
-from lab.decision import Decision
-from lab.devconfig import DeviceUpdateConfig
 from lab.errors import ConfigError, ServiceError
 from lab.events import Event, EventBus
-from lab.firewall import FirewallPolicy
-from lab.guard import ConnectionBudget
-from lab.inventory import FLUSH_INTERVAL, InventoryRecorder, utc_now
 from lab.lifecycle import Service
-from lab.pki import LabPKI
+from lab.net.config import LabConfig, Lockout
+from lab.net.firewall import FirewallPolicy
+from lab.net.guard import ConnectionBudget
+from lab.net.pki import LabPKI
+from lab.service.audit import AuditRecord
 from lab.service.edge import Edge, Upstream
 from lab.service.files import ImageFiles
 from lab.service.frontend import (
@@ -54,16 +50,20 @@ from lab.service.frontend import (
     ServiceContext,
 )
 from lab.service.handlers import make_handler
+from lab.service.inventory import FLUSH_INTERVAL, InventoryRecorder, utc_now
 from lab.service.logs import DeviceLogStore, log_store_path
 from lab.service.ntlm import Directory
 from lab.service.sites import bind_same_port
 from lab.service.updates import Decider, StoreDecider
 from lab.service.xmlio import DeviceUpdateRequest
-from lab.store import Store
+from lab.store import filestore
+from lab.store.decision import Decision
+from lab.store.devconfig import DeviceUpdateConfig
+from lab.store.store import Store
 
 
 class ServerCertificate(Protocol):
-    """A certificate and key that can make a TLS server context (lab.pki.CertPair)."""
+    """A certificate and key that can make a TLS server context (lab.net.pki.CertPair)."""
 
     def server_context(self) -> ssl.SSLContext:
         """A TLS server context presenting the certificate."""
@@ -71,7 +71,7 @@ class ServerCertificate(Protocol):
 
 
 class CertificateSource(Protocol):
-    """Where front ends get their TLS certificates (lab.pki.LabPKI)."""
+    """Where front ends get their TLS certificates (lab.net.pki.LabPKI)."""
 
     def server(self, name: str) -> ServerCertificate:
         """The certificate of front end ``name``."""

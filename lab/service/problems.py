@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from lab.errors import ServiceError
-from lab.guard import FaultLog
+from lab.net.guard import FaultLog
 
 log = logging.getLogger(__name__)
 # Failures serving requests, logged as counts with a sample (never a traceback each).

@@ -20,9 +20,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from lab.config import LabConfig, load_config
 from lab.errors import LabError
-from lab.firewall import FirewallPolicy
+from lab.net.config import LabConfig, load_config
+from lab.net.firewall import FirewallPolicy
 from lab.service.pool import ServicePool
 
 

@@ -51,9 +51,9 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from lab.config import Limits
 from lab.errors import ServiceError
-from lab.guard import ConnectionBudget
+from lab.net.config import Limits
+from lab.net.guard import ConnectionBudget
 
 BIND_ATTEMPTS = 20
 # Deadline sweeps are at least this far apart (a quarter of a timeout under 4 s).

@@ -1,7 +1,7 @@
 """What the service asks of the update store on every check.
 
 The handlers depend only on ``Decider``: a server name and a parsed request in, a
-``lab.decision.Decision`` out. ``StoreDecider`` is the production one: it takes the
+``lab.store.decision.Decision`` out. ``StoreDecider`` is the production one: it takes the
 store's snapshot (a reload after any commit by any process) and runs the pure decision on
 it, so a change made by the CLI is seen at the next check without a restart. Decisions
 are remembered per snapshot: every phone of a kind at one version (test devices apart)
@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from lab.decision import Decision, decide
 from lab.models import DeviceKind
 from lab.service.xmlio import DeviceUpdateRequest
-from lab.store import Snapshot, Store
+from lab.store.decision import Decision, decide
+from lab.store.store import Snapshot, Store
 
 # Distinct (server, kind, version, test device) answers remembered per snapshot; beyond it
 # (phones reporting ever new versions) the memory starts over.
@@ -65,7 +65,7 @@ class StoreDecider:
         self._asked = 0.0
 
     def decide(self, server: str, request: DeviceUpdateRequest) -> Decision:
-        """lab.decision.decide on the store's current snapshot for ``server``'s rules."""
+        """lab.store.decision.decide on the store's current snapshot for ``server``'s rules."""
         snapshot = self._current()
         if snapshot is not self._snapshot or len(self._decisions) >= DECISION_CACHE_SIZE:
             self._snapshot, self._decisions = snapshot, {}

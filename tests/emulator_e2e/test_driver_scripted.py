@@ -23,11 +23,11 @@ from emulator.models import get_model
 from emulator.net.client import Answer, Download, HTTPSClient
 from emulator.net.resolver import Resolver
 from emulator.states import PhoneState
-from lab.cab import DeviceUpdate, make_update
-from lab.config import LabConfig
-from lab.harness import BOOT, FACTORY, NEW, T0, idle_on, logged
 from lab.models import phone_model
-from lab.pki import LabPKI
+from lab.net.config import LabConfig
+from lab.net.pki import LabPKI
+from lab.ops.harness import BOOT, FACTORY, NEW, T0, idle_on, logged
+from lab.store.cab import DeviceUpdate, make_update
 
 LEASE = Lease("contoso.test", "pool01.contoso.test", ("127.10.0.2", 53), 10443)
 URL = "https://pool01.contoso.test:10443/DeviceUpdateFiles_Int/x/"

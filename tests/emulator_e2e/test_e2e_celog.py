@@ -16,10 +16,10 @@ from emulator.driver import PhoneDriver, log_upload_url
 from emulator.errors import ServiceStatusError
 from emulator.phonelog import LogLevel, PhoneLog, celog_file_name, render_celog
 from emulator.states import PhoneState
-from lab.audit import AuditRecord
-from lab.harness import ALICE, EDGE, NEW, T0, Phones, RunningLab, idle_on
 from lab.models import normalise_mac
-from lab.store import Store
+from lab.ops.harness import ALICE, EDGE, NEW, T0, Phones, RunningLab, idle_on
+from lab.service.audit import AuditRecord
+from lab.store.store import Store
 
 LOG_UPLOADS = ("/RequestHandler/ucdevicelog.upx", "/RequestHandlerExt/ucdevicelog.upx")
 

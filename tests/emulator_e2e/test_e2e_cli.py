@@ -19,7 +19,7 @@ from emulator.cli import _closed_tls_is_quiet, build_parser, main, parse_duratio
 from emulator.faults import Call, PowerCut, Trigger
 from emulator.fleet import Location
 from emulator.states import PhoneState
-from lab.harness import FACTORY, NEW, RunningLab
+from lab.ops.harness import FACTORY, NEW, RunningLab
 
 
 async def emulator(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:

@@ -9,7 +9,7 @@ from emulator.faults import BootFailure, PowerCut, WrongClock
 from emulator.phonelog import LogLevel
 from emulator.slots import SlotName, SlotStatus
 from emulator.states import PhoneState
-from lab.harness import (
+from lab.ops.harness import (
     BOOT,
     DAY,
     FACTORY,

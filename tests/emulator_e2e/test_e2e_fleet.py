@@ -21,8 +21,8 @@ from emulator.fleet import Fleet, Location, PhoneResult, PhoneSpec, ProgressDisp
 from emulator.lease import Lease
 from emulator.models import get_model
 from emulator.states import PhoneState
-from lab.config import LabConfig
-from lab.harness import (
+from lab.net.config import LabConfig
+from lab.ops.harness import (
     ALICE,
     BOOT,
     FACTORY,

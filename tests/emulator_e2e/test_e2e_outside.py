@@ -6,7 +6,7 @@ import pytest
 
 from emulator.screens import system_information
 from emulator.states import PhoneState
-from lab.harness import (
+from lab.ops.harness import (
     ALICE,
     EDGE,
     FACTORY,

@@ -7,7 +7,7 @@ import pytest
 from emulator.driver import PhoneDriver
 from emulator.phonelog import LogLevel
 from emulator.states import PhoneState
-from lab.harness import FACTORY, NEW, T0, Phones, RunningLab, logged
+from lab.ops.harness import FACTORY, NEW, T0, Phones, RunningLab, logged
 
 
 async def refused(phone: PhoneDriver) -> str:

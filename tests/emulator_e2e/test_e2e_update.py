@@ -13,8 +13,7 @@ from emulator.faults import Call, Trigger
 from emulator.screens import system_information
 from emulator.settings import PhoneSettings
 from emulator.states import PhoneState
-from lab.decision import Action
-from lab.harness import (
+from lab.ops.harness import (
     BOOT,
     DAY,
     FACTORY,
@@ -29,6 +28,7 @@ from lab.harness import (
     logged,
     version_at,
 )
+from lab.store.decision import Action
 
 S = PhoneState
 

@@ -10,8 +10,8 @@ import pytest
 from net_helpers import FE01
 
 from emulator.clock import LoopClock
-from lab.config import default_config
-from lab.pki import LabPKI
+from lab.net.config import default_config
+from lab.net.pki import LabPKI
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from emulator.errors import CertificateError
 from emulator.net.tls import CertificateChecker
-from lab.config import LabConfig
-from lab.pki import LabPKI
+from lab.net.config import LabConfig
+from lab.net.pki import LabPKI
 
 
 @pytest.fixture

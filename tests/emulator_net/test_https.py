@@ -29,10 +29,10 @@ from emulator.errors import (
     ServiceStatusError,
 )
 from emulator.net import DNSResolver, HTTPSClient, PhoneHTTPSClient
-from lab.config import default_config
-from lab.dns import DNSServer
-from lab.firewall import FirewallPolicy
-from lab.pki import FaultKind, LabPKI
+from lab.net.config import default_config
+from lab.net.dns import DNSServer
+from lab.net.firewall import FirewallPolicy
+from lab.net.pki import FaultKind, LabPKI
 
 CHECK_PATH = "/RequestHandler/ucdevice.upx"
 LOG_PATH = "/RequestHandler/ucdevicelog.upx"

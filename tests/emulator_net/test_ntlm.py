@@ -24,7 +24,7 @@ from emulator.clock import LoopClock
 from emulator.errors import CredentialsRefusedError, NTLMError, ServiceStatusError
 from emulator.events import Credentials
 from emulator.net import AuthFactory, DNSResolver, NTLMClient, PhoneHTTPSClient
-from lab.pki import LabPKI
+from lab.net.pki import LabPKI
 
 POOL = "pool01.contoso.test"
 SIGN_IN = "/Provisioning/signin"

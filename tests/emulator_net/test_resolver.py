@@ -18,9 +18,9 @@ from net_helpers import INSIDE_PHONE, OUTSIDE_PHONE, UCUPDATES
 from emulator.errors import ResolutionError
 from emulator.lease import parse_lease
 from emulator.net import DNSResolver, Resolver
-from lab.config import FrontEnd, LabConfig, default_config
-from lab.dns import DNSServer
-from lab.firewall import FirewallPolicy
+from lab.net.config import FrontEnd, LabConfig, default_config
+from lab.net.dns import DNSServer
+from lab.net.firewall import FirewallPolicy
 
 FRONT_ENDS = ["127.10.0.11", "127.10.0.12"]
 EDGE = "127.20.0.10"

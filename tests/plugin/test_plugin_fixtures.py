@@ -13,12 +13,12 @@ import pytest_asyncio
 from emulator.clock import Clock
 from emulator.driver import PhoneDriver
 from emulator.states import PhoneState
-from lab.config import LabConfig
 from lab.errors import IdentityError
-from lab.harness import BOOT, DAY, IDLE_WAIT, NEW, T0, Phones, RunningLab, idle_on, logged
-from lab.pki import LabPKI
-from lab.runner import RUN_FILE
-from lab.store import Store
+from lab.net.config import LabConfig
+from lab.net.pki import LabPKI
+from lab.ops.harness import BOOT, DAY, IDLE_WAIT, NEW, T0, Phones, RunningLab, idle_on, logged
+from lab.ops.runner import RUN_FILE
+from lab.store.store import Store
 
 S = PhoneState
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from lab.config import LabConfig
-from lab.harness import NEW, T0, Phones, RunningLab, idle_on
+from lab.net.config import LabConfig
+from lab.ops.harness import NEW, T0, Phones, RunningLab, idle_on
 
 
 @pytest.fixture

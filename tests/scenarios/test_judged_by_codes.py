@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from emulator.phonelog import LogEntry, LogLevel, PhoneLog
-from lab.config import LabConfig
-from lab.harness import NEW
-from lab.scenarios import SCENARIOS, Scenario, run_scenario
+from lab.net.config import LabConfig
+from lab.ops.harness import NEW
+from lab.ops.scenarios import SCENARIOS, Scenario, run_scenario
 
 PLACEHOLDER = "(words for people only)"
 

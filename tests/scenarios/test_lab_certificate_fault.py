@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.config import LabConfig
 from lab.errors import PKIError
-from lab.runner import Lab
+from lab.net.config import LabConfig
+from lab.ops.runner import Lab
 
 INSIDE = "127.10.1.90"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lab.cli import main
-from lab.scenarios import SCENARIOS, get_scenario
+from lab.ops.scenarios import SCENARIOS, get_scenario
 
 
 def lab_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.config import LabConfig
 from lab.errors import ScenarioError
-from lab.harness import FACTORY, NEW
-from lab.scenarios import (
+from lab.net.config import LabConfig
+from lab.ops.harness import FACTORY, NEW
+from lab.ops.scenarios import (
     SCENARIOS,
     Scenario,
     get_scenario,
@@ -24,7 +24,7 @@ from lab.scenarios import (
     run_scenario,
     troubleshooting_table,
 )
-from lab.scenarios.framework import NameTestDevice, PhoneSpec, PowerOn, Settle, Setup
+from lab.ops.scenarios.framework import NameTestDevice, PhoneSpec, PowerOn, Settle, Setup
 
 BY_NAME = {s.name: s for s in SCENARIOS}
 ISSUE = {

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from lab.cabformat import BLOCK_MAX, CabMember, checksum
+from lab.store.cabformat import BLOCK_MAX, CabMember, checksum
 
 RESERVE_PRESENT = 0x0004
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from lab.config import default_text
+from lab.net.config import default_text
 
 OUTSIDE_ATTACKER = "127.20.66.6"
 INSIDE_PHONE = "127.10.0.50"

@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 from conftest import INSIDE_PHONE, RunningLab
 
-from lab.audit import read_audit
+from lab.service.audit import read_audit
 
 FRONT_END = "fe01"
 HOST = "fe01.contoso.test"

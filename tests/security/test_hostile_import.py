@@ -31,7 +31,10 @@ import tomli_w
 from cabs import CabLayout, Folder, chunked, members_in_order, mszip_blocks, write_cab
 from conftest import INSIDE_PHONE, RunningLab
 
-from lab.cab import (
+from lab.models import phone_model
+from lab.net.config import load_config
+from lab.net.pki import LabPKI
+from lab.store.cab import (
     CATALOG,
     DESCRIPTION,
     IMAGE,
@@ -41,13 +44,10 @@ from lab.cab import (
     description_xml,
     update_folder,
 )
-from lab.cabformat import CabMember
-from lab.catalog import CatalogFile, catalog_body, sign_catalog
-from lab.config import load_config
-from lab.importer import KILL_ENV, STEPS, remove_rules
-from lab.models import phone_model
-from lab.pki import LabPKI
-from lab.store import Selection, Store
+from lab.store.cabformat import CabMember
+from lab.store.catalog import CatalogFile, catalog_body, sign_catalog
+from lab.store.importer import KILL_ENV, STEPS, remove_rules
+from lab.store.store import Selection, Store
 
 MiB = 1024 * 1024
 BOMB_PEAK = 100 * MiB

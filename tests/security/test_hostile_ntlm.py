@@ -21,7 +21,7 @@ import spnego
 from clients import audit_lines, check_body, ntlm_request, through_edge
 from conftest import OUTSIDE_ATTACKER, RunningLab, stop_lab
 
-from lab.store import Store
+from lab.store.store import Store
 
 CHECK = "/RequestHandlerExt/ucdevice.upx"
 SIGNIN = "/Provisioning/signin"

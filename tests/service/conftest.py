@@ -25,14 +25,14 @@ from service_helpers import (
     Phones,
 )
 
-from lab.config import LabConfig, Lockout, default_config
-from lab.decision import Action, ServedFile
 from lab.events import EventBus
-from lab.firewall import FirewallPolicy
 from lab.models import phone_model
-from lab.pki import LabPKI
+from lab.net.config import LabConfig, Lockout, default_config
+from lab.net.firewall import FirewallPolicy
+from lab.net.pki import LabPKI
 from lab.service import ServicePool, file_store_path
-from lab.store import ImportedVersion, Selection, Store
+from lab.store.decision import Action, ServedFile
+from lab.store.store import ImportedVersion, Selection, Store
 
 
 def pytest_asyncio_loop_factories(

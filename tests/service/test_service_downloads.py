@@ -24,15 +24,15 @@ from service_helpers import (
     check_body,
 )
 
-from lab.audit import AuditRecord
-from lab.config import LabConfig
-from lab.decision import Action
-from lab.firewall import FirewallPolicy
-from lab.pki import LabPKI
+from lab.net.config import LabConfig
+from lab.net.firewall import FirewallPolicy
+from lab.net.pki import LabPKI
 from lab.service import ServicePool, file_store_path
+from lab.service.audit import AuditRecord
 from lab.service.files import Precondition, evaluate_preconditions, parse_range
 from lab.service.problems import Problem
-from lab.store import Selection, Store
+from lab.store.decision import Action
+from lab.store.store import Selection, Store
 
 NBT = APPROVED_IMAGES[1]
 URL = f"/DeviceUpdateFiles_Int/{NBT.relative}"

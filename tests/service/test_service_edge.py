@@ -16,7 +16,7 @@ from service_helpers import (
 )
 
 from lab.events import Event
-from lab.pki import LabPKI
+from lab.net.pki import LabPKI
 from lab.service import ServicePool
 
 EXT_CHECK = "/RequestHandlerExt/ucdevice.upx"

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 from service_helpers import INSIDE_PHONE, Phones, check_body, ntlm_request
 
-from lab.audit import AuditLog, AuditRecord
-from lab.config import LabConfig, Limits
-from lab.devconfig import DeviceUpdateConfig
 from lab.events import Event
-from lab.firewall import FirewallPolicy
-from lab.pki import LabPKI
+from lab.net.config import LabConfig, Limits
+from lab.net.firewall import FirewallPolicy
+from lab.net.pki import LabPKI
 from lab.service import ServicePool
+from lab.service.audit import AuditLog, AuditRecord
 from lab.service.logs import LOG_BLOCK, LogCleanUp, log_store_path, next_clean_up
-from lab.store import Store
+from lab.store.devconfig import DeviceUpdateConfig
+from lab.store.store import Store
 
 LOG = "/RequestHandler/ucdevicelog.upx"
 EXT_LOG = "/RequestHandlerExt/ucdevicelog.upx"

@@ -12,7 +12,7 @@ from types import FrameType
 
 import pytest
 
-from lab.config import LabConfig
+from lab.net.config import LabConfig
 from lab.service import ServicePool
 from lab.service.run import STOP_SIGNALS, serve, stop_on_signals
 

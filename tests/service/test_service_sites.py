@@ -19,11 +19,11 @@ from service_helpers import (
     curl,
 )
 
-from lab.config import LabConfig
 from lab.errors import ServiceError
 from lab.events import Event
-from lab.firewall import FirewallPolicy
-from lab.pki import LabPKI
+from lab.net.config import LabConfig
+from lab.net.firewall import FirewallPolicy
+from lab.net.pki import LabPKI
 from lab.service import ServicePool
 from lab.service.run import event_loop_factory, serve
 

@@ -12,7 +12,7 @@ import pytest
 import spnego
 from service_helpers import check_body
 
-from lab.config import Lockout, default_config
+from lab.net.config import Lockout, default_config
 from lab.service import files
 from lab.service.files import ImageFiles, if_range_holds, parse_range, read_cached
 from lab.service.ntlm import (

@@ -75,19 +75,19 @@ from emulator import (
 from emulator import (
     Download as DownloadResult,
 )
-from lab.audit import AuditRecord
-from lab.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
-from lab.config import FleetPhone, LabConfig
-from lab.decision import Action
-from lab.dnsprobe import query, summarise
 from lab.errors import ConfigError, LabStateError, PortInUseError
-from lab.firewall import Zone
-from lab.harness import NEW, ClockHold, RunningLab, phones_on, running_lab
-from lab.importer import ImportResult, import_cab
 from lab.models import phone_model
-from lab.pki import verify_vendor_signature
-from lab.runner import RUN_FILE, read_run_file
-from lab.store import Selection, Store
+from lab.net.config import FleetPhone, LabConfig
+from lab.net.dnsprobe import query, summarise
+from lab.net.firewall import Zone
+from lab.net.pki import verify_vendor_signature
+from lab.ops.harness import NEW, ClockHold, RunningLab, phones_on, running_lab
+from lab.ops.runner import RUN_FILE, read_run_file
+from lab.service.audit import AuditRecord
+from lab.store.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
+from lab.store.decision import Action
+from lab.store.importer import ImportResult, import_cab
+from lab.store.store import Selection, Store
 
 S = PhoneState
 DEFAULT_SCALE = 60.0

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lab.admin import read_token
 from lab.errors import AdminError, AdminRequestError
-from lab.runner import read_run_file
+from lab.ops.runner import read_run_file
+from lab.service.admin import read_token
 
 
 class AdminClient:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from lab.dns.zones import normalize, zone_of
 from lab.errors import DNSError
 from lab.events import EventBus
+from lab.net.dns.zones import normalize, zone_of
 
 MAX_DELAY = 3600.0
 

@@ -9,7 +9,7 @@ package is installed with its ``test`` extra, pytest offers these fixtures with 
 - ``lab_config``: the configuration ``device_lab`` runs, the default lab on free ports
   with that PKI. A fixture of the same name in a conftest or test module overrides it.
 - ``device_lab``: a running lab (lab.harness.RunningLab) with a fresh state directory.
-- ``phones``: a lab.harness.Phones factory on that lab; its phones stop at teardown.
+- ``phones``: a lab.ops.harness.Phones factory on that lab; its phones stop at teardown.
 - ``virtual_clock``: the phones' clock.
 
 The async fixtures are ``pytest_asyncio.fixture``s, so they work in strict mode too, and
@@ -22,7 +22,7 @@ started by a fixture on the real clock would then sit in another time frame than
 So for a test on fake time ``device_lab`` turns fake time on before it starts the lab and
 keeps it on until the lab has stopped, handing it to looptime for the test call itself:
 setup (your own fixtures built on these included), test and teardown read one clock, and
-the phones' clock reads exactly ``lab.harness.T0`` when ``phones`` is set up.
+the phones' clock reads exactly ``lab.ops.harness.T0`` when ``phones`` is set up.
 
 Two guards, so that a mistake costs a line and not a run:
 
@@ -61,8 +61,8 @@ else:
 # loads this plugin in every run wherever the package is installed, lab or no lab.
 if TYPE_CHECKING:
     from emulator import Clock
-    from lab.config import LabConfig
-    from lab.harness import Phones, RunningLab
+    from lab.net.config import LabConfig
+    from lab.ops.harness import Phones, RunningLab
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +77,7 @@ def lab_config(lab_pki_dir: Path) -> LabConfig:
 
     Override it with a fixture of the same name (which may request this one) to test another lab.
     """
-    from lab.config import default_config
+    from lab.net.config import default_config
 
     return (
         default_config()
@@ -119,7 +119,7 @@ async def device_lab(
 
     Each test gets its own, with empty state in ``tmp_path/lab``; it stops at teardown.
     """
-    from lab.harness import running_lab
+    from lab.ops.harness import running_lab
 
     with _fake_time_held(request):
         async with running_lab(lab_config, tmp_path / "lab") as running:
@@ -135,7 +135,7 @@ async def phones(
     They run on the loop's time (mark the test ``@pytest.mark.looptime``), keep their files
     in ``tmp_path/phones``, and are stopped at teardown.
     """
-    from lab.harness import phones_on
+    from lab.ops.harness import phones_on
 
     # Only loops looptime patched have fake time (uvloop has not): only there is it a choice.
     if isinstance(asyncio.get_running_loop(), LoopTimeEventLoop) and _on_fake_time(request) is None:
@@ -152,7 +152,7 @@ async def phones(
 
 @pytest.fixture
 def virtual_clock(phones: Phones) -> Clock:
-    """The phones' clock: phone time, ``lab.harness.T0`` when ``phones`` was set up."""
+    """The phones' clock: phone time, ``lab.ops.harness.T0`` when ``phones`` was set up."""
     return phones.clock
 
 

@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from lab.dns import DNSServer
 from lab.errors import DNSError, FirewallError, LabError, ServiceError
 from lab.events import EventBus
 from lab.fileio import write_atomic
-from lab.firewall import FirewallPolicy
+from lab.net.dns import DNSServer
+from lab.net.firewall import FirewallPolicy
 from lab.service.pool import ServicePool
 from lab.service.sites import TLSSite
 

@@ -1,9 +1,9 @@
 """The lab's authoritative split-horizon DNS server (see ``server`` for the entry point)."""
 
-from lab.dns.faults import Fault, FaultKind, FaultTable
-from lab.dns.querylog import Outcome, QueryLog
-from lab.dns.server import DNSServer
-from lab.dns.zones import RRSet, View, ViewRecords, build_views
+from lab.net.dns.faults import Fault, FaultKind, FaultTable
+from lab.net.dns.querylog import Outcome, QueryLog
+from lab.net.dns.server import DNSServer
+from lab.net.dns.zones import RRSet, View, ViewRecords, build_views
 
 __all__ = [
     "DNSServer",

@@ -1,7 +1,7 @@
 """Troubleshooting scenarios: a named setup, an optional fault, and the outcome to observe.
 
-Everything that makes a scenario run lives here; the catalogue (lab/scenarios/catalogue.py)
-is only data. A scenario is run in this order, on one event loop with lab.harness:
+Everything that makes a scenario run lives here; the catalogue (lab/ops/scenarios/catalogue.py)
+is only data. A scenario is run in this order, on one event loop with lab.ops.harness:
 
 1. the lab starts on the scenario's config (the setup's config changes; a certificate fault
    makes the front ends serve faulty certificates from the start);
@@ -48,20 +48,20 @@ from emulator import (
     get_model,
     to_datetime,
 )
-from lab.cab import write_file_atomic
-from lab.catalog import sign_catalog
-from lab.config import LabConfig
-from lab.decision import Action
 from lab.errors import ScenarioError
 from lab.events import Event
-from lab.filestore import FileStore
-from lab.harness import IMAGE_SIZE, NEW, HeldNetwork, Phones, RunningLab, phones_on, started_lab
-from lab.importer import remove_rules
 from lab.models import phone_model
-from lab.pki import FaultKind
-from lab.runner import Lab
+from lab.net.config import LabConfig
+from lab.net.pki import FaultKind
+from lab.ops.harness import IMAGE_SIZE, NEW, HeldNetwork, Phones, RunningLab, phones_on, started_lab
+from lab.ops.runner import Lab
 from lab.service.problems import Diagnostic
-from lab.store import Selection, Store
+from lab.store.cab import write_file_atomic
+from lab.store.catalog import sign_catalog
+from lab.store.decision import Action
+from lab.store.filestore import FileStore
+from lab.store.importer import remove_rules
+from lab.store.store import Selection, Store
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -228,7 +228,7 @@ class DNSRecordMissing(Fault):
 
 @dataclass(frozen=True)
 class BadCertificate(Fault):
-    """Every front end serves a certificate faulty in one way (lab.pki FaultKind)."""
+    """Every front end serves a certificate faulty in one way (lab.net.pki FaultKind)."""
 
     kind: FaultKind
 

@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lab.config import LabConfig
 from lab.errors import ConfigError, PKIError
 from lab.fileio import write_atomic
+from lab.net.config import LabConfig
 
 FaultKind = Literal["no-ucupdates-name", "expired", "not-yet-valid", "untrusted-ca"]
 FAULTS: tuple[FaultKind, ...] = get_args(FaultKind)

@@ -4,10 +4,10 @@ the scenarios and the demo all stand on this.
 This is lab's operations layer, the one place (with what builds on it) where the two
 packages meet; it drives phones only through the emulator's public API, as any user would.
 
-`running_lab` starts `lab.runner.Lab` (DNS, the pool's front ends and edge, the admin API)
+`running_lab` starts `lab.ops.runner.Lab` (DNS, the pool's front ends and edge, the admin API)
 on port 0 inside the test, and puts firmware in the way an administrator does: a vendor
-cab built with lab.cab, checked and imported into every front end with lab.importer,
-approved or restored with lab.store. `Phones` makes emulator phones on the lease the lab
+cab built with lab.store.cab, checked and imported into every front end with lab.store.importer,
+approved or restored with lab.store.store. `Phones` makes emulator phones on the lease the lab
 published, each with its own loopback address inside or outside.
 
 Why lab and phones share the test's loop under fake time (looptime), and why the clock is
@@ -57,19 +57,19 @@ from emulator import (
     get_model,
     load_lease,
 )
-from lab.audit import AuditRecord
-from lab.cab import build, read_cab
-from lab.catalog import Signer
-from lab.config import LabConfig
-from lab.decision import Action
 from lab.errors import IdentityError
 from lab.events import Event
-from lab.filestore import FileStore
-from lab.importer import import_cab
 from lab.models import phone_model
-from lab.pki import verify_vendor_signature
-from lab.runner import LEASE_FILE, Lab
-from lab.store import Selection, Store
+from lab.net.config import LabConfig
+from lab.net.pki import verify_vendor_signature
+from lab.ops.runner import LEASE_FILE, Lab
+from lab.service.audit import AuditRecord
+from lab.store.cab import build, read_cab
+from lab.store.catalog import Signer
+from lab.store.decision import Action
+from lab.store.filestore import FileStore
+from lab.store.importer import import_cab
+from lab.store.store import Selection, Store
 
 FACTORY = "4.0.7577.4366"
 NEW = "4.0.7577.4372"

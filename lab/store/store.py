@@ -14,10 +14,11 @@ any process, so changes are seen at the very next check without a restart.
 Each rule records when its approved version became approved (``approved_at``, set by
 approve and restore; schema 1 stores are migrated with their last change time as the best
 known). The phone inventory keeps one record per MAC address, the latest sighting winning;
-what is written there and when is lab.inventory's business.
+what is written there and when is lab.service.inventory's business.
 
-The rules of the lifecycle and of serving are in lab.decision, the settings' names and
-ranges in lab.devconfig, the inventory's flags in lab.inventory; this module stores them.
+The rules of the lifecycle and of serving are in lab.store.decision, the settings' names
+and ranges in lab.store.devconfig, the inventory's flags in lab.service.inventory; this
+module stores them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from lab import filestore
-from lab.decision import (
+from lab.errors import EntryError, IdentityError, RuleError, SettingError, StoreError
+from lab.models import DeviceKind, KindKey, normalise_mac, normalise_serial
+from lab.store import filestore
+from lab.store.decision import (
     Action,
     Decision,
     Rule,
@@ -45,9 +48,7 @@ from lab.decision import (
     refusal,
     transition,
 )
-from lab.devconfig import DeviceUpdateConfig, check_setting
-from lab.errors import EntryError, IdentityError, RuleError, SettingError, StoreError
-from lab.models import DeviceKind, KindKey, normalise_mac, normalise_serial
+from lab.store.devconfig import DeviceUpdateConfig, check_setting
 
 STORE_FILE = "store.sqlite3"
 BUSY_TIMEOUT = 30.0
@@ -212,7 +213,7 @@ class Snapshot:
         mac: str | None = None,
         serial: str | None = None,
     ) -> Decision:
-        """What ``server`` serves a device: lab.decision.decide on this snapshot."""
+        """What ``server`` serves a device: lab.store.decision.decide on this snapshot."""
         return decide(kind, installed, self.is_test_device(mac, serial), self.rules_for(server))
 
 

@@ -37,8 +37,12 @@ from typing import Any, BinaryIO
 import defusedxml.ElementTree as SafeET
 from cabarchive import CabArchive, CabFile
 
-from lab.cabformat import CabIndex, CabMember, read_index, show, unpack
-from lab.catalog import (
+from lab.errors import CabError, IdentityError
+from lab.fileio import write_atomic
+from lab.models import DeviceKind, PhoneModel, canonical_version, check_kind
+from lab.net.config import Limits
+from lab.store.cabformat import CabIndex, CabMember, read_index, show, unpack
+from lab.store.catalog import (
     Catalog,
     CatalogFile,
     Signer,
@@ -48,10 +52,6 @@ from lab.catalog import (
     sign_catalog,
     verify_catalog,
 )
-from lab.config import Limits
-from lab.errors import CabError, IdentityError
-from lab.fileio import write_atomic
-from lab.models import DeviceKind, PhoneModel, canonical_version, check_kind
 
 CAB_NAME = "UCUpdates.cab"
 MODULE_DIR = "CPE"
@@ -447,7 +447,7 @@ def _check_layout(index: CabIndex) -> _Layout:
 
 
 class _Checker:
-    """Checks the members of updates as they are unpacked (a lab.cabformat.MemberSink).
+    """Checks the members of updates as they are unpacked (a lab.store.cabformat.MemberSink).
 
     Descriptions and catalogs (small: their sizes were checked in the headers) are kept,
     images only hashed. A catalog is verified as soon as it is whole, so an image that

@@ -27,8 +27,8 @@ from typing import Any
 
 from dnslib import NS, QTYPE, RCODE, SOA, SRV, A
 
-from lab.config import LabConfig
-from lab.firewall import Zone
+from lab.net.config import LabConfig
+from lab.net.firewall import Zone
 
 TTL = 60
 # refresh, retry, expire, minimum; the minimum is also the negative-answer TTL (RFC 2308).

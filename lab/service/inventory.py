@@ -43,10 +43,10 @@ from typing import Any, TypeVar
 
 from lab.errors import LabError, ServiceError
 from lab.events import EventBus
-from lab.firewall import Zone
 from lab.lifecycle import Service
 from lab.models import DeviceKind, KindKey, canonical_version, same_version
-from lab.store import BUSY_TIMEOUT, Approval, PhoneRecord, Store
+from lab.net.firewall import Zone
+from lab.store.store import BUSY_TIMEOUT, Approval, PhoneRecord, Store
 
 SUPPORT_WINDOW = timedelta(days=60)
 FLUSH_INTERVAL = 0.5

@@ -40,9 +40,9 @@ from typing import Any
 
 from dnslib import CLASS, EDNS0, QTYPE, RCODE, RR, DNSHeader, DNSLabel, DNSRecord
 
-from lab.dns.faults import FaultKind, FaultTable
-from lab.dns.querylog import Outcome
-from lab.dns.zones import Lookup, RRSet, View, ViewRecords
+from lab.net.dns.faults import FaultKind, FaultTable
+from lab.net.dns.querylog import Outcome
+from lab.net.dns.zones import Lookup, RRSet, View, ViewRecords
 
 HEADER_SIZE = 12
 MAX_LABEL = 63  # bytes (RFC 1035 2.3.4)

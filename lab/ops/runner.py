@@ -23,17 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
-from lab.admin import SITE_KEY, make_app, make_token
-from lab.audit import AuditLog, AuditRecord
-from lab.config import LabConfig
-from lab.dns import DNSServer
 from lab.errors import LabStateError, PKIError, ServiceError
 from lab.events import EventBus
 from lab.fileio import write_atomic
-from lab.firewall import FirewallPolicy
-from lab.guard import ConnectionBudget
 from lab.lifecycle import Service
-from lab.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
+from lab.net.config import LabConfig
+from lab.net.dns import DNSServer
+from lab.net.firewall import FirewallPolicy
+from lab.net.guard import ConnectionBudget
+from lab.net.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
+from lab.service.admin import SITE_KEY, make_app, make_token
+from lab.service.audit import AuditLog, AuditRecord
 from lab.service.logs import LogCleanUp
 from lab.service.pool import ServicePool
 from lab.service.run import event_loop_factory, stop_on_signals

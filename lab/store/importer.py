@@ -27,15 +27,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from lab import filestore
-from lab.cab import DEFAULT_UNPACKED_MAX, CabContents, DeviceUpdate, Progress, check_cab
-from lab.catalog import Verifier
-from lab.config import FrontEnd
-from lab.decision import ServedFile
 from lab.errors import CabError, StoreError
-from lab.filestore import FileChange, FileStore, FileStoreLock
 from lab.models import KindKey
-from lab.store import ImportedVersion, RuleChange, Selection, Store
+from lab.net.config import FrontEnd
+from lab.store import filestore
+from lab.store.cab import DEFAULT_UNPACKED_MAX, CabContents, DeviceUpdate, Progress, check_cab
+from lab.store.catalog import Verifier
+from lab.store.decision import ServedFile
+from lab.store.filestore import FileChange, FileStore, FileStoreLock
+from lab.store.store import ImportedVersion, RuleChange, Selection, Store
 
 KILL_ENV = "LAB_TEST_KILL_AT"
 STEPS = ("locked", "journal-written", "staged", "committed", "file-placed", "all-placed")
@@ -66,7 +66,7 @@ def read_cab_file(
     *,
     limit: int = DEFAULT_UNPACKED_MAX,
 ) -> CabContents:
-    """Check the cab at ``path`` (see lab.cab.check_cab), unpacking at most ``limit`` bytes;
+    """Check the cab at ``path`` (see lab.store.cab.check_cab), unpacking at most ``limit`` bytes;
     CabError if it is bad. An import reads it again from ``path``."""
     try:
         size = path.stat().st_size

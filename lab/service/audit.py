@@ -37,8 +37,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
-from lab.config import Limits
 from lab.events import EventBus
+from lab.net.config import Limits
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,9 +17,8 @@ from emulator import (
     Trigger,
     WrongClock,
 )
-from lab.decision import Action
-from lab.harness import FACTORY, NEW
-from lab.scenarios.framework import (
+from lab.ops.harness import FACTORY, NEW
+from lab.ops.scenarios.framework import (
     DAY,
     HOUR,
     Admin,
@@ -40,6 +39,7 @@ from lab.scenarios.framework import (
     Settle,
     Setup,
 )
+from lab.store.decision import Action
 
 LARGE_IMAGE = 8 * 1024 * 1024
 """Big enough that a front end is still sending when a maintenance fault strikes."""

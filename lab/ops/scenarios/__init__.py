@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lab.scenarios.catalogue import SCENARIOS
-from lab.scenarios.framework import (
+from lab.ops.scenarios.catalogue import SCENARIOS
+from lab.ops.scenarios.framework import (
     Observation,
     Scenario,
     describe_outcome,

@@ -34,16 +34,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from lab.config import LabConfig
-from lab.dns.faults import FaultTable
-from lab.dns.querylog import Counters, QueryLog
-from lab.dns.responder import Malformed, Responder, failure_reply
-from lab.dns.zones import View, ViewRecords, build_views
 from lab.errors import DNSError
 from lab.events import EventBus
-from lab.firewall import FirewallPolicy, Zone
-from lab.guard import ConnectionBudget, FaultLog
 from lab.lifecycle import Service
+from lab.net.config import LabConfig
+from lab.net.dns.faults import FaultTable
+from lab.net.dns.querylog import Counters, QueryLog
+from lab.net.dns.responder import Malformed, Responder, failure_reply
+from lab.net.dns.zones import View, ViewRecords, build_views
+from lab.net.firewall import FirewallPolicy, Zone
+from lab.net.guard import ConnectionBudget, FaultLog
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 
 
 class Signer(Protocol):
-    """A vendor's signing key (lab.pki.VendorSigner has this shape)."""
+    """A vendor's signing key (lab.net.pki.VendorSigner has this shape)."""
 
     def sign(self, data: bytes) -> bytes:
         """A DER ECDSA-SHA256 signature of ``data``."""
