@@ -5,6 +5,11 @@ ECDSA-SHA256 signature with the one vendor certificate the phone trusts, check t
 for this device (vendor, model, revision, locale, and the version the service offered),
 then check the image's size and SHA-256 against the catalog's ``file:`` line. Each failure
 raises one FirmwareError subclass whose message a support engineer can read as is.
+
+The lab writes and checks the same catalog format with its own code (lab/store/catalog.py),
+on purpose: the phones never import the lab, as a real phone shares a file format with its
+server, not a library, so a catalog the lab writes wrongly fails here as it would in the
+field.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ The format is strict on purpose, as a phone's parser would be: keys in a fixed o
 ``file:`` line per covered file, exactly one ``signature:`` line and nothing after it. The
 signature covers the exact bytes of every line before the ``signature:`` line. Problems
 raise CabError with the member name given by the caller.
+
+The phones parse the same format with their own code (emulator/firmware.py), on purpose:
+a real phone and a real server share a file format, not a library, and a catalog this
+side writes wrongly must fail on the phone's side as it would in the field.
 """
 
 from __future__ import annotations
