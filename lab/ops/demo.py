@@ -51,7 +51,6 @@ from rich.text import Text
 
 from emulator import (
     TIME_SLACK,
-    Answer,
     AnyFault,
     Call,
     Clock,
@@ -81,7 +80,7 @@ from lab.net.config import FleetPhone, LabConfig
 from lab.net.dnsprobe import query, summarise
 from lab.net.firewall import Zone
 from lab.net.pki import verify_vendor_signature
-from lab.ops.harness import NEW, ClockHold, RunningLab, phones_on, running_lab
+from lab.ops.harness import NEW, ClockHold, ForwardingClient, RunningLab, phones_on, running_lab
 from lab.ops.runner import RUN_FILE, read_run_file
 from lab.service.audit import AuditRecord
 from lab.store.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
@@ -267,39 +266,19 @@ DownloadWatch = Callable[[str, str, int, int | None], None]
 """Told as a download grows: the phone's address, the module, bytes so far, the full size."""
 
 
-class WatchedClient:
+class WatchedClient(ForwardingClient):
     """A phone's HTTPS client whose downloads report their progress."""
 
     def __init__(self, inner: HTTPSClient, source: str, watch: DownloadWatch) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.source = source
         self.watch = watch
-
-    async def post_xml(self, url: str, body: bytes, **options: Any) -> Answer:
-        """The inner client's answer."""
-        return await self.inner.post_xml(url, body, **options)
 
     async def download(self, url: str, path: Path, **options: Any) -> DownloadResult:
         """The inner client's download, reported to ``watch`` as it grows."""
         module = url.rsplit("/", 1)[-1]
         options["progress"] = lambda size, total: self.watch(self.source, module, size, total)
-        return await self.inner.download(url, path, **options)
-
-    async def post_log(self, url: str, body: bytes, **options: Any) -> Answer:
-        """The inner client's answer."""
-        return await self.inner.post_log(url, body, **options)
-
-    def kept_address(self, host: str, port: int) -> str | None:
-        """The inner client's kept-alive connection to ``host`` on ``port``."""
-        return self.inner.kept_address(host, port)
-
-    async def drop_connections(self) -> None:
-        """Drop the inner client's connections."""
-        await self.inner.drop_connections()
-
-    async def close(self) -> None:
-        """Close the inner client."""
-        await self.inner.close()
+        return await super().download(url, path, **options)
 
 
 class WatchedNetwork:

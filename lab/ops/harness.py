@@ -237,31 +237,24 @@ DownloadWatch = Callable[[str, int, int | None], None]
 """Told as a download grows: the address it comes from, bytes so far, the full size."""
 
 
-class HeldClient:
-    """A phone's HTTPS client that holds the clock while a request or download is on the wire."""
+class ForwardingClient:
+    """A phone's HTTPS client that hands every call to ``inner``; wrappers override what they
+    add (holding the clock, watching downloads)."""
 
-    def __init__(self, inner: HTTPSClient, hold: ClockHold, watch: DownloadWatch | None) -> None:
+    def __init__(self, inner: HTTPSClient) -> None:
         self.inner = inner
-        self.hold = hold
-        self.watch = watch
 
     async def post_xml(self, url: str, body: bytes, **options: Any) -> Answer:
         """The inner client's answer."""
-        with self.hold.held():
-            return await self.inner.post_xml(url, body, **options)
+        return await self.inner.post_xml(url, body, **options)
 
     async def download(self, url: str, path: Path, **options: Any) -> Download:
-        """The inner client's download, reported to ``watch`` as it grows."""
-        watch, address = self.watch, options.get("address") or ""
-        if watch is not None:
-            options["progress"] = lambda size, total: watch(address, size, total)
-        with self.hold.held():
-            return await self.inner.download(url, path, **options)
+        """The inner client's download."""
+        return await self.inner.download(url, path, **options)
 
     async def post_log(self, url: str, body: bytes, **options: Any) -> Answer:
         """The inner client's answer."""
-        with self.hold.held():
-            return await self.inner.post_log(url, body, **options)
+        return await self.inner.post_log(url, body, **options)
 
     def kept_address(self, host: str, port: int) -> str | None:
         """The inner client's kept-alive connection to ``host`` on ``port``."""
@@ -274,6 +267,33 @@ class HeldClient:
     async def close(self) -> None:
         """Close the inner client."""
         await self.inner.close()
+
+
+class HeldClient(ForwardingClient):
+    """A phone's HTTPS client that holds the clock while a request or download is on the wire."""
+
+    def __init__(self, inner: HTTPSClient, hold: ClockHold, watch: DownloadWatch | None) -> None:
+        super().__init__(inner)
+        self.hold = hold
+        self.watch = watch
+
+    async def post_xml(self, url: str, body: bytes, **options: Any) -> Answer:
+        """The inner client's answer."""
+        with self.hold.held():
+            return await super().post_xml(url, body, **options)
+
+    async def download(self, url: str, path: Path, **options: Any) -> Download:
+        """The inner client's download, reported to ``watch`` as it grows."""
+        watch, address = self.watch, options.get("address") or ""
+        if watch is not None:
+            options["progress"] = lambda size, total: watch(address, size, total)
+        with self.hold.held():
+            return await super().download(url, path, **options)
+
+    async def post_log(self, url: str, body: bytes, **options: Any) -> Answer:
+        """The inner client's answer."""
+        with self.hold.held():
+            return await super().post_log(url, body, **options)
 
 
 class HeldNetwork:
