@@ -455,9 +455,9 @@ class Run:
         """Phone time."""
         return self.phones.clock.now()
 
-    def note(self, what: str, who: str = "lab") -> None:
-        """Add a line to the timeline, now."""
-        self.notes.append(TimelineEntry(self.now(), who, what))
+    def note(self, what: str, who: str = "lab", at: float | None = None) -> None:
+        """Add a line to the timeline, now (or ``at`` a phone time already taken)."""
+        self.notes.append(TimelineEntry(self.now() if at is None else at, who, what))
 
 
 @dataclass(frozen=True)
@@ -543,8 +543,10 @@ async def run_scenario(
             async with phones_on(running, workdir / "phones", scale=scale) as phones:
                 run = Run(scenario, running, phones, specs)
                 start = run.now()
+                # The setup was done before phone time began: it stands at the start, not
+                # at however much later (real time on a scaled clock) these lines are added.
                 for what in done:
-                    run.note(what)
+                    run.note(what, at=start)
                 _make_phones(run, applied)
                 unsubscribe = lab.events.subscribe(lambda event: _on_event(run, event))
                 try:
