@@ -23,10 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lab.net.config import Limits
+
 log = logging.getLogger(__name__)
 
 # Descriptors the process needs besides connections: listening sockets, the store, logs.
 BASELINE_FILES = 64
+# The total of a listener's own budget: the process-wide budget is what caps the total.
+OWN_TOTAL = 1 << 20
 
 
 def raise_file_limit() -> int:
@@ -65,6 +69,12 @@ class ConnectionBudget:
         self._open: dict[str, int] = {}
         self._count = 0
         self.refused = BudgetCounts()
+
+    @classmethod
+    def of_its_own(cls, limits: Limits) -> ConnectionBudget:
+        """A budget for one listener run alone (a test, a tool): the per-address cap of
+        ``limits``, and no total worth the name (the process-wide one is the lab's)."""
+        return cls(limits.connections_per_address, OWN_TOTAL)
 
     @classmethod
     def for_process(cls, per_address: int, reserve: int) -> ConnectionBudget:

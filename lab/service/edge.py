@@ -212,7 +212,7 @@ class Edge:
         budget: ConnectionBudget | None = None,
     ) -> None:
         self._sock = sock
-        self.budget = budget or ConnectionBudget(Limits().connections_per_address, 1 << 20)
+        self.budget = budget or ConnectionBudget.of_its_own(Limits())
         # Clients refused for want of a budget slot.
         self.over_budget = 0
         # The upstream connection's (host, port) -> the client it forwards (see origin).

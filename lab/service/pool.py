@@ -130,7 +130,7 @@ class ServicePool(Service):
             check_interval=check_interval,
             on_request=on_request,
             now=now,
-            budget=budget or ConnectionBudget(config.limits.connections_per_address, total=1 << 20),
+            budget=budget or ConnectionBudget.of_its_own(config.limits),
             origin=self._origin,
         )
         self.inventory: InventoryRecorder | None = None

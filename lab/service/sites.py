@@ -269,7 +269,7 @@ class TLSSite(web.BaseSite):
             ssl_context.sslobject_class = AlertingSSLObject
         self.ssl_context = ssl_context
         self.limits = limits or Limits()
-        self.budget = budget or ConnectionBudget(self.limits.connections_per_address, 1 << 20)
+        self.budget = budget or ConnectionBudget.of_its_own(self.limits)
         self._per_address = per_address
         self._reserved = reserved
         self._sock = sock

@@ -48,9 +48,6 @@ from lab.net.guard import ConnectionBudget, FaultLog
 log = logging.getLogger(__name__)
 
 DEFAULT_QUERY_LOG_SIZE = 1000
-# A server with no shared budget caps connections per address only: the process-wide total
-# is the job of the budget the lab shares among its listeners.
-OWN_BUDGET_TOTAL = 1 << 20
 # With port 0, UDP picks the port and TCP may find it taken: try a few free ports.
 BIND_ATTEMPTS = 20
 TCP_BACKLOG = 1024
@@ -94,11 +91,7 @@ class DNSServer(Service):
         self.tcp_message_timeout = (
             limits.dns_tcp_message_timeout if tcp_message_timeout is None else tcp_message_timeout
         )
-        if budget is None:
-            budget = ConnectionBudget(
-                per_address=limits.connections_per_address, total=OWN_BUDGET_TOTAL
-            )
-        self.budget = budget
+        self.budget = budget or ConnectionBudget.of_its_own(limits)
         self.fault_log = FaultLog(log, interval=limits.fault_log_interval)
         self.views: dict[View, ViewRecords] = build_views(config)
         self.faults = FaultTable(config.zones, self.events, on_change=self._faults_changed)
