@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import spnego
 
+from lab.clock import utc_now
 from lab.events import Event, EventBus
 from lab.models import DeviceKind, phone_model
 from lab.net.config import LabConfig, default_config
@@ -34,7 +35,6 @@ from lab.service.inventory import (
     assess,
     inventory,
     read_inventory,
-    utc_now,
 )
 from lab.store.decision import Action, ServedFile
 from lab.store.store import (

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lab.clock import utc_now
 from lab.errors import ConfigError, PKIError
 from lab.fileio import write_atomic
 from lab.net.config import LabConfig
@@ -59,10 +60,6 @@ VENDOR_LIFETIME = timedelta(days=3650)
 # How far the 'expired' and 'not-yet-valid' variants are from now when made; they are
 # reused while at least RENEW_BEFORE away, so a phone clock a little off still sees the fault.
 FAULT_SHIFT = timedelta(days=7)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -151,7 +148,7 @@ class LabPKI:
     ) -> None:
         self.config = config
         self.directory = Path(directory if directory is not None else config.pki.dir)
-        self._now = now or _utc_now
+        self._now = now or utc_now
 
     @property
     def ca_cert(self) -> Path:

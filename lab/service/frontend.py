@@ -23,12 +23,13 @@ from typing import Any
 
 from aiohttp import web
 
+from lab.clock import utc_now
 from lab.events import EventBus
 from lab.net.config import FrontEnd, LabConfig
 from lab.net.guard import ConnectionBudget
 from lab.service.audit import AuditRecord
 from lab.service.files import ImageFiles
-from lab.service.inventory import Sighting, utc_now
+from lab.service.inventory import Sighting
 from lab.service.logs import DeviceLogStore
 from lab.service.ntlm import Directory, TargetNames
 from lab.service.problems import DiagnosedRequestHandler, Diagnostic, Problem

@@ -41,6 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lab.clock import utc_now
 from lab.errors import LabError, ServiceError
 from lab.events import EventBus
 from lab.lifecycle import Service
@@ -53,11 +54,6 @@ FLUSH_INTERVAL = 0.5
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def utc_now() -> datetime:
-    """The current time in UTC: the service's clock unless one is injected."""
-    return datetime.now(UTC)
 
 
 def _stamp(moment: datetime) -> str:

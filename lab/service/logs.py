@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 from aiohttp import StreamReader
 
+from lab.clock import utc_now
 from lab.errors import IdentityError, LabError
 from lab.events import EventBus
 from lab.lifecycle import Service
@@ -89,10 +90,6 @@ T = TypeVar("T")
 def log_store_path(state_dir: Path, server: str) -> Path:
     """``<state>/servers/<server>/DeviceLogs``: one front end's device logs."""
     return state_dir / SERVERS_DIR / server / LOGS_DIR
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -186,7 +183,7 @@ class DeviceLogStore:
         *,
         server: str,
         events: EventBus | None = None,
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
         total: int = FRONT_END_TOTAL,
     ) -> None:
         if total < 1:
@@ -423,7 +420,7 @@ class LogCleanUp(Service):
         audits: Sequence[AuditLog],
         config: Callable[[], DeviceUpdateConfig],
         *,
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         events: EventBus | None = None,
     ) -> None:

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from lab.clock import utc_now
 from lab.errors import ConfigError, ServiceError
 from lab.events import Event, EventBus
 from lab.lifecycle import Service
@@ -50,7 +51,7 @@ from lab.service.frontend import (
     ServiceContext,
 )
 from lab.service.handlers import make_handler
-from lab.service.inventory import FLUSH_INTERVAL, InventoryRecorder, utc_now
+from lab.service.inventory import FLUSH_INTERVAL, InventoryRecorder
 from lab.service.logs import DeviceLogStore, log_store_path
 from lab.service.ntlm import Directory
 from lab.service.sites import bind_same_port

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from lab.clock import utc_now
 from lab.errors import EntryError, IdentityError, RuleError, SettingError, StoreError
 from lab.models import DeviceKind, KindKey, normalise_mac, normalise_serial
 from lab.store import filestore
@@ -305,10 +306,6 @@ MIGRATIONS: tuple[Migration, ...] = (
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 # --- the store -------------------------------------------------------------------------------
 
 
@@ -319,7 +316,7 @@ class Store:
         self,
         db: sqlite3.Connection,
         state_dir: Path,
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self._db = db
         self.state_dir = state_dir
@@ -336,7 +333,7 @@ class Store:
         *,
         busy_timeout: float = BUSY_TIMEOUT,
         recover: bool = True,
-        now: Callable[[], datetime] = _utc_now,
+        now: Callable[[], datetime] = utc_now,
     ) -> Store:
         """Open (creating and migrating) the store; finish or undo an interrupted import.
 
