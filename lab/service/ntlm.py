@@ -112,11 +112,13 @@ class TargetNames:
 
 @dataclass(frozen=True)
 class AuthenticateInfo:
-    """What an AUTHENTICATE message says about who is signing in and how."""
+    """What an AUTHENTICATE message says about who is signing in and how, read once."""
 
     domain: str
     user: str
     ntlmv2: bool
+    flags: int = 0
+    nt_response: bytes = b""
 
 
 class NtlmOutcome:
@@ -181,7 +183,13 @@ def read_authenticate(token: bytes) -> AuthenticateInfo:
         user = _field(token, 36).decode(encoding)
     except UnicodeDecodeError:
         raise ValueError("the NTLM AUTHENTICATE names are not valid text") from None
-    return AuthenticateInfo(domain, user, len(nt_response) > _NTLMV1_RESPONSE_SIZE)
+    return AuthenticateInfo(
+        domain=domain,
+        user=user,
+        ntlmv2=len(nt_response) > _NTLMV1_RESPONSE_SIZE,
+        flags=flags,
+        nt_response=nt_response,
+    )
 
 
 def parse_authorization(header: str) -> bytes | None:
@@ -265,22 +273,25 @@ def _rc4(key: bytes, data: bytes) -> bytes:
     return Cipher(ARC4(key), mode=None).encryptor().update(data)
 
 
-def verify_ntlmv2(negotiate: bytes, challenge: bytes, authenticate: bytes, nt_hash: bytes) -> bool:
-    """Whether ``authenticate`` answers ``challenge`` with the password of ``nt_hash``.
+def verify_ntlmv2(
+    negotiate: bytes,
+    challenge: bytes,
+    authenticate: bytes,
+    info: AuthenticateInfo,
+    nt_hash: bytes,
+) -> bool:
+    """Whether ``authenticate`` (read into ``info``) answers ``challenge`` with the
+    password of ``nt_hash``.
 
     NTOWFv2 is keyed by the user and domain exactly as the client sent them (MS-NLMP
     3.3.2); when the client's AV pairs say a MIC is present it must match too.
     """
     server_challenge = challenge[24:32]
-    flags: int = struct.unpack_from("<I", authenticate, 60)[0]
-    encoding = "utf-16-le" if flags & UNICODE else "cp437"
-    nt_response = _field(authenticate, 20)
-    domain = _field(authenticate, 28).decode(encoding)
-    user = _field(authenticate, 36).decode(encoding)
-    proof, blob = nt_response[:16], nt_response[16:]
+    flags = info.flags
+    proof, blob = info.nt_response[:16], info.nt_response[16:]
     if len(blob) < _BLOB_HEADER:
         return False
-    response_key = _hmac_md5(nt_hash, (user.upper() + domain).encode("utf-16-le"))
+    response_key = _hmac_md5(nt_hash, (info.user.upper() + info.domain).encode("utf-16-le"))
     if not hmac.compare_digest(proof, _hmac_md5(response_key, server_challenge + blob)):
         return False
     av_flags = _read_av_pairs(blob[_BLOB_HEADER:]).get(AV_FLAGS, b"\x00\x00\x00\x00")
@@ -430,8 +441,8 @@ class Directory:
         user = self.find(info.domain, info.user)
         nt_hash = self._hashes[user.name.lower()] if user is not None else self._nobody
         try:
-            good = verify_ntlmv2(negotiate, challenge, authenticate, nt_hash)
-        except (ValueError, struct.error, UnicodeDecodeError):
+            good = verify_ntlmv2(negotiate, challenge, authenticate, info, nt_hash)
+        except (ValueError, struct.error):
             good = False
         return user, good and user is not None
 
