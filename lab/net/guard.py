@@ -36,17 +36,15 @@ OWN_TOTAL = 1 << 20
 def raise_file_limit() -> int:
     """Raise the soft limit on open files to the hard limit; returns the limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY:
-        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    else:
-        target = hard
-    if soft != resource.RLIM_INFINITY and target > soft:
+    unlimited = resource.RLIM_INFINITY
+    ceiling = hard if hard != unlimited else 1 << 20
+    if soft != unlimited and soft < ceiling:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            soft = ceiling
         except (ValueError, OSError):
-            log.warning("cannot raise the open-file limit from %d to %d", soft, target)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+            log.warning("cannot raise the open-file limit from %d to %d", soft, ceiling)
+    return soft if soft != unlimited else 1 << 20
 
 
 @dataclass
