@@ -444,18 +444,20 @@ class TLSSite(web.BaseSite):
 
     def connection(self, request: web.BaseRequest) -> GuardedConnection:
         """The connection ``request`` arrived on."""
-        transport = request.transport
-        conn = self._by_transport.get(transport) if transport is not None else None
+        conn = self._connection_of(request)
         if conn is None:
             raise ConnectionResetError("the connection of this request is gone")
         return conn
+
+    def _connection_of(self, request: web.BaseRequest) -> GuardedConnection | None:
+        transport = request.transport
+        return self._by_transport.get(transport) if transport is not None else None
 
     @contextmanager
     def serving(self, request: web.BaseRequest) -> Iterator[None]:
         """Around a handler: the request's headers are in, its body deadline starts; when
         the handler returns, the connection waits for its next request."""
-        transport = request.transport
-        conn = self._by_transport.get(transport) if transport is not None else None
+        conn = self._connection_of(request)
         if conn is None:
             yield
             return
