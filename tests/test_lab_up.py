@@ -179,6 +179,45 @@ def test_runtime_commands_change_the_running_lab(
     assert "'127.10.0.300' is not an IP address or CIDR range" in bad.stderr
 
 
+def test_store_commands_are_taken_by_the_running_lab_at_once(
+    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
+) -> None:
+    # Each store command announces its change through the admin API, so the running lab
+    # holds the new snapshot before the command returns; reading commands announce nothing.
+    state = tmp_path / "state"
+
+    def lab(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            lab_cmd(lab_config, state, *args),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "note:" not in done.stderr
+        return done
+
+    def store() -> dict[str, int]:
+        status: dict[str, int] = json.loads(lab("status", "--json").stdout)["pool"]["store"]
+        return status
+
+    first = store()
+    assert (first["rules"], first["test_devices"]) == (0, 0)
+    lab("test-device", "add", "--mac", "00-04-F2-00-00-01", "--name", "desk")
+    assert store()["generation"] == first["generation"] + 1
+    assert store()["test_devices"] == 1
+    lab("config", "set", "MaxLogFileSize=2048000")
+    assert store()["generation"] == first["generation"] + 2
+    lab("update", "list")
+    lab("test-device", "list")
+    assert store()["generation"] == first["generation"] + 2
+    shown = lab("status")
+    assert f"update store: snapshot {first['generation'] + 2} (0 rules, 1 test devices)" in (
+        shown.stdout
+    )
+
+
 def test_global_options_may_follow_any_sub_command(
     running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
 ) -> None:

@@ -24,7 +24,14 @@ from lab.models import (
 )
 from lab.store.decision import Action, ServedFile
 from lab.store.devconfig import SETTINGS, DeviceUpdateConfig, format_span, span_seconds
-from lab.store.store import SCHEMA_VERSION, STORE_FILE, ImportedVersion, Selection, Store
+from lab.store.store import (
+    SCHEMA_VERSION,
+    STORE_FILE,
+    ImportedVersion,
+    PhoneRecord,
+    Selection,
+    Store,
+)
 
 V1, V2, V3 = "4.0.7577.4372", "4.0.7577.4400", "4.0.7577.4410"
 IDENTITY = re.compile(
@@ -393,6 +400,27 @@ def test_a_snapshot_is_reused_until_the_store_changes(tmp_path: Path) -> None:
         assert service.snapshot().config.max_log_file_size == 2048000
         service.add_test_device(mac=MAC)  # its own write is seen too
         assert service.snapshot().is_test_device(MAC, None)
+
+
+def test_a_commit_that_changes_only_the_inventory_keeps_the_snapshot(tmp_path: Path) -> None:
+    # The service's own inventory writes commit every few seconds; the answers kept for a
+    # snapshot generation must not be thrown away for them.
+    with Store.open(tmp_path) as service, Store.open(tmp_path) as inventory:
+        imported(service, item())
+        first = service.snapshot()
+        seen = "2026-06-01T12:00:00+00:00"
+        inventory.record_phones(
+            [
+                PhoneRecord(
+                    mac=MAC, serial="CX6A000001", kind=phone_model("CX600").kind(),
+                    version=V1, address="127.10.1.1", zone="inside", server="fe01",
+                    first_seen=seen, last_seen=seen,
+                )
+            ]
+        )  # fmt: skip
+        assert service.snapshot() is first
+        inventory.add_test_device(mac=MAC)
+        assert service.snapshot().generation == first.generation + 1
 
 
 def test_a_running_service_sees_another_process_change_at_its_next_check(tmp_path: Path) -> None:

@@ -9,7 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lab.errors import AdminError, LabStateError
 from lab.net.config import LabConfig, load_config
+from lab.ops.adminclient import AdminClient
+from lab.ops.runner import read_run_file
+from lab.service.updates import REFRESH_INTERVAL
 
 DEFAULT_STATE_DIR = Path("state")
 
@@ -63,6 +67,25 @@ def state_dir(args: argparse.Namespace, create: bool = True) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def announce_store_change(state: Path) -> None:
+    """Tell the lab running from ``state``, if one is, that its update store changed, so
+    its very next check sees the change (it would otherwise notice within a moment)."""
+    try:
+        running = read_run_file(state)["alive"]
+    except LabStateError:
+        return
+    if not running:
+        return
+    try:
+        AdminClient(state).post("/v1/store/refresh")
+    except AdminError as exc:
+        print(
+            f"note: the running lab was not told of this change ({exc}); it takes it "
+            f"within {REFRESH_INTERVAL} s of a check",
+            file=sys.stderr,
+        )
 
 
 def print_json(data: Any) -> None:

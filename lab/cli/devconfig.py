@@ -76,6 +76,8 @@ def cmd_set(args: argparse.Namespace) -> int:
         if not equals or not name.strip():
             raise SettingError(f"{pair!r} is not NAME=VALUE")
         changes[name.strip()] = value
-    with Store.open(common.state_dir(args)) as store:
+    state = common.state_dir(args)
+    with Store.open(state) as store:
         config = store.set_settings(changes)
+    common.announce_store_change(state)
     return _show(args, config)

@@ -108,15 +108,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     servers = info.get("pool", {}).get("servers", {})
     if servers:
         console.print(servers_table(servers))
-    for line in guard_lines(info.get("pool", {})):
+    for line in status_lines(info.get("pool", {})):
         console.print(line)
     return 0 if info["alive"] else 1
 
 
-def guard_lines(pool: dict[str, Any]) -> list[str]:
-    """What the limits hold back right now: connections, locked accounts, throttled
-    addresses (docs/security.md)."""
+def status_lines(pool: dict[str, Any]) -> list[str]:
+    """The snapshot checks are decided on, and what the limits hold back right now:
+    connections, locked accounts, throttled addresses (docs/security.md)."""
     lines: list[str] = []
+    store = pool.get("store") or {}
+    if store:
+        lines.append(
+            f"update store: snapshot {store['generation']} ({store['rules']} rules, "
+            f"{store['test_devices']} test devices); {store['answers_kept']} answers kept "
+            f"({store['answer_bytes'] / 1024:.1f} KiB)"
+        )
     budget = pool.get("connections") or {}
     if budget:
         lines.append(

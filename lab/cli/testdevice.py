@@ -55,8 +55,10 @@ def devices_table(devices: list[TestDevice]) -> Table:
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Add a test device."""
-    with Store.open(common.state_dir(args)) as store:
+    state = common.state_dir(args)
+    with Store.open(state) as store:
         device = store.add_test_device(args.mac, args.serial, args.name)
+    common.announce_store_change(state)
     if args.json:
         common.print_json(device.as_dict())
     else:
@@ -66,8 +68,10 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Remove a test device."""
-    with Store.open(common.state_dir(args)) as store:
+    state = common.state_dir(args)
+    with Store.open(state) as store:
         device = store.remove_test_device(args.mac, args.serial)
+    common.announce_store_change(state)
     if args.json:
         common.print_json(device.as_dict())
     else:

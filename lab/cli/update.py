@@ -143,6 +143,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
     with tty_progress("importing") as progress:
         result = import_cab(state, cab, servers, progress=progress)
+    if result.changed:
+        common.announce_store_change(state)
     if args.json:
         common.print_json(_import_dict(result))
         return 0
@@ -200,15 +202,21 @@ def _selection(config: LabConfig, args: argparse.Namespace) -> Selection:
 def cmd_change(args: argparse.Namespace) -> int:
     """Approve, reset or restore rules."""
     config = common.config_from(args)
-    with Store.open(common.state_dir(args)) as store:
+    state = common.state_dir(args)
+    with Store.open(state) as store:
         changes = store.change(Action(args.verb), _selection(config, args))
+    if any(c.action != "skipped" for c in changes):
+        common.announce_store_change(state)
     return _report(args, changes)
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Remove rules and the files no remaining rule refers to."""
     config = common.config_from(args)
-    changes = remove_rules(common.state_dir(args), _selection(config, args))
+    state = common.state_dir(args)
+    changes = remove_rules(state, _selection(config, args))
+    if any(c.action != "skipped" for c in changes):
+        common.announce_store_change(state)
     return _report(args, changes)
 
 

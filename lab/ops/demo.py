@@ -86,7 +86,7 @@ from lab.service.audit import AuditRecord
 from lab.store.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
 from lab.store.decision import Action
 from lab.store.importer import ImportResult, import_cab
-from lab.store.store import Selection, Store
+from lab.store.store import Selection
 
 S = PhoneState
 DEFAULT_SCALE = 60.0
@@ -507,6 +507,7 @@ async def publish(
     result = await asyncio.to_thread(
         import_cab, running.state_dir, contents, running.config.front_ends
     )
+    running.store_changed()
     return len(data), result
 
 
@@ -528,7 +529,7 @@ async def administer(
             f"imported it into {servers}: {len(result.changes)} rules now hold {version} pending"
         )
         if approve:
-            with Store.open(running.state_dir) as store:
+            with running.store() as store:
                 changes = store.change(Action.APPROVE, Selection(all_=True))
             approved = [c for c in changes if c.action != "skipped"]
             narrator.say(
@@ -537,7 +538,7 @@ async def administer(
             )
         else:
             narrator.say(f"  left {version} pending: only test devices get it")
-    with Store.open(running.state_dir) as store:
+    with running.store() as store:
         for phone in phones:
             if phone.entry.test_device:
                 identity = phone.driver.phone.identity

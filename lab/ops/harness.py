@@ -134,13 +134,28 @@ class RunningLab:
             verify_vendor_signature,
         )
         import_cab(self.state_dir, contents, self.config.front_ends)
+        self.store_changed()
         if approve:
             self.change(Action.APPROVE, model)
 
     def change(self, action: Action, model: str) -> None:
         """Approve, reset or restore the rules of ``model`` on every front end."""
-        with Store.open(self.state_dir) as store:
+        with self.store() as store:
             store.change(action, Selection(model=model))
+
+    @contextlib.contextmanager
+    def store(self) -> Iterator[Store]:
+        """The lab's update store, for an administrator's change; the service takes what
+        was changed at once, as the CLI's store commands make it."""
+        try:
+            with Store.open(self.state_dir) as store:
+                yield store
+        finally:
+            self.store_changed()
+
+    def store_changed(self) -> None:
+        """Make the service take the store's changes now (the next check sees them)."""
+        self.lab.pool.refresh_store()
 
     def tamper(self, model: str, version: str) -> None:
         """Flip one byte of the image in every front end's file store (after import)."""

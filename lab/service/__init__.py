@@ -13,10 +13,9 @@ from lab.service.edge import Edge, Upstream
 from lab.service.frontend import FrontEndServer, Mode, Role, ServerStatus, ServiceContext
 from lab.service.ntlm import Directory
 from lab.service.pool import ServicePool, file_store_path
-from lab.service.updates import Decider, StoreDecider
+from lab.service.updates import SnapshotWatcher
 
 __all__ = [
-    "Decider",
     "Directory",
     "Edge",
     "FrontEndServer",
@@ -25,7 +24,7 @@ __all__ = [
     "ServerStatus",
     "ServiceContext",
     "ServicePool",
-    "StoreDecider",
+    "SnapshotWatcher",
     "Upstream",
     "file_store_path",
 ]

@@ -1,7 +1,9 @@
 """The admin API of a running lab: loopback only, guarded by a token in the state directory.
 
 The CLI's runtime commands (`lab firewall`, `lab dns fault`, `lab maintenance`, `lab
-events`) talk to a running lab through it. Every request carries ``Authorization: Bearer
+events`) talk to a running lab through it, and its store commands (`lab update`, `lab
+test-device`, `lab config set`) announce their changes (``POST /v1/store/refresh``) so
+the next check sees them. Every request carries ``Authorization: Bearer
 <token>``; the token is made at start-up into ``<state>/admin.token`` (mode 0600), so only
 the user who runs the lab can change it. Errors come back as JSON ``{"error": "..."}``
 with 400 for bad input, 401 for a missing or wrong token, 404 for unknown things and 409
@@ -213,6 +215,12 @@ async def maintenance(request: web.Request) -> web.Response:
     return web.json_response(lab.status())
 
 
+async def store_refresh(request: web.Request) -> web.Response:
+    """POST /v1/store/refresh: take the update store's changes now (the CLI's store commands
+    announce theirs); answers the snapshot generation in force."""
+    return web.json_response({"generation": request.app[LAB_KEY].pool.refresh_store()})
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: lab events as they happen, one JSON object per line."""
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -238,5 +246,6 @@ def make_app(lab: AdministeredLab, token: str) -> web.Application:
     app.router.add_delete("/v1/dns/faults", faults_clear)
     app.router.add_delete("/v1/dns/faults/{name}", faults_clear)
     app.router.add_post("/v1/maintenance/{server}/{verb}", maintenance)
+    app.router.add_post("/v1/store/refresh", store_refresh)
     app.router.add_get("/v1/events", events)
     return app

@@ -34,7 +34,7 @@ from lab.service.logs import DeviceLogStore
 from lab.service.ntlm import Directory, TargetNames
 from lab.service.problems import DiagnosedRequestHandler, Diagnostic, Problem
 from lab.service.sites import TLSSite
-from lab.service.updates import Decider
+from lab.service.updates import AnswerCache, NoSnapshots, Snapshots
 from lab.store.devconfig import DeviceUpdateConfig
 
 DEFAULT_RETRY_AFTER = 60
@@ -67,8 +67,11 @@ class ServiceContext:
 
     config: LabConfig
     directory: Directory
-    decider: Decider
     events: EventBus
+    # The update store's snapshot in hand (lab.service.updates; set by the pool at start).
+    snapshots: Snapshots = field(default_factory=NoSnapshots)
+    # The check path's one cache of answers (per snapshot generation, bounded in bytes).
+    answers: AnswerCache = field(default_factory=AnswerCache)
     retry_after: int = DEFAULT_RETRY_AFTER
     check_interval: int = DEFAULT_CHECK_INTERVAL
     # The port of every URL the service hands out (the lease's https_port); set at start.
@@ -77,8 +80,6 @@ class ServiceContext:
     on_request: Callable[[AuditRecord], None] | None = None
     # Called with every answered update check (the phone inventory's seam); must be cheap.
     on_check: Callable[[Sighting], None] | None = None
-    # The device-update configuration in force (log limits), read at every log upload.
-    device_config: Callable[[], DeviceUpdateConfig] = DeviceUpdateConfig
     # The service's clock: the time of audit lines, sightings and log names (injectable).
     now: Callable[[], datetime] = utc_now
     # The address a connection's client has, from the peer the site sees: through the
@@ -88,6 +89,10 @@ class ServiceContext:
     budget: ConnectionBudget | None = None
     # The only peer a front end's external site admits (the edge's address), or anyone.
     edge_address: str | None = None
+
+    def device_config(self) -> DeviceUpdateConfig:
+        """The device-update configuration in force (log limits), from the snapshot in hand."""
+        return self.snapshots.current().config
 
     def internal_url(self, path: str) -> str:
         """An https URL at the pool FQDN (what inside phones use)."""

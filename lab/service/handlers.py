@@ -15,21 +15,21 @@ The update check is the request a fleet makes most, so its path is kept short: t
 routes its few fixed paths itself on aiohttp's low-level server (no application, router
 or middleware), and one place answers refusals and writes the audit record. Nothing is
 remembered per request or by object identity: audit records and sightings are built by
-keyword for every request, at the time the service's clock gives (``ServiceContext.now``),
-and the only cache is the answer body per decision (by value, bounded).
+keyword for every request, at the time the service's clock gives (``ServiceContext.now``).
+A check is decided on the store snapshot in hand, and its answer comes from the pool's one
+answer cache (lab.service.updates: keyed explicitly, per snapshot generation, bounded in
+bytes).
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from lab.errors import StoreError
 from lab.net.config import User
 from lab.net.firewall import Zone
 from lab.service.audit import AuditRecord, audit_time
@@ -45,6 +45,7 @@ from lab.service.ntlm import (
     parse_authorization,
 )
 from lab.service.problems import Diagnostic, Problem, as_problem, problem_response
+from lab.service.updates import Answer, answer_key
 from lab.service.xmlio import (
     MAX_REQUEST_BYTES,
     DeviceUpdateRequest,
@@ -64,8 +65,6 @@ EXTERNAL_FILES = "/DeviceUpdateFiles_Ext"
 XML_TYPE = "text/xml"
 CHECK_CONTENT_TYPE = f"{XML_TYPE}; charset=utf-8"
 SERVER_HEADER = "X-MS-Server-Fqdn"
-# Distinct answers (decision and port) kept built per site.
-ANSWER_CACHE_SIZE = 1024
 
 Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 
@@ -73,7 +72,7 @@ Handler = Callable[[web.BaseRequest, "Note"], Awaitable[web.StreamResponse]]
 class Note:
     """What serving one request learnt on the way, for its audit record."""
 
-    __slots__ = ("answer", "decision", "named", "parsed", "rest", "time", "upload", "user")
+    __slots__ = ("answer", "named", "parsed", "rest", "time", "upload", "user")
 
     def __init__(self, time: datetime) -> None:
         # When the request came, on the service's clock: its audit line's and sighting's.
@@ -81,8 +80,7 @@ class Note:
         # The rest of the path after a route's prefix (a file path), "" for exact routes.
         self.rest = ""
         self.parsed: DeviceUpdateRequest | None = None
-        self.decision: Decision | None = None
-        self.answer: _Answer | None = None
+        self.answer: Answer | None = None
         self.user: User | None = None
         self.upload: LogUpload | None = None
         # Whether the answer already names the front end (X-MS-Server-Fqdn).
@@ -154,9 +152,6 @@ class Endpoints:
             CIMultiDict({hdrs.CONTENT_TYPE: CHECK_CONTENT_TYPE, SERVER_HEADER: self._fqdn})
         )
         self._zone = Zone.INSIDE if role is Role.INTERNAL else Zone.OUTSIDE
-        # Few kinds and versions are in a fleet: what each decision answers is made once
-        # (keyed by the decision's value and the port, ANSWER_CACHE_SIZE entries at most).
-        self._answers: dict[tuple[Decision, int], _Answer] = {}
 
     def _route_all(self) -> None:
         internal = self.role is Role.INTERNAL
@@ -250,17 +245,11 @@ class Endpoints:
         kind = parsed.checked_kind  # checked once per parsed request
         if isinstance(kind, str):
             raise Problem(Diagnostic.UNKNOWN_MODEL, kind)
-        try:
-            decision = self.context.decider.decide(self._name, parsed)
-        except StoreError as exc:
-            raise Problem(
-                Diagnostic.STORE_UNAVAILABLE,
-                f"the update store cannot be read now: {exc}",
-                headers={"Retry-After": str(self.context.retry_after)},
-            ) from None
-        note.decision = decision
-        answer = note.answer = self._answer(decision)
-        observer = self.context.on_check
+        context = self.context
+        snapshot = context.snapshots.current()
+        key = answer_key(snapshot, self._name, parsed)
+        answer = note.answer = context.answers.answer(snapshot, key, self._render)
+        observer = context.on_check
         if observer is not None:
             user = note.user
             observer(
@@ -293,14 +282,7 @@ class Endpoints:
         assert logs is not None  # the route exists only with a log store
         upload = parse_log_upload(request.query)
         note.upload = upload
-        try:
-            config = self.context.device_config()
-        except StoreError as exc:
-            raise Problem(
-                Diagnostic.STORE_UNAVAILABLE,
-                f"the device-update configuration cannot be read now: {exc}",
-                headers={"Retry-After": str(self.context.retry_after)},
-            ) from None
+        config = self.context.device_config()
         stored = await logs.receive(upload, request.content, request.content_length, config)
         return web.Response(text=f"stored {stored.path.name} ({stored.size} bytes)\n")
 
@@ -399,32 +381,25 @@ class Endpoints:
                 )
         raise _challenge("update checks from outside need NTLM credentials")
 
-    def _answer(self, decision: Decision) -> _Answer:
-        """The answer body and audit text of ``decision`` (built once per decision and
-        port: the site's one cache, keyed by value and bounded)."""
-        key = (decision, self.context.https_port)
-        answer = self._answers.get(key)
-        if answer is None:
-            downloads = [
-                Download(
-                    module=item.module,
-                    version=decision.version or "",
-                    size=item.size,
-                    sha256=item.sha256,
-                    base_url=self.context.internal_url(f"{INTERNAL_FILES}/{item.path}"),
-                    external_base_url=self.context.external_url(f"{EXTERNAL_FILES}/{item.path}"),
-                )
-                for item in decision.files
-            ]
-            answer = _Answer(
-                body=update_response(downloads),
-                modules=" ".join(f.module for f in decision.files),
-                version=_decision(decision),
+    def _render(self, decision: Decision) -> Answer:
+        """What a check decided ``decision`` is answered (for the pool's answer cache)."""
+        downloads = [
+            Download(
+                module=item.module,
+                version=decision.version or "",
+                size=item.size,
+                sha256=item.sha256,
+                base_url=self.context.internal_url(f"{INTERNAL_FILES}/{item.path}"),
+                external_base_url=self.context.external_url(f"{EXTERNAL_FILES}/{item.path}"),
             )
-            if len(self._answers) >= ANSWER_CACHE_SIZE:
-                self._answers.clear()
-            self._answers[key] = answer
-        return answer
+            for item in decision.files
+        ]
+        return Answer(
+            decision=decision,
+            body=update_response(downloads),
+            modules=" ".join(f.module for f in decision.files),
+            version=_decision(decision),
+        )
 
     @staticmethod
     def _parse(body: bytes) -> DeviceUpdateRequest:
@@ -440,12 +415,11 @@ class Endpoints:
         if observer is None:
             return
         parsed = note.parsed
-        decision = note.decision
+        answer = note.answer
         user = note.user
         returned = version = ""
-        if decision is not None:
-            reason = reason or decision.reason
-            answer = note.answer or self._answer(decision)
+        if answer is not None:
+            reason = reason or answer.decision.reason
             returned, version = answer.modules, answer.version
         upload = note.upload
         if upload is not None:
@@ -475,16 +449,6 @@ class Endpoints:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Answer:
-    """What one decision answers: its body, and the modules it returns for the audit."""
-
-    body: bytes
-    modules: str
-    version: str
-    """The decision as the audit log writes it (see _decision)."""
-
-
 async def _expect(request: web.BaseRequest) -> None:
     """Answer ``Expect: 100-continue`` as aiohttp's router would; refuse any other."""
     expect = request.headers.get(hdrs.EXPECT, "")
@@ -504,7 +468,5 @@ def _challenge(reason: str) -> Problem:
     return Problem(Diagnostic.NTLM_REQUIRED, reason, headers={"WWW-Authenticate": "NTLM"})
 
 
-def _decision(decision: Decision | None) -> str:
-    if decision is None:
-        return ""
+def _decision(decision: Decision) -> str:
     return decision.version if decision.version is not None else "none"

@@ -55,11 +55,8 @@ from lab.service.inventory import FLUSH_INTERVAL, InventoryRecorder
 from lab.service.logs import DeviceLogStore, log_store_path
 from lab.service.ntlm import Directory
 from lab.service.sites import bind_same_port
-from lab.service.updates import Decider, StoreDecider
-from lab.service.xmlio import DeviceUpdateRequest
+from lab.service.updates import AnswerCache, NoSnapshots, SnapshotWatcher
 from lab.store import filestore
-from lab.store.decision import Decision
-from lab.store.devconfig import DeviceUpdateConfig
 from lab.store.store import Store
 
 
@@ -87,7 +84,8 @@ def file_store_path(state_dir: Path, server: str) -> Path:
 class ServicePool(Service):
     """Every front end of the pool (internal and external site each) and the edge.
 
-    Checks are decided from the update store of ``state_dir`` unless a ``decider`` is given.
+    Checks are decided on snapshots of the update store of ``state_dir``
+    (lab.service.updates); ``refresh_store`` takes a change made in this process at once.
     """
 
     def __init__(
@@ -96,7 +94,6 @@ class ServicePool(Service):
         state_dir: Path,
         *,
         firewall: FirewallPolicy,
-        decider: Decider | None = None,
         pki: CertificateSource | None = None,
         events: EventBus | None = None,
         lockout: Lockout | None = None,
@@ -121,11 +118,11 @@ class ServicePool(Service):
             on_lockout=self._locked_out,
         )
         self._store: Store | None = None
-        self._own_store = decider is None
+        self._clock = clock
+        self.snapshots: SnapshotWatcher | None = None
         self.context = ServiceContext(
             config=config,
             directory=self.directory,
-            decider=decider or _NoStore(),
             events=self.events,
             retry_after=retry_after,
             check_interval=check_interval,
@@ -151,15 +148,16 @@ class ServicePool(Service):
         contexts = await asyncio.to_thread(self._server_contexts)
         internal, external, edge_sock = self._bind()
         try:
-            if self._own_store:
-                store = self._store = Store.open(self.state_dir)
-                self.context.decider = StoreDecider(store)
-                self.context.device_config = lambda: store.snapshot().config
-                self.inventory = InventoryRecorder(
-                    self.state_dir, events=self.events, interval=self._inventory_interval
-                )
-                await self.inventory.start()
-                self.context.on_check = self.inventory.record
+            store = self._store = Store.open(self.state_dir)
+            self.snapshots = SnapshotWatcher(store, clock=self._clock, events=self.events)
+            await self.snapshots.start()
+            self.context.snapshots = self.snapshots
+            self.context.answers = AnswerCache()
+            self.inventory = InventoryRecorder(
+                self.state_dir, events=self.events, interval=self._inventory_interval
+            )
+            await self.inventory.start()
+            self.context.on_check = self.inventory.record
             self.context.https_port = internal[0].getsockname()[1]
             for fe, isock, esock, tls in zip(
                 self.config.front_ends, internal, external, contexts, strict=True
@@ -218,11 +216,13 @@ class ServicePool(Service):
             self.context.on_check = None
             await self.inventory.stop()
             self.inventory = None
+        if self.snapshots is not None:
+            await self.snapshots.stop()
+            self.snapshots = None
+            self.context.snapshots = NoSnapshots()
         if self._store is not None:
             self._store.close()
             self._store = None
-            self.context.decider = _NoStore()
-            self.context.device_config = DeviceUpdateConfig
         if self._running:
             self._running = False
             self.events.publish("service.stopped")
@@ -304,6 +304,21 @@ class ServicePool(Service):
             },
             "connections": self.context.budget.snapshot() if self.context.budget else {},
             "ntlm": self.directory.snapshot(),
+            "store": self._store_status(),
+        }
+
+    def _store_status(self) -> dict[str, int]:
+        """The snapshot checks are decided on, and what the answer cache holds."""
+        if self.snapshots is None:
+            return {}
+        snapshot = self.snapshots.current()
+        answers = self.context.answers
+        return {
+            "generation": snapshot.generation,
+            "rules": len(snapshot.rules),
+            "test_devices": len(snapshot.test_macs) + len(snapshot.test_serials),
+            "answers_kept": len(answers),
+            "answer_bytes": answers.bytes,
         }
 
     # -- maintenance -------------------------------------------------------------------------
@@ -363,8 +378,15 @@ class ServicePool(Service):
 
     @property
     def store(self) -> Store | None:
-        """The update store the pool opened itself (None when given a decider)."""
+        """The update store the pool reads (None when it is not running)."""
         return self._store
+
+    def refresh_store(self) -> int:
+        """Take the store's changes now (made in this process, or announced by the CLI);
+        the snapshot generation in force after it. StoreError if the store cannot be read."""
+        if self.snapshots is None:
+            raise ServiceError("the service pool is not running")
+        return self.snapshots.refresh().generation
 
     def _origin(self, host: str, port: int) -> str:
         # A connection from the edge speaks for the client the edge forwards.
@@ -383,10 +405,3 @@ class ServicePool(Service):
             for server in self.servers.values():
                 if server.internal is not None:
                     server.internal.enforce()
-
-
-class _NoStore:
-    """The decider of a pool that opens its own store, before it has."""
-
-    def decide(self, server: str, request: DeviceUpdateRequest) -> Decision:
-        raise ServiceError("the update store is not open: start the pool first")

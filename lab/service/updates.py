@@ -1,111 +1,220 @@
-"""What the service asks of the update store on every check.
+"""What an update check is answered, and the store snapshot it is decided on.
 
-The handlers depend only on ``Decider``: a server name and a parsed request in, a
-``lab.store.decision.Decision`` out. ``StoreDecider`` is the production one: it takes the
-store's snapshot (a reload after any commit by any process) and runs the pure decision on
-it, so a change made by the CLI is seen at the next check without a restart. Decisions
-are remembered per snapshot: every phone of a kind at one version (test devices apart)
-gets the same one, and a new snapshot starts afresh.
+The request path never reads the store. ``SnapshotWatcher`` holds the store's current
+snapshot (lab.store.store.Snapshot: rules, test devices, configuration and a generation
+number, all immutable) and a task that refreshes it beside the requests:
 
-Asking SQLite whether anything was committed (``PRAGMA data_version``) takes two file
-locks, the largest part of a remembered decision. So the decider first looks at the
-header of the store's WAL index (the ``-shm`` file every connection shares; its layout is
-SQLite's documented WAL-index format), one ``pread`` and no lock: every commit by any
-connection rewrites it (a change counter, the last frame, the salts), so while its bytes
-stay the same nothing was committed and the snapshot in hand is current. The store itself
-is asked when they differ, at least every ``RECHECK_SECONDS`` whatever they say, and on
-every check when the index cannot be opened.
+- a check takes the snapshot in hand, at once, with no I/O;
+- when a check finds it older than ``REFRESH_INTERVAL`` (on the service's monotonic clock)
+  it wakes the watcher, which asks the store (one ``PRAGMA data_version``, a reload only
+  after a commit); so a change nobody announced is seen within the interval plus one
+  check, and an idle lab, or a test on fake loop time, is never woken by a timer;
+- a change made in this process (an operation of lab.ops) or announced by the CLI
+  through the admin API (``POST /v1/store/refresh``) is taken at once with ``refresh()``,
+  so the very next check sees it.
+
+A check is then a pure function of (snapshot, server, request): ``answer_key`` names what
+the answer depends on, ``decide_check`` decides it with lab.store.decision. The check path's
+one cache, ``AnswerCache``, keeps built answers by that key for one snapshot generation,
+bounded in bytes: phones of one kind at one version share an answer, and nothing is
+remembered by object identity.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
+import contextlib
+import logging
 import time
-import weakref
+from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 
+from lab.errors import ServiceError, StoreError
+from lab.events import EventBus
 from lab.models import DeviceKind
 from lab.service.xmlio import DeviceUpdateRequest
 from lab.store.decision import Decision, decide
 from lab.store.store import Snapshot, Store
 
-# Distinct (server, kind, version, test device) answers remembered per snapshot; beyond it
-# (phones reporting ever new versions) the memory starts over.
-DECISION_CACHE_SIZE = 4096
-# The longest a snapshot is used without asking the store, whatever the WAL index says.
-RECHECK_SECONDS = 0.5
-# The WAL-index header: two copies of 48 bytes at the start of the -shm file.
-WAL_INDEX_HEADER = 96
+logger = logging.getLogger(__name__)
+
+REFRESH_INTERVAL = 0.5
+"""The age at which a check asks for a fresh snapshot (seconds of the service's clock)."""
+ANSWER_CACHE_BYTES = 4 * 1024 * 1024
+"""What the answer cache may hold: bodies, audit texts and a share for each entry's keeping."""
+ENTRY_OVERHEAD = 512
+"""An estimate of the bytes an entry costs beside its texts (key, answer and dict slot)."""
 
 
-class Decider(Protocol):
-    """Decides what a phone checking at ``server`` is served."""
+class Snapshots(Protocol):
+    """Where the check path gets the store's snapshot (``SnapshotWatcher`` in service)."""
 
-    def decide(self, server: str, request: DeviceUpdateRequest) -> Decision:
-        """The decision for ``request`` at ``server`` (cheap: called on every check)."""
+    def current(self) -> Snapshot:
+        """The snapshot in hand, without I/O."""
         ...
 
 
-class StoreDecider:
-    """Decisions from the update store of a state directory."""
+class NoSnapshots:
+    """The snapshots of a pool that has not opened its store yet (or has closed it)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+    def current(self) -> Snapshot:
+        raise ServiceError("the update store is not open: start the pool first")
+
+
+class SnapshotWatcher:
+    """The update store's current snapshot, refreshed off the request path."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = REFRESH_INTERVAL,
+        events: EventBus | None = None,
+    ) -> None:
         self.store = store
+        self.interval = interval
         self._clock = clock
-        self._snapshot: Snapshot | None = None
-        self._decisions: dict[tuple[str, DeviceKind, str, bool], Decision] = {}
-        self._index = _open_index(Path(f"{store.path}-shm"))
-        if self._index is not None:
-            weakref.finalize(self, os.close, self._index)
-        # The snapshot the store gave last, the index header read before, and when.
-        self._known: Snapshot | None = None
-        self._header = b""
-        self._asked = 0.0
+        self._events = events
+        self._snapshot = store.snapshot()
+        self._taken = clock()
+        self._due = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
-    def decide(self, server: str, request: DeviceUpdateRequest) -> Decision:
-        """lab.store.decision.decide on the store's current snapshot for ``server``'s rules."""
-        snapshot = self._current()
-        if snapshot is not self._snapshot or len(self._decisions) >= DECISION_CACHE_SIZE:
-            self._snapshot, self._decisions = snapshot, {}
-        test_device = _is_test_device(snapshot, request)
-        kind = request.kind
-        installed = request.installed_version
-        key = (server, kind, installed, test_device)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = decide(kind, installed, test_device, snapshot.rules_for(server))
-            self._decisions[key] = decision
-        return decision
+    @property
+    def generation(self) -> int:
+        """The generation of the snapshot in hand."""
+        return self._snapshot.generation
 
-    def _current(self) -> Snapshot:
-        """The store's snapshot, asking the store only when something may have changed."""
-        if self._index is None:
-            return self.store.snapshot()
+    def current(self) -> Snapshot:
+        """The snapshot in hand; one older than the interval wakes the watcher."""
+        if self._clock() - self._taken >= self.interval:
+            self._due.set()
+        return self._snapshot
+
+    def refresh(self) -> Snapshot:
+        """Ask the store now, and hold what it gives (StoreError if it cannot be read)."""
         try:
-            header = os.pread(self._index, WAL_INDEX_HEADER, 0)
-        except OSError:
-            return self.store.snapshot()
-        now = self._clock()
-        snapshot = self._known
-        if snapshot is None or header != self._header or now - self._asked >= RECHECK_SECONDS:
-            # Read before asking: a commit landing in between is seen at the next check.
-            snapshot = self._known = self.store.snapshot()
-            self._header, self._asked = header, now
+            snapshot = self.store.snapshot()
+        except StoreError as exc:
+            self._taken = self._clock()
+            if not self._failing:
+                self._failing = True
+                logger.warning(
+                    "the update store cannot be read; serving the last snapshot: %s", exc
+                )
+                if self._events is not None:
+                    self._events.publish("service.store_unreadable", error=str(exc))
+            raise
+        if self._failing:
+            self._failing = False
+            logger.info("the update store can be read again")
+        self._snapshot, self._taken = snapshot, self._clock()
         return snapshot
 
+    async def start(self) -> None:
+        """Start the watcher task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._watch(), name="store-snapshot-watcher")
 
-def _open_index(path: Path) -> int | None:
-    """A read-only descriptor of a WAL index; None when there is none."""
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
+    async def stop(self) -> None:
+        """Stop the watcher task."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _watch(self) -> None:
+        while True:
+            await self._due.wait()
+            self._due.clear()
+            # An unreadable store was reported by refresh; the next due check tries again.
+            with contextlib.suppress(StoreError):
+                self.refresh()
 
 
-def _is_test_device(snapshot: Snapshot, request: DeviceUpdateRequest) -> bool:
-    """Snapshot.is_test_device, without normalising again what the parser normalised."""
+@dataclass(frozen=True, kw_only=True)
+class AnswerKey:
+    """Everything a check's answer depends on, within one snapshot."""
+
+    server: str
+    kind: DeviceKind
+    installed: str
+    test_device: bool
+
+
+def answer_key(snapshot: Snapshot, server: str, request: DeviceUpdateRequest) -> AnswerKey:
+    """What the answer to ``request`` at ``server`` depends on in ``snapshot``."""
     if request.identity_normalised:
-        return request.mac in snapshot.test_macs or request.serial in snapshot.test_serials
-    return snapshot.is_test_device(request.mac, request.serial)
+        test_device = request.mac in snapshot.test_macs or request.serial in snapshot.test_serials
+    else:
+        test_device = snapshot.is_test_device(request.mac, request.serial)
+    return AnswerKey(
+        server=server,
+        kind=request.kind,
+        installed=request.installed_version,
+        test_device=test_device,
+    )
+
+
+def decide_check(snapshot: Snapshot, key: AnswerKey) -> Decision:
+    """lab.store.decision.decide for ``key`` on ``snapshot``'s rules of its server."""
+    return decide(key.kind, key.installed, key.test_device, snapshot.rules_for(key.server))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    """What a check is answered, and what its audit line says of it."""
+
+    decision: Decision
+    body: bytes
+    modules: str
+    """The modules returned, space-separated (the audit's ``modules_returned``)."""
+    version: str
+    """The decision as the audit writes it: a version, ``none``."""
+
+    @property
+    def size(self) -> int:
+        """What keeping it costs, roughly, in bytes."""
+        return len(self.body) + len(self.modules) + len(self.version) + ENTRY_OVERHEAD
+
+
+class AnswerCache:
+    """The check path's one cache: answers by ``AnswerKey`` for one snapshot generation,
+    at most ``limit`` bytes, the least recently used dropped first."""
+
+    def __init__(self, limit: int = ANSWER_CACHE_BYTES) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._generation = 0
+        self._entries: OrderedDict[AnswerKey, Answer] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def answer(
+        self, snapshot: Snapshot, key: AnswerKey, render: Callable[[Decision], Answer]
+    ) -> Answer:
+        """The answer for ``key`` on ``snapshot``: kept, or decided and rendered now."""
+        if snapshot.generation != self._generation:
+            self._entries.clear()
+            self.bytes = 0
+            self._generation = snapshot.generation
+        entries = self._entries
+        answer = entries.get(key)
+        if answer is not None:
+            entries.move_to_end(key)
+            return answer
+        answer = render(decide_check(snapshot, key))
+        size = answer.size
+        if size <= self.limit:
+            entries[key] = answer
+            self.bytes += size
+            while self.bytes > self.limit:
+                _, dropped = entries.popitem(last=False)
+                self.bytes -= dropped.size
+        return answer

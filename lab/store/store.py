@@ -7,9 +7,10 @@ service) wait for each other instead of failing, and a read-modify-write such as
 never loses a concurrent import. The schema carries a version (``PRAGMA user_version``) and
 is brought up to date by ``MIGRATIONS`` when the store is opened.
 
-A running service calls ``snapshot()`` on every check: it costs one ``PRAGMA data_version``
-while nothing changed, and reloads everything (one read transaction) after any commit by
-any process, so changes are seen at the very next check without a restart.
+A running service holds the store's ``snapshot()``, an immutable copy of rules, test devices
+and configuration with a generation number, and asks for a new one beside the request path
+(lab.service.updates): it costs one ``PRAGMA data_version`` while nothing changed and one
+read transaction after any commit by any process.
 
 Each rule records when its approved version became approved (``approved_at``, set by
 approve and restore; schema 1 stores are migrated with their last change time as the best
@@ -465,27 +466,42 @@ class Store:
     # --- snapshot for a running service ---
 
     def snapshot(self) -> Snapshot:
-        """The current rules, test devices and configuration; cached until the store changes."""
+        """The current rules, test devices and configuration.
+
+        One ``PRAGMA data_version`` while nothing was committed; a reload after any commit
+        by any process. The generation moves on only when what was loaded differs: a
+        commit that touched only the phone inventory leaves the snapshot as it was.
+        """
         version = self.data_version()
-        if self._snapshot is None or self._dirty or version != self._snapshot_version:
-            self._dirty = False
-            self._snapshot_version = version
-            generation = self._snapshot.generation + 1 if self._snapshot else 1
-            with self._read() as db:
-                rules = self._load_rules(db)
-                devices = self._load_test_devices(db)
-                config = self._load_config(db)
-            by_server: dict[str, list[Rule]] = {}
-            for rule in rules:
-                by_server.setdefault(rule.server, []).append(rule)
-            self._snapshot = Snapshot(
-                generation,
-                tuple(rules),
-                frozenset(d.value for d in devices if d.kind == "mac"),
-                frozenset(d.value for d in devices if d.kind == "serial"),
-                config,
-                {server: index_rules(group) for server, group in by_server.items()},
-            )
+        previous = self._snapshot
+        if previous is not None and not self._dirty and version == self._snapshot_version:
+            return previous
+        self._dirty = False
+        self._snapshot_version = version
+        with self._read() as db:
+            rules = tuple(self._load_rules(db))
+            devices = self._load_test_devices(db)
+            config = self._load_config(db)
+        macs = frozenset(d.value for d in devices if d.kind == "mac")
+        serials = frozenset(d.value for d in devices if d.kind == "serial")
+        if previous is not None and (rules, macs, serials, config) == (
+            previous.rules,
+            previous.test_macs,
+            previous.test_serials,
+            previous.config,
+        ):
+            return previous
+        by_server: dict[str, list[Rule]] = {}
+        for rule in rules:
+            by_server.setdefault(rule.server, []).append(rule)
+        self._snapshot = Snapshot(
+            generation=previous.generation + 1 if previous is not None else 1,
+            rules=rules,
+            test_macs=macs,
+            test_serials=serials,
+            config=config,
+            by_server={server: index_rules(group) for server, group in by_server.items()},
+        )
         return self._snapshot
 
     # --- rules ---

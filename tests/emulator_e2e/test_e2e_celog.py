@@ -19,7 +19,6 @@ from emulator.states import PhoneState
 from lab.models import normalise_mac
 from lab.ops.harness import ALICE, EDGE, NEW, T0, Phones, RunningLab, idle_on
 from lab.service.audit import AuditRecord
-from lab.store.store import Store
 
 LOG_UPLOADS = ("/RequestHandler/ucdevicelog.upx", "/RequestHandlerExt/ucdevicelog.upx")
 
@@ -133,7 +132,7 @@ async def test_a_refused_log_says_why_in_the_error_and_the_phone_log(
     reason: str,
 ) -> None:
     device_lab.publish("CX600", NEW)
-    with Store.open(device_lab.state_dir) as store:
+    with device_lab.store() as store:
         store.set_settings(dict([setting]))
     phone = phones.phone()
     phone.power_on()

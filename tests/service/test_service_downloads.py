@@ -31,6 +31,7 @@ from lab.service import ServicePool, file_store_path
 from lab.service.audit import AuditRecord
 from lab.service.files import Precondition, evaluate_preconditions, parse_range
 from lab.service.problems import Problem
+from lab.service.updates import REFRESH_INTERVAL
 from lab.store.decision import Action
 from lab.store.store import Selection, Store
 
@@ -170,9 +171,12 @@ async def test_a_store_change_is_served_at_the_next_check_without_a_restart(
             conn = await phones.inside()
             before = await conn.request("POST", CHECK, body=check_body(version=APPROVED))
             assert b'downloads="0"' in before.body
-            # Another process (the CLI) approves the pending version meanwhile.
+            # An administrator approves the pending version meanwhile, and announces it
+            # (as the CLI's store commands do through the admin API).
             with Store.open(state) as store:
                 store.change(Action.APPROVE, Selection(all_=True))
+            generation = pool.refresh_store()
+            assert generation == 2
             after = await conn.request("POST", CHECK, body=check_body(version=APPROVED))
             assert f'version="{PENDING}"'.encode() in after.body
             missing = await conn.request("GET", "/DeviceUpdateFiles_Int/UCPhone/nothing")
@@ -197,6 +201,45 @@ async def test_a_store_change_is_served_at_the_next_check_without_a_restart(
     assert PENDING in served.reason
     assert records[0].decision == "none"
     assert "this server has no file" in records[2].reason
+
+
+async def test_an_unannounced_store_change_is_taken_once_the_snapshot_is_old(
+    service_config: LabConfig,
+    service_state: Path,
+    pki: LabPKI,
+    firewall: FirewallPolicy,
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    """A writer that does not announce its change (another tool on the store) is seen
+    beside the request path: the first check after REFRESH_INTERVAL wakes the watcher and
+    is answered from the snapshot in hand; the watcher takes the change before the next."""
+    state = tmp_path / "state"
+    shutil.copytree(service_state, state, symlinks=True)
+    now = [1000.0]
+    async with ServicePool(
+        service_config, state, firewall=firewall, pki=pki, clock=lambda: now[0]
+    ) as pool:
+        phones = Phones(pool, client_context)
+        try:
+            conn = await phones.inside()
+            body = check_body(version=APPROVED)
+            assert b'downloads="0"' in (await conn.request("POST", CHECK, body=body)).body
+            with Store.open(state) as store:
+                store.change(Action.APPROVE, Selection(all_=True))
+            # Younger than the interval: the snapshot in hand is used and nobody asks.
+            now[0] += REFRESH_INTERVAL / 2
+            assert b'downloads="0"' in (await conn.request("POST", CHECK, body=body)).body
+            assert pool.snapshots is not None
+            assert pool.snapshots.generation == 1
+            # Older: this check is still answered at once, and wakes the watcher.
+            now[0] += REFRESH_INTERVAL
+            assert b'downloads="0"' in (await conn.request("POST", CHECK, body=body)).body
+            after = await conn.request("POST", CHECK, body=body)
+            assert f'version="{PENDING}"'.encode() in after.body
+            assert pool.snapshots.generation == 2
+        finally:
+            await phones.close()
 
 
 # -- conditional requests (RFC 9110 section 13) -------------------------------------------

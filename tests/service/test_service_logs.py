@@ -76,9 +76,11 @@ class LogLab:
         return {p.name: p.read_bytes() for p in folder.iterdir()}
 
     def settings(self, **values: str) -> None:
-        """Change the device-update configuration as `lab config set` does (another connection)."""
+        """Change the device-update configuration as `lab config set` does: on another
+        connection, then announced to the running service."""
         with Store.open(self.state) as store:
             store.set_settings(values)
+        self.pool.refresh_store()
 
     async def upload(
         self, data: bytes, path: str | None = None, headers: dict[str, str] | None = None

@@ -61,7 +61,7 @@ from lab.store.catalog import sign_catalog
 from lab.store.decision import Action
 from lab.store.filestore import FileStore
 from lab.store.importer import remove_rules
-from lab.store.store import Selection, Store
+from lab.store.store import Selection
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -283,6 +283,7 @@ class NotImportedOn(Fault):
     def apply(self, lab: RunningLab) -> None:
         """Remove the model's rules, and with them its files, from ``server``."""
         remove_rules(lab.state_dir, Selection(server=self.server, model=self.model))
+        lab.store_changed()
 
 
 @dataclass(frozen=True)
@@ -588,7 +589,7 @@ def _admin(running: RunningLab, specs: tuple[PhoneSpec, ...], step: AdminStep) -
     else:
         spec = specs[step.phone]
         mac = get_model(spec.model).identity(spec.index).mac
-        with Store.open(running.state_dir) as store:
+        with running.store() as store:
             store.add_test_device(mac=mac, name=spec.label())
     return step.describe()
 
