@@ -215,7 +215,7 @@ def observed_outcome(driver: PhoneDriver, checks: Sequence[AuditRecord]) -> str:
             return f"refused (HTTP {checks[-1].status}), kept {version}"
         return f"stayed on {version}"
     record = served[-1]
-    source = record.reason.split(" ", 1)[0]  # "approved version ..." / "pending version ..."
+    source = record.served_from
     if _check_source(core, version) == "DNS discovery":
         route = "DNS discovery"
     elif record.site == "internal":

@@ -61,6 +61,8 @@ class AuditRecord:
     installed_modules: str = ""
     modules_returned: str = ""
     decision: str = ""
+    # Which of the rule's versions was served: "approved", "pending", or "" for none.
+    served_from: str = ""
     reason: str = ""
     last_signed_in_user: str = ""
     # Who NTLM signed in on the connection (external site); last_signed_in_user is what

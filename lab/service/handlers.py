@@ -417,10 +417,11 @@ class Endpoints:
         parsed = note.parsed
         answer = note.answer
         user = note.user
-        returned = version = ""
+        returned = version = served_from = ""
         if answer is not None:
             reason = reason or answer.decision.reason
             returned, version = answer.modules, answer.version
+            served_from = answer.decision.source or ""
         upload = note.upload
         if upload is not None:
             reason = reason or upload.summary
@@ -442,6 +443,7 @@ class Endpoints:
                 installed_modules=parsed.installed_modules if parsed else "",
                 modules_returned=returned,
                 decision=version,
+                served_from=served_from,
                 reason=reason,
                 last_signed_in_user=(parsed.last_signed_in_user or "") if parsed else "",
                 authenticated_user=user.upn if user is not None else "",

@@ -88,7 +88,7 @@ class Rule:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     """What a check is answered with: nothing (and why), or a version and its files."""
 
@@ -106,7 +106,7 @@ class Decision:
     @classmethod
     def nothing(cls, reason: str) -> Decision:
         """Nothing to download, because ``reason``."""
-        return cls(None, (), reason)
+        return cls(version=None, files=(), reason=reason)
 
 
 def index_rules(rules: Iterable[Rule]) -> dict[KindKey, Rule]:
@@ -138,7 +138,12 @@ def decide(
     if not files:
         return Decision.nothing(f"the files of {source} version {target} are not recorded")
     was = installed if installed is not None else "no version"
-    return Decision(target, files, f"{source} version {target} for {who} running {was}", source)
+    return Decision(
+        version=target,
+        files=files,
+        reason=f"{source} version {target} for {who} running {was}",
+        source=source,
+    )
 
 
 class Action(StrEnum):

@@ -190,6 +190,7 @@ async def test_a_store_change_is_served_at_the_next_check_without_a_restart(
         (CHECK, 200),
         ("/DeviceUpdateFiles_Int/UCPhone/nothing", 404),
     ]
+    assert [r.served_from for r in records] == ["", "approved", ""]
     served = records[1]
     assert served.server == "fe01"
     assert served.site == "internal"
