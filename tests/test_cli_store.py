@@ -13,6 +13,7 @@ import pytest
 from cabarchive import CabArchive
 
 from lab.cli import main
+from lab.cli import update as update_cli
 from lab.cli.common import STDOUT_CLOSED
 from lab.net.config import default_text
 from lab.store.cab import pack_cab
@@ -233,3 +234,18 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(lab: Lab) -> None:
     finally:
         os.close(write)
     assert (closed.returncode, closed.stderr) == (STDOUT_CLOSED, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_reported_as_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Only stdout's reader going away ends the command quietly; a socket or another pipe
+    # closing under a command is an error the user must see.
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(update_cli, "cmd_list", broken)
+    assert main(["--state-dir", str(tmp_path), "update", "list"]) == 1
+    assert capsys.readouterr().err == (
+        "lab: the other end closed the connection: [Errno 32] Broken pipe\n"
+    )

@@ -52,8 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         # A reader that went away shows here at the latest, not in the flush at exit.
         sys.stdout.flush()
-    except BrokenPipeError:
-        return common.stdout_closed()
+    except BrokenPipeError as exc:
+        if common.stdout_gone():
+            return common.stdout_closed()
+        # Another pipe or socket (the admin API's, say): an error like any other.
+        print(f"lab: the other end closed the connection: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2

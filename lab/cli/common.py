@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -92,6 +93,18 @@ def print_json(data: Any) -> None:
     """Pretty JSON on stdout."""
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone: its write end then polls POLLERR
+    (a terminal, a file or a pipe still read never does)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def stdout_closed() -> int:
