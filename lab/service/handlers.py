@@ -452,7 +452,13 @@ class Endpoints:
 
 
 async def _expect(request: web.BaseRequest) -> None:
-    """Answer ``Expect: 100-continue`` as aiohttp's router would; refuse any other."""
+    """Answer ``Expect: 100-continue`` as aiohttp's router would; refuse any other.
+
+    The site runs on aiohttp's low-level server, which has no router to do it, so this
+    writes the interim answer itself through the request's public writer
+    (``BaseRequest.writer``, an ``aiohttp.abc.AbstractStreamWriter``, which declares
+    ``output_size``): reset, so that a refusal can still be answered after it.
+    """
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version != HttpVersion11:
         return
@@ -462,7 +468,8 @@ async def _expect(request: web.BaseRequest) -> None:
             f"the Expect header {expect!r} is not understood; only 100-continue is",
         )
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    # What was written is no part of the answer's size.
+    # The interim answer is no part of the answer: aiohttp sends an error answer only
+    # while nothing of one has been written.
     request.writer.output_size = 0
 
 
