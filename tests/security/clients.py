@@ -17,7 +17,7 @@ from email.message import Message
 from pathlib import Path
 
 import spnego
-from conftest import RunningLab
+from labprocess import LabProcess
 
 
 def check_body(
@@ -51,7 +51,7 @@ class Answer:
         return self.headers.get(name, "")
 
 
-def client_context(lab: RunningLab) -> ssl.SSLContext:
+def client_context(lab: LabProcess) -> ssl.SSLContext:
     """A TLS client context trusting the lab's CA (from its lease)."""
     lease = json.loads((lab.state / "lease.json").read_text())
     return ssl.create_default_context(cafile=lease["ca_cert"])
@@ -62,7 +62,7 @@ class Connection:
 
     def __init__(
         self,
-        lab: RunningLab,
+        lab: LabProcess,
         address: tuple[str, int],
         source: str,
         hostname: str,
@@ -132,7 +132,7 @@ def reset_before_tls(address: tuple[str, int], source: str, wait: float = 5.0) -
     return False
 
 
-def through_edge(lab: RunningLab, source: str) -> Connection:
+def through_edge(lab: LabProcess, source: str) -> Connection:
     """A connection from outside address ``source`` to the edge, for the external web name."""
     config_text = lab.config.read_text()
     external_web = "webext.contoso.test" if "webext" in config_text else "localhost"
@@ -167,7 +167,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def audit_lines(lab: RunningLab) -> list[str]:
+def audit_lines(lab: LabProcess) -> list[str]:
     """Every audit line every front end has written so far (headers left out)."""
     lines: list[str] = []
     for path in sorted(Path(lab.state, "servers").glob("*/AuditLogs/*.log")):

@@ -1,171 +1,34 @@
 """A real `lab up` process for the hostile-traffic battery, and the clients that attack it.
 
 Each test module gets its own lab (a private config, its own state directory and PKI, ports
-chosen by the system) started as `python -m lab.cli up`, optionally under a lower file
-limit (``ulimit -n``) and with overrides of the ``[limits]`` and ``[directory.lockout]``
-tables. Tests talk to it only over its sockets and through the `lab` command, as an
-attacker and an administrator would.
+chosen by the system) started as `python -m lab.cli up` by tests/labprocess.py, optionally
+under a lower file limit (``ulimit -n``) and with overrides of the ``[limits]`` and
+``[directory.lockout]`` tables. Tests talk to it only over its sockets and through the
+`lab` command, as an attacker and an administrator would.
 """
 
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
-import sys
-import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
-
-from lab.net.config import default_text
+from labprocess import LabProcess, start_lab, stop_lab
 
 OUTSIDE_ATTACKER = "127.20.66.6"
 INSIDE_PHONE = "127.10.0.50"
 
 
-@dataclass
-class RunningLab:
-    """A `lab up` process: its config, state directory and the endpoints it bound."""
-
-    proc: subprocess.Popen[str]
-    config: Path
-    state: Path
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def endpoint(self, *path: str) -> tuple[str, int]:
-        """``endpoint("dns", "tcp")`` -> (host, port) from run.json."""
-        node: Any = self.info["endpoints"]
-        for key in path:
-            node = node[key]
-        text = node.split("://", 1)[-1]
-        host, port = text.rsplit(":", 1)
-        return host, int(port)
-
-    def lab(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run the `lab` command against this lab."""
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lab.cli",
-                "--config",
-                str(self.config),
-                "--state-dir",
-                str(self.state),
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def status(self) -> dict[str, Any]:
-        """`lab status --json`, parsed; fails the test when it does not answer."""
-        result = self.lab("status", "--json", timeout=30)
-        assert result.returncode == 0, result.stderr
-        data: dict[str, Any] = json.loads(result.stdout)
-        return data
-
-    @property
-    def stderr_path(self) -> Path:
-        """Where the lab process writes its log."""
-        return self.state.parent / "lab-up.err"
-
-
-def write_config(directory: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Path:
-    """A private copy of the default config on free ports, with ``overrides`` merged in."""
-    data = tomllib.loads(default_text())
-    data["ports"] = {"dns": 0, "internal": 0, "external": 0, "edge": 0, "admin": 0}
-    data["pki"]["dir"] = str(directory / "certs")
-    for dotted, table in (overrides or {}).items():
-        node = data
-        for key in dotted.split("."):
-            node = node.setdefault(key, {})
-        node.update(table)
-    path = directory / "lab.toml"
-    path.write_text(tomli_w.dumps(data))
-    return path
-
-
-def start_lab(
-    directory: Path,
-    overrides: dict[str, dict[str, Any]] | None = None,
-    *,
-    nofile: int | None = None,
-) -> RunningLab:
-    """Start `lab up` in ``directory`` and wait (by reading its output) until it is ready."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = write_config(directory, overrides)
-    state = directory / "state"
-
-    def limit_files() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    err = (directory / "lab-up.err").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lab.cli",
-            "--config",
-            str(config),
-            "--state-dir",
-            str(state),
-            "up",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=err,
-        text=True,
-        preexec_fn=limit_files if nofile is not None else None,
-    )
-    err.close()
-    assert proc.stdout is not None
-    seen: list[str] = []
-    # Blocking reads, not sleeps: the lab says "ready" once everything is bound.
-    for line in proc.stdout:
-        seen.append(line)
-        if line.strip() == "ready":
-            break
-    else:
-        proc.wait(timeout=10)
-        log = (directory / "lab-up.err").read_text()
-        pytest.fail(f"lab up ended early: {''.join(seen)} {log}")
-    running = RunningLab(proc, config, state)
-    running.info = json.loads((state / "run.json").read_text())
-    return running
-
-
-def stop_lab(running: RunningLab) -> None:
-    """Stop the lab with SIGTERM (SIGKILL if it does not go)."""
-    proc = running.proc
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.stdout is not None
-    proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def lab_factory(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Callable[..., RunningLab]]:
+) -> Iterator[Callable[..., LabProcess]]:
     """Start labs for a module (``lab_factory(overrides, nofile=...)``); all stop at its end."""
-    started: list[RunningLab] = []
+    started: list[LabProcess] = []
 
     def make(
         overrides: dict[str, dict[str, Any]] | None = None, *, nofile: int | None = None
-    ) -> RunningLab:
+    ) -> LabProcess:
         running = start_lab(tmp_path_factory.mktemp("lab"), overrides, nofile=nofile)
         started.append(running)
         return running
@@ -176,6 +39,6 @@ def lab_factory(
 
 
 @pytest.fixture(scope="module")
-def hostile_lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
+def hostile_lab(lab_factory: Callable[..., LabProcess]) -> LabProcess:
     """One lab on the default limits, shared by a module's tests."""
     return lab_factory()

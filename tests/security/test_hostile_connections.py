@@ -17,23 +17,24 @@ from pathlib import Path
 
 import pytest
 from clients import Connection, check_body, client_context, reset_before_tls, through_edge
-from conftest import INSIDE_PHONE, OUTSIDE_ATTACKER, RunningLab
+from conftest import INSIDE_PHONE, OUTSIDE_ATTACKER
+from labprocess import LabProcess
 
 CHECK = "/RequestHandler/ucdevice.upx"
 APPROVED = "4.0.7577.4372"
 
 
-def pool_name(lab: RunningLab) -> str:
+def pool_name(lab: LabProcess) -> str:
     """The pool FQDN the front ends' certificates carry."""
     return "pool01.contoso.test"
 
 
-def inside(lab: RunningLab, server: str = "fe01", source: str = INSIDE_PHONE) -> Connection:
+def inside(lab: LabProcess, server: str = "fe01", source: str = INSIDE_PHONE) -> Connection:
     """A connection from an inside phone to ``server``'s internal site."""
     return Connection(lab, lab.endpoint(server, "internal"), source, pool_name(lab))
 
 
-def publish_image(lab: RunningLab, tmp: Path) -> str:
+def publish_image(lab: LabProcess, tmp: Path) -> str:
     """Build, import and approve a small CX600 image; its internal download path."""
     cab = tmp / "UCUpdates.cab"
     built = lab.lab(
@@ -51,7 +52,7 @@ def publish_image(lab: RunningLab, tmp: Path) -> str:
     return "/" + url.split("/", 3)[3]
 
 
-def a_phone_is_served(lab: RunningLab, download: str | None = None) -> None:
+def a_phone_is_served(lab: LabProcess, download: str | None = None) -> None:
     """An inside phone checks (and downloads ``download``) and `lab status` answers."""
     with inside(lab) as conn:
         answer = conn.request("POST", CHECK, {"Content-Type": "text/xml"}, check_body())
@@ -72,7 +73,7 @@ def many_files() -> Iterator[None]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def hold_partial_posts(lab: RunningLab, count: int) -> tuple[int, list[asyncio.StreamWriter]]:
+async def hold_partial_posts(lab: LabProcess, count: int) -> tuple[int, list[asyncio.StreamWriter]]:
     """Open ``count`` TLS connections to the edge from one address, each holding a POST
     whose body never ends; how many the lab took, and the writers to close."""
     host, port = lab.endpoint("edge", "tcp")
@@ -106,7 +107,7 @@ async def hold_partial_posts(lab: RunningLab, count: int) -> tuple[int, list[asy
 
 
 def test_one_address_cannot_starve_the_lab_under_a_low_file_limit(
-    lab_factory: Callable[..., RunningLab], tmp_path: Path, many_files: None
+    lab_factory: Callable[..., LabProcess], tmp_path: Path, many_files: None
 ) -> None:
     lab = lab_factory(nofile=1024)
     download = publish_image(lab, tmp_path)
@@ -130,7 +131,7 @@ def test_one_address_cannot_starve_the_lab_under_a_low_file_limit(
 
 
 @pytest.fixture(scope="module")
-def impatient_lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
+def impatient_lab(lab_factory: Callable[..., LabProcess]) -> LabProcess:
     return lab_factory(
         {
             "limits": {
@@ -162,19 +163,19 @@ def closed_after(conn: Connection, trickle: bytes = b"", step: float = 0.1) -> f
     pytest.fail("the server never closed the connection")
 
 
-def test_a_connection_that_sends_nothing_is_closed(impatient_lab: RunningLab) -> None:
+def test_a_connection_that_sends_nothing_is_closed(impatient_lab: LabProcess) -> None:
     with inside(impatient_lab) as conn:
         assert 0.9 <= closed_after(conn) < 4
 
 
-def test_headers_trickling_in_do_not_keep_a_connection(impatient_lab: RunningLab) -> None:
+def test_headers_trickling_in_do_not_keep_a_connection(impatient_lab: LabProcess) -> None:
     headers = b"POST /RequestHandler/ucdevice.upx HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200
     with inside(impatient_lab) as conn:
         # A byte every 0.1 s, never the end of the headers.
         assert 0.9 <= closed_after(conn, headers) < 4
 
 
-def test_a_body_slower_than_the_minimum_rate_is_cut(impatient_lab: RunningLab) -> None:
+def test_a_body_slower_than_the_minimum_rate_is_cut(impatient_lab: LabProcess) -> None:
     with inside(impatient_lab) as conn:
         conn.sock.sendall(
             b"POST /RequestHandler/ucdevice.upx HTTP/1.1\r\nHost: x\r\n"
@@ -184,7 +185,7 @@ def test_a_body_slower_than_the_minimum_rate_is_cut(impatient_lab: RunningLab) -
         assert 0.9 <= closed_after(conn, b"<" * 200) < 4
 
 
-def test_normal_phones_are_not_hurt_by_the_deadlines(impatient_lab: RunningLab) -> None:
+def test_normal_phones_are_not_hurt_by_the_deadlines(impatient_lab: LabProcess) -> None:
     body = check_body()
     with inside(impatient_lab) as conn:
         # A body in two parts, and a second request on the kept-alive connection.
@@ -211,7 +212,7 @@ def test_normal_phones_are_not_hurt_by_the_deadlines(impatient_lab: RunningLab) 
             c.close()
 
 
-def test_external_sites_accept_only_the_edge(impatient_lab: RunningLab) -> None:
+def test_external_sites_accept_only_the_edge(impatient_lab: LabProcess) -> None:
     external = impatient_lab.endpoint("fe01", "external")
     for source in (OUTSIDE_ATTACKER, INSIDE_PHONE):
         assert reset_before_tls(external, source)
@@ -229,7 +230,7 @@ def test_external_sites_accept_only_the_edge(impatient_lab: RunningLab) -> None:
     ],
 )
 def test_a_refused_handshake_gets_its_alert(
-    impatient_lab: RunningLab, options: list[str], alert: str
+    impatient_lab: LabProcess, options: list[str], alert: str
 ) -> None:
     host, port = impatient_lab.endpoint("fe01", "internal")
     result = subprocess.run(
@@ -243,7 +244,7 @@ def test_a_refused_handshake_gets_its_alert(
     assert alert in result.stdout + result.stderr
 
 
-def test_the_admin_api_takes_only_the_bearer_form(impatient_lab: RunningLab) -> None:
+def test_the_admin_api_takes_only_the_bearer_form(impatient_lab: LabProcess) -> None:
     host, port = impatient_lab.endpoint("admin", "http")
     token = (impatient_lab.state / "admin.token").read_text().strip()
 
@@ -269,7 +270,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_large_distinct_checks_do_not_pin_memory(lab_factory: Callable[..., RunningLab]) -> None:
+def test_large_distinct_checks_do_not_pin_memory(lab_factory: Callable[..., LabProcess]) -> None:
     lab = lab_factory()
     modules = "".join(f'<Module name="M{i:05d}.bin" version="1.0.0.{i}"/>' for i in range(1300))
     with inside(lab) as conn:

@@ -22,7 +22,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from conftest import INSIDE_PHONE, OUTSIDE_ATTACKER, RunningLab
+from conftest import INSIDE_PHONE, OUTSIDE_ATTACKER
+from labprocess import LabProcess
 
 # A second outside address, so one test's connections never count against another's.
 SLOW_ATTACKER = "127.20.66.7"
@@ -37,7 +38,7 @@ FORMERR = 1
 
 
 @pytest.fixture(scope="module")
-def strict_lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
+def strict_lab(lab_factory: Callable[..., LabProcess]) -> LabProcess:
     """A lab with a small per-address cap, a short message deadline and a fast fault log."""
     return lab_factory(
         {
@@ -100,7 +101,7 @@ def still_open(socks: list[socket.socket]) -> bool:
 
 
 def ask(
-    lab: RunningLab, name: str, *, source: str, tcp: bool, rdtype: str = "A"
+    lab: LabProcess, name: str, *, source: str, tcp: bool, rdtype: str = "A"
 ) -> dns.message.Message:
     """One ordinary query with dnspython."""
     host, port = lab.endpoint("dns", "tcp" if tcp else "udp")
@@ -154,7 +155,7 @@ def recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 def test_one_address_cannot_hold_more_than_its_share_of_dns_tcp(
-    strict_lab: RunningLab, sockets: ExitStack
+    strict_lab: LabProcess, sockets: ExitStack
 ) -> None:
     server = strict_lab.endpoint("dns", "tcp")
     extra = 10
@@ -177,7 +178,7 @@ def test_one_address_cannot_hold_more_than_its_share_of_dns_tcp(
 
 
 @pytest.fixture(scope="module")
-def small_fd_lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
+def small_fd_lab(lab_factory: Callable[..., LabProcess]) -> LabProcess:
     """A lab on the default limits under `ulimit -n 1024` (idle connections kept for the
     whole test, so that only the connection cap closes any)."""
     return lab_factory({"limits": {"dns_tcp_idle_timeout": 60.0}}, nofile=1024)
@@ -196,7 +197,7 @@ def room_for_sockets() -> Iterator[None]:
 
 @pytest.mark.usefixtures("room_for_sockets")
 def test_eleven_hundred_idle_connections_under_ulimit_1024_stop_nothing(
-    small_fd_lab: RunningLab, sockets: ExitStack
+    small_fd_lab: LabProcess, sockets: ExitStack
 ) -> None:
     server = small_fd_lab.endpoint("dns", "tcp")
     flood = [tcp_from(sockets, OUTSIDE_ATTACKER, server) for _ in range(1100)]
@@ -216,7 +217,7 @@ def test_eleven_hundred_idle_connections_under_ulimit_1024_stop_nothing(
 
 
 def test_a_trickling_client_is_cut_at_the_message_deadline(
-    strict_lab: RunningLab, sockets: ExitStack
+    strict_lab: LabProcess, sockets: ExitStack
 ) -> None:
     server = strict_lab.endpoint("dns", "tcp")
     # A well-behaved client that keeps its connection between two queries.
@@ -254,7 +255,7 @@ def test_a_trickling_client_is_cut_at_the_message_deadline(
 
 @pytest.mark.parametrize("labels", [LONG_LABEL, LONG_NAME], ids=["label-64", "name-258"])
 def test_an_impossible_name_gets_formerr_over_udp_and_tcp(
-    strict_lab: RunningLab, sockets: ExitStack, labels: list[bytes]
+    strict_lab: LabProcess, sockets: ExitStack, labels: list[bytes]
 ) -> None:
     server = strict_lab.endpoint("dns", "udp")
     udp = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
@@ -270,7 +271,7 @@ def test_an_impossible_name_gets_formerr_over_udp_and_tcp(
 
 
 def test_a_flood_of_impossible_names_is_logged_as_counts_without_tracebacks(
-    strict_lab: RunningLab, sockets: ExitStack
+    strict_lab: LabProcess, sockets: ExitStack
 ) -> None:
     server = strict_lab.endpoint("dns", "udp")
     udp = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
@@ -305,7 +306,7 @@ def test_a_flood_of_impossible_names_is_logged_as_counts_without_tracebacks(
 
 
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
-def test_ordinary_queries_still_answer_after_the_attacks(strict_lab: RunningLab, tcp: bool) -> None:
+def test_ordinary_queries_still_answer_after_the_attacks(strict_lab: LabProcess, tcp: bool) -> None:
     inside = ask(strict_lab, UCUPDATES, source=INSIDE_PHONE, tcp=tcp)
     assert answered(inside) == FRONT_ENDS
     outside = ask(strict_lab, UCUPDATES, source=SLOW_ATTACKER, tcp=tcp)

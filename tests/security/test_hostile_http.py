@@ -25,7 +25,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import INSIDE_PHONE, RunningLab
+from conftest import INSIDE_PHONE
+from labprocess import LabProcess
 
 from lab.service.audit import read_audit
 
@@ -81,7 +82,7 @@ class Answer:
 class Inside:
     """An inside phone's view of fe01's internal site: its address, CA and curl."""
 
-    lab: RunningLab
+    lab: LabProcess
     ca: str
     address: str
     port: int
@@ -147,7 +148,7 @@ class Inside:
 
 
 @pytest.fixture(scope="module")
-def http_lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
+def http_lab(lab_factory: Callable[..., LabProcess]) -> LabProcess:
     """A lab that keeps little of device logs per front end, with one image imported."""
     running = lab_factory({"limits": {"device_logs_per_front_end": LOG_TOTAL}})
     cab = running.state.parent / "UCUpdates.cab"
@@ -162,23 +163,23 @@ def http_lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
 
 
 @pytest.fixture(scope="module")
-def inside(http_lab: RunningLab, tmp_path_factory: pytest.TempPathFactory) -> Inside:
+def inside(http_lab: LabProcess, tmp_path_factory: pytest.TempPathFactory) -> Inside:
     address, port = http_lab.endpoint(FRONT_END, "internal")
     lease = json.loads((http_lab.state / "lease.json").read_text())
     return Inside(http_lab, lease["ca_cert"], address, port, tmp_path_factory.mktemp("curl"))
 
 
-def image_file(lab: RunningLab) -> Path:
+def image_file(lab: LabProcess) -> Path:
     return lab.state / "servers" / FRONT_END / "DeviceUpdateFiles" / IMAGE.split("/", 2)[2]
 
 
-def audit_bytes(lab: RunningLab) -> bytes:
+def audit_bytes(lab: LabProcess) -> bytes:
     """Every audit file of the front end, concatenated in name (day) order."""
     folder = lab.state / "servers" / FRONT_END / "AuditLogs"
     return b"".join(path.read_bytes() for path in sorted(folder.glob("*.log")))
 
 
-def new_audit_lines(lab: RunningLab, before: bytes) -> list[bytes]:
+def new_audit_lines(lab: LabProcess, before: bytes) -> list[bytes]:
     """The audit lines written since ``before`` was read (the same day's file grows)."""
     after = audit_bytes(lab)
     assert after.startswith(before)
@@ -186,7 +187,7 @@ def new_audit_lines(lab: RunningLab, before: bytes) -> list[bytes]:
     return [line for line in lines if not line.startswith(HEADER)]  # a new file's header
 
 
-def no_tracebacks(lab: RunningLab) -> None:
+def no_tracebacks(lab: LabProcess) -> None:
     log = lab.stderr_path.read_text()
     assert "Traceback" not in log, log[-2000:]
 

@@ -29,7 +29,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import tomli_w
 from cabs import CabLayout, Folder, chunked, members_in_order, mszip_blocks, write_cab
-from conftest import INSIDE_PHONE, RunningLab
+from conftest import INSIDE_PHONE
+from labprocess import LabProcess
 
 from lab.models import phone_model
 from lab.net.config import load_config
@@ -83,7 +84,7 @@ with open(report, "w") as out:
 """
 
 
-def run_lab(lab: RunningLab, *args: str, config: Path | None = None, kill_at: str = "") -> Run:
+def run_lab(lab: LabProcess, *args: str, config: Path | None = None, kill_at: str = "") -> Run:
     """Run the `lab` command against ``lab`` (or ``config``) in a process of its own."""
     command = [sys.executable, "-m", "lab.cli", "--config", str(config or lab.config)]
     command += ["--state-dir", str(lab.state), *args]
@@ -134,7 +135,7 @@ class Update:
         )
 
 
-def signed_update(lab: RunningLab, version: str, image_size: int, image_sha256: str) -> Update:
+def signed_update(lab: LabProcess, version: str, image_size: int, image_sha256: str) -> Update:
     """A catalog and description for a CX600 image, signed with the lab's Polycom key."""
     signer = LabPKI(load_config(lab.config)).vendor(MODEL.vendor)
     kind = MODEL.kind()
@@ -186,7 +187,7 @@ PATTERN = hashlib.shake_256(b"device update lab: a genuine large image").digest(
 
 
 @pytest.fixture(scope="module")
-def small(hostile_lab: RunningLab) -> tuple[Update, bytes]:
+def small(hostile_lab: LabProcess) -> tuple[Update, bytes]:
     """A genuine update with a small image, and that image."""
     image = b"".join(repeated(PATTERN, SMALL_IMAGE))
     update = signed_update(
@@ -195,7 +196,7 @@ def small(hostile_lab: RunningLab) -> tuple[Update, bytes]:
     return update, image
 
 
-def served_tree(lab: RunningLab) -> dict[str, int]:
+def served_tree(lab: LabProcess) -> dict[str, int]:
     """Every file in the lab's file stores and staging, by path, with its size."""
     servers = lab.state / "servers"
     return {
@@ -208,7 +209,7 @@ def served_tree(lab: RunningLab) -> dict[str, int]:
 # --- (a) bombs -------------------------------------------------------------------------------
 
 
-def bomb_past_the_limit(lab: RunningLab, small: tuple[Update, bytes], path: Path) -> str:
+def bomb_past_the_limit(lab: LabProcess, small: tuple[Update, bytes], path: Path) -> str:
     """Headers declaring 3 GiB for the image, on a cab of a few hundred bytes."""
     update, image = small
     chunks = chunked([update.catalog, image, update.description])
@@ -221,7 +222,7 @@ def bomb_past_the_limit(lab: RunningLab, small: tuple[Update, bytes], path: Path
     )
 
 
-def bomb_of_zeros(lab: RunningLab, small: tuple[Update, bytes], path: Path) -> str:
+def bomb_of_zeros(lab: LabProcess, small: tuple[Update, bytes], path: Path) -> str:
     """A genuine catalog for a 4 KiB image, and an image of 512 MiB of zeros (0.9 MB packed)."""
     update, _ = small
     zeros = iter([bytes(MiB)] * 512)
@@ -232,7 +233,7 @@ def bomb_of_zeros(lab: RunningLab, small: tuple[Update, bytes], path: Path) -> s
     )
 
 
-def bomb_in_one_block(lab: RunningLab, small: tuple[Update, bytes], path: Path) -> str:
+def bomb_in_one_block(lab: LabProcess, small: tuple[Update, bytes], path: Path) -> str:
     """Honest headers (about 5 KB in all), and one block whose data unpacks to 56 MiB."""
     update, image = small
     honest = update.catalog + image + update.description
@@ -247,13 +248,13 @@ def bomb_in_one_block(lab: RunningLab, small: tuple[Update, bytes], path: Path) 
 
 
 # Writes a bomb to the path given and returns a pattern of the message refusing it.
-BombMaker = Callable[[RunningLab, tuple[Update, bytes], Path], str]
+BombMaker = Callable[[LabProcess, tuple[Update, bytes], Path], str]
 BOMBS: list[BombMaker] = [bomb_past_the_limit, bomb_of_zeros, bomb_in_one_block]
 
 
 @pytest.mark.parametrize("make_bomb", BOMBS, ids=[b.__name__ for b in BOMBS])
 def test_a_cab_bomb_is_refused_with_little_memory_and_nothing_written(
-    hostile_lab: RunningLab,
+    hostile_lab: LabProcess,
     small: tuple[Update, bytes],
     tmp_path: Path,
     make_bomb: BombMaker,
@@ -273,7 +274,7 @@ def test_a_cab_bomb_is_refused_with_little_memory_and_nothing_written(
 
 
 def test_a_genuine_256_mib_cab_imports_with_bounded_memory(
-    hostile_lab: RunningLab, tmp_path: Path
+    hostile_lab: LabProcess, tmp_path: Path
 ) -> None:
     sha = sha256_of(repeated(PATTERN, BIG_IMAGE))
     update = signed_update(hostile_lab, "4.0.7577.5256", BIG_IMAGE, sha)
@@ -296,7 +297,7 @@ def test_a_genuine_256_mib_cab_imports_with_bounded_memory(
 
 
 def test_a_low_unpacked_limit_refuses_an_ordinary_cab_naming_the_key(
-    hostile_lab: RunningLab, tmp_path: Path
+    hostile_lab: LabProcess, tmp_path: Path
 ) -> None:
     data = tomllib.loads(hostile_lab.config.read_text())
     data.setdefault("limits", {})["cab_unpacked_max"] = LOW_LIMIT
@@ -330,7 +331,7 @@ def test_a_low_unpacked_limit_refuses_an_ordinary_cab_naming_the_key(
 # --- (d) an import that has not committed is never served ----------------------------------------
 
 
-def fetch(lab: RunningLab, server: str, path: PurePosixPath) -> tuple[int, bytes]:
+def fetch(lab: LabProcess, server: str, path: PurePosixPath) -> tuple[int, bytes]:
     """GET a file from ``server``'s internal site, as a phone inside would."""
     host, port = lab.endpoint(server, "internal")
     fqdn = load_config(lab.config).front_end(server).fqdn
@@ -347,7 +348,7 @@ def fetch(lab: RunningLab, server: str, path: PurePosixPath) -> tuple[int, bytes
         return answer.status, answer.read()
 
 
-def cab_of_version(lab: RunningLab, tmp_path: Path, version: str) -> tuple[Update, bytes, Path]:
+def cab_of_version(lab: LabProcess, tmp_path: Path, version: str) -> tuple[Update, bytes, Path]:
     """A genuine cab of a CX600 update at ``version``, with an image of its own."""
     image = version.encode() + b"".join(repeated(PATTERN, SMALL_IMAGE))[len(version) :]
     update = signed_update(lab, version, SMALL_IMAGE, hashlib.sha256(image).hexdigest())
@@ -362,7 +363,7 @@ BEFORE_COMMIT = STEPS[STEPS.index("journal-written") : STEPS.index("committed")]
 
 @pytest.mark.parametrize("step", BEFORE_COMMIT)
 def test_an_import_stopped_before_its_commit_serves_none_of_its_files(
-    hostile_lab: RunningLab, tmp_path: Path, step: str
+    hostile_lab: LabProcess, tmp_path: Path, step: str
 ) -> None:
     version = f"4.0.7577.{5300 + BEFORE_COMMIT.index(step)}"
     update, _, cab = cab_of_version(hostile_lab, tmp_path, version)
@@ -380,7 +381,7 @@ def test_an_import_stopped_before_its_commit_serves_none_of_its_files(
 
 
 def test_an_import_stopped_after_its_commit_is_served_once_the_next_command_finishes_it(
-    hostile_lab: RunningLab, tmp_path: Path
+    hostile_lab: LabProcess, tmp_path: Path
 ) -> None:
     update, image, cab = cab_of_version(hostile_lab, tmp_path, "4.0.7577.5399")
     killed = run_lab(

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import spnego
 from clients import audit_lines, check_body, ntlm_request, through_edge
-from conftest import OUTSIDE_ATTACKER, RunningLab, stop_lab
+from conftest import OUTSIDE_ATTACKER
+from labprocess import LabProcess, stop_lab
 
 from lab.store.store import Store
 
@@ -28,7 +29,7 @@ SIGNIN = "/Provisioning/signin"
 LOGON_FAILURE = b"the user name or password is incorrect\n"
 
 
-def sign_in(lab: RunningLab, source: str, user: str, password: str, path: str = SIGNIN) -> int:
+def sign_in(lab: LabProcess, source: str, user: str, password: str, path: str = SIGNIN) -> int:
     """One sign-in on a fresh connection through the edge; the final HTTP status."""
     body = check_body(user="alice@contoso.test") if path == CHECK else b""
     with through_edge(lab, source) as conn:
@@ -36,14 +37,14 @@ def sign_in(lab: RunningLab, source: str, user: str, password: str, path: str = 
 
 
 @pytest.fixture(scope="module")
-def guarded_lab(lab_factory: Callable[..., RunningLab]) -> RunningLab:
+def guarded_lab(lab_factory: Callable[..., LabProcess]) -> LabProcess:
     """A lab that locks after 3 failures and throttles an address after 6."""
     return lab_factory(
         {"directory.lockout": {"threshold": 3, "address_threshold": 6, "window": 600}}
     )
 
 
-def test_the_domain_inside_the_user_field_is_counted_and_locked(guarded_lab: RunningLab) -> None:
+def test_the_domain_inside_the_user_field_is_counted_and_locked(guarded_lab: LabProcess) -> None:
     for _ in range(3):
         assert sign_in(guarded_lab, "127.20.1.1", "\\CONTOSO\\alice", "wrong") in (401, 403)
     # Locked: the right password, in this form and the others, is refused as locked.
@@ -53,7 +54,7 @@ def test_the_domain_inside_the_user_field_is_counted_and_locked(guarded_lab: Run
     assert "alice" in status["pool"]["ntlm"]["locked_accounts"]
 
 
-def test_wrong_password_and_unknown_user_answer_alike(guarded_lab: RunningLab) -> None:
+def test_wrong_password_and_unknown_user_answer_alike(guarded_lab: LabProcess) -> None:
     answers = set()
     for user, password in [
         ("CONTOSO\\bob", "wrong"),
@@ -70,7 +71,7 @@ def test_wrong_password_and_unknown_user_answer_alike(guarded_lab: RunningLab) -
 
 
 def test_one_address_is_throttled_and_cannot_lock_every_account(
-    lab_factory: Callable[..., RunningLab],
+    lab_factory: Callable[..., LabProcess],
 ) -> None:
     lab = lab_factory({"directory.lockout": {"threshold": 10, "address_threshold": 4}})
     for user in ("CONTOSO\\alice", "CONTOSO\\bob") * 2:
@@ -89,7 +90,7 @@ def test_one_address_is_throttled_and_cannot_lock_every_account(
     assert OUTSIDE_ATTACKER in shown.stdout
 
 
-def test_the_authenticated_user_is_recorded(lab_factory: Callable[..., RunningLab]) -> None:
+def test_the_authenticated_user_is_recorded(lab_factory: Callable[..., LabProcess]) -> None:
     lab = lab_factory()
     with through_edge(lab, "127.20.2.2") as conn:
         # bob signs in; the body claims alice.
@@ -110,7 +111,7 @@ def test_the_authenticated_user_is_recorded(lab_factory: Callable[..., RunningLa
     assert phone.last_user == "bob@contoso.test"
 
 
-def test_the_challenge_names_the_lab_not_the_host(guarded_lab: RunningLab) -> None:
+def test_the_challenge_names_the_lab_not_the_host(guarded_lab: LabProcess) -> None:
     client = spnego.client(
         "CONTOSO\\alice", "x", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
     )
@@ -135,7 +136,7 @@ def test_the_challenge_names_the_lab_not_the_host(guarded_lab: RunningLab) -> No
     assert "WORKSTATION" not in names.values()
 
 
-def test_no_credential_file_is_left_anywhere(lab_factory: Callable[..., RunningLab]) -> None:
+def test_no_credential_file_is_left_anywhere(lab_factory: Callable[..., LabProcess]) -> None:
     temp = Path(tempfile.gettempdir())
     # What an earlier version left behind after a SIGKILL is removed at the next start.
     leftover = Path(tempfile.mkdtemp(prefix="lab-ntlm-"))
@@ -150,7 +151,7 @@ def test_no_credential_file_is_left_anywhere(lab_factory: Callable[..., RunningL
     assert not list(temp.glob("lab-ntlm-*"))
 
 
-def test_curl_signs_in_through_the_edge(guarded_lab: RunningLab) -> None:
+def test_curl_signs_in_through_the_edge(guarded_lab: LabProcess) -> None:
     """A normal client is not hurt: curl's own NTLM signs bob in (he is not locked)."""
     host, port = guarded_lab.endpoint("edge", "tcp")
     ca = json.loads((guarded_lab.state / "lease.json").read_text())["ca_cert"]

@@ -14,78 +14,25 @@ import dns.message
 import dns.query
 import pytest
 import tomli_w
-
-from lab.net.config import default_text
-
-
-def lab_cmd(config: Path, state: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "lab.cli",
-        "--config",
-        str(config),
-        "--state-dir",
-        str(state),
-        *args,
-    ]
+from labprocess import LabProcess, lab_cmd, start_lab, stop_lab
 
 
 @pytest.fixture
-def lab_config(tmp_path: Path) -> Path:
-    data = tomllib.loads(default_text())
-    data["ports"] = {"dns": 0, "internal": 0, "external": 0, "edge": 0, "admin": 0}
-    data["pki"]["dir"] = str(tmp_path / "certs")
-    path = tmp_path / "lab.toml"
-    path.write_text(tomli_w.dumps(data))
-    return path
-
-
-@pytest.fixture
-def running_lab(lab_config: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    state = tmp_path / "state"
-    proc = subprocess.Popen(
-        lab_cmd(lab_config, state, "up"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stderr is not None
+def up(tmp_path: Path) -> Iterator[LabProcess]:
+    """A `lab up` of the default config on free ports, stopped at the end."""
+    running = start_lab(tmp_path)
     try:
-        seen = []
-        # Blocking reads, not sleeps: the lab says "ready" once everything is bound.
-        for line in proc.stdout:
-            seen.append(line)
-            if line.strip() == "ready":
-                break
-        else:
-            proc.wait(timeout=10)
-            pytest.fail(f"lab up ended early: {''.join(seen)} {proc.stderr.read()}")
-        yield proc
+        yield running
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
+        stop_lab(running)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_up_publishes_endpoints_and_stops_cleanly(
-    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path, signum: int
-) -> None:
-    state = tmp_path / "state"
-    status = subprocess.run(
-        lab_cmd(lab_config, state, "status", "--json"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    info = json.loads(status.stdout)
+def test_up_publishes_endpoints_and_stops_cleanly(up: LabProcess, signum: int) -> None:
+    state = up.state
+    info = up.status()
     assert info["alive"] is True
-    assert info["pid"] == running_lab.pid
+    assert info["pid"] == up.proc.pid
     host, port = info["endpoints"]["dns"]["udp"].rsplit(":", 1)
     assert host == "127.10.0.2"
     assert int(port) > 0
@@ -102,26 +49,17 @@ def test_up_publishes_endpoints_and_stops_cleanly(
     assert lease["domain"] == "contoso.test"
     assert Path(lease["ca_cert"]).is_file()
 
-    running_lab.send_signal(signum)
-    assert running_lab.wait(timeout=20) == 0
+    up.proc.send_signal(signum)
+    assert up.proc.wait(timeout=20) == 0
     assert not (state / "run.json").exists()
-    gone = subprocess.run(
-        lab_cmd(lab_config, state, "status"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    gone = up.lab("status", timeout=30)
     assert gone.returncode == 1
     assert "no lab is running" in gone.stderr
 
 
-def test_up_refuses_an_address_in_use(
-    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
-) -> None:
-    info = json.loads((tmp_path / "state" / "run.json").read_text())
-    port = int(info["endpoints"]["dns"]["udp"].rsplit(":", 1)[1])
-    data = tomllib.loads(lab_config.read_text())
+def test_up_refuses_an_address_in_use(up: LabProcess, tmp_path: Path) -> None:
+    port = up.endpoint("dns", "udp")[1]
+    data = tomllib.loads(up.config.read_text())
     data["ports"]["dns"] = port
     clash = tmp_path / "clash.toml"
     clash.write_text(tomli_w.dumps(data))
@@ -136,25 +74,13 @@ def test_up_refuses_an_address_in_use(
     assert f"127.10.0.2:{port}" in result.stderr
 
 
-def test_runtime_commands_change_the_running_lab(
-    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
-) -> None:
-    state = tmp_path / "state"
-    info = json.loads((state / "run.json").read_text())
-    host, port = info["endpoints"]["dns"]["udp"].rsplit(":", 1)
-
-    def lab(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            lab_cmd(lab_config, state, *args),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+def test_runtime_commands_change_the_running_lab(up: LabProcess) -> None:
+    host, port = up.endpoint("dns", "udp")
+    lab = up.lab
 
     def ask(source: str) -> tuple[int, list[str]]:
         query = dns.message.make_query("ucupdates-r2.contoso.test", "A")
-        answer = dns.query.udp(query, host, port=int(port), source=source, timeout=5)
+        answer = dns.query.udp(query, host, port=port, source=source, timeout=5)
         return answer.rcode(), sorted(str(r) for rrset in answer.answer for r in rrset)
 
     assert lab("firewall", "set", "127.10.0.77", "outside").returncode == 0
@@ -179,21 +105,11 @@ def test_runtime_commands_change_the_running_lab(
     assert "'127.10.0.300' is not an IP address or CIDR range" in bad.stderr
 
 
-def test_store_commands_are_taken_by_the_running_lab_at_once(
-    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
-) -> None:
+def test_store_commands_are_taken_by_the_running_lab_at_once(up: LabProcess) -> None:
     # Each store command announces its change through the admin API, so the running lab
     # holds the new snapshot before the command returns; reading commands announce nothing.
-    state = tmp_path / "state"
-
     def lab(*args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            lab_cmd(lab_config, state, *args),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = up.lab(*args, timeout=30)
         assert done.returncode == 0, done.stderr
         assert "note:" not in done.stderr
         return done
@@ -218,10 +134,7 @@ def test_store_commands_are_taken_by_the_running_lab_at_once(
     )
 
 
-def test_global_options_may_follow_any_sub_command(
-    running_lab: subprocess.Popen[str], lab_config: Path, tmp_path: Path
-) -> None:
-    state = str(tmp_path / "state")
+def test_global_options_may_follow_any_sub_command(up: LabProcess) -> None:
 
     def lab(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -231,9 +144,9 @@ def test_global_options_may_follow_any_sub_command(
                 "lab.cli",
                 *args,
                 "--config",
-                str(lab_config),
+                str(up.config),
                 "--state-dir",
-                state,
+                str(up.state),
             ],
             capture_output=True,
             text=True,
