@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -110,7 +109,7 @@ class Transfer:
     peer: str
     path: str
     size: int
-    started: float = field(default_factory=time.time)
+    started: float
     sent: int = 0
 
     def add(self, count: int) -> None:
@@ -276,7 +275,7 @@ class FrontEndServer:
     @contextmanager
     def transfer(self, peer: str, path: str, size: int) -> Iterator[Transfer]:
         """Track a download for the length of the block."""
-        item = Transfer(peer, path, size)
+        item = Transfer(peer, path, size, started=self.context.now().timestamp())
         self.transfers.add(item)
         self._drained.clear()
         try:

@@ -34,10 +34,12 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
 from cryptography.hazmat.primitives.ciphers import Cipher
 
+from lab.clock import utc_now
 from lab.net.config import FrontEnd, LabConfig, Lockout, User
 
 SIGNATURE = b"NTLMSSP\x00"
@@ -241,13 +243,16 @@ def _read_av_pairs(data: bytes) -> dict[int, bytes]:
     return pairs
 
 
-def challenge_message(negotiate_flags: int, names: TargetNames, server_challenge: bytes) -> bytes:
-    """A CHALLENGE message (MS-NLMP 2.2.1.2) answering a NEGOTIATE with ``negotiate_flags``."""
+def challenge_message(
+    negotiate_flags: int, names: TargetNames, server_challenge: bytes, timestamp: float
+) -> bytes:
+    """A CHALLENGE message (MS-NLMP 2.2.1.2) answering a NEGOTIATE with ``negotiate_flags``,
+    its MsvAvTimestamp ``timestamp`` (seconds since the Unix epoch, the service's clock)."""
     flags = (negotiate_flags & _OFFERED) | _ALWAYS
     flags |= UNICODE if negotiate_flags & UNICODE else OEM
     encoding = "utf-16-le" if flags & UNICODE else "cp437"
     target = names.netbios_domain.encode(encoding)
-    info = _av_pairs(names, time.time())
+    info = _av_pairs(names, timestamp)
     header = 56
     return b"".join(
         (
@@ -325,11 +330,14 @@ class Directory:
         *,
         lockout: Lockout | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utc_now,
         on_lockout: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.users = tuple(users)
         self.lockout = lockout or Lockout()
         self._clock = clock
+        # The service's wall clock: the time a CHALLENGE carries.
+        self.now = now
         # Told (kind "account" or "address", who, seconds) when a lockout begins.
         self._on_lockout = on_lockout
         self._accounts: dict[str, _Failures] = {}
@@ -479,7 +487,8 @@ class NtlmSession:
             return Rejected("the NTLM NEGOTIATE message is too short")
         flags: int = struct.unpack_from("<I", token, 12)[0]
         self._negotiate = token
-        self._challenge = challenge_message(flags, self._names, os.urandom(8))
+        timestamp = self._directory.now().timestamp()
+        self._challenge = challenge_message(flags, self._names, os.urandom(8), timestamp)
         return Challenge(self._challenge)
 
     def _authenticate(self, token: bytes) -> NtlmOutcome:

@@ -115,6 +115,7 @@ class ServicePool(Service):
             config.users,
             lockout=lockout or config.lockout,
             clock=clock,
+            now=now,
             on_lockout=self._locked_out,
         )
         self._store: Store | None = None

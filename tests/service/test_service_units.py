@@ -6,6 +6,7 @@ import os
 import socket
 import struct
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,24 @@ def test_the_challenge_describes_the_lab_not_the_host() -> None:
         5: "contoso.test",
     }
     assert socket.gethostname().upper() not in challenge.token.decode("utf-16-le", "replace")
+
+
+def test_the_challenge_carries_the_service_clock_time() -> None:
+    # MsvAvTimestamp is a FILETIME: 100 ns steps since 1601-01-01 UTC.
+    at = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    directory = Directory(USERS, now=lambda: at)
+    client = spnego.client(
+        "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
+    )
+    negotiate = client.step()
+    assert negotiate is not None
+    challenge = directory.session(NAMES).step(negotiate)
+    assert isinstance(challenge, Challenge)
+    length, _, offset = struct.unpack_from("<HHI", challenge.token, 40)
+    info = challenge.token[offset : offset + length]
+    stamp = info.index(struct.pack("<HH", 7, 8))
+    [filetime] = struct.unpack_from("<Q", info, stamp + 4)
+    assert datetime(1601, 1, 1, tzinfo=UTC) + timedelta(microseconds=filetime // 10) == at
 
 
 def test_no_credential_file_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
