@@ -67,6 +67,8 @@ class ServiceContext:
     config: LabConfig
     directory: Directory
     events: EventBus
+    # The process's connection budget, shared by every listener.
+    budget: ConnectionBudget
     # The update store's snapshot in hand (lab.service.updates; set by the pool at start).
     snapshots: Snapshots = field(default_factory=NoSnapshots)
     # The check path's one cache of answers (per snapshot generation, bounded in bytes).
@@ -84,8 +86,6 @@ class ServiceContext:
     # The address a connection's client has, from the peer the site sees: through the
     # edge, the client the edge forwards (set by the pool once the edge runs).
     origin: Callable[[str, int], str] = lambda host, port: host
-    # The process's connection budget, shared by every listener (set by the pool).
-    budget: ConnectionBudget | None = None
     # The only peer a front end's external site admits (the edge's address), or anyone.
     edge_address: str | None = None
 

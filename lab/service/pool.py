@@ -303,7 +303,7 @@ class ServicePool(Service):
                 "forwarded": dict(self.edge.forwarded_to) if self.edge else {},
                 "over_budget": self.edge.over_budget if self.edge else 0,
             },
-            "connections": self.context.budget.snapshot() if self.context.budget else {},
+            "connections": self.context.budget.snapshot(),
             "ntlm": self.directory.snapshot(),
             "store": self._store_status(),
         }
