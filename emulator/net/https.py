@@ -17,6 +17,10 @@ Rules of this module:
 - Answers are read with a bound (64 KiB for XML); an error status raises
   ServiceStatusError with the service's reason from ``X-Ms-Diagnostics``; aiohttp's and the
   socket layer's errors become the emulator's, in plain words, naming the address.
+- Only aiohttp's public API is used, so that an upgrade cannot break it quietly: aiohttp
+  connects (from the phone's address, one address at a time), and the client keeps its own
+  record of the connections aiohttp hands it (``BaseConnector.connect``) to count them and
+  to name the one it holds open to a host, instead of reading aiohttp's pool.
 """
 
 from __future__ import annotations
@@ -24,20 +28,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import re
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection
 from yarl import URL
 
 from emulator.clock import Clock, to_datetime
@@ -168,9 +172,8 @@ class PhoneHTTPSClient:
         self.read_timeout = read_timeout
         self.answer_limit = answer_limit
         self.user_agent = user_agent
-        self.connections_made = 0
-        """How many connections this client opened (each kept alive as long as it can be)."""
         self._ntlm = ntlm_client
+        self._connections = _KeptConnections()
         self._resolver = PhoneAiohttpResolver(resolver)
         self._offset = 0.0
         if tls is None:
@@ -205,6 +208,11 @@ class PhoneHTTPSClient:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
         )
+
+    @property
+    def connections_made(self) -> int:
+        """How many connections this client opened (each kept alive as long as it can be)."""
+        return self._connections.made
 
     def phone_time(self) -> datetime:
         """The phone's own time (true time plus its clock offset), as certificates are judged."""
@@ -286,29 +294,13 @@ class PhoneHTTPSClient:
 
     def kept_address(self, host: str, port: int) -> str | None:
         """The address of a kept-alive connection, still open, made to ``host`` on ``port``;
-        of several, the one used last. None when the client holds none open.
-
-        aiohttp keeps its idle connections per key (address or name, port, TLS name), each
-        with the time it was last given back; the address is the one it went to.
-        """
-        connector = self._session.connector if self._session is not None else None
-        pooled: dict[Any, Any] = getattr(connector, "_conns", None) or {}
-        host = host.lower()
-        latest: tuple[float, str] | None = None
-        for key, idle in pooled.items():
-            if key.port != port or (key.server_hostname or key.host).lower() != host:
-                continue
-            for protocol, released in idle:
-                transport = protocol.transport
-                if protocol.is_connected() and transport is not None:
-                    peer = transport.get_extra_info("peername")
-                    if peer and (latest is None or released > latest[0]):
-                        latest = (released, str(peer[0]))
-        return latest[1] if latest is not None else None
+        of several, the one used last. None when the client holds none open."""
+        return self._connections.kept(host.lower(), port)
 
     async def drop_connections(self) -> None:
         """Close every kept-alive connection (the phone restarts, or its clock changed)."""
         session, self._session = self._session, None
+        self._connections.forget()
         if session is not None:
             await session.close()
 
@@ -501,19 +493,25 @@ class PhoneHTTPSClient:
             self._offset = clock_offset
             self._tls = self._tls_for(clock_offset)
         if self._session is None:
-            connector = _CountingConnector(
-                self,
+            connector = _PhoneConnector(
+                self._connections,
                 ssl=self._tls,
                 local_addr=(self.source, 0),
                 resolver=self._resolver,
                 use_dns_cache=False,
                 family=socket.AF_INET,
+                # One address at a time, in the order given: a phone does not race them.
+                happy_eyeballs_delay=None,
                 limit=1,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+                    total=None,
+                    sock_connect=self.connect_timeout,
+                    sock_read=self.read_timeout,
+                    # A connection gives up at its timeout, not at the next whole second.
+                    ceil_threshold=math.inf,
                 ),
                 headers={"User-Agent": self.user_agent},
                 auto_decompress=False,
@@ -580,73 +578,64 @@ class PhoneHTTPSClient:
         )
 
 
-class _CountingConnector(aiohttp.TCPConnector):
-    """A connector that counts the connections it makes on its client.
+class _KeptConnections:
+    """The connections aiohttp handed a client, by host name and port, the last used last.
 
-    A trace config would do it through aiohttp's public hooks, but it costs a score of
-    signal objects per session and a few awaits per request, for every phone.
+    aiohttp gives a request a connection from its pool, or a new one it made; the client
+    notes each (its transport: still open or not, and where it goes) rather than read the
+    pool, whose shape is aiohttp's own business.
     """
 
-    def __init__(self, client: PhoneHTTPSClient, **kwargs: Any) -> None:
+    def __init__(self) -> None:
+        self.made = 0
+        """How many new connections were handed out."""
+        self._by_host: dict[tuple[str, int], dict[asyncio.BaseTransport, str]] = {}
+
+    def handed(self, host: str, port: int, transport: asyncio.BaseTransport) -> None:
+        """Note that a request to ``host`` on ``port`` goes out on ``transport``."""
+        used = self._by_host.setdefault((host, port), {})
+        address = used.pop(transport, None)
+        if address is None:
+            self.made += 1
+            for closed in [other for other in used if other.is_closing()]:
+                del used[closed]
+            peer = transport.get_extra_info("peername")
+            if peer is None:
+                return  # closed already: nothing to keep
+            address = str(peer[0])
+        used[transport] = address
+
+    def kept(self, host: str, port: int) -> str | None:
+        """The address of the connection to ``host`` on ``port`` used last and still open."""
+        for transport, address in reversed(self._by_host.get((host, port), {}).items()):
+            if not transport.is_closing():
+                return address
+        return None
+
+    def forget(self) -> None:
+        """Forget every connection (they are being closed); the count stays."""
+        self._by_host.clear()
+
+
+class _PhoneConnector(aiohttp.TCPConnector):
+    """aiohttp's TCP connector, telling the client which connection each request gets.
+
+    ``connect`` is the connector's documented way out of its pool: what it returns, new or
+    reused, carries the request, and its transport says where it goes and whether it is open.
+    """
+
+    def __init__(self, connections: _KeptConnections, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._client = client
+        self.phone_connections = connections
 
-    async def _wrap_create_connection(
-        self,
-        *args: Any,
-        addr_infos: list[Any],
-        req: aiohttp.ClientRequest,
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
-        client_error: type[Exception] = aiohttp.ClientConnectorError,
-        **kwargs: Any,
-    ) -> tuple[asyncio.Transport, ResponseHandler]:
-        """Connect from the phone's address to the one address it names, in the loop.
-
-        aiohttp races the addresses of a name (happy eyeballs) with sockets it makes and
-        binds in Python; a phone always names one address, which the loop connects from
-        the phone's in a quarter of the time. Failures are aiohttp's, as it raises them.
-        """
-        if len(addr_infos) != 1:
-            return await super()._wrap_create_connection(
-                *args,
-                addr_infos=addr_infos,
-                req=req,
-                timeout=timeout,
-                client_error=client_error,
-                **kwargs,
-            )
-        host, port = addr_infos[0][4][:2]
-        try:
-            async with asyncio.timeout(timeout.sock_connect):
-                # (aiohttp's arguments: its protocol factory, TLS and server name)
-                create: Any = self._loop.create_connection
-                transport, protocol = await create(
-                    *args,
-                    host=host,
-                    port=port,
-                    family=socket.AF_INET,
-                    local_addr=(self._client.source, 0),
-                    **kwargs,
-                )
-        except ssl.CertificateError as exc:
-            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
-        except ssl.SSLError as exc:
-            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
-        except OSError as exc:
-            if exc.errno is None and isinstance(exc, TimeoutError):
-                raise
-            raise client_error(req.connection_key, exc) from exc
-        return cast(asyncio.Transport, transport), cast(ResponseHandler, protocol)
-
-    async def _create_connection(
-        self,
-        req: aiohttp.ClientRequest,
-        traces: list[Any],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
-    ) -> ResponseHandler:
-        protocol = await super()._create_connection(req, traces, timeout)
-        self._client.connections_made += 1
-        return protocol
+    async def connect(self, req: aiohttp.ClientRequest, *args: Any, **kwargs: Any) -> Connection:
+        """A connection for ``req``, noted under the host name it is for (not its address)."""
+        connection = await super().connect(req, *args, **kwargs)
+        transport = connection.transport
+        if transport is not None:
+            host = req.server_hostname or req.host
+            self.phone_connections.handed(host, req.port or 443, transport)
+        return connection
 
 
 class _FileSink:

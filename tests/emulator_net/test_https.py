@@ -219,6 +219,20 @@ async def test_of_two_kept_connections_to_a_host_the_one_used_last_is_named(
         assert client.connections_made == 2
 
 
+async def test_a_kept_connection_the_server_closed_is_not_named(
+    server: WebServer, phone: PhoneFactory, pki: LabPKI
+) -> None:
+    fe02 = WebServer(service_app(), FE02, pki.server("fe02").server_context(), port=server.port)
+    async with fe02:
+        client = phone()
+        await client.post_xml(server.url(CHECK_PATH), b"<x/>", address=FE01)
+        # fe02 answers, then closes the connection: the one to fe01, used before, is open.
+        await client.post_xml(server.url("/closing"), b"<x/>", address=FE02)
+
+        assert client.kept_address(UCUPDATES, server.port) == FE01
+        assert client.connections_made == 2
+
+
 async def test_name_resolved_through_the_lab_dns_from_the_phone_address(
     server: WebServer, phone: PhoneFactory, dns: DNSServer
 ) -> None:
