@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
+from emulator.build import Location
 from emulator.clock import ScaledClock, from_datetime, to_datetime
 from emulator.collector import long_run_pace
 from emulator.driver import LeaseNetwork, PhoneDriver
@@ -47,7 +48,6 @@ from emulator.faults import AnyFault, BootFailure, Call, PowerCut, Trigger, Wron
 from emulator.fleet import (
     Fleet,
     FleetResult,
-    Location,
     PhoneSpec,
     ProgressDisplay,
     format_span,

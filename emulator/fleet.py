@@ -7,8 +7,8 @@ Rules of this module:
 - Boots are spread over ``stagger`` seconds of phone time, drawn from a RNG seeded with
   ``seed``; each phone's own RNG (back-off jitter) is seeded from ``seed`` and its index,
   so the same fleet with the same seed replays the same way.
-- Addresses: the phones of a segment take its addresses in turn from x.y.1.1 on (in a /16),
-  leaving the first 256 to the lab's servers.
+- Phones are made by one `emulator.build.PhoneBuilder`; the phones of a segment take its
+  addresses in turn from x.y.1.1 on (its address scheme), unless a spec names its own.
 - A run ends when every phone has settled (idle or off, nothing scheduled) or when its
   duration of phone time is over, whichever comes first (or only the latter).
 - A phone has converged when it is settled at the end; its time to converge is from the
@@ -18,8 +18,6 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-import enum
-import ipaddress
 import math
 import random
 from collections import Counter
@@ -32,9 +30,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
+from emulator.build import Location, PhoneBuilder
 from emulator.clock import Clock, from_datetime, to_datetime
-from emulator.core import Phone
-from emulator.driver import LARGE_IMAGE, Change, LeaseNetwork, Network, PhoneDriver
+from emulator.driver import LARGE_IMAGE, Change, Network, PhoneDriver
 from emulator.errors import FleetError
 from emulator.events import Credentials
 from emulator.faults import AnyFault, Trigger
@@ -44,16 +42,6 @@ from emulator.phonelog import LogEntry, format_time
 from emulator.screens import system_information
 from emulator.settings import PhoneSettings
 from emulator.states import PhoneState
-
-FIRST_PHONE_HOST = 257
-"""Phones take addresses from this host number of their segment on (x.y.1.1 in a /16)."""
-
-
-class Location(enum.StrEnum):
-    """Which side of the firewall a phone is plugged in on."""
-
-    INSIDE = "inside"
-    OUTSIDE = "outside"
 
 
 @dataclass(frozen=True)
@@ -230,33 +218,32 @@ class Fleet:
         twice = [mac for mac, count in macs.items() if count > 1]
         if twice:
             raise FleetError(f"two phones of the fleet would share MAC address {twice[0]}")
+        builder = PhoneBuilder(
+            lease,
+            clock,
+            workdir,
+            network=network,
+            max_clients=max_clients,
+            settings=settings,
+            hash_in_thread_from=hash_in_thread_from,
+        )
         self.lease = lease
         self.clock = clock
         self.seed = seed
         self.stagger = stagger
-        self.network = (
-            network if network is not None else LeaseNetwork(lease, clock, max_clients=max_clients)
-        )
+        self.network = builder.network
         rng = random.Random(seed)
         self.offsets = [rng.uniform(0.0, stagger) if stagger else 0.0 for _ in specs]
-        addresses = _addresses(specs, lease, address_offset)
+        addresses = _addresses(specs, builder, address_offset)
         self.specs = tuple(specs)
         self.drivers: list[PhoneDriver] = []
         for spec, address in zip(specs, addresses, strict=True):
-            phone = Phone(
-                spec.model.identity(spec.index),
-                rng=random.Random(f"{seed}/{spec.model.name}/{spec.index}"),
-                settings=settings,
-            )
-            driver = PhoneDriver(
-                phone,
-                lease=lease,
-                clock=clock,
-                network=self.network,
+            driver = builder.phone(
+                spec.model,
+                spec.index,
                 address=address,
-                workdir=workdir,
+                seed=f"{seed}/{spec.model.name}/{spec.index}",
                 faults=spec.faults,
-                hash_in_thread_from=hash_in_thread_from,
                 observer=self._observe,
             )
             if spec.credentials is not None:
@@ -405,28 +392,16 @@ async def _report(fleet: Fleet, progress: ProgressCallback, every: float) -> Non
         await asyncio.sleep(every)
 
 
-def _addresses(specs: Sequence[PhoneSpec], lease: Lease, offset: int = 0) -> list[str]:
-    """Each phone's own address: given, or the next one of its segment."""
+def _addresses(specs: Sequence[PhoneSpec], builder: PhoneBuilder, offset: int = 0) -> list[str]:
+    """Each phone's own address: given, or the next one of its segment after ``offset``."""
     taken: Counter[Location] = Counter({location: offset for location in Location})
     result: list[str] = []
     for spec in specs:
         if spec.address is not None:
             result.append(spec.address)
             continue
-        text = lease.segments.get(spec.location.value)
-        if text is None:
-            raise FleetError(
-                f"the lease names no {spec.location.value} segment to give phones addresses in"
-            )
-        segment = ipaddress.ip_network(text, strict=False)
-        host = FIRST_PHONE_HOST + taken[spec.location]
         taken[spec.location] += 1
-        if host >= segment.num_addresses - 1:
-            raise FleetError(
-                f"the {spec.location.value} segment {segment} has no room for "
-                f"{taken[spec.location]} phones"
-            )
-        result.append(str(segment.network_address + host))
+        result.append(builder.address(spec.location, taken[spec.location]))
     if len(set(result)) != len(result):
         raise FleetError("two phones of the fleet would share an address")
     return result

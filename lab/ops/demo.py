@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-import random
 import shutil
 import socket
 import time
@@ -50,18 +49,15 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from emulator import (
-    TIME_SLACK,
     AnyFault,
     Call,
-    Clock,
     Credentials,
+    FleetError,
     HTTPSClient,
-    Lease,
     LogCode,
     LogEntry,
     LogLevel,
     Network,
-    Phone,
     PhoneDriver,
     PhoneState,
     Resolver,
@@ -80,7 +76,15 @@ from lab.net.config import FleetPhone, LabConfig
 from lab.net.dnsprobe import query, summarise
 from lab.net.firewall import Zone
 from lab.net.pki import verify_vendor_signature
-from lab.ops.harness import NEW, ClockHold, ForwardingClient, RunningLab, phones_on, running_lab
+from lab.ops.harness import (
+    NEW,
+    ClockHold,
+    ForwardingClient,
+    Phones,
+    RunningLab,
+    phones_on,
+    running_lab,
+)
 from lab.ops.runner import RUN_FILE, read_run_file
 from lab.service.audit import AuditRecord
 from lab.store.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
@@ -117,11 +121,12 @@ class DemoPhone:
 
     number: int
     entry: FleetPhone
-    address: str
+    place: int
+    """Which phone of its segment it is (from 1): the n-th takes x.y.1.n of it."""
     credentials: Credentials | None
     upn: str | None
     driver: PhoneDriver = field(init=False)
-    """Made once the lab is up (it needs the lease)."""
+    """Made once the lab is up (its address comes from the lease)."""
     seen: int = 0
     state: PhoneState = S.OFF
     last_line: str = ""
@@ -132,6 +137,11 @@ class DemoPhone:
     def label(self) -> str:
         """``#3 HP4120``."""
         return f"#{self.number} {self.entry.model}"
+
+    @property
+    def address(self) -> str:
+        """The phone's own address (once its driver is made)."""
+        return self.driver.address
 
     def role(self) -> str:
         """What this phone is in the story, in words."""
@@ -152,7 +162,7 @@ class DemoPhone:
 
 
 def demo_fleet(config: LabConfig) -> list[DemoPhone]:
-    """The phones of ``config.fleet``, numbered, each with its own address in its segment."""
+    """The phones of ``config.fleet``, numbered, each with its place in its segment."""
     entries = [entry for entry in config.fleet for _ in range(entry.count)]
     if not entries:
         raise ConfigError(config.source, "fleet", "the demo needs a fleet ([[fleet]] entries)")
@@ -166,21 +176,50 @@ def demo_fleet(config: LabConfig) -> list[DemoPhone]:
     taken = {"inside": 0, "outside": 0}
     phones: list[DemoPhone] = []
     for number, entry in enumerate(entries, start=1):
-        segment = config.inside if entry.location == "inside" else config.outside
         taken[entry.location] += 1
-        # Phones start at x.y.1.1 of their segment, clear of the lab's servers.
-        address = segment.network_address + 256 + taken[entry.location]
-        if address not in segment:
-            raise ConfigError(
-                config.source, "fleet", f"the {entry.location} segment {segment} is too small"
-            )
         credentials, upn = None, None
         if entry.user is not None:
             user = config.user(entry.user)
             credentials = Credentials(user.name, user.domain, nt_hash=user.nt_hash)
             upn = user.upn
-        phones.append(DemoPhone(number, entry, str(address), credentials, upn))
+        phones.append(
+            DemoPhone(
+                number=number,
+                entry=entry,
+                place=taken[entry.location],
+                credentials=credentials,
+                upn=upn,
+            )
+        )
     return phones
+
+
+def make_drivers(
+    phones: Sequence[DemoPhone], on: Phones, narrator: Narrator, config: LabConfig
+) -> None:
+    """Make every demo phone's driver on ``on`` (stopped with its phones), told by ``narrator``.
+
+    ConfigError when the config's segments have no room for the fleet.
+    """
+    for phone in phones:
+        faults: list[AnyFault] = []
+        if phone.entry.busy:
+            faults.append(
+                Call(trigger=Trigger(on=S.AWAITING_REBOOT, delay=CALL_AFTER), duration=CALL_LENGTH)
+            )
+        try:
+            phone.driver = on.phone(
+                phone.entry.model,
+                index=phone.number,
+                inside=phone.entry.location == "inside",
+                number=phone.place,
+                seed=phone.number,
+                faults=faults,
+                observer=narrator.observe,
+            )
+        except FleetError as exc:
+            raise ConfigError(config.source, "fleet", str(exc)) from None
+        narrator.follow(phone)
 
 
 def expected_outcome(phone: DemoPhone) -> str:
@@ -216,7 +255,7 @@ def observed_outcome(driver: PhoneDriver, checks: Sequence[AuditRecord]) -> str:
         return f"stayed on {version}"
     record = served[-1]
     source = record.served_from
-    if _check_source(core, version) == "DNS discovery":
+    if _check_source(driver, version) == "DNS discovery":
         route = "DNS discovery"
     elif record.site == "internal":
         route = "in-band, internal"
@@ -226,16 +265,17 @@ def observed_outcome(driver: PhoneDriver, checks: Sequence[AuditRecord]) -> str:
     if core.log.coded(LogCode.RESTART_HELD):
         ended = [e.time for e in core.log.coded(LogCode.CALL_ENDED)]
         restarts = [e.time for e in core.log.coded(LogCode.RESTARTING)]
-        waited = bool(ended and restarts) and (
-            restarts[-1] >= ended[-1] + core.settings.idle_wait - TIME_SLACK
-        )
+        # Compared exactly: a phone stamps a timer's event no earlier than the timer's time,
+        # and sets its restart after a call for the call's end plus the idle wait, or later.
+        waited = bool(ended and restarts) and restarts[-1] >= ended[-1] + core.settings.idle_wait
         outcome += "; restart waited for the call" if waited else "; restarted during a call"
     return outcome
 
 
-def _check_source(core: Phone, version: str) -> str | None:
+def _check_source(driver: PhoneDriver, version: str) -> str | None:
     """Where the phone took the URL of the check that offered ``version`` from."""
-    offers = [e for e in core.log.coded(LogCode.OFFERED) if e.facts.version == version]
+    log = driver.phone.log
+    offers = [e for e in log.coded(LogCode.OFFERED) if e.facts.version == version]
     if not offers:
         return None
     return "DNS discovery" if offers[-1].facts.route is RouteKind.DISCOVERY else "in-band"
@@ -316,7 +356,11 @@ class Narrator:
     def __init__(self, console: Console, phones: Sequence[DemoPhone]) -> None:
         self.console = console
         self.phones = list(phones)
-        self._by_address = {phone.address: phone for phone in phones}
+        self._by_address: dict[str, DemoPhone] = {}
+
+    def follow(self, phone: DemoPhone) -> None:
+        """Tell what ``phone`` does from now on (its driver is made, so its address known)."""
+        self._by_address[phone.address] = phone
 
     def chapter(self, title: str) -> None:
         """Start a chapter."""
@@ -647,12 +691,8 @@ async def run_demo(
         running_lab(config, state_dir) as running,
         phones_on(running, state_dir / "phones", scale=scale) as on,
     ):
-        network = WatchedNetwork(on.network, narrator.progress)
-        for phone in phones:
-            phone.driver = _make_driver(
-                phone, running.lease, on.clock, network, narrator, state_dir / "phones"
-            )
-            on.drivers.append(phone.driver)  # stopped with the others
+        on.network = WatchedNetwork(on.network, narrator.progress)
+        make_drivers(phones, on, narrator, config)
         settle = max(SETTLE_TIME, (scale or 0.0) * REAL_ALLOWANCE)
         _introduce(running, narrator, scale, len(phones))
         started = on.clock.now()
@@ -692,32 +732,6 @@ async def run_demo(
     )
     report(result, narrator)
     return result
-
-
-def _make_driver(
-    phone: DemoPhone,
-    lease: Lease,
-    clock: Clock,
-    network: Network,
-    narrator: Narrator,
-    workdir: Path,
-) -> PhoneDriver:
-    identity = get_model(phone.entry.model).identity(phone.number)
-    faults: list[AnyFault] = []
-    if phone.entry.busy:
-        faults.append(
-            Call(trigger=Trigger(on=S.AWAITING_REBOOT, delay=CALL_AFTER), duration=CALL_LENGTH)
-        )
-    return PhoneDriver(
-        Phone(identity, rng=random.Random(phone.number)),
-        lease=lease,
-        clock=clock,
-        network=network,
-        address=phone.address,
-        workdir=workdir,
-        faults=faults,
-        observer=narrator.observe,
-    )
 
 
 def _introduce(running: RunningLab, narrator: Narrator, scale: float | None, count: int) -> None:

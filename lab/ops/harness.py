@@ -8,7 +8,8 @@ packages meet; it drives phones only through the emulator's public API, as any u
 on port 0 inside the test, and puts firmware in the way an administrator does: a vendor
 cab built with lab.store.cab, checked and imported into every front end with lab.store.importer,
 approved or restored with lab.store.store. `Phones` makes emulator phones on the lease the lab
-published, each with its own loopback address inside or outside.
+published with the emulator's `PhoneBuilder`, each at its own loopback address inside or
+outside (the n-th phone of a segment at x.y.1.n, as every phone is).
 
 Why lab and phones share the test's loop under fake time (looptime), and why the clock is
 held while a phone talks: looptime moves the clock only when nothing on the loop is ready
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -46,9 +46,11 @@ from emulator import (
     Download,
     HTTPSClient,
     Lease,
-    LeaseNetwork,
+    Location,
+    LogCode,
     LoopClock,
-    Phone,
+    Network,
+    PhoneBuilder,
     PhoneDriver,
     PhoneSettings,
     PhoneState,
@@ -312,9 +314,9 @@ class HeldClient(ForwardingClient):
 
 
 class HeldNetwork:
-    """The real network of the lease (LeaseNetwork), with the clock held during exchanges."""
+    """The real network of the lease, with the clock held during exchanges."""
 
-    def __init__(self, inner: LeaseNetwork, hold: ClockHold) -> None:
+    def __init__(self, inner: Network, hold: ClockHold) -> None:
         self.inner = inner
         self.hold = hold
         self.watch: DownloadWatch | None = None
@@ -343,7 +345,8 @@ class Phones:
     With no ``scale`` the phones live on the loop's own time, for tests on fake loop time
     (looptime), and the clock is held while they talk (see the module docstring). With a
     ``scale`` they live on a ScaledClock for real runs: ``scale`` virtual seconds pass per
-    real second, and nothing needs holding.
+    real second, and nothing needs holding. ``network`` is what the phones made from then
+    on talk through: wrap it to watch them.
     """
 
     def __init__(self, lease: Lease, workdir: Path, *, scale: float | None = None) -> None:
@@ -354,12 +357,12 @@ class Phones:
         self.hold = ClockHold()
         if scale is None:
             self.clock = LoopClock(loop.time, start=T0 - loop.time())
-            self.network: HeldNetwork | LeaseNetwork = HeldNetwork(
-                LeaseNetwork(lease, self.clock), self.hold
-            )
         else:
             self.clock = ScaledClock(loop.time, start=T0, scale=scale)
-            self.network = LeaseNetwork(lease, self.clock)
+        self.builder = PhoneBuilder(lease, self.clock, workdir)
+        self.network: Network = (
+            HeldNetwork(self.builder.network, self.hold) if scale is None else self.builder.network
+        )
         self.drivers: list[PhoneDriver] = []
 
     def phone(
@@ -368,12 +371,15 @@ class Phones:
         *,
         index: int = 1,
         inside: bool = True,
+        number: int | None = None,
         faults: Sequence[AnyFault] = (),
         settings: PhoneSettings | None = None,
         seed: int = 0,
-        **options: Any,
+        observer: Callable[[PhoneDriver], None] | None = None,
+        hash_in_thread_from: int | None = None,
     ) -> PhoneDriver:
-        """A phone (powered off) at 127.10.1.<index> inside or 127.20.1.<index> outside.
+        """A phone (powered off), the ``number``-th of its segment (by default its index):
+        127.10.1.<number> inside or 127.20.1.<number> outside, on the default lab.
 
         Each phone is made once: a second phone of the same model and index would share the
         first one's MAC and serial number, which no two real phones do (IdentityError).
@@ -384,16 +390,17 @@ class Phones:
                 f"phone {model} #{index} (MAC {identity.mac}) is already made on this lab: "
                 "reuse its driver, or give the new phone another index"
             )
-        core = Phone(identity, rng=random.Random(seed), settings=settings)
-        driver = PhoneDriver(
-            core,
-            lease=self.lease,
-            clock=self.clock,
+        driver = self.builder.phone(
+            identity.model,
+            index,
+            location=Location.INSIDE if inside else Location.OUTSIDE,
+            number=number,
+            seed=seed,
             network=self.network,
-            address=f"127.{10 if inside else 20}.1.{index}",
-            workdir=self.workdir,
+            settings=settings,
             faults=faults,
-            **options,
+            observer=observer,
+            hash_in_thread_from=hash_in_thread_from,
         )
         self.drivers.append(driver)
         return driver
@@ -432,6 +439,11 @@ def version_at(driver: PhoneDriver, t: float) -> str:
     return [c.version for c in driver.timeline if c.time <= t][-1]
 
 
-def logged(driver: PhoneDriver, text: str) -> list[float]:
-    """The phone times of the log lines that contain ``text``."""
-    return [e.time for e in driver.phone.log.matching(text)]
+def logged(driver: PhoneDriver, code: LogCode, **facts: Any) -> list[float]:
+    """The phone times of ``driver``'s log lines of ``code`` whose facts include ``facts``
+    (``logged(phone, LogCode.DOWNLOADED, module="CPE.nbt")``)."""
+    return [
+        e.time
+        for e in driver.phone.log.coded(code)
+        if all(getattr(e.facts, name) == value for name, value in facts.items())
+    ]

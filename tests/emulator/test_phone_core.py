@@ -62,7 +62,7 @@ from emulator.events import (
     VerifyCatalog,
     VerifyImage,
 )
-from emulator.phonelog import LogLevel
+from emulator.phonelog import LogCode, LogLevel
 from emulator.settings import PhoneSettings
 from emulator.slots import SlotName, SlotStatus
 from emulator.states import TRANSITIONS, EventKey, PhoneState, allowed_events, diagram, key_name
@@ -469,7 +469,10 @@ def test_a_denied_check_is_logged_and_the_image_kept(
     assert Timer.RETRY not in phone.timers  # denial is not retried before the next check
     assert phone.current_version == FACTORY
     assert phone.slots[SlotName.B].status is SlotStatus.EMPTY
-    [line] = phone.log.matching("denied the update check", LogLevel.ERROR)
+    [line] = phone.log.coded(LogCode.DENIED)
+    assert (line.facts.purpose, line.facts.status) == (Purpose.CHECK, status)
+    assert line.level is LogLevel.ERROR
+    # The line is for a support engineer: the status, the service's reason, what is kept.
     assert f"HTTP {status}" in line.message
     assert reason in line.message
     assert "the phone keeps 4.0.7577.4366" in line.message
@@ -509,7 +512,7 @@ def test_a_connection_failure_moves_to_the_next_address(script: Script) -> None:
     nxt = script.refuse(reason)[0]
     assert isinstance(nxt, SendRequest)
     assert nxt.target.address == FRONT_ENDS[1]
-    line = script.phone.log.matching("cannot reach", LogLevel.ERROR)[0].message
+    line = script.phone.log.coded(LogCode.CONNECTION_FAILED)[0].message
     assert line == f"cannot reach ucupdates-r2.contoso.test at {FRONT_ENDS[0]}:10443: {reason}"
 
 
@@ -605,8 +608,10 @@ def test_an_open_connection_to_a_server_of_the_answer_is_tried_first(
     image = script.resolve(*reversed(FRONT_ENDS), kept=FRONT_ENDS[0])[0]
     assert isinstance(image, StartDownload)
     assert (image.module, image.target.address) == ("CPE.nbt", FRONT_ENDS[0])
-    line = script.phone.log.matching("pool01.contoso.test is")[-1].message
-    assert line == (
+    lookup = script.phone.log.coded(LogCode.RESOLVED)[-1]
+    assert (lookup.facts.host, lookup.facts.address) == ("pool01.contoso.test", FRONT_ENDS[0])
+    # Its words say why the answer's order was not kept.
+    assert lookup.message == (
         f"pool01.contoso.test is {FRONT_ENDS[1]}, {FRONT_ENDS[0]}; {FRONT_ENDS[0]} first, "
         "over the connection the phone has open to it"
     )
@@ -625,8 +630,9 @@ def test_the_answer_order_holds_unless_an_open_connection_is_to_a_later_server(
     assert isinstance(first, SendRequest)
     assert first.target.address == FRONT_ENDS[0]
     assert script.refuse("connection refused")[0].target.address == FRONT_ENDS[1]  # type: ignore[attr-defined]
-    line = script.phone.log.matching("ucupdates-r2.contoso.test is")[-1].message
-    assert line == f"ucupdates-r2.contoso.test is {', '.join(FRONT_ENDS)}"
+    lookup = script.phone.log.coded(LogCode.RESOLVED)[-1]
+    assert (lookup.facts.host, lookup.facts.address) == ("ucupdates-r2.contoso.test", FRONT_ENDS[0])
+    assert lookup.message == f"ucupdates-r2.contoso.test is {', '.join(FRONT_ENDS)}"
 
 
 # --- Verification ---------------------------------------------------------------------------
@@ -657,7 +663,9 @@ def test_a_failed_verification_keeps_the_image_and_logs_the_reason(
     assert phone.current_version == FACTORY
     assert phone.slots[SlotName.B].status is SlotStatus.EMPTY
     assert not script.all(Flash)
-    [line] = phone.log.matching("update to 4.0.7577.4372 refused", LogLevel.ERROR)
+    [line] = phone.log.coded(LogCode.UPDATE_REFUSED)
+    assert (line.level, line.facts.version, line.facts.previous) == (LogLevel.ERROR, NEW, FACTORY)
+    # The line gives the reason in words, for a support engineer.
     expected = {
         "bad signature": "not signed by the vendor key this phone trusts",
         "wrong vendor": "the catalog is for vendor 'Aastra', but this phone needs vendor 'Polycom'",

@@ -22,6 +22,7 @@ from emulator.lease import Lease
 from emulator.models import get_model
 from emulator.net.client import Answer, Download, HTTPSClient
 from emulator.net.resolver import Resolver
+from emulator.phonelog import LogCode
 from emulator.states import PhoneState
 from lab.models import phone_model
 from lab.net.config import LabConfig
@@ -144,7 +145,7 @@ async def test_a_result_computed_at_once_is_stamped_when_it_is_fed(
     driver = scripted_driver(client, vendor_pem, clock, tmp_path)
     driver.power_on()
     await driver.wait_for(idle_on(NEW), until=T0 + 2 * 3600)
-    assert logged(driver, "catalog signature verified") == [T0 + BOOT + 3600]
+    assert logged(driver, LogCode.CATALOG_VERIFIED) == [T0 + BOOT + 3600]
     assert driver.phone.backup_version == FACTORY
     await driver.aclose()
 

@@ -14,11 +14,12 @@ import pytest
 
 from emulator.driver import PhoneDriver, log_upload_url
 from emulator.errors import ServiceStatusError
-from emulator.phonelog import LogLevel, PhoneLog, celog_file_name, render_celog
+from emulator.phonelog import LogCode, LogLevel, PhoneLog, celog_file_name, render_celog
 from emulator.states import PhoneState
 from lab.models import normalise_mac
 from lab.ops.harness import ALICE, EDGE, NEW, T0, Phones, RunningLab, idle_on
 from lab.service.audit import AuditRecord
+from lab.service.problems import Diagnostic
 
 LOG_UPLOADS = ("/RequestHandler/ucdevicelog.upx", "/RequestHandlerExt/ucdevicelog.upx")
 
@@ -36,7 +37,7 @@ async def upload_and_expect(phone: PhoneDriver) -> tuple[str, bytes, float]:
     """Upload; the answer, the CELog the phone rendered from its log before, and when."""
     before = phone.phone.log.entries
     where = await phone.upload_log()
-    started = phone.phone.log.matching("uploading the log as CELog")[-1].time
+    started = phone.phone.log.coded(LogCode.LOG_UPLOADING)[-1].time
     log = PhoneLog()
     for entry in before:
         log.add(entry.time, entry.level, entry.topic, entry.message)
@@ -70,7 +71,10 @@ async def test_an_inside_phone_uploads_its_log_after_an_update(
     (upload,) = uploads(device_lab)
     assert (upload.site, upload.client_address, upload.status) == ("internal", phone.address, 200)
     assert upload.path == "/RequestHandler/ucdevicelog.upx"
-    (done,) = phone.phone.log.matching(where)
+    (done,) = phone.phone.log.coded(LogCode.LOG_UPLOADED)
+    server = next(fe for fe in device_lab.config.front_ends if fe.name == upload.server)
+    assert done.facts.host == "ucupdates-r2.contoso.test"
+    assert done.facts.address == str(server.address)
     assert done.level is LogLevel.INFO
     assert done.topic == "log upload"
 
@@ -92,7 +96,7 @@ async def test_an_outside_phone_uploads_its_log_through_the_edge_once_a_user_sig
     assert str(refused.value).startswith(f"{phone.name}: the service refused its log: ")
     assert "the phone has no credentials to sign in with" in str(refused.value)
     assert stored_logs(device_lab, mac) == []
-    assert phone.phone.log.matching(f"HTTP {refused.value.status}", LogLevel.ERROR)
+    assert [e.facts.status for e in phone.phone.log.coded(LogCode.LOG_NOT_UPLOADED)] == [401]
 
     phone.sign_in(ALICE)
     await phone.wait_for(idle_on(NEW), until=T0 + 2 * 3600)
@@ -118,19 +122,28 @@ async def test_an_outside_phone_uploads_its_log_through_the_edge_once_a_user_sig
 
 @pytest.mark.looptime
 @pytest.mark.parametrize(
-    ("setting", "status", "reason"),
+    ("setting", "diagnostic", "reason"),
     [
-        (("ValidLogFileTypes", "Watson"), 415, "log type 'CELog' is not accepted"),
-        (("MaxLogFileSize", "1024"), 413, "larger than MaxLogFileSize (1024 bytes)"),
+        (
+            ("ValidLogFileTypes", "Watson"),
+            Diagnostic.LOG_TYPE_NOT_ACCEPTED,
+            "log type 'CELog' is not accepted",
+        ),
+        (
+            ("MaxLogFileSize", "1024"),
+            Diagnostic.BODY_TOO_LARGE,
+            "larger than MaxLogFileSize (1024 bytes)",
+        ),
     ],
 )
 async def test_a_refused_log_says_why_in_the_error_and_the_phone_log(
     device_lab: RunningLab,
     phones: Phones,
     setting: tuple[str, str],
-    status: int,
+    diagnostic: Diagnostic,
     reason: str,
 ) -> None:
+    status = diagnostic.status
     device_lab.publish("CX600", NEW)
     with device_lab.store() as store:
         store.set_settings(dict([setting]))
@@ -148,8 +161,13 @@ async def test_a_refused_log_says_why_in_the_error_and_the_phone_log(
     assert f"HTTP {status}" in str(error)
     assert reason in str(error)
     assert stored_logs(device_lab, phone.phone.identity.mac) == []
-    (line,) = phone.phone.log.matching(reason, LogLevel.ERROR)
-    assert line.topic == "log upload"
+    (line,) = phone.phone.log.coded(LogCode.LOG_NOT_UPLOADED)
+    assert line.facts.status == status
+    assert line.facts.diagnostics is not None
+    assert line.facts.diagnostics.code == diagnostic.code
+    # The line is for a support engineer: it gives the service's reason in words.
+    assert reason in line.message
+    assert (line.level, line.topic) == (LogLevel.ERROR, "log upload")
     (upload,) = uploads(device_lab)
     assert upload.status == status
 

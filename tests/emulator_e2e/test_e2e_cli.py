@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from emulator.build import Location
 from emulator.cli import _closed_tls_is_quiet, build_parser, main, parse_duration, specs_from
 from emulator.faults import Call, PowerCut, Trigger
-from emulator.fleet import Location
 from emulator.states import PhoneState
 from lab.ops.harness import FACTORY, NEW, RunningLab
 

@@ -13,11 +13,12 @@ import pytest
 import uvloop
 from rich.console import Console
 
+from emulator.build import Location
 from emulator.clock import Clock, ScaledClock
 from emulator.driver import LeaseNetwork
 from emulator.errors import FleetError
 from emulator.faults import BootFailure, Call, PowerCut, Trigger
-from emulator.fleet import Fleet, Location, PhoneResult, PhoneSpec, ProgressDisplay
+from emulator.fleet import Fleet, PhoneResult, PhoneSpec, ProgressDisplay
 from emulator.lease import Lease
 from emulator.models import get_model
 from emulator.states import PhoneState

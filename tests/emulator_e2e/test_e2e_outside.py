@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from emulator.events import Purpose
+from emulator.phonelog import LogCode
 from emulator.screens import system_information
 from emulator.states import PhoneState
 from lab.ops.harness import (
@@ -17,6 +19,7 @@ from lab.ops.harness import (
     idle_on,
     logged,
 )
+from lab.service.problems import Diagnostic
 
 
 @pytest.mark.looptime
@@ -30,10 +33,12 @@ async def test_an_outside_phone_is_refused_until_a_user_signs_in_then_updates_th
     refused_at = await phone.wait_for(lambda d: d.phone.state is PhoneState.IDLE, until=T0 + 3600)
 
     # DNS answers the edge outside; the external site refuses a phone with no user.
-    assert logged(phone, "ucupdates-r2.contoso.test is 127.20.0.10") == [refused_at]
-    (refusal,) = phone.phone.log.matching("denied the update check")
-    assert "HTTP 403" in refusal.message
-    assert "need a signed-in user" in refusal.message
+    discovery = "ucupdates-r2.contoso.test"
+    assert logged(phone, LogCode.RESOLVED, host=discovery, address=EDGE) == [refused_at]
+    (refusal,) = phone.phone.log.coded(LogCode.DENIED)
+    assert (refusal.facts.purpose, refusal.facts.status) == (Purpose.CHECK, 403)
+    assert refusal.facts.diagnostics is not None
+    assert refusal.facts.diagnostics.code == Diagnostic.NO_SIGNED_IN_USER.code
     assert phone.phone.current_version == FACTORY
     assert phone.files_downloaded == 0
     checks = device_lab.requests(mac)
@@ -44,7 +49,7 @@ async def test_an_outside_phone_is_refused_until_a_user_signs_in_then_updates_th
 
     core = phone.phone
     assert core.signed_in_user == "alice@contoso.test"
-    assert logged(phone, "signed in as alice@contoso.test")
+    assert logged(phone, LogCode.SIGNED_IN, user="alice@contoso.test")
     # Everything after the refusal came through the edge to the external sites, and
     # the external site serves checks and files only to an NTLM-authenticated user.
     later = device_lab.audit[len(checks) :]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from emulator.driver import PhoneDriver
-from emulator.phonelog import LogLevel
+from emulator.errors import FirmwareProblem
+from emulator.phonelog import LogCode
 from emulator.states import PhoneState
 from lab.ops.harness import FACTORY, NEW, T0, Phones, RunningLab, logged
 
 
-async def refused(phone: PhoneDriver) -> str:
-    """Run ``phone`` until it settles after its first check; the refusal's log line."""
+async def refused(phone: PhoneDriver) -> FirmwareProblem | None:
+    """Run ``phone`` until it settles after its first check; the check its update failed."""
     phone.power_on()
     await phone.wait_for(lambda d: d.phone.state is PhoneState.IDLE, until=T0 + 3600)
     core = phone.phone
@@ -20,9 +21,9 @@ async def refused(phone: PhoneDriver) -> str:
     assert core.staged_version is None
     assert phone.files_downloaded == 2
     assert not phone.directory.exists()  # what it downloaded is gone
-    (line,) = core.log.matching(f"update to {NEW} refused", LogLevel.ERROR)
-    assert line.message.endswith(f"keeping {FACTORY}")
-    return line.message
+    (line,) = core.log.coded(LogCode.UPDATE_REFUSED)
+    assert (line.facts.version, line.facts.previous) == (NEW, FACTORY)
+    return line.facts.firmware
 
 
 @pytest.mark.looptime
@@ -33,11 +34,9 @@ async def test_an_image_altered_in_the_file_store_is_refused(
     device_lab.publish("CX600", NEW)
     device_lab.tamper("CX600", NEW)
     phone = phones.phone(hash_in_thread_from=1 if in_thread else 1 << 30)
-    reason = await refused(phone)
-    assert "CPE.nbt has SHA-256" in reason
-    assert "(altered or corrupt image)" in reason
+    assert await refused(phone) is FirmwareProblem.ALTERED
     # The catalog itself was fine: only the image failed.
-    assert logged(phone, "catalog signature verified with the Polycom certificate")
+    assert logged(phone, LogCode.CATALOG_VERIFIED, version=NEW)
 
 
 @pytest.mark.looptime
@@ -48,6 +47,5 @@ async def test_a_catalog_signed_by_another_vendor_is_refused(
     # An administrator whose lab trusts the wrong key imports it without complaint.
     device_lab.publish("CX600", NEW, signer=hp, trusted=lambda vendor: hp.certificate_pem())
     phone = phones.phone()
-    reason = await refused(phone)
-    assert "is not signed by the vendor key this phone trusts" in reason
-    assert not logged(phone, "matches its catalog")
+    assert await refused(phone) is FirmwareProblem.NOT_SIGNED
+    assert not logged(phone, LogCode.IMAGE_VERIFIED)

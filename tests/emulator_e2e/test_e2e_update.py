@@ -10,9 +10,13 @@ import pytest
 
 from emulator.clock import to_datetime
 from emulator.faults import Call, Trigger
+from emulator.phonelog import LogCode
+from emulator.routes import RouteKind
 from emulator.screens import system_information
 from emulator.settings import PhoneSettings
+from emulator.slots import SlotName
 from emulator.states import PhoneState
+from lab.net.dnsprobe import query
 from lab.ops.harness import (
     BOOT,
     DAY,
@@ -53,20 +57,22 @@ async def test_a_new_phone_inside_updates_and_restarts_five_minutes_after_the_do
     # Discovery: never signed in, so DNS for ucupdates-r2.<lease domain>, asked from
     # the phone's own inside address and answered from the internal view.
     assert core.signed_in_user is None
-    assert logged(phone, "service from DNS discovery: https://ucupdates-r2.contoso.test")
+    discovery = device_lab.lease.discovery_url
+    assert discovery.startswith("https://ucupdates-r2.contoso.test:")
+    assert logged(phone, LogCode.CHECKING, route=RouteKind.DISCOVERY, url=discovery)
     queries = [q for q in device_lab.lab.dns.query_log.recent() if q["client"] == phone.address]
     assert {q["qname"] for q in queries} >= {"ucupdates-r2.contoso.test"}
     assert {q["view"] for q in queries} == {"internal"}
     sites = {(r.site, r.client_address) for r in device_lab.audit if r.client_address}
     assert sites == {("internal", phone.address)}
 
-    (download_end,) = logged(phone, "downloaded CPE.nbt")
+    (download_end,) = logged(phone, LogCode.DOWNLOADED, module="CPE.nbt")
     assert download_end == T0 + BOOT
-    assert logged(phone, "matches its catalog") == [download_end]
-    assert logged(phone, "installed in slot B") == [download_end + flash_time]
+    assert logged(phone, LogCode.IMAGE_VERIFIED, version=NEW) == [download_end]
+    assert logged(phone, LogCode.INSTALLED, slot=SlotName.B) == [download_end + flash_time]
     (restart,) = entered(phone, S.BOOTING, after=T0 + 1)
     assert restart == download_end + IDLE_WAIT
-    assert logged(phone, "no call or use for 5 min: restarting") == [restart]
+    assert logged(phone, LogCode.RESTARTING, version=NEW) == [restart]
     assert core.last_update == restart + BOOT
 
     screen = system_information(core)
@@ -86,9 +92,9 @@ async def test_a_phone_in_a_call_restarts_five_minutes_after_the_call_ends(
     phone.power_on()
     await phone.wait_for(idle_on(NEW), until=T0 + 3600)
 
-    (call_start,) = logged(phone, "call started")
-    (call_end,) = logged(phone, "call ended")
-    (download_end,) = logged(phone, "downloaded CPE.nbt")
+    (call_start,) = logged(phone, LogCode.CALL_STARTED)
+    (call_end,) = logged(phone, LogCode.CALL_ENDED)
+    (download_end,) = logged(phone, LogCode.DOWNLOADED, module="CPE.nbt")
     assert call_start <= download_end < call_end == call_start + 600
     (restart,) = entered(phone, S.BOOTING, after=T0 + 1)
     assert restart == call_end + IDLE_WAIT
@@ -104,15 +110,15 @@ async def test_an_approval_reaches_a_running_phone_at_its_next_24_hour_check(
     phone = phones.phone(hash_in_thread_from=1)
     phone.power_on()
     await phone.wait_for(lambda d: d.phone.state is S.IDLE, until=T0 + 3600)
-    assert logged(phone, "has no update for") == [T0 + BOOT]
+    assert logged(phone, LogCode.UP_TO_DATE, version=FACTORY) == [T0 + BOOT]
 
     await phone.wait_until(T0 + 3 * 3600)
     device_lab.change(Action.APPROVE, "CX600")
     await phone.wait_for(idle_on(NEW), until=T0 + 2 * DAY)
 
-    checks = logged(phone, "checking for updates")
+    checks = logged(phone, LogCode.CHECKING)
     assert checks[:2] == [T0 + BOOT, T0 + BOOT + DAY]
-    assert logged(phone, "offers an update") == [T0 + BOOT + DAY]
+    assert logged(phone, LogCode.OFFERED, version=NEW) == [T0 + BOOT + DAY]
     assert version_at(phone, T0 + BOOT + DAY - 1) == FACTORY
 
 
@@ -133,7 +139,7 @@ async def test_restore_sends_a_phone_back_to_its_backup_without_a_download(
 
     # The 24-hour check after the update is answered with the restore version, which
     # the phone holds as its backup: it switches without downloading anything.
-    (switch,) = logged(phone, "switching to it without a download")
+    (switch,) = logged(phone, LogCode.BACKUP_OFFERED, version=FACTORY)
     assert switch == updated + DAY
     assert (phone.bytes_downloaded, phone.files_downloaded) == (downloaded, files)
     gets = [r for r in device_lab.audit if r.path.startswith("/DeviceUpdateFiles")]
@@ -167,18 +173,21 @@ async def test_a_download_cut_by_maintenance_resumes_on_the_other_front_end(
     await phone.wait_for(idle_on(NEW), until=T0 + 3600)
 
     ((first, _),) = cut
-    (interrupted,) = phone.phone.log.matching("it will resume from there")
+    (interrupted,) = phone.phone.log.coded(LogCode.DOWNLOAD_CUT)
     assert interrupted.time == T0 + BOOT
-    offset = int(interrupted.message.split("cut at byte ")[1].split(":")[0])
+    offset = interrupted.facts.offset
+    assert offset is not None
     assert size // 8 <= offset < size
     # The phone asked the other front end for the rest (Range, If-Range): 206.
     other = next(fe for fe in device_lab.config.front_ends if str(fe.address) != first)
     images = [r for r in device_lab.audit if r.path.endswith("CPE.nbt")]
     assert [(r.server, r.status) for r in images][-1] == (other.name, 206)
-    assert logged(phone, f"downloaded CPE.nbt ({size} bytes) from pool01.contoso.test")
+    assert logged(
+        phone, LogCode.DOWNLOADED, module="CPE.nbt", size=size, host="pool01.contoso.test"
+    )
     # Only the rest came again, and the pieces fit together: the image verified.
     assert phone.bytes_downloaded == device_lab.stored_bytes("CX600", NEW) - offset
-    assert logged(phone, "matches its catalog") == [T0 + BOOT]
+    assert logged(phone, LogCode.IMAGE_VERIFIED) == [T0 + BOOT]
 
 
 @pytest.mark.looptime
@@ -193,16 +202,23 @@ async def test_the_image_follows_the_catalog_over_the_connection_the_phone_keeps
     phone.power_on()
     await phone.wait_for(idle_on(NEW), until=T0 + 3600)
 
+    pool = "pool01.contoso.test"
     queries = device_lab.lab.dns.query_log.recent()
-    asked = [
-        q for q in queries if q["client"] == phone.address and q["qname"] == "pool01.contoso.test"
-    ]
-    lookups = [e.message for e in phone.phone.log.matching("pool01.contoso.test is ")]
+    asked = [q for q in queries if q["client"] == phone.address and q["qname"] == pool]
+    lookups = [e for e in phone.phone.log.coded(LogCode.RESOLVED) if e.facts.host == pool]
     assert len(asked) == len(lookups) == 2
-    first, second = (line.split(" is ")[1].split(";")[0].split(", ") for line in lookups)
-    assert first[0] != second[0]
     files = {r.path.rsplit("/", 1)[-1]: r.server for r in device_lab.audit if "/CPE/" in r.path}
     assert files["CPE.cat"] == files["CPE.nbt"]
     server = next(fe for fe in device_lab.config.front_ends if fe.name == files["CPE.cat"])
-    assert str(server.address) == first[0]
-    assert lookups[1].endswith(f"; {first[0]} first, over the connection the phone has open to it")
+    # Both times the phone went first to the catalog's server...
+    assert [e.facts.address for e in lookups] == [str(server.address)] * 2
+
+    async def leading() -> str:
+        with phones.hold.held():  # the answer's real-time wait is no phone time
+            answer = await query(pool, device_lab.lab.dns.address, phone.address, tcp=False)
+        return str(answer.rr[0].rdata)
+
+    # ...though the DNS, which cycles the pool's two orders, led the second answer with the
+    # other one: asked twice more, it leads with the first answer's server, then the other.
+    again = [await leading(), await leading()]
+    assert again[0] == str(server.address) != again[1]

@@ -12,6 +12,7 @@ import pytest_asyncio
 
 from emulator.clock import Clock
 from emulator.driver import PhoneDriver
+from emulator.phonelog import LogCode
 from emulator.states import PhoneState
 from lab.errors import IdentityError
 from lab.net.config import LabConfig
@@ -43,7 +44,7 @@ async def test_each_test_has_a_fresh_lab_and_sees_only_its_own_rules(
     phone = phones.phone(other)
     phone.power_on()
     await phone.wait_for(lambda d: d.phone.state is S.IDLE, until=T0 + 3600)
-    assert logged(phone, "has no update for") == [T0 + BOOT]
+    assert logged(phone, LogCode.UP_TO_DATE) == [T0 + BOOT]
 
 
 @pytest.mark.looptime
@@ -84,7 +85,7 @@ async def test_a_users_own_fixture_on_these_shares_the_tests_fake_time(
     assert updated_phone.phone.last_update == updated
     assert virtual_clock.now() == updated
     await updated_phone.wait_until(updated + DAY + 1)
-    assert logged(updated_phone, "checking for updates")[-2:] == [updated, updated + DAY]
+    assert logged(updated_phone, LogCode.CHECKING)[-2:] == [updated, updated + DAY]
 
 
 @pytest.mark.looptime(False)

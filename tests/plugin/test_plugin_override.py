@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from emulator.phonelog import LogCode
 from lab.net.config import LabConfig
 from lab.ops.harness import NEW, T0, Phones, RunningLab, idle_on
 
@@ -26,6 +27,10 @@ async def test_a_lab_config_fixture_of_the_users_own_is_the_lab_that_runs(
     phone.power_on()
     await phone.wait_for(idle_on(NEW), until=T0 + 3600)
     # DNS named the one front end, and it served everything.
-    lookups = phone.phone.log.matching("ucupdates-r2.contoso.test is")
-    assert {line.message for line in lookups} == {"ucupdates-r2.contoso.test is 127.10.0.11"}
+    name = "ucupdates-r2.contoso.test"
+    queries = [q for q in device_lab.lab.dns.query_log.recent() if q["qname"] == name]
+    assert queries
+    assert {q["answers"] for q in queries} == {1}
+    lookups = [e for e in phone.phone.log.coded(LogCode.RESOLVED) if e.facts.host == name]
+    assert {e.facts.address for e in lookups} == {"127.10.0.11"}
     assert {r.server for r in device_lab.audit} == {"fe01"}
