@@ -819,7 +819,8 @@ def _screen_from_file(args: argparse.Namespace) -> int:
         if log is None:
             raise UsageError(f"{args.source} holds no phone logs: run with --json --log")
         print()
-        print("".join(line + "\n" for line in log), end="")
+        # Each entry as LogEntry.as_dict wrote it (files of older runs hold the lines).
+        print("".join((e["line"] if isinstance(e, dict) else e) + "\n" for e in log), end="")
     return 0
 
 

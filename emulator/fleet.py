@@ -108,7 +108,7 @@ class PhoneResult:
             "error": self.error,
         }
         if with_log:
-            data["log"] = [entry.render() for entry in self.log]
+            data["log"] = [entry.as_dict() for entry in self.log]
         return data
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import TYPE_CHECKING, Any
 
 from emulator.clock import to_datetime
 from emulator.codec import Diagnostics
@@ -195,6 +195,7 @@ class LogFacts:
 
 
 NO_FACTS = LogFacts()
+_FACT_NAMES = tuple(f.name for f in fields(LogFacts))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +213,28 @@ class LogEntry:
     def render(self) -> str:
         """The line as the log file holds it."""
         return f"{format_time(self.time)} {self.level.value:<5} {self.topic}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The line for a program reading JSON: its time, level, topic, code and the facts
+        it sets (enums as their values), and the line as the log file holds it."""
+        facts: dict[str, Any] = {}
+        for name in _FACT_NAMES:
+            value = getattr(self.facts, name)
+            if value is None:
+                continue
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif is_dataclass(value) and not isinstance(value, type):
+                value = asdict(value)
+            facts[name] = value
+        return {
+            "time": format_time(self.time),
+            "level": self.level.value,
+            "topic": self.topic,
+            "code": self.code.value,
+            "facts": facts,
+            "line": self.render(),
+        }
 
 
 class PhoneLog:

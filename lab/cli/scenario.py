@@ -168,7 +168,7 @@ def render(observation: Observation) -> str:
         for e in observation.timeline
     ]
     lines += ["", "Phone log:"]
-    lines += [f"  {line}" for line in observation.log] or ["  (no matching lines)"]
+    lines += [f"  {line.line}" for line in observation.log] or ["  (no matching lines)"]
     lines += [
         "",
         f"Observed: {observation.observed}",

@@ -630,7 +630,7 @@ class PhoneOutcome:
             "ended_as": self.observed,
             "ok": self.ok,
             "system_information": self.screen,
-            "log": [entry.render() for entry in self.log],
+            "log": [entry.as_dict() for entry in self.log],
         }
 
 

@@ -7,6 +7,8 @@ and tests read, so no assertion here looks at a message.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from phone_script import (
     ALICE,
@@ -41,7 +43,7 @@ from emulator.events import (
     UserActivity,
     VerificationFailed,
 )
-from emulator.phonelog import LogEntry, LogFacts
+from emulator.phonelog import LogEntry, LogFacts, LogLevel, PhoneLog
 from emulator.slots import SlotName
 
 C = LogCode
@@ -353,3 +355,33 @@ def test_no_line_the_core_writes_is_left_without_a_code(script: Script, vendor: 
     script.respond(200, provisioning_xml())
     assert len(script.phone.log) > 20
     assert C.NOTE not in codes(script)
+
+
+def test_an_entry_for_json_carries_its_code_and_the_facts_it_sets() -> None:
+    log = PhoneLog()
+    entry = log.add(
+        0.0,
+        LogLevel.WARNING,
+        "update",
+        "words for a person",
+        code=LogCode.REQUEST_REFUSED,
+        facts=LogFacts(
+            status=503,
+            route=RouteKind.DISCOVERY,
+            diagnostics=Diagnostics(50301, "fe01 is in maintenance"),
+        ),
+    )
+    data = entry.as_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data == {
+        "time": "1970-01-01T00:00:00.000Z",
+        "level": "WARN",
+        "topic": "update",
+        "code": LogCode.REQUEST_REFUSED.value,
+        "facts": {
+            "route": RouteKind.DISCOVERY.value,
+            "status": 503,
+            "diagnostics": {"code": 50301, "reason": "fe01 is in maintenance"},
+        },
+        "line": entry.render(),
+    }

@@ -82,6 +82,10 @@ async def test_run_updates_a_fleet_and_screen_shows_a_phone_of_it(
     ]
     assert {p["user"] for p in phones} == {"bob@contoso.test"}
     assert phones[1]["timeline"][0]["state"] == "booting"
+    # Each log line carries its code and facts for programs, and the line for people.
+    signed_in = [e for e in phones[1]["log"] if e["code"] == "signed-in"]
+    assert signed_in[0]["facts"]["user"] == "bob@contoso.test"
+    assert "signed in as bob@contoso.test" in signed_in[0]["line"]
 
     run = tmp_path / "run.json"
     run.write_text(out)

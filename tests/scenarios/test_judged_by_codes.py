@@ -48,7 +48,7 @@ async def test_the_outcome_comes_from_codes_and_facts_alone(
     assert observation.observed == scenario.expected
     # The evidence is chosen by code too, and shown in the (here missing) words.
     assert observation.log
-    assert all(line.endswith(PLACEHOLDER) for line in observation.log)
+    assert all(line.line.endswith(PLACEHOLDER) for line in observation.log)
 
 
 @pytest.mark.looptime

@@ -57,7 +57,10 @@ def test_run_json_shows_the_same_on_a_scaled_clock(tmp_path: Path) -> None:
     offsets = [entry["offset"] for entry in data["timeline"]]
     assert offsets == sorted(offsets)
     assert offsets[0] == 0
-    assert any("update complete" in line for line in data["log"])
+    updated = [entry for entry in data["log"] if entry["code"] == "updated"]
+    assert updated
+    assert updated[0]["facts"]["version"]
+    assert "update complete" in updated[0]["line"]
     assert data["state_dir"] is None
 
 

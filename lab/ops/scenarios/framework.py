@@ -418,6 +418,25 @@ def find(scenarios: Sequence[Scenario], name: str) -> Scenario:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """A phone log line that shows a run's outcome, and whose phone it is (named when the
+    run has several)."""
+
+    phone: str | None
+    entry: LogEntry
+
+    @property
+    def line(self) -> str:
+        """The line as the phone's log writes it, after its phone's name if any."""
+        prefix = f"[{self.phone}] " if self.phone is not None else ""
+        return prefix + self.entry.render()
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form: the phone, the log entry's code and facts, and the line."""
+        return {"phone": self.phone, **self.entry.as_dict(), "line": self.line}
+
+
+@dataclass(frozen=True)
 class TimelineEntry:
     """One line of a run's virtual timeline: when (phone time), who, what."""
 
@@ -473,7 +492,7 @@ class Observation:
     timeline: tuple[TimelineEntry, ...]
     start: float
     """Phone time at which the phones were made (offsets on the timeline count from it)."""
-    log: tuple[str, ...]
+    log: tuple[Evidence, ...]
     """The phone log lines that show the outcome."""
     virtual_seconds: float
     real_seconds: float
@@ -504,7 +523,7 @@ class Observation:
                 }
                 for e in self.timeline
             ],
-            "log": list(self.log),
+            "log": [line.as_dict() for line in self.log],
             "virtual_seconds": round(self.virtual_seconds, 3),
             "real_seconds": round(self.real_seconds, 3),
             "scale": self.scale,
@@ -690,16 +709,16 @@ def _timeline(run: Run) -> tuple[TimelineEntry, ...]:
     return tuple(sorted(entries, key=lambda e: e.time))
 
 
-def _evidence(run: Run) -> tuple[str, ...]:
+def _evidence(run: Run) -> tuple[Evidence, ...]:
     codes = run.scenario.evidence
     several = len(run.drivers) > 1
-    lines: list[tuple[float, str]] = []
-    for spec, driver in zip(run.specs, run.drivers, strict=True):
-        for entry in driver.phone.log:
-            if entry.code in codes:
-                prefix = f"[{spec.label()}] " if several else ""
-                lines.append((entry.time, prefix + entry.render()))
-    return tuple(line for _, line in sorted(lines, key=lambda item: item[0]))
+    lines = [
+        Evidence(spec.label() if several else None, entry)
+        for spec, driver in zip(run.specs, run.drivers, strict=True)
+        for entry in driver.phone.log
+        if entry.code in codes
+    ]
+    return tuple(sorted(lines, key=lambda line: line.entry.time))
 
 
 # --- The outcome vocabulary --------------------------------------------------------------------
