@@ -6,6 +6,8 @@ raises, and ``stop`` is safe to call after a failed start.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import TracebackType
 from typing import Self
 
@@ -32,3 +34,27 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class BackgroundTask(Service):
+    """A lab part that is one task: ``run`` from ``start`` until ``stop`` cancels it."""
+
+    task_name = "background task"
+    _task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """The task's work; runs until cancelled."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Start the task (once)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=self.task_name)
+
+    async def stop(self) -> None:
+        """Cancel the task and wait until it has ended."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -58,7 +58,7 @@ from aiohttp import StreamReader
 from lab.clock import utc_now
 from lab.errors import IdentityError, LabError
 from lab.events import EventBus
-from lab.lifecycle import Service
+from lab.lifecycle import BackgroundTask
 from lab.models import normalise_mac
 from lab.net.config import Limits
 from lab.service.audit import AuditLog
@@ -407,12 +407,14 @@ class CleanUpReport:
     audit_logs: tuple[Path, ...]
 
 
-class LogCleanUp(Service):
+class LogCleanUp(BackgroundTask):
     """The daily clean-up of a lab's device logs and audit logs (LogCleanUpInterval, at
     LogCleanUpTimeOfDay), read from the device-update configuration at every run.
 
     ``start`` (or ``async with``) begins the daily runs; ``run_once`` cleans up at once.
     """
+
+    task_name = "log clean-up"
 
     def __init__(
         self,
@@ -431,7 +433,6 @@ class LogCleanUp(Service):
         self._now = now
         # How the runs wait for their time (a test's clock passes it at once).
         self._sleep = sleep
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> CleanUpReport:
         """Delete every log older than LogCleanUpInterval now."""
@@ -453,20 +454,8 @@ class LogCleanUp(Service):
             )
         return report
 
-    async def start(self) -> None:
-        """Begin the daily runs."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="log clean-up")
-
-    async def stop(self) -> None:
-        """Stop the daily runs (one in progress is cut)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Clean up daily at the configured time of day, until stopped."""
         done = self._now()  # the last run's moment (or the start's): never run for it twice
         while True:
             now = self._now()

@@ -33,6 +33,7 @@ from typing import Protocol
 
 from lab.errors import ServiceError, StoreError
 from lab.events import EventBus
+from lab.lifecycle import BackgroundTask
 from lab.models import DeviceKind
 from lab.service.xmlio import DeviceUpdateRequest
 from lab.store.decision import Decision, decide
@@ -63,8 +64,10 @@ class NoSnapshots:
         raise ServiceError("the update store is not open: start the pool first")
 
 
-class SnapshotWatcher:
+class SnapshotWatcher(BackgroundTask):
     """The update store's current snapshot, refreshed off the request path."""
+
+    task_name = "store snapshot watcher"
 
     def __init__(
         self,
@@ -81,7 +84,6 @@ class SnapshotWatcher:
         self._snapshot = store.snapshot()
         self._taken = clock()
         self._due = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._failing = False
 
     @property
@@ -115,20 +117,8 @@ class SnapshotWatcher:
         self._snapshot, self._taken = snapshot, self._clock()
         return snapshot
 
-    async def start(self) -> None:
-        """Start the watcher task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="store-snapshot-watcher")
-
-    async def stop(self) -> None:
-        """Stop the watcher task."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _watch(self) -> None:
+    async def run(self) -> None:
+        """Refresh whenever a check finds the snapshot old."""
         while True:
             await self._due.wait()
             self._due.clear()

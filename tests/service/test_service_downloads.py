@@ -152,16 +152,21 @@ async def test_checks_serve_what_the_store_decides(phones: Phones) -> None:
     assert b'downloads="0"' in no_rule.body
 
 
+@pytest.fixture
+def state(service_state: Path, tmp_path: Path) -> Path:
+    """A copy of the service's state directory that this test changes."""
+    copy = tmp_path / "state"
+    shutil.copytree(service_state, copy, symlinks=True)
+    return copy
+
+
 async def test_a_store_change_is_served_at_the_next_check_without_a_restart(
     service_config: LabConfig,
-    service_state: Path,
+    state: Path,
     pki: LabPKI,
     firewall: FirewallPolicy,
     client_context: ssl.SSLContext,
-    tmp_path: Path,
 ) -> None:
-    state = tmp_path / "state"
-    shutil.copytree(service_state, state, symlinks=True)
     records: list[AuditRecord] = []
     async with ServicePool(
         service_config, state, firewall=firewall, pki=pki, on_request=records.append
@@ -206,17 +211,14 @@ async def test_a_store_change_is_served_at_the_next_check_without_a_restart(
 
 async def test_an_unannounced_store_change_is_taken_once_the_snapshot_is_old(
     service_config: LabConfig,
-    service_state: Path,
+    state: Path,
     pki: LabPKI,
     firewall: FirewallPolicy,
     client_context: ssl.SSLContext,
-    tmp_path: Path,
 ) -> None:
     """A writer that does not announce its change (another tool on the store) is seen
     beside the request path: the first check after REFRESH_INTERVAL wakes the watcher and
     is answered from the snapshot in hand; the watcher takes the change before the next."""
-    state = tmp_path / "state"
-    shutil.copytree(service_state, state, symlinks=True)
     now = [1000.0]
     async with ServicePool(
         service_config, state, firewall=firewall, pki=pki, clock=lambda: now[0]

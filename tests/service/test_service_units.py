@@ -143,8 +143,8 @@ def av_pairs(challenge: bytes) -> dict[int, str]:
     return pairs
 
 
-def test_the_challenge_describes_the_lab_not_the_host() -> None:
-    directory = Directory(USERS)
+def challenge_from(directory: Directory) -> Challenge:
+    """The directory's CHALLENGE to a real NTLM client's NEGOTIATE."""
     client = spnego.client(
         "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
     )
@@ -152,6 +152,11 @@ def test_the_challenge_describes_the_lab_not_the_host() -> None:
     assert negotiate is not None
     challenge = directory.session(NAMES).step(negotiate)
     assert isinstance(challenge, Challenge)
+    return challenge
+
+
+def test_the_challenge_describes_the_lab_not_the_host() -> None:
+    challenge = challenge_from(Directory(USERS))
     assert av_pairs(challenge.token) == {
         1: "FE01",
         2: "CONTOSO",
@@ -165,14 +170,7 @@ def test_the_challenge_describes_the_lab_not_the_host() -> None:
 def test_the_challenge_carries_the_service_clock_time() -> None:
     # MsvAvTimestamp is a FILETIME: 100 ns steps since 1601-01-01 UTC.
     at = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-    directory = Directory(USERS, now=lambda: at)
-    client = spnego.client(
-        "CONTOSO\\alice", "Passw0rd!", protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm
-    )
-    negotiate = client.step()
-    assert negotiate is not None
-    challenge = directory.session(NAMES).step(negotiate)
-    assert isinstance(challenge, Challenge)
+    challenge = challenge_from(Directory(USERS, now=lambda: at))
     length, _, offset = struct.unpack_from("<HHI", challenge.token, 40)
     info = challenge.token[offset : offset + length]
     stamp = info.index(struct.pack("<HH", 7, 8))
