@@ -179,14 +179,16 @@ class Phone:
         self._update: _Update | None = None
         self._downloads: dict[str, _Download] = {}
         self._staged: SlotName | None = None
-        # When the new image was ready (the download ended, or the backup was chosen) or the
+        # When the new image was ready (its download verified, or the backup chosen) or the
         # phone was last in use, the later: the five quiet minutes before a restart count
         # from here, installing included.
         self._quiet_since: float | None = None
         self._booting: SlotName | None = None
         self._boot_is_update = False
         self._calls = 0
-        self._check_due = False
+        # A check owed once the current activity ends, and why (a sign-in, or a periodic
+        # check that fell due meanwhile).
+        self._check_due: CheckTrigger | None = None
         self._retry: _Retry | None = None
         self._retries = 0
         self._pending_sign_in: Credentials | None = None
@@ -519,7 +521,7 @@ class Phone:
         self._quiet_since = None
         self._booting = None
         self._calls = 0
-        self._check_due = False
+        self._check_due = None
         self._retry = None
         self._retries = 0
         self._pending_sign_in = None
@@ -557,7 +559,8 @@ class Phone:
     def _check_timer(self, now: float) -> list[Action]:
         if self._state in (S.IDLE, S.BACKING_OFF):
             return self._start_check(now, CheckTrigger.PERIODIC)
-        self._check_due = True
+        if self._check_due is None:  # a sign-in's check, already owed, covers this one
+            self._check_due = CheckTrigger.DUE
         if self._state is S.AWAITING_REBOOT:
             message = "periodic check postponed: the restart will check"
         else:
@@ -600,9 +603,9 @@ class Phone:
         if self._retry is not None:
             self._state = S.BACKING_OFF
             return [self._arm(Timer.RETRY, max(now, self._retry.at))]
-        if self._check_due and self._updates_enabled:
-            return self._start_check(now, CheckTrigger.DUE)
-        self._check_due = False
+        if self._check_due is not None and self._updates_enabled:
+            return self._start_check(now, self._check_due)
+        self._check_due = None
         self._state = S.IDLE
         return []
 
@@ -719,9 +722,10 @@ class Phone:
         self._retry = None
         self._retries = 0
         if not provisioning.enabled:
-            self._check_due = False
+            self._check_due = None
             return self._cancel(Timer.CHECK) + self._settle(now)
-        self._check_due = True
+        # The check at sign-in runs as soon as nothing else is in progress.
+        self._check_due = CheckTrigger.SIGN_IN
         return self._settle(now)
 
     # --- Update checks ----------------------------------------------------------------------
@@ -752,7 +756,7 @@ class Phone:
         actions = self._cancel(Timer.RETRY)
         self._retry = None
         self._update = None
-        self._check_due = False
+        self._check_due = None
         if scheduled:
             self._retries = 0
             actions.append(self._arm(Timer.CHECK, now + self._check_interval))
@@ -944,8 +948,8 @@ class Phone:
             LogFacts(version=update.version, module=IMAGE_MODULE),
         )
         slot = self._slots.begin_write(update.version, now)
-        # The download has ended: the quiet minutes before the restart start now and run
-        # on while the image is installed.
+        # The download is verified: the quiet minutes before the restart start now and run
+        # on while the image is installed (the INSTALLED line says so).
         self._quiet_since = now
         message = f"installing {update.version} into slot {slot.value}"
         facts = LogFacts(version=update.version, slot=slot)
@@ -967,7 +971,7 @@ class Phone:
             "install",
             f"{self._slots[slot].version} installed in slot {slot.value}; the phone restarts "
             f"after {format_duration(self.settings.idle_wait)} without a call or use, counted "
-            "from the end of the download",
+            "from when the download was verified",
             LogCode.INSTALLED,
             LogFacts(version=self._slots[slot].version, slot=slot),
         )
@@ -1140,7 +1144,9 @@ def _check_words(trigger: CheckTrigger, interval: float) -> str:
             return "at power-on"
         case CheckTrigger.PERIODIC:
             return "every " + format_duration(interval)
+        case CheckTrigger.SIGN_IN:
+            return "at sign-in"
         case CheckTrigger.RETRY:
             return "retry"
         case CheckTrigger.DUE:
-            return "due during another activity"
+            return "periodic, due during another activity"

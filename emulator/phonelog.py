@@ -148,11 +148,13 @@ class CheckTrigger(enum.StrEnum):
     """Why the phone checks for updates."""
 
     POWER_ON = "power-on"
+    SIGN_IN = "sign-in"
+    """A user signed in: the phone checks with what in-band provisioning gave it."""
     PERIODIC = "periodic"
     """The check interval (24 hours unless provisioning says otherwise) passed."""
     RETRY = "retry"
     DUE = "due"
-    """A check fell due during another activity (a sign-in asks for one this way)."""
+    """The periodic check fell due during another activity and ran once it ended."""
 
 
 @dataclass(frozen=True, kw_only=True)

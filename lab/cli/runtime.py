@@ -16,6 +16,18 @@ from lab.cli.run import servers_table
 from lab.ops.adminclient import AdminClient
 
 FAULT_KINDS = ("remove", "servfail", "delay", "drop")
+MAINTENANCE_NOTE = (
+    "Maintenance follows the semantics of Enter-CcUpdate and Exit-CcUpdate, cmdlets of the "
+    "Cloud Connector Edition appliance, not of Lync Server: on a Lync pool, drain a front end "
+    "with Stop-CsWindowsService -Graceful (Start-CsWindowsService brings it back). "
+    "Microsoft's page on Enter-CcUpdate contradicts itself: its summary drains the appliance "
+    "(calls in progress finish, new ones are refused), its detailed description stops all "
+    "services at once, ending calls. The lab has both modes: `enter` drains, after the "
+    "summary (transfers in progress finish; new requests get 503 with Retry-After and go to "
+    "the other front ends); `enter --immediate` stops at once, after the detailed "
+    "description (transfers in progress are cut). `exit` returns the server to production, "
+    "as Exit-CcUpdate does."
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,14 +61,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     flist.add_argument("--json", action="store_true")
     dns.set_defaults(func=cmd_dns)
 
-    mnt = common.subcommand(sub, "maintenance", "drain a front end (enter) or return it (exit)")
+    mnt = common.subcommand(
+        sub, "maintenance", "take a front end out of production (enter) or return it (exit)"
+    )
+    mnt.epilog = MAINTENANCE_NOTE
     mnt_sub = mnt.add_subparsers(dest="action", required=True, metavar="ACTION")
-    enter = common.subcommand(mnt_sub, "enter", "take SERVER out of production")
+    enter = common.subcommand(
+        mnt_sub,
+        "enter",
+        "take SERVER out of production: drain it (transfers in progress finish, new requests "
+        "go to the other front ends)",
+    )
+    enter.epilog = MAINTENANCE_NOTE
     enter.add_argument("server")
-    enter.add_argument("--immediate", action="store_true", help="also cut transfers in progress")
-    enter.add_argument("--force", action="store_true", help="even if it is the last one")
+    enter.add_argument(
+        "--immediate",
+        action="store_true",
+        help="stop at once instead of draining: cut transfers in progress",
+    )
+    enter.add_argument(
+        "--force", action="store_true", help="even if it is the pool's last server in production"
+    )
     enter.add_argument("--json", action="store_true", help="print JSON")
-    leave = common.subcommand(mnt_sub, "exit", "return SERVER to production")
+    leave = common.subcommand(mnt_sub, "exit", "return SERVER to production (Exit-CcUpdate)")
     leave.add_argument("server")
     leave.add_argument("--json", action="store_true", help="print JSON")
     mnt.set_defaults(func=cmd_maintenance)

@@ -143,10 +143,10 @@ def test_first_boot_discovers_downloads_installs_and_restarts_into_the_new_versi
     assert script.verify() == [VerifyImage("CPE.nbt", len(fw.image), sha)]
     assert script.verify() == [Flash(SlotName.B, "CPE.nbt", NEW), StartTimer(Timer.FLASH, T0 + 98)]
     assert phone.slots[SlotName.B].status is SlotStatus.WRITING
-    verified = T0 + 68  # the download has ended: the image is verified
+    verified = T0 + 68  # the image is verified, a second after the catalog
 
     # Installed into the inactive slot; the restart comes five minutes of inactivity after
-    # the download ended, the 30 s of installing included.
+    # the download was verified, the 30 s of installing included.
     assert script.fire(Timer.FLASH) == [
         DiscardDownloads(("CPE.cat", "CPE.nbt")),
         StartTimer(Timer.REBOOT, verified + 300),
@@ -205,7 +205,7 @@ def test_every_use_of_the_phone_restarts_the_five_minute_wait(
 ) -> None:
     staged(script, vendor)
     installed_at = script.now
-    verified = installed_at - 30  # the download ended, then 30 s of installing
+    verified = installed_at - 30  # the download was verified, then 30 s of installing
     assert script.phone.timers[Timer.REBOOT] == verified + 300
     script.now = installed_at + 200
     assert script.do(UserActivity(script.now)) == [StartTimer(Timer.REBOOT, installed_at + 500)]
@@ -218,13 +218,13 @@ def test_every_use_of_the_phone_restarts_the_five_minute_wait(
 @pytest.mark.parametrize(
     ("flash_time", "used_after", "restart_after"),
     [
-        (30.0, None, 300.0),  # five quiet minutes from the download's end, installing included
+        (30.0, None, 300.0),  # five quiet minutes from verification, installing included
         (30.0, 10.0, 310.0),  # a use while installing: five minutes from the use
         (30.0, 29.0, 329.0),
         (400.0, None, 400.0),  # installing outlasts the wait: the restart follows it at once
     ],
 )
-def test_the_five_minutes_count_from_the_end_of_the_download(
+def test_the_five_minutes_count_from_the_verified_download(
     vendor: Vendor, flash_time: float, used_after: float | None, restart_after: float
 ) -> None:
     script = Script.new(vendor=vendor, settings=PhoneSettings(flash_time=flash_time))
@@ -232,8 +232,10 @@ def test_the_five_minutes_count_from_the_end_of_the_download(
     script.boot()
     script.check_with(offer_xml(fw))
     script.download_all(fw)
+    downloaded = script.now
     script.verify()
-    verified = script.later()  # the download ends as its image is verified
+    verified = script.later()  # two seconds after the download: the clock the wait runs on
+    assert verified == downloaded + 2
     assert script.do(ImageVerified(verified)) == [
         Flash(SlotName.B, "CPE.nbt", NEW),
         StartTimer(Timer.FLASH, verified + flash_time),
@@ -248,6 +250,23 @@ def test_the_five_minutes_count_from_the_end_of_the_download(
     ]
     assert script.fire(Timer.REBOOT)[1] == Boot(SlotName.B, NEW)
     assert script.now == verified + restart_after
+
+
+def test_the_installed_line_says_what_the_restart_timer_counts_from(
+    script: Script, vendor: Vendor
+) -> None:
+    staged(script, vendor)
+    log = script.phone.log
+    (verified,) = log.coded(LogCode.IMAGE_VERIFIED)
+    downloaded = log.coded(LogCode.DOWNLOADED)[-1]
+    assert downloaded.time < verified.time  # so the two readings differ
+    (installed,) = log.coded(LogCode.INSTALLED)
+    assert installed.message.endswith(
+        "the phone restarts after 5 min without a call or use, counted from when the "
+        "download was verified"
+    )
+    script.fire(Timer.REBOOT)
+    assert script.now == verified.time + 300
 
 
 def test_a_call_holds_the_restart_until_five_minutes_after_it_ends(
@@ -314,6 +333,7 @@ def test_sign_in_stores_the_provisioning_and_checks_at_the_internal_url(script: 
     user = ElementTree.fromstring(check.body).findtext("LastSignedInUser")
     assert user == "alice@contoso.test"
     assert "signed in as alice@contoso.test" in script.log_text()
+    assert "checking for updates (at sign-in) with 4.0.7577.4366" in script.log_text()
 
 
 def test_the_stored_urls_outlive_a_power_cycle(script: Script) -> None:
@@ -347,7 +367,7 @@ def test_a_sign_in_during_a_download_waits_for_the_update_pass(
     script.resolve(FRONT_ENDS[0])
     actions = script.respond(200, provisioning_xml())
     assert script.state() is S.AWAITING_REBOOT
-    # The sign-in is use: the five minutes count from its end, not from the download's.
+    # The sign-in is use: the five minutes count from its end, not from the verification.
     assert actions == [StartTimer(Timer.REBOOT, script.now + 300)]
 
 
@@ -360,7 +380,7 @@ def test_a_sign_in_during_the_idle_wait_counts_as_use(script: Script, vendor: Ve
     script.resolve(FRONT_ENDS[0])
     script.respond(200, provisioning_xml())
     assert script.state() is S.AWAITING_REBOOT
-    # Held while signing in, like a call: five minutes from its end, not from the download's.
+    # Held while signing in, like a call: five minutes from its end, not from the verification.
     assert script.phone.timers[Timer.REBOOT] == script.now + 300
 
 

@@ -44,6 +44,7 @@ from emulator.events import (
     VerificationFailed,
 )
 from emulator.phonelog import LogEntry, LogFacts, LogLevel, PhoneLog
+from emulator.settings import PhoneSettings
 from emulator.slots import SlotName
 
 C = LogCode
@@ -212,7 +213,7 @@ def test_signed_in_phones_check_in_band_and_fall_back_to_the_external_url(
 
     check = last(script, C.CHECKING).facts
     assert (check.trigger, check.route, check.url) == (
-        CheckTrigger.DUE,
+        CheckTrigger.SIGN_IN,
         RouteKind.INTERNAL,
         INTERNAL_URL,
     )
@@ -230,6 +231,49 @@ def test_the_periodic_check_says_so_with_its_interval(script: Script) -> None:
     script.fire(Timer.CHECK)
     check = last(script, C.CHECKING).facts
     assert (check.trigger, check.interval) == (CheckTrigger.PERIODIC, 86_400)
+
+
+def test_a_periodic_check_that_falls_due_during_a_download_is_due_not_periodic(
+    vendor: Vendor,
+) -> None:
+    script = Script.new(vendor=vendor, settings=PhoneSettings(check_interval=120))
+    script.boot()
+    script.check_with(offer_xml(firmware(vendor)))
+    script.fire(Timer.CHECK)
+    assert only(script, C.CHECK_POSTPONED).time == script.now
+    script.download_all(firmware(vendor))
+    script.do(VerificationFailed(script.later(), "catalog signature does not verify"))
+    # Nothing was installed, so the check owed runs as the update pass ends.
+    check = last(script, C.CHECKING)
+    assert (check.time, check.facts.trigger) == (script.now, CheckTrigger.DUE)
+
+
+def test_a_periodic_check_due_during_a_sign_in_is_the_sign_ins_check(vendor: Vendor) -> None:
+    script = Script.new(vendor=vendor, settings=PhoneSettings(check_interval=120))
+    script.boot()
+    script.check_with(NO_UPDATE)
+    script.now = script.phone.timers[Timer.CHECK] - 1
+    script.do(SignIn(script.now, ALICE))
+    script.fire(Timer.CHECK)
+    assert only(script, C.CHECK_POSTPONED).time == script.now
+    script.resolve(FRONT_ENDS[0])
+    script.respond(200, provisioning_xml())
+    # One check follows the sign-in, not two: the one that fell due is the sign-in's.
+    checks = script.phone.log.coded(C.CHECKING)
+    assert [e.facts.trigger for e in checks] == [CheckTrigger.POWER_ON, CheckTrigger.SIGN_IN]
+    assert checks[-1].time == script.now
+
+
+def test_a_failed_sign_in_leaves_the_periodic_check_due(vendor: Vendor) -> None:
+    script = Script.new(vendor=vendor, settings=PhoneSettings(check_interval=120))
+    script.boot()
+    script.check_with(NO_UPDATE)
+    script.now = script.phone.timers[Timer.CHECK] - 1
+    script.do(SignIn(script.now, ALICE))
+    script.fire(Timer.CHECK)
+    script.resolve(FRONT_ENDS[0])
+    script.respond(401, diagnostics='28020;reason="The user name or password is wrong"')
+    assert last(script, C.CHECKING).facts.trigger is CheckTrigger.DUE
 
 
 def test_calls_and_use_around_the_restart(script: Script, vendor: Vendor) -> None:

@@ -58,7 +58,7 @@ async def test_a_new_image_that_does_not_start_sends_the_phone_back_to_its_backu
     device_lab.publish("CX600", NEW)
     phone = phones.phone(faults=[BootFailure(after=5.0)])
     phone.power_on()
-    restart = T0 + BOOT + IDLE_WAIT  # five minutes after the download, installing included
+    restart = T0 + BOOT + IDLE_WAIT  # five minutes after the verified download, installing included
     await phone.wait_for(
         lambda d: d.phone.state is S.IDLE and d.timeline[-1].time > restart,
         until=T0 + 3600,

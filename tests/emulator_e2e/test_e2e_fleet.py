@@ -42,7 +42,7 @@ STAGGER = 600.0
 RESOLUTION = 1e-5
 UPDATE = BOOT + IDLE_WAIT + BOOT
 """From power-on to running the new image, when the network takes no time (the five minutes
-before the restart count from the download's end, installing included)."""
+before the restart count from the verified download, installing included)."""
 
 
 def restart_after_verified(phone: PhoneResult) -> float:

@@ -54,7 +54,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         cause="No user has signed in, so the phone has no in-band provisioning: it looks up "
         "ucupdates-r2 in the domain DHCP gave it and asks the front ends that name points to.",
         fix="Nothing to fix: keep the ucupdates-r2 A record pointing at the pool's front ends "
-        "and approve the firmware; the phone restarts 5 minutes after the download.",
+        "and approve the firmware; the phone restarts after 5 minutes without a call or use, "
+        "counted from when the download was verified.",
         expected=f"updated {NEW}",
         evidence=(LogCode.CHECKING, LogCode.OFFERED, LogCode.UPDATED),
     ),
@@ -179,8 +180,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "their downloads break?",
         cause="Draining lets transfers in progress finish and turns new requests away (503 "
         "with Retry-After) to the other front ends.",
-        fix="Nothing to fix: drain (lab maintenance enter SERVER; Enter-CcUpdate) and wait "
-        "until the server is drained before working on it.",
+        fix="Nothing to fix: drain the front end and wait until it is drained before working "
+        "on it. On a Lync pool that is Stop-CsWindowsService -Graceful on the front end "
+        "(Start-CsWindowsService brings it back); in the lab, lab maintenance enter SERVER and "
+        "lab maintenance exit SERVER, with the semantics of Cloud Connector's Enter-CcUpdate "
+        "(its summary: drain) and Exit-CcUpdate.",
         expected=f"updated {NEW} with the download finished on a draining front end",
         setup=Setup(admin=(Publish(size=LARGE_IMAGE),)),
         fault=Maintenance(immediate=False),
@@ -192,8 +196,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         symptom="A front end was stopped at once during downloads: do phones start over?",
         cause="Immediate maintenance cuts transfers in progress; the phone asks the next "
         "server for the rest of the file (Range with If-Range), not for all of it.",
-        fix="Prefer draining; after an immediate stop nothing is needed: phones resume "
-        "elsewhere and verify the whole image against its catalog.",
+        fix="Prefer draining (on a Lync pool Stop-CsWindowsService -Graceful; in the lab lab "
+        "maintenance enter SERVER without --immediate); after an immediate stop nothing is "
+        "needed: phones resume elsewhere and verify the whole image against its catalog.",
         expected=f"updated {NEW} with the download resumed on another front end",
         setup=Setup(admin=(Publish(size=LARGE_IMAGE),)),
         fault=Maintenance(immediate=True),

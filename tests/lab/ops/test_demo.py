@@ -102,7 +102,10 @@ async def test_the_default_fleet_updates_as_each_entry_says_and_the_story_is_tol
     assert chapters == sorted(chapters)
 
     # The administrator's part, narrated.
-    assert f"approved {APPROVED} on 12 rules" in text
+    assert (
+        f"approved {APPROVED} on 12 rules: phones of these models get it at their next check "
+        "(at power-on, at sign-in, every 24 hours)"
+    ) in text
     assert f"left {PENDING} pending: only test devices get it" in text
     assert "named test device 00-04-F2-10-00-05: #5 CX500" in text
     # The log line that explains each turn.
@@ -123,7 +126,8 @@ async def test_the_default_fleet_updates_as_each_entry_says_and_the_story_is_tol
     assert any("call ended; phone in use: the restart waits until" in line for line in busy)
 
     # Phone times are exact on loop time: plugged in STAGGER apart, restarts five minutes
-    # after the download ended (installing included), the busy phone's only after its call.
+    # after the download was verified (installing included), the busy phone's only after
+    # its call.
     plugged = [times(p, LogCode.POWER_ON)[-1] for p in result.phones]
     assert plugged == [plugged[0] + k * STAGGER for k in range(6)]
     for phone in result.phones[:2] + result.phones[3:5]:
