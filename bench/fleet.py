@@ -241,7 +241,7 @@ def run(quick: bool = False, results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
     settings = SETTINGS["quick" if quick else "full"]
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         files = make_lab_files(Path(tmp), "ecdsa-p256", IMAGE_SIZE)
-        with LabProcess(files) as lab:
+        with LabProcess(files, scale=SCALE) as lab:
             scaling = [
                 run_fleet(files.state_dir, lab, settings["scaling_phones"], workers)
                 for workers in settings["scaling_workers"]

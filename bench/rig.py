@@ -189,8 +189,12 @@ def wait_for_line(
 class LabProcess(Started):
     """``lab up`` in a subprocess, from start to its ``ready`` line and on until stopped."""
 
-    def __init__(self, files: LabFiles, *, log: Path | None = None) -> None:
+    def __init__(
+        self, files: LabFiles, *, log: Path | None = None, scale: float | None = None
+    ) -> None:
         self.files = files
+        # Lab seconds per real second (`lab up --scale`): phones of the lease follow it.
+        self.scale = scale
         self.log = log or files.state_dir.parent / "lab-up.log"
         self.started = 0.0
         self.ready = 0.0
@@ -203,7 +207,9 @@ class LabProcess(Started):
         with self.log.open("ab") as errors:
             self.started = time.monotonic()
             self._process = subprocess.Popen(
-                lab_command(self.files, "up"),
+                lab_command(
+                    self.files, "up", *(["--scale", f"{self.scale:g}"] if self.scale else [])
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=errors,

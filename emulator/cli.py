@@ -266,8 +266,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scale",
         type=_scale,
-        default=DEFAULT_SCALE,
-        help=f"phone seconds per wall-clock second (default {DEFAULT_SCALE:g})",
+        help="phone seconds per wall-clock second (default: the lab's clock from the "
+        f"lease, else {DEFAULT_SCALE:g})",
     )
     parser.add_argument(
         "--duration",
@@ -285,7 +285,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="spread the boots over this much phone time (default 1m)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of boot times and jitter")
-    parser.add_argument("--start", type=_start, help="phone time at the start (default: now)")
+    parser.add_argument(
+        "--start",
+        type=_start,
+        help="phone time at the start (default: the lab's clock from the lease, else now)",
+    )
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument(
         "--max-clients",
@@ -464,6 +468,26 @@ async def upload_logs(drivers: Sequence[PhoneDriver]) -> tuple[LogUpload, ...]:
     return tuple(await asyncio.gather(*(upload(driver) for driver in drivers)))
 
 
+def phone_time(lease: Lease, args: argparse.Namespace) -> tuple[float, float]:
+    """Phone time at the start of a run, and its scale: the lab's clock from the lease
+    (phones and servers keep one time), else ``--start`` (default now) and ``--scale``."""
+    lab = lease.clock
+    if lab is None:
+        start = args.start if args.start is not None else time.time()
+        return start, args.scale if args.scale is not None else DEFAULT_SCALE
+    if args.scale is not None and args.scale != lab.scale:
+        raise UsageError(
+            f"the lab runs its clock at {lab.scale:g} times real time and phones follow it: "
+            f"leave out --scale, or start the lab with `lab up --scale {args.scale:g}`"
+        )
+    if args.start is not None:
+        raise UsageError(
+            "the lab keeps its own clock and phones follow it: leave out --start, or start "
+            "the lab with `lab up --start TIME`"
+        )
+    return lab.at_wall(time.time()), lab.scale
+
+
 async def run_fleet(
     lease: Lease,
     specs: Sequence[PhoneSpec],
@@ -477,8 +501,8 @@ async def run_fleet(
     loop = asyncio.get_running_loop()
     # The date a run starts at is the one place the system clock is read: phones only
     # ever see the scaled clock made from it.
-    start = args.start if args.start is not None else time.time()
-    clock = ScaledClock(loop.time, start=start, scale=args.scale)
+    start, scale = phone_time(lease, args)
+    clock = ScaledClock(loop.time, start=start, scale=scale)
     network = LeaseNetwork(lease, clock, max_clients=args.max_clients)
     with tempfile.TemporaryDirectory(prefix="emulator-", dir=_scratch_dir()) as workdir:
         fleet = Fleet(
@@ -591,7 +615,9 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
     lease = _lease(args.state_dir)
     credentials = credentials_from(args, lease, sys.stdin)
     specs_from(args, args.phones, None)  # the indexes must fit before anything starts
-    start = args.start if args.start is not None else time.time()
+    # Workers of a lab that keeps its own clock each follow it; otherwise they share a start.
+    lab_start, _ = phone_time(lease, args)  # refuses --start/--scale against a lab clock
+    start = lab_start if lease.clock is None else None
     base = _without(
         argv,
         {
@@ -623,8 +649,7 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
             str(args.first_index + offset),
             "--address-offset",
             str(offset),
-            "--start",
-            to_datetime(start).isoformat(),
+            *(["--start", to_datetime(start).isoformat()] if start is not None else []),
             "--worker",
             # Their JSON goes to a pipe: indenting it would cost CPU for nothing.
             "--json",

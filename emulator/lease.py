@@ -2,14 +2,18 @@
 
 A lab writes it as ``<state-dir>/lease.json`` (docs/wire-protocol.md); this module reads it
 into a `Lease` and says plainly what is missing or wrong. It is the only thing a phone is
-told about the lab: never which side of the firewall it is on.
+told about the lab: never which side of the firewall it is on. A lab that keeps its own
+clock (``lab up --start/--scale``) puts it in the lease too, and phones follow it, so a
+phone's log and the front end's audit log tell the same time.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -19,6 +23,20 @@ from emulator.errors import LeaseError
 DISCOVERY_LABEL = "ucupdates-r2"
 UPDATE_CHECK_PATH = "/RequestHandler/ucdevice.upx"
 SIGN_IN_PATH = "/Provisioning/signin"
+
+
+@dataclass(frozen=True)
+class LabTime:
+    """The clock of the lab that wrote a lease: lab time ``start`` (epoch seconds) at wall
+    time ``at``, running ``scale`` lab seconds per wall second from then."""
+
+    start: float
+    at: float
+    scale: float
+
+    def at_wall(self, wall: float) -> float:
+        """Lab time at wall time ``wall`` (``time.time()``)."""
+        return self.start + (wall - self.at) * self.scale
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,9 @@ class Lease:
     segments: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     ca_cert: Path | None = None
     vendor_certs: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
+    clock: LabTime | None = None
+    """The lab's clock, which phones follow; None when the lab keeps the wall clock's time
+    or publishes none."""
 
     @property
     def discovery_host(self) -> str:
@@ -82,7 +103,28 @@ def parse_lease(data: str | bytes | Mapping[str, Any]) -> Lease:
         segments=MappingProxyType(dict(segments)),
         ca_cert=Path(ca_cert) if ca_cert else None,
         vendor_certs=MappingProxyType({k: Path(v) for k, v in vendors.items()}),
+        clock=_clock(decoded.get("clock")),
     )
+
+
+def _clock(value: object) -> LabTime | None:
+    if value is None:
+        return None
+    problem = "lease key 'clock' must be {start: ISO time, at: seconds, scale: number > 0}"
+    if not isinstance(value, Mapping):
+        raise LeaseError(problem)
+    start, at, scale = value.get("start"), value.get("at"), value.get("scale")
+    if not isinstance(start, str) or isinstance(at, bool) or isinstance(scale, bool):
+        raise LeaseError(problem)
+    if not isinstance(at, int | float) or not isinstance(scale, int | float):
+        raise LeaseError(problem)
+    try:
+        moment = datetime.fromisoformat(start)
+    except ValueError:
+        raise LeaseError(f"{problem}; {start!r} is no ISO time") from None
+    if moment.tzinfo is None or not (math.isfinite(scale) and scale > 0) or not math.isfinite(at):
+        raise LeaseError(problem)
+    return LabTime(start=moment.timestamp(), at=float(at), scale=float(scale))
 
 
 def load_lease(path: Path) -> Lease:

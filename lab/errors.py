@@ -22,6 +22,10 @@ class ConfigError(LabError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class ClockError(LabError, ValueError):
+    """A lab clock is asked to start at a time that is no time, or to run at no speed."""
+
+
 class PKIError(LabError):
     """Certificates or keys cannot be made, loaded or checked."""
 

@@ -99,8 +99,10 @@ def start_lab(
     overrides: dict[str, dict[str, Any]] | None = None,
     *,
     nofile: int | None = None,
+    up_args: tuple[str, ...] = (),
 ) -> LabProcess:
-    """Start `lab up` in ``directory`` and wait (by reading its output) until it is ready."""
+    """Start `lab up` (with ``up_args``) in ``directory`` and wait (by reading its output)
+    until it is ready."""
     directory.mkdir(parents=True, exist_ok=True)
     config = write_config(directory, overrides)
     state = directory / "state"
@@ -111,7 +113,7 @@ def start_lab(
 
     err = (directory / "lab-up.err").open("w")
     proc = subprocess.Popen(
-        lab_cmd(config, state, "up"),
+        lab_cmd(config, state, "up", *up_args),
         stdout=subprocess.PIPE,
         stderr=err,
         text=True,

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
+from lab.clock import LabClock, parse_lab_time
+from lab.errors import ClockError
 from lab.ops.adminclient import AdminClient
 from lab.ops.demo import DEFAULT_SCALE, prepare_state_dir, run_demo
 from lab.ops.runner import Lab, read_run_file, run_event_loop, serve_until_signalled
@@ -22,6 +24,19 @@ from lab.ops.runner import Lab, read_run_file, run_event_loop, serve_until_signa
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add up, status and demo."""
     up = common.subcommand(sub, "up", "start the lab and run it until Ctrl-C or SIGTERM")
+    up.add_argument(
+        "--start",
+        type=_lab_time,
+        metavar="TIME",
+        help="lab time at start, e.g. 2026-06-01T08:00:00Z (default: now); phones that "
+        "take the lease follow the lab's clock",
+    )
+    up.add_argument(
+        "--scale",
+        type=_scale,
+        default=1.0,
+        help="lab seconds per real second (default 1): at 60 a phone's day takes 24 minutes",
+    )
     up.set_defaults(func=cmd_up)
 
     status = common.subcommand(sub, "status", "show the endpoints of the running lab")
@@ -83,10 +98,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     def ready(lab: Lab) -> None:
         console.print(endpoints_table(lab.endpoints(), f"lab {config.name} is up"))
         console.print(f"state: {state}  (run.json, lease.json)  stop with Ctrl-C")
+        console.print(_clock_line(lab.clock.as_dict()))
         # A line tools can wait for on a pipe.
         print("ready", flush=True)
 
-    run_event_loop(lambda: serve_until_signalled(Lab(config, state), ready))
+    clock = LabClock.starting(args.start, args.scale)
+    run_event_loop(lambda: serve_until_signalled(Lab(config, state, clock=clock), ready))
     console.print("lab stopped")
     return 0
 
@@ -104,6 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     console = Console()
     alive = "running" if info["alive"] else "NOT running (stale run.json)"
     console.print(f"lab from {info['config']}: pid {info['pid']} {alive}")
+    if "lab_time" in info:
+        console.print(f"lab time now: {info['lab_time']}; {_clock_line(info.get('clock'))}")
     console.print(endpoints_table(info["endpoints"], "endpoints"))
     servers = info.get("pool", {}).get("servers", {})
     if servers:
@@ -150,6 +169,21 @@ def status_lines(pool: dict[str, Any]) -> list[str]:
             shown = ", ".join(f"{who} ({seconds} s left)" for who, seconds in held.items())
             lines.append(f"{title}: {shown}")
     return lines
+
+
+def _lab_time(text: str) -> float:
+    try:
+        return parse_lab_time(text)
+    except ClockError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _clock_line(clock: dict[str, Any] | None) -> str:
+    """The lab's clock in words (run.json's ``clock``)."""
+    if not clock:
+        return "lab time: the wall clock"
+    speed = "real time" if clock["scale"] == 1 else f"{clock['scale']:g} times real time"
+    return f"lab time: {clock['start']} at start, running at {speed}"
 
 
 def _scale(text: str) -> float:

@@ -86,7 +86,7 @@ from lab.ops.harness import (
     running_lab,
 )
 from lab.ops.runner import RUN_FILE, read_run_file
-from lab.service.audit import AuditRecord
+from lab.service.audit import AuditRecord, audit_time
 from lab.store.cab import CAB_NAME, DEFAULT_IMAGE_SIZE, build, read_cab
 from lab.store.decision import Action
 from lab.store.importer import ImportResult, import_cab
@@ -577,8 +577,8 @@ async def administer(
                 changes = store.change(Action.APPROVE, Selection(all_=True))
             approved = [c for c in changes if c.action != "skipped"]
             narrator.say(
-                f"  approved {version} on {len(approved)} rules: every phone of these models "
-                "gets it now"
+                f"  approved {version} on {len(approved)} rules: phones of these models get it "
+                "at their next check (at power-on, at sign-in, every 24 hours)"
             )
         else:
             narrator.say(f"  left {version} pending: only test devices get it")
@@ -608,6 +608,9 @@ class PhoneOutcome:
     observed: str
     screen: str
     log: tuple[LogEntry, ...] = ()
+    requests: tuple[AuditRecord, ...] = ()
+    """What the front ends' audit logs wrote of this phone's requests (its checks, and
+    inside its downloads too, which name no phone but come from its address)."""
 
     @property
     def ok(self) -> bool:
@@ -688,8 +691,8 @@ async def run_demo(
     check_ports(config)
     narrator = Narrator(console, phones)
     async with (
-        running_lab(config, state_dir) as running,
-        phones_on(running, state_dir / "phones", scale=scale) as on,
+        running_lab(config, state_dir, scale=scale) as running,
+        phones_on(running, state_dir / "phones") as on,
     ):
         on.network = WatchedNetwork(on.network, narrator.progress)
         make_drivers(phones, on, narrator, config)
@@ -808,7 +811,47 @@ def _outcome(phone: DemoPhone, running: RunningLab) -> PhoneOutcome:
         observed=observed_outcome(driver, checks),
         screen=system_information(core),
         log=core.log.entries,
+        requests=tuple(
+            r
+            for r in running.audit
+            if r.mac == core.identity.mac or r.client_address == phone.address
+        ),
     )
+
+
+WIRE_CODES = (
+    LogCode.CHECKING,
+    LogCode.UP_TO_DATE,
+    LogCode.OFFERED,
+    LogCode.DOWNLOADING,
+    LogCode.DOWNLOADED,
+    LogCode.RESTARTING,
+)
+"""The phone log lines shown beside the audit lines: the exchanges and what followed."""
+
+
+def wire_table(phone: PhoneOutcome) -> Table:
+    """One phone's log lines beside the front ends' audit lines of its requests, in time
+    order: the lab's one clock makes them agree to the millisecond."""
+    rows = [
+        (audit_time(to_datetime(e.time)), e.render().split(" ", 1)[1], "")
+        for e in phone.log
+        if e.code in WIRE_CODES
+    ]
+    rows += [
+        (
+            r.time,
+            "",
+            f"{r.server} {r.site}: {r.path.rsplit('/', 1)[-1]} {r.status} {r.decision}".rstrip(),
+        )
+        for r in phone.requests
+    ]
+    table = Table(
+        "time (UTC)", f"{phone.label}'s log", "front end's audit log", title_justify="left"
+    )
+    for when, said, written in sorted(rows, key=lambda row: (row[0], row[2] != "")):
+        table.add_row(when[11:23], escape(said), escape(written))
+    return table
 
 
 def report(result: DemoResult, narrator: Narrator) -> None:
@@ -822,6 +865,15 @@ def report(result: DemoResult, narrator: Narrator) -> None:
             p.label, p.location, p.user or "-", escape(p.expected), escape(p.observed), mark
         )
     console.print(table)
+    shown = next((p for p in result.phones if p.requests and p.location == "inside"), None)
+    if shown is not None:
+        narrator.chapter(f"{shown.label}, from both ends of the wire")
+        narrator.say(
+            "The phone's log and the front ends' audit logs keep the lab's one clock: each "
+            "request's audit line falls between the phone's line that sends it and the one "
+            "that reads the answer."
+        )
+        console.print(wire_table(shown))
     narrator.chapter("System Information, as each phone shows it")
     console.print(
         Columns(

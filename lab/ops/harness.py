@@ -59,6 +59,7 @@ from emulator import (
     get_model,
     load_lease,
 )
+from lab.clock import LabClock
 from lab.errors import IdentityError
 from lab.events import Event
 from lab.models import phone_model
@@ -97,6 +98,9 @@ class RunningLab:
     lab: Lab
     lease: Lease
     audit: list[AuditRecord] = field(default_factory=list)
+    scale: float | None = None
+    """Lab seconds per loop second, or None for the loop's own time (tests on looptime);
+    phones made on this lab share its clock (``phones_on``)."""
 
     @property
     def state_dir(self) -> Path:
@@ -179,18 +183,28 @@ class RunningLab:
         return [r for r in self.audit if r.mac == mac]
 
 
+def lab_clock(scale: float | None = None) -> LabClock:
+    """A lab clock on the running loop's time, at lab time T0 now: ``scale`` lab seconds
+    per loop second, or the loop's own pace when None (tests on looptime)."""
+    loop_time = asyncio.get_running_loop().time
+    return LabClock.starting(T0, scale if scale is not None else 1.0, loop_time)
+
+
 @contextlib.asynccontextmanager
-async def running_lab(config: LabConfig, state_dir: Path) -> AsyncIterator[RunningLab]:
-    """Start a whole lab on the running loop; stop it afterwards."""
-    async with started_lab(Lab(config, state_dir)) as running:
+async def running_lab(
+    config: LabConfig, state_dir: Path, *, scale: float | None = None
+) -> AsyncIterator[RunningLab]:
+    """Start a whole lab on the running loop, on ``lab_clock(scale)``; stop it afterwards."""
+    async with started_lab(Lab(config, state_dir, clock=lab_clock(scale)), scale=scale) as running:
         yield running
 
 
 @contextlib.asynccontextmanager
-async def started_lab(lab: Lab) -> AsyncIterator[RunningLab]:
-    """Start ``lab`` (made by the caller, with any options) and follow its audit records."""
+async def started_lab(lab: Lab, *, scale: float | None = None) -> AsyncIterator[RunningLab]:
+    """Start ``lab`` (made by the caller, with any options, on ``lab_clock(scale)``) and
+    follow its audit records."""
     async with lab:
-        running = RunningLab(lab, load_lease(lab.state_dir / LEASE_FILE))
+        running = RunningLab(lab, load_lease(lab.state_dir / LEASE_FILE), scale=scale)
 
         def on_event(event: Event) -> None:
             if event.kind == "audit":
@@ -340,7 +354,8 @@ class HeldNetwork:
 
 
 class Phones:
-    """Emulator phones on a lab's lease, sharing one clock (phone time T0 now) and network.
+    """Emulator phones on a lab's lease, sharing the lab's clock (``clock``; without one,
+    lab time T0 now) and one network.
 
     With no ``scale`` the phones live on the loop's own time, for tests on fake loop time
     (looptime), and the clock is held while they talk (see the module docstring). With a
@@ -349,16 +364,30 @@ class Phones:
     on talk through: wrap it to watch them.
     """
 
-    def __init__(self, lease: Lease, workdir: Path, *, scale: float | None = None) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        workdir: Path,
+        *,
+        scale: float | None = None,
+        clock: LabClock | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.lease = lease
         self.workdir = workdir
         self.clock: Clock
         self.hold = ClockHold()
+        # The lab's clock, which the phones share (lab time T0 now when there is no lab).
+        lab = clock if clock is not None else lab_clock(scale)
+        if lab.source != loop.time or lab.scale != (scale if scale is not None else 1.0):
+            raise ValueError(
+                f"phones at scale {scale} cannot share a lab clock at scale {lab.scale} "
+                "or on another time than the loop's"
+            )
         if scale is None:
-            self.clock = LoopClock(loop.time, start=T0 - loop.time())
+            self.clock = LoopClock(loop.time, start=lab.time() - loop.time())
         else:
-            self.clock = ScaledClock(loop.time, start=T0, scale=scale)
+            self.clock = ScaledClock(loop.time, start=lab.time(), scale=scale)
         self.builder = PhoneBuilder(lease, self.clock, workdir)
         self.network: Network = (
             HeldNetwork(self.builder.network, self.hold) if scale is None else self.builder.network
@@ -413,11 +442,9 @@ class Phones:
 
 
 @contextlib.asynccontextmanager
-async def phones_on(
-    lab: RunningLab, workdir: Path, *, scale: float | None = None
-) -> AsyncIterator[Phones]:
-    """Phones on ``lab``'s lease (see Phones for ``scale``), stopped at the end."""
-    phones = Phones(lab.lease, workdir, scale=scale)
+async def phones_on(lab: RunningLab, workdir: Path) -> AsyncIterator[Phones]:
+    """Phones on ``lab``'s lease and clock (see Phones for the scale), stopped at the end."""
+    phones = Phones(lab.lease, workdir, scale=lab.scale, clock=lab.lab.clock)
     try:
         yield phones
     finally:

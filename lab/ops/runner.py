@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lab.clock import LabClock
 from lab.errors import LabStateError, PKIError, ServiceError
 from lab.events import EventBus
 from lab.fileio import write_atomic
@@ -117,12 +118,15 @@ class Lab(Service):
         events: EventBus | None = None,
         pki_dir: Path | None = None,
         certificate_fault: FaultKind | None = None,
+        clock: LabClock | None = None,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
         self.events = events or EventBus()
+        # The lab's one clock (lab.clock): the service's times, the certificates' validity.
+        self.clock = clock or LabClock.wall()
         self.firewall = FirewallPolicy(config.inside, config.outside, self.events)
-        self.pki = LabPKI(config, pki_dir)
+        self.pki = LabPKI(config, pki_dir, now=self.clock.now)
         # One budget of connections for every listener of the process (lab.guard).
         self.budget = ConnectionBudget.for_process(
             config.limits.connections_per_address, config.limits.admin_reserve
@@ -155,6 +159,8 @@ class Lab(Service):
             events=self.events,
             on_request=self._audit,
             budget=self.budget,
+            now=self.clock.now,
+            clock=self.clock.time,
         )
         self._stack = AsyncExitStack()
         self.admin_address: tuple[str, int] = ("127.0.0.1", config.ports.admin)
@@ -178,7 +184,8 @@ class Lab(Service):
                     stores,
                     list(self.audit.values()),
                     self.pool.context.device_config,
-                    now=self.pool.context.now,
+                    now=self.clock.now,
+                    sleep=self.clock.sleep,
                     events=self.events,
                 )
             )
@@ -235,9 +242,10 @@ class Lab(Service):
         }
 
     def status(self) -> dict[str, Any]:
-        """What the admin API's status shows: endpoints, firewall and DNS state."""
+        """What the admin API's status shows: endpoints, lab time, firewall and DNS state."""
         return {
             **self.run_info(),
+            "lab_time": self.clock.now().isoformat(timespec="seconds"),
             "firewall": self.firewall.snapshot(),
             "dns": {"stats": self.dns.stats(), "faults": self.dns.faults.snapshot()},
             "pool": self.pool.snapshot(),
@@ -251,6 +259,7 @@ class Lab(Service):
             "config": self.config.source,
             "state_dir": str(self.state_dir.resolve()),
             "endpoints": self.endpoints(),
+            "clock": self.clock.as_dict(),
         }
 
     def lease(self) -> dict[str, Any]:
@@ -267,6 +276,8 @@ class Lab(Service):
             "vendor_certs": {
                 vendor: str(self.pki.vendor(vendor).cert.resolve()) for vendor in VENDORS
             },
+            # Phones in other processes follow the lab's clock (none: the wall clock).
+            "clock": self.clock.as_dict(),
         }
 
 

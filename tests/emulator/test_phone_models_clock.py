@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from phone_script import ALICE
 
 from emulator.backoff import BackoffPolicy
+from emulator.cli import DEFAULT_SCALE, UsageError, phone_time
 from emulator.clock import LoopClock, ScaledClock, from_datetime, to_datetime
 from emulator.errors import (
     ClockError,
@@ -125,11 +128,26 @@ def test_a_lease_file_is_read(tmp_path: Path) -> None:
         ({"dns": ["127.10.0.2", 70000]}, "'dns' must hold a port"),
         ({"https_port": True}, "'https_port' must hold a port"),
         ({"vendor_certs": ["x"]}, "'vendor_certs' must map"),
+        ({"clock": "fast"}, "'clock' must be"),
+        ({"clock": {"start": "2030-06-01T08:00:00", "at": 0, "scale": 1}}, "'clock' must be"),
+        ({"clock": {"start": "2030-06-01T08:00:00Z", "at": 0, "scale": 0}}, "'clock' must be"),
+        ({"clock": {"start": "soon", "at": 0, "scale": 1}}, "'soon' is no ISO time"),
     ],
 )
 def test_a_bad_lease_says_what_is_wrong(change: dict[str, object], words: str) -> None:
     with pytest.raises(LeaseError, match=words):
         parse_lease({**LEASE_JSON, **change})
+
+
+def test_a_lease_carries_the_labs_clock_which_phones_follow() -> None:
+    lease = parse_lease(
+        {**LEASE_JSON, "clock": {"start": "2030-06-01T08:00:00+00:00", "at": 1000.0, "scale": 60}}
+    )
+    assert lease.clock is not None
+    start = datetime(2030, 6, 1, 8, tzinfo=UTC).timestamp()
+    assert lease.clock.at_wall(1000.0) == start
+    assert lease.clock.at_wall(1010.0) == start + 600.0
+    assert parse_lease(LEASE_JSON).clock is None
 
 
 def test_unreadable_leases(tmp_path: Path) -> None:
@@ -234,3 +252,22 @@ def test_credentials_take_a_password_or_an_nt_hash_and_hide_both() -> None:
     with pytest.raises(CredentialsError, match="32 hexadecimal digits"):
         Credentials("bob", "CONTOSO", nt_hash="xyz")
     assert issubclass(CredentialsError, EmulatorError)
+
+
+def test_phones_take_the_labs_clock_and_refuse_one_of_their_own() -> None:
+    at = time.time()
+    lease = parse_lease(
+        {**LEASE_JSON, "clock": {"start": "2030-06-01T08:00:00+00:00", "at": at, "scale": 60}}
+    )
+    start, scale = phone_time(lease, argparse.Namespace(start=None, scale=None))
+    assert scale == 60
+    assert 0 <= start - datetime(2030, 6, 1, 8, tzinfo=UTC).timestamp() < 600
+    assert phone_time(lease, argparse.Namespace(start=None, scale=60.0))[1] == 60
+    with pytest.raises(UsageError, match="the lab runs its clock at 60 times real time"):
+        phone_time(lease, argparse.Namespace(start=None, scale=500.0))
+    with pytest.raises(UsageError, match="leave out --start"):
+        phone_time(lease, argparse.Namespace(start=0.0, scale=None))
+    # A lab on no clock of its own: the phones' own start and scale, or now and the default.
+    plain = parse_lease(LEASE_JSON)
+    assert phone_time(plain, argparse.Namespace(start=5.0, scale=2.0)) == (5.0, 2.0)
+    assert phone_time(plain, argparse.Namespace(start=None, scale=None))[1] == DEFAULT_SCALE

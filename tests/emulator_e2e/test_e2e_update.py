@@ -10,7 +10,7 @@ import pytest
 
 from emulator.clock import to_datetime
 from emulator.faults import Call, Trigger
-from emulator.phonelog import LogCode
+from emulator.phonelog import LogCode, format_time
 from emulator.routes import RouteKind
 from emulator.screens import system_information
 from emulator.settings import PhoneSettings
@@ -222,3 +222,25 @@ async def test_the_image_follows_the_catalog_over_the_connection_the_phone_keeps
     # other one: asked twice more, it leads with the first answer's server, then the other.
     again = [await leading(), await leading()]
     assert again[0] == str(server.address) != again[1]
+
+
+@pytest.mark.looptime
+async def test_a_phone_log_and_the_audit_log_tell_the_same_time(
+    device_lab: RunningLab, phones: Phones
+) -> None:
+    # One clock for the lab and its phones: the front end's audit line of a request and
+    # the phone's log line of it carry the same time, to the millisecond on fake time.
+    device_lab.publish("CX600", NEW)
+    phone = phones.phone()
+    phone.power_on()
+    await phone.wait_for(idle_on(NEW), until=T0 + 3600)
+    checks = phone.phone.log.coded(LogCode.CHECKING)
+    downloads = phone.phone.log.coded(LogCode.DOWNLOADING)
+    records = device_lab.requests(phone.phone.identity.mac)
+    audit_checks = [r.time for r in records if r.path.endswith("ucdevice.upx")]
+    # (A download names no phone: this lab has one phone, whose downloads these are.)
+    audit_downloads = [r.time for r in device_lab.audit if r.path.endswith("CPE.nbt")]
+    assert [format_time(e.time) for e in checks] == audit_checks
+    assert format_time(downloads[-1].time) == audit_downloads[-1]
+    # ... and it is the phone's time, which starts at T0, not the wall clock's.
+    assert audit_checks[0].startswith(to_datetime(T0).strftime("%Y-%m-%dT%H:"))

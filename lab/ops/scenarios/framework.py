@@ -53,7 +53,16 @@ from lab.events import Event
 from lab.models import phone_model
 from lab.net.config import LabConfig
 from lab.net.pki import FaultKind
-from lab.ops.harness import IMAGE_SIZE, NEW, HeldNetwork, Phones, RunningLab, phones_on, started_lab
+from lab.ops.harness import (
+    IMAGE_SIZE,
+    NEW,
+    HeldNetwork,
+    Phones,
+    RunningLab,
+    lab_clock,
+    phones_on,
+    started_lab,
+)
 from lab.ops.runner import Lab
 from lab.service.problems import Diagnostic
 from lab.store.cab import write_file_atomic
@@ -551,16 +560,17 @@ async def run_scenario(
         scenario.setup.configure(config),
         workdir / "state",
         certificate_fault=applied.certificate() if applied else None,
+        clock=lab_clock(scale),
     )
     try:
-        async with started_lab(lab) as running:
+        async with started_lab(lab, scale=scale) as running:
             specs = _placed(scenario, applied)
-            # Before the phones and their clock exist: the setup takes no phone time.
+            # The administrator's setup, on the lab's clock before any phone is made.
             done = [_admin(running, specs, step) for step in scenario.setup.admin]
             if applied is not None:
                 applied.apply(running)
                 done.append(f"fault: {applied.describe()}")
-            async with phones_on(running, workdir / "phones", scale=scale) as phones:
+            async with phones_on(running, workdir / "phones") as phones:
                 run = Run(scenario, running, phones, specs)
                 start = run.now()
                 # The setup was done before phone time began: it stands at the start, not

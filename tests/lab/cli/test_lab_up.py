@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dns.message
@@ -15,6 +16,8 @@ import dns.query
 import pytest
 import tomli_w
 from labprocess import LabProcess, lab_cmd, start_lab, stop_lab
+
+from lab.service.audit import read_audit
 
 
 @pytest.fixture
@@ -164,3 +167,81 @@ def test_global_options_may_follow_any_sub_command(up: LabProcess) -> None:
     assert status["pool"]["servers"]["fe01"]["mode"] == "maintenance"
     assert lab("maintenance", "exit", "fe01").returncode == 0
     assert lab("dns", "fault", "list", "--json").stdout.strip() == "{}"
+
+
+def test_phones_follow_the_lab_clock_and_log_the_audit_lines_time(tmp_path: Path) -> None:
+    # lab up at a lab time of its own, 60 times as fast as real time; emulator run reads
+    # the clock from the lease, so the phone's log and the front end's audit line of the
+    # same check tell the same time.
+    up = start_lab(tmp_path, up_args=("--start", "2030-06-01T08:00:00Z", "--scale", "60"))
+    try:
+        emulator_run = [sys.executable, "-m", "emulator.cli", "run", "--state-dir", str(up.state)]
+        assert up.info["clock"]["scale"] == 60
+        assert up.info["clock"]["start"] == "2030-06-01T08:00:00+00:00"
+        lab_time = datetime.fromisoformat(up.status()["lab_time"])
+        assert datetime(2030, 6, 1, 8, tzinfo=UTC) <= lab_time < datetime(2030, 6, 1, 9, tzinfo=UTC)
+        shown = " ".join(up.lab("status").stdout.split())  # rich folds long lines
+        assert "lab time: 2030-06-01T08:00:00+00:00 at start, running at 60 times real time" in (
+            shown
+        )
+        run = subprocess.run(
+            [*emulator_run, "--phones", "1", "--duration", "1h", "--json", "--log"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        [phone] = json.loads(run.stdout)["phones"]
+        log = phone["log"]
+        [first] = [i for i, e in enumerate(log) if e["code"] == "checking"][:1]
+        audit = [
+            line
+            for path in sorted((up.state / "servers").glob("*/AuditLogs/*.log"))
+            for line in read_audit(path)
+            if line["mac"] == phone["mac"]
+        ]
+        assert audit
+        # The same request seen from both ends of the wire, on one clock: the front end
+        # logged it after the phone began the check and before the phone logged the answer.
+        # (Nothing is published: the answer is that the phone is up to date.)
+        [answer] = [e for e in log[first:] if e["code"] == "up-to-date"][:1]
+        began, answered = log[first]["time"], answer["time"]
+        assert began <= audit[0]["time"] <= answered
+        assert began.startswith("2030-06-01T08:")
+        # (At 60 times real time a millisecond on the wire is 60 ms of lab time.)
+        assert _seconds(answered) - _seconds(began) < 2
+        # A scale of its own for the phones would make the two disagree: refused.
+        refused = subprocess.run(
+            [*emulator_run, "--phones", "1", "--scale", "500"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 2
+        assert "the lab runs its clock at 60 times real time" in refused.stderr
+    finally:
+        stop_lab(up)
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_up_refuses_a_start_that_is_no_time(tmp_path: Path) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text("")
+    for bad, why in (
+        ("tomorrow", "'tomorrow' is not a date and time like 2026-06-01T08:00:00Z"),
+        ("2030-06-01T08:00:00", "names no time zone: add Z or +HH:MM"),
+    ):
+        done = subprocess.run(
+            lab_cmd(config, tmp_path / "state", "up", "--start", bad),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 2
+        assert why in done.stderr

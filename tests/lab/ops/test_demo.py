@@ -22,7 +22,7 @@ import pytest
 import tomli_w
 from rich.console import Console
 
-from emulator import LogCode
+from emulator import LogCode, to_datetime
 from emulator.models import get_model
 from emulator.phonelog import LogEntry, LogLevel, PhoneLog
 from lab.cli import main
@@ -41,6 +41,7 @@ from lab.ops.demo import (
     run_demo,
 )
 from lab.ops.harness import FLASH, IDLE_WAIT, RunningLab
+from lab.service.audit import audit_time
 
 SMALL_IMAGE = 16 * 1024
 """In-process runs build their cabs with small images: building is real time."""
@@ -153,6 +154,17 @@ async def test_the_default_fleet_updates_as_each_entry_says_and_the_story_is_tol
     assert text.count("│ System Information") == 6
     assert "Every phone ended as it should." in text
     assert result.as_dict()["ok"] is True
+
+    # One phone from both ends of the wire, on the lab's one clock: each of its checks was
+    # written by a front end at the phone's time of it (fake time: to the millisecond).
+    assert "#1 CX600, from both ends of the wire" in text
+    first = result.phones[0]
+    checked = [r.time for r in first.requests if r.path.endswith("ucdevice.upx")]
+    began = [audit_time(to_datetime(t)) for t in times(first, LogCode.CHECKING)]
+    assert checked
+    assert checked == began
+    for when in checked:
+        assert when[11:23] in text
 
 
 @pytest.mark.looptime
