@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +88,17 @@ class LabClock:
             "at": self.origin,
             "scale": self.scale,
         }
+
+
+def published_time(clock: Mapping[str, Any] | None, wall: float | None = None) -> datetime:
+    """Lab time now of a clock as run.json publishes it (``LabClock.as_dict``), at wall
+    time ``wall`` (default now); the wall clock's time when there is none."""
+    wall = time.time() if wall is None else wall
+    if not clock:
+        return datetime.fromtimestamp(wall, UTC)
+    start = datetime.fromisoformat(str(clock["start"])).timestamp()
+    at, scale = float(clock["at"]), float(clock["scale"])
+    return datetime.fromtimestamp(start + (wall - at) * scale, UTC)
 
 
 def parse_lab_time(text: str) -> float:

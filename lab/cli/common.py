@@ -7,14 +7,18 @@ import json
 import os
 import select
 import sys
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lab.clock import published_time, utc_now
 from lab.errors import AdminError, LabStateError
 from lab.net.config import LabConfig, load_config
 from lab.ops.adminclient import AdminClient
 from lab.ops.runner import read_run_file
 from lab.service.updates import REFRESH_INTERVAL
+from lab.store.store import Store
 
 DEFAULT_STATE_DIR = Path("state")
 
@@ -68,6 +72,22 @@ def state_dir(args: argparse.Namespace, create: bool = True) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def lab_clock(state: Path) -> Callable[[], datetime]:
+    """Lab time for the lab of ``state``: its published clock while it runs, else the wall
+    clock (what the CLI's store commands stamp their changes with)."""
+    try:
+        info = read_run_file(state)
+    except LabStateError:
+        return utc_now
+    clock = info.get("clock") if info["alive"] else None
+    return lambda: published_time(clock)
+
+
+def open_store(state: Path) -> Store:
+    """The update store of ``state``, stamping changes with the lab's time."""
+    return Store.open(state, now=lab_clock(state))
 
 
 def announce_store_change(state: Path) -> None:

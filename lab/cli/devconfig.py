@@ -16,7 +16,6 @@ from rich.table import Table
 from lab.cli import common
 from lab.errors import SettingError
 from lab.store.devconfig import SETTINGS, DeviceUpdateConfig
-from lab.store.store import Store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,7 +62,7 @@ def _show(args: argparse.Namespace, config: DeviceUpdateConfig) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show the configuration."""
-    with Store.open(common.state_dir(args)) as store:
+    with common.open_store(common.state_dir(args)) as store:
         config = store.device_update_config()
     return _show(args, config)
 
@@ -77,7 +76,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             raise SettingError(f"{pair!r} is not NAME=VALUE")
         changes[name.strip()] = value
     state = common.state_dir(args)
-    with Store.open(state) as store:
+    with common.open_store(state) as store:
         config = store.set_settings(changes)
     common.announce_store_change(state)
     return _show(args, config)

@@ -16,7 +16,6 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.service.inventory import Flag, PhoneStatus, read_inventory
-from lab.store.store import Store
 
 _FLAG_STYLE = {Flag.NOT_APPROVED: "yellow", Flag.LEFT_BEHIND: "bold red"}
 
@@ -64,8 +63,10 @@ def phones_table(statuses: list[PhoneStatus]) -> Table:
 
 def cmd_phones(args: argparse.Namespace) -> int:
     """List the inventory."""
-    with Store.open(common.state_dir(args)) as store:
-        statuses = read_inventory(store)
+    state = common.state_dir(args)
+    with common.open_store(state) as store:
+        # Assessed at lab time: the support window runs on the lab's clock.
+        statuses = read_inventory(store, common.lab_clock(state)())
     if args.json:
         common.print_json([s.as_dict() for s in statuses])
         return 0

@@ -21,7 +21,7 @@ from lab.net.config import FrontEnd, LabConfig
 from lab.net.pki import verify_vendor_signature
 from lab.store.decision import Action, Rule
 from lab.store.importer import ImportResult, import_cab, read_cab_file, remove_rules
-from lab.store.store import RuleChange, Selection, Store
+from lab.store.store import RuleChange, Selection
 
 NONE = "–"
 
@@ -142,7 +142,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             limit=config.limits.cab_unpacked_max,
         )
     with tty_progress("importing") as progress:
-        result = import_cab(state, cab, servers, progress=progress)
+        result = import_cab(state, cab, servers, progress=progress, now=common.lab_clock(state))
     if result.changed:
         common.announce_store_change(state)
     if args.json:
@@ -176,7 +176,7 @@ def _import_dict(result: ImportResult) -> dict[str, object]:
 def cmd_list(args: argparse.Namespace) -> int:
     """List rules."""
     config = common.config_from(args)
-    with Store.open(common.state_dir(args)) as store:
+    with common.open_store(common.state_dir(args)) as store:
         rules = store.rules(_server_name(config, args.server), args.model)
     if args.json:
         common.print_json([r.as_dict() for r in rules])
@@ -203,7 +203,7 @@ def cmd_change(args: argparse.Namespace) -> int:
     """Approve, reset or restore rules."""
     config = common.config_from(args)
     state = common.state_dir(args)
-    with Store.open(state) as store:
+    with common.open_store(state) as store:
         changes = store.change(Action(args.verb), _selection(config, args))
     if any(c.action != "skipped" for c in changes):
         common.announce_store_change(state)
@@ -214,7 +214,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     """Remove rules and the files no remaining rule refers to."""
     config = common.config_from(args)
     state = common.state_dir(args)
-    changes = remove_rules(state, _selection(config, args))
+    changes = remove_rules(state, _selection(config, args), now=common.lab_clock(state))
     if any(c.action != "skipped" for c in changes):
         common.announce_store_change(state)
     return _report(args, changes)

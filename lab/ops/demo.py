@@ -37,6 +37,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -549,7 +550,13 @@ async def publish(
         verify_vendor_signature,
     )
     result = await asyncio.to_thread(
-        import_cab, running.state_dir, contents, running.config.front_ends
+        partial(
+            import_cab,
+            running.state_dir,
+            contents,
+            running.config.front_ends,
+            now=running.lab.clock.now,
+        )
     )
     running.store_changed()
     return len(data), result

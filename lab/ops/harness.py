@@ -139,7 +139,7 @@ class RunningLab:
             trusted or (lambda vendor: pki.vendor(vendor).certificate_pem()),
             verify_vendor_signature,
         )
-        import_cab(self.state_dir, contents, self.config.front_ends)
+        import_cab(self.state_dir, contents, self.config.front_ends, now=self.lab.clock.now)
         self.store_changed()
         if approve:
             self.change(Action.APPROVE, model)
@@ -154,7 +154,7 @@ class RunningLab:
         """The lab's update store, for an administrator's change; the service takes what
         was changed at once, as the CLI's store commands make it."""
         try:
-            with Store.open(self.state_dir) as store:
+            with Store.open(self.state_dir, now=self.lab.clock.now) as store:
                 yield store
         finally:
             self.store_changed()

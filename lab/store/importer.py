@@ -25,8 +25,10 @@ import signal
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
+from lab.clock import utc_now
 from lab.errors import CabError, StoreError
 from lab.models import KindKey
 from lab.net.config import FrontEnd
@@ -89,6 +91,7 @@ def import_cab(
     *,
     progress: Progress | None = None,
     checkpoint: Callable[[str], None] | None = None,
+    now: Callable[[], datetime] = utc_now,
 ) -> ImportResult:
     """Write a checked cab into the file stores of ``servers`` and make its versions pending."""
     if not servers:
@@ -103,7 +106,7 @@ def import_cab(
         if progress is not None:
             progress(what, done, 4)
 
-    with Store.open(state_dir) as store, FileStoreLock(state_dir):
+    with Store.open(state_dir, now=now) as store, FileStoreLock(state_dir):
         step("locked")
         recovered = filestore.recover(state_dir, store.import_recorded)
         report("comparing with the file stores", 0)
@@ -155,9 +158,11 @@ def import_cab(
         return ImportResult(cab.name, names, tuple(changes), change.count, recovered)
 
 
-def remove_rules(state_dir: Path, selection: Selection) -> list[RuleChange]:
+def remove_rules(
+    state_dir: Path, selection: Selection, now: Callable[[], datetime] = utc_now
+) -> list[RuleChange]:
     """Delete the selected rules, then the files of theirs that no rule refers to any more."""
-    with Store.open(state_dir) as store, FileStoreLock(state_dir):
+    with Store.open(state_dir, now=now) as store, FileStoreLock(state_dir):
         filestore.recover(state_dir, store.import_recorded)
         changes = store.remove(selection)
         servers = {c.rule.server for c in changes}

@@ -291,7 +291,8 @@ class NotImportedOn(Fault):
 
     def apply(self, lab: RunningLab) -> None:
         """Remove the model's rules, and with them its files, from ``server``."""
-        remove_rules(lab.state_dir, Selection(server=self.server, model=self.model))
+        selection = Selection(server=self.server, model=self.model)
+        remove_rules(lab.state_dir, selection, now=lab.lab.clock.now)
         lab.store_changed()
 
 

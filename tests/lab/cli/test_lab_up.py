@@ -221,6 +221,10 @@ def test_phones_follow_the_lab_clock_and_log_the_audit_lines_time(tmp_path: Path
         )
         assert refused.returncode == 2
         assert "the lab runs its clock at 60 times real time" in refused.stderr
+        # What the CLI's store commands record is stamped in lab time too.
+        added = up.lab("test-device", "add", "--mac", "00-04-F2-00-00-09", "--json")
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)["added_at"].startswith("2030-06-01T08:")
     finally:
         stop_lab(up)
 

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import ssl
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -640,6 +641,23 @@ async def test_lab_phones_lists_the_inventory_with_its_flags(
     assert "00-04-F2-00-00-01" in table
     assert "left-behind" in table
     assert table.count("not-approved") == 2
+
+    # A running lab keeps its own clock (run.json): the support window runs in lab time.
+    # Three lab days on, the CX3000 phone is out of it too.
+    ahead = now + timedelta(days=3)
+    (tmp_path / "run.json").write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),  # alive: this process stands in for the lab's
+                "clock": {"start": ahead.isoformat(), "at": time.time(), "scale": 1.0},
+            }
+        )
+    )
+    listed = json.loads(await run_cli("phones", "--json", "--state-dir", str(tmp_path)))
+    assert {entry["mac"]: entry["flags"] for entry in listed}["00-04-F2-00-00-02"] == [
+        "not-approved",
+        "left-behind",
+    ]
 
 
 async def test_lab_phones_says_when_no_phone_was_seen(tmp_path: Path) -> None:
