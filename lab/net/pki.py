@@ -3,7 +3,7 @@
 Rules of this module, all in one place:
 - Everything lives in one directory (``config.pki.dir`` unless another is given) and is made
   on first use: ``ca.pem ca.key servers/<fe>.pem|.key edge.pem|.key vendors/<V>.pem|.key
-  faulty/<fault>-<fe>.pem|.key rogue-ca.pem|.key manifest.json``.
+  faulty/<fault>-<fe>.pem|.key faulty/edge-<fault>.pem|.key rogue-ca.pem|.key manifest.json``.
 - ``manifest.json`` records what each certificate was made for (names, key type, issuer
   fingerprint, ...). An item is reused while its files are intact, its record matches what
   the config asks for now and it stays valid for more than a day; otherwise it is remade.
@@ -40,6 +40,8 @@ from lab.net.config import LabConfig
 
 FaultKind = Literal["no-ucupdates-name", "expired", "not-yet-valid", "untrusted-ca"]
 FAULTS: tuple[FaultKind, ...] = get_args(FaultKind)
+EdgeFaultKind = Literal["no-external-web-name"]
+EDGE_FAULTS: tuple[EdgeFaultKind, ...] = get_args(EdgeFaultKind)
 VENDORS: tuple[str, ...] = ("Polycom", "Aastra", "HP")
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -197,6 +199,16 @@ class LabPKI:
             session.faulty(fault, fe)
         return self._pair(f"faulty/{fault}-{fe}", _fault_names(self.config, fault, fe))
 
+    def faulty_edge(self, fault: EdgeFaultKind) -> CertPair:
+        """An edge certificate faulty in exactly the one way ``fault`` names."""
+        if fault not in EDGE_FAULTS:
+            known = ", ".join(EDGE_FAULTS)
+            raise PKIError(f"no edge certificate fault {fault!r} (known: {known})")
+        with self._session() as session:
+            session.issuer_ready()
+            session.faulty_edge(fault)
+        return self._pair(f"faulty/edge-{fault}", _edge_fault_names(self.config, fault))
+
     def client_context(self) -> ssl.SSLContext:
         """A TLS client context that trusts only the lab CA and checks host names strictly."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -262,6 +274,8 @@ class _Session:
         wanted = {fe.name for fe in self.config.front_ends}
         for item, entry in sorted(self._manifest.items()):
             spec = entry.get("spec", {})
+            if spec.get("kind") == "faulty-edge" and spec.get("fault") in EDGE_FAULTS:
+                self.faulty_edge(spec["fault"])
             if spec.get("kind") not in ("server", "faulty"):
                 continue
             if spec.get("server") not in wanted:
@@ -351,6 +365,10 @@ class _Session:
             )
         return self._leaf(item, "faulty", names, server=fe, fault=fault)
 
+    def faulty_edge(self, fault: EdgeFaultKind) -> _Item:
+        names = _edge_fault_names(self.config, fault)
+        return self._leaf(f"faulty/edge-{fault}", "faulty-edge", names, fault=fault)
+
     # -- making and reusing ------------------------------------------------------------------
 
     def _ca_item(self, item: str, spec: dict[str, Any]) -> _Item:
@@ -387,7 +405,7 @@ class _Session:
         names: tuple[str, ...],
         *,
         server: str | None = None,
-        fault: FaultKind | None = None,
+        fault: FaultKind | EdgeFaultKind | None = None,
         issuer: _Item | None = None,
         window: tuple[datetime, datetime] | None = None,
         fresh: Callable[[x509.Certificate], bool] | None = None,
@@ -546,13 +564,20 @@ def _front_end_names(config: LabConfig, fe: str) -> tuple[str, ...]:
         config.front_end(fe).fqdn,
         config.pool_fqdn,
         *config.ucupdates_names,
-        # The edge passes TLS through, so outside phones see this certificate under that name.
+        # As a Lync front end's certificate does: the external web services are its own too,
+        # though outside phones meet the edge's certificate (the edge ends their TLS).
         config.edge.external_web,
     )
 
 
 def _edge_names(config: LabConfig) -> tuple[str, ...]:
     return _unique(config.edge.fqdn, config.edge.external_web, *config.ucupdates_names)
+
+
+def _edge_fault_names(config: LabConfig, fault: EdgeFaultKind) -> tuple[str, ...]:
+    # "no-external-web-name", the one edge fault: a listener certificate made for the edge's
+    # own name and discovery only.
+    return tuple(n for n in _edge_names(config) if n != config.edge.external_web)
 
 
 def _fault_names(config: LabConfig, fault: FaultKind, fe: str) -> tuple[str, ...]:

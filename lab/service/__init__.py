@@ -9,7 +9,7 @@ where available): ``python -m lab.service``.
 
 from __future__ import annotations
 
-from lab.service.edge import Edge, Upstream
+from lab.service.edge import Edge, PublishingRule, Upstream
 from lab.service.frontend import FrontEndServer, Mode, Role, ServerStatus, ServiceContext
 from lab.service.ntlm import Directory
 from lab.service.pool import ServicePool, file_store_path
@@ -20,6 +20,7 @@ __all__ = [
     "Edge",
     "FrontEndServer",
     "Mode",
+    "PublishingRule",
     "Role",
     "ServerStatus",
     "ServiceContext",

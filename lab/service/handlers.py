@@ -27,7 +27,7 @@ import base64
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from aiohttp import HttpVersion11, hdrs, web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from lab.net.config import User
@@ -45,6 +45,7 @@ from lab.service.ntlm import (
     parse_authorization,
 )
 from lab.service.problems import Diagnostic, Problem, as_problem, problem_response
+from lab.service.sites import answer_expect
 from lab.service.updates import Answer, answer_key
 from lab.service.xmlio import (
     MAX_REQUEST_BYTES,
@@ -207,7 +208,7 @@ class Endpoints:
             if handler is None:
                 handler, note.rest = self._route(request)
             if request.headers.get(hdrs.EXPECT):
-                await _expect(request)
+                await answer_expect(request)
             response = await handler(request, note)
         except Exception as exc:
             problem = as_problem(request, exc)
@@ -449,28 +450,6 @@ class Endpoints:
                 authenticated_user=user.upn if user is not None else "",
             )
         )
-
-
-async def _expect(request: web.BaseRequest) -> None:
-    """Answer ``Expect: 100-continue`` as aiohttp's router would; refuse any other.
-
-    The site runs on aiohttp's low-level server, which has no router to do it, so this
-    writes the interim answer itself through the request's public writer
-    (``BaseRequest.writer``, an ``aiohttp.abc.AbstractStreamWriter``, which declares
-    ``output_size``): reset, so that a refusal can still be answered after it.
-    """
-    expect = request.headers.get(hdrs.EXPECT, "")
-    if request.version != HttpVersion11:
-        return
-    if expect.lower() != "100-continue":
-        raise Problem(
-            Diagnostic.MALFORMED_REQUEST,
-            f"the Expect header {expect!r} is not understood; only 100-continue is",
-        )
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    # The interim answer is no part of the answer: aiohttp sends an error answer only
-    # while nothing of one has been written.
-    request.writer.output_size = 0
 
 
 def _challenge(reason: str) -> Problem:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from lab.clock import utc_now
 from lab.errors import ConfigError, ServiceError
@@ -76,6 +76,19 @@ class CertificateSource(Protocol):
         ...
 
 
+@runtime_checkable
+class EdgeCertificateSource(Protocol):
+    """Where the edge gets its listener's certificate and the CA it trusts (LabPKI)."""
+
+    def edge(self) -> ServerCertificate:
+        """The edge's certificate (for the external web name)."""
+        ...
+
+    def client_context(self) -> ssl.SSLContext:
+        """A TLS client context trusting the CA that issued the front ends' certificates."""
+        ...
+
+
 def file_store_path(state_dir: Path, server: str) -> Path:
     """``<state>/servers/<server>/DeviceUpdateFiles``: one front end's file store."""
     return filestore.FileStore(state_dir, server).root
@@ -86,6 +99,9 @@ class ServicePool(Service):
 
     Checks are decided on snapshots of the update store of ``state_dir``
     (lab.service.updates); ``refresh_store`` takes a change made in this process at once.
+    The edge's certificate and trust come from ``pki`` when it makes them (LabPKI does);
+    a source of front-end certificates only (a scenario's faulty ones) leaves them to the
+    lab PKI of the config, on the service's clock.
     """
 
     def __init__(
@@ -147,6 +163,7 @@ class ServicePool(Service):
         if self._running or self.servers:
             raise ServiceError("the service pool is already running")
         contexts = await asyncio.to_thread(self._server_contexts)
+        listener, trust = await asyncio.to_thread(self._edge_contexts)
         internal, external, edge_sock = self._bind()
         try:
             store = self._store = Store.open(self.state_dir)
@@ -185,8 +202,13 @@ class ServicePool(Service):
                 edge_sock,
                 self._production,
                 source=str(self.config.edge.address),
+                certificate=listener,
+                trust=trust,
                 events=self.events,
                 budget=self.context.budget,
+                limits=self.config.limits,
+                retry_after=self.context.retry_after,
+                shutdown_timeout=self._shutdown_timeout,
             )
             self.context.edge_address = self.edge.source
             await self.edge.start()
@@ -230,6 +252,12 @@ class ServicePool(Service):
 
     def _server_contexts(self) -> list[ssl.SSLContext]:
         return [self.pki.server(fe.name).server_context() for fe in self.config.front_ends]
+
+    def _edge_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        source = self.pki
+        if not isinstance(source, EdgeCertificateSource):
+            source = LabPKI(self.config, now=self.context.now)
+        return source.edge().server_context(), source.client_context()
 
     def _bind(self) -> tuple[list[socket.socket], list[socket.socket], socket.socket]:
         ports = self.config.ports
@@ -298,11 +326,7 @@ class ServicePool(Service):
         return {
             "https_port": self.https_port,
             "servers": {name: status.as_dict() for name, status in self.status().items()},
-            "edge": {
-                "open_connections": self.edge.open_connections if self.edge else 0,
-                "forwarded": dict(self.edge.forwarded_to) if self.edge else {},
-                "over_budget": self.edge.over_budget if self.edge else 0,
-            },
+            "edge": self.edge.snapshot() if self.edge else {},
             "connections": self.context.budget.snapshot(),
             "ntlm": self.directory.snapshot(),
             "store": self._store_status(),
@@ -372,7 +396,12 @@ class ServicePool(Service):
 
     def _production(self) -> list[Upstream]:
         return [
-            Upstream(server.name, *server.external.address)
+            Upstream(
+                name=server.name,
+                fqdn=server.front_end.fqdn,
+                host=server.external.address[0],
+                port=server.external.address[1],
+            )
             for server in self.servers.values()
             if server.mode is Mode.PRODUCTION and server.external is not None
         ]

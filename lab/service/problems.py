@@ -48,8 +48,14 @@ class Diagnostic(Enum):
     RANGE_NOT_SATISFIABLE = (416, 41601)
     TOO_MANY_FAILURES = (429, 42901)
     INTERNAL_ERROR = (500, 50001)
+    # The edge's own answers, when no front end can give one (lab.service.edge).
+    FRONT_END_UNREACHABLE = (502, 50201)
+    FRONT_END_UNTRUSTED = (502, 50202)
+    FRONT_END_NO_ANSWER = (502, 50203)
     IN_MAINTENANCE = (503, 50301)
     STORE_UNAVAILABLE = (503, 50302)
+    NO_SERVER_IN_PRODUCTION = (503, 50303)
+    FRONT_END_TIMEOUT = (504, 50401)
 
     @property
     def status(self) -> int:

@@ -48,12 +48,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.web_protocol import RequestHandler
 
 from lab.errors import ServiceError
 from lab.net.config import Limits
 from lab.net.guard import ConnectionBudget
+from lab.service.problems import Diagnostic, Problem
 
 BIND_ATTEMPTS = 20
 # Deadline sweeps are at least this far apart (a quarter of a timeout under 4 s).
@@ -222,6 +223,11 @@ class GuardedConnection(asyncio.Protocol):
         if self._handler is not None:
             self._handler.resume_writing()
 
+    def close(self) -> None:
+        """Close the connection cleanly (TLS close, then TCP's); aiohttp is told it is gone."""
+        if not self._lost and self.transport is not None:
+            self.transport.close()
+
     def reset(self) -> None:
         """Cut the connection at once with a TCP reset (no TLS close, no HTTP answer)."""
         if self._lost:
@@ -245,7 +251,8 @@ class TLSSite(web.BaseSite):
     ``budget`` is the process's connection budget; ``per_address`` False exempts this
     site's peers from the per-address cap (the front ends' external sites, whose only
     peer is the edge, which caps its own clients); ``reserved`` lets the site use the
-    budget's reserve (the admin API).
+    budget's reserve (the admin API); ``on_closed`` hears of every connection that ends
+    (the edge closes what it opened for it).
     """
 
     def __init__(
@@ -260,14 +267,15 @@ class TLSSite(web.BaseSite):
         reserved: bool = False,
         admit: Callable[[str], bool] | None = None,
         on_refused: Callable[[str], None] | None = None,
+        on_closed: Callable[[GuardedConnection], None] | None = None,
         handler_class: type[RequestHandler] = RequestHandler,
         handler_options: Mapping[str, Any] | None = None,
         backlog: int = 128,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self.ssl_context: ssl.SSLContext | None = None
         if ssl_context is not None:
-            ssl_context.sslobject_class = AlertingSSLObject
-        self.ssl_context = ssl_context
+            self.present(ssl_context)
         self.limits = limits or Limits()
         self.budget = budget or ConnectionBudget.of_its_own(self.limits)
         self._per_address = per_address
@@ -275,6 +283,7 @@ class TLSSite(web.BaseSite):
         self._sock = sock
         self._admit = admit
         self._on_refused = on_refused
+        self._on_closed = on_closed
         self._handler_class = handler_class
         self._handler_options = {
             "keepalive_timeout": self.limits.keepalive_timeout,
@@ -301,6 +310,12 @@ class TLSSite(web.BaseSite):
         host, port = self.address
         scheme = "http" if self.ssl_context is None else "https"
         return f"{scheme}://{host}:{port}"
+
+    def present(self, ssl_context: ssl.SSLContext) -> None:
+        """Serve new connections' handshakes with ``ssl_context`` (its certificate); those
+        already open keep theirs."""
+        ssl_context.sslobject_class = AlertingSSLObject
+        self.ssl_context = ssl_context
 
     def now(self) -> float:
         """The loop's time, which every deadline uses."""
@@ -490,6 +505,8 @@ class TLSSite(web.BaseSite):
         if conn in self.connections:
             self.connections.discard(conn)
             self.budget.release(conn.peer)
+            if self._on_closed is not None:
+                self._on_closed(conn)
         if conn.transport is not None:
             self._by_transport.pop(conn.transport, None)
 
@@ -500,6 +517,28 @@ class TLSSite(web.BaseSite):
             "over_budget": self.over_budget,
             "timed_out": self.timed_out,
         }
+
+
+async def answer_expect(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` as aiohttp's router would; refuse any other.
+
+    Sites run on aiohttp's low-level server, which has no router to do it, so this writes
+    the interim answer itself through the request's public writer
+    (``BaseRequest.writer``, an ``aiohttp.abc.AbstractStreamWriter``, which declares
+    ``output_size``): reset, so that a refusal can still be answered after it.
+    """
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise Problem(
+            Diagnostic.MALFORMED_REQUEST,
+            f"the Expect header {expect!r} is not understood; only 100-continue is",
+        )
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The interim answer is no part of the answer: aiohttp sends an error answer only
+    # while nothing of one has been written.
+    request.writer.output_size = 0
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -38,7 +38,10 @@ from lab.store.store import ImportedVersion, Selection, Store
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every async test here runs on asyncio's loop and on uvloop, which production uses."""
+    """Every async test here runs on asyncio's loop and on uvloop, which production uses;
+    a test on fake time on asyncio's only (looptime fakes the time of asyncio's loops)."""
+    if item.get_closest_marker("looptime") is not None:
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 

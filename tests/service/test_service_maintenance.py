@@ -119,9 +119,15 @@ async def test_the_last_server_in_production_needs_force(pool: ServicePool, phon
     assert pool.server("fe02").mode is Mode.PRODUCTION
 
     assert pool.enter_maintenance("fe02", force=True).mode is Mode.MAINTENANCE
-    # With no server in production the edge has nowhere to forward: no connection.
-    with pytest.raises((ConnectionError, ssl.SSLError)):
-        await phones.outside()
+    # With no server in production the edge has nowhere to forward: as a reverse proxy it
+    # answers the request itself, 503 with Retry-After, and closes the connection.
+    conn = await phones.outside()
+    refused = await conn.request("POST", SIGNIN)
+    assert refused.status == 503
+    assert refused.header("retry-after") == "30"
+    assert refused.header("connection") == "close"
+    assert (refused.header("x-ms-diagnostics") or "").startswith("50303;")
+    assert await conn.reader.read() == b""
 
     # A server already out may be asked again; it stays out.
     assert pool.enter_maintenance("fe01").mode is Mode.MAINTENANCE

@@ -39,6 +39,7 @@ from lab.ops.scenarios.framework import (
     Settle,
     Setup,
 )
+from lab.ops.scenarios.proxy import PROXY_SCENARIOS
 from lab.store.decision import Action
 
 LARGE_IMAGE = 8 * 1024 * 1024
@@ -299,3 +300,4 @@ SCENARIOS: tuple[Scenario, ...] = (
         scale=DAY_LONG,
     ),
 )
+SCENARIOS += PROXY_SCENARIOS

@@ -23,7 +23,9 @@ sentences: those are for people, and their words may change.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -320,6 +322,44 @@ class Maintenance(Fault):
         server = next(fe for fe in run.config.front_ends if str(fe.address) == address)
         run.struck = True
         run.running.lab.pool.enter_maintenance(server.name, immediate=self.immediate)
+
+
+class ProxyMistake(enum.Enum):
+    """A classic mistake in publishing the external web services through a reverse proxy."""
+
+    LISTENER_CERTIFICATE = "its certificate lacks the external web name"
+    INTERNAL_PORT = "its publishing rule bridges to the front ends' internal port"
+    UNTRUSTED_CA = "it does not trust the CA that issued the front ends' certificates"
+    NO_DIRECT_AUTHENTICATION = "its publishing rule does not let clients authenticate directly"
+
+
+@dataclass(frozen=True)
+class EdgeMisconfigured(Fault):
+    """The edge (the reverse proxy) publishes the external web services with one ``mistake``."""
+
+    mistake: ProxyMistake
+
+    def describe(self) -> str:
+        """The fault in words."""
+        return f"the edge is misconfigured: {self.mistake.value}"
+
+    def apply(self, lab: RunningLab) -> None:
+        """Reconfigure the running edge as the mistake has it."""
+        edge = lab.lab.pool.edge
+        if edge is None:
+            raise ScenarioError("the lab runs no edge to misconfigure")
+        match self.mistake:
+            case ProxyMistake.LISTENER_CERTIFICATE:
+                faulty = lab.lab.pki.faulty_edge("no-external-web-name")
+                edge.present(faulty.server_context())
+            case ProxyMistake.INTERNAL_PORT:
+                # The internal site's port, on every front end (the lease's https_port).
+                edge.rule = dataclasses.replace(edge.rule, bridge_port=lab.lab.pool.https_port)
+            case ProxyMistake.UNTRUSTED_CA:
+                # A proxy as installed: it trusts the system's public CAs, not the lab's.
+                edge.trust(ssl.create_default_context())
+            case ProxyMistake.NO_DIRECT_AUTHENTICATION:
+                edge.rule = dataclasses.replace(edge.rule, client_may_authenticate=False)
 
 
 @dataclass(frozen=True)
@@ -740,9 +780,10 @@ def describe_outcome(run: Run) -> str:
 
     ``updated V`` (with how, when something on the way mattered), ``back on V without a
     download`` (restore), ``back on V after W did not start``, or why the phone kept its
-    version: ``refused: ...``, ``refused V: ...`` (firmware), ``certificate refused: ...``,
-    ``not found: NAME``, ``DNS failed: NAME``, else ``stayed on V``. Judged from the codes
-    and facts of the phone's log lines, never from their words.
+    version: ``sign-in refused: ...``, ``refused: ...``, ``refused V: ...`` (firmware),
+    ``certificate refused: ...``, ``server failed: ...`` (a 5xx to every check), ``not
+    found: NAME``, ``DNS failed: NAME``, else ``stayed on V``. Judged from the codes and
+    facts of the phone's log lines, never from their words.
     """
     driver = run.subject
     core = driver.phone
@@ -828,7 +869,18 @@ _FIRMWARE_PROBLEMS = {
 
 def _why_not(log: list[LogEntry]) -> str | None:
     """Why a phone that kept its version did not update, from its log; None if nothing failed."""
-    for entry in _coded(log, LogCode.DENIED):
+    signed_in = [i for i, e in enumerate(log) if e.code is LogCode.SIGNED_IN]
+    if signed_in:
+        # A sign-in gives the phone new URLs and a user: what failed before it explains nothing.
+        log = log[signed_in[-1] + 1 :]
+    denied = _coded(log, LogCode.DENIED)
+    for entry in denied:
+        # A refused sign-in comes first: it is why the phone has no user to check with.
+        facts = entry.facts
+        if facts.purpose is Purpose.SIGN_IN:
+            assert facts.status is not None
+            return "sign-in refused: " + describe_status(facts.status, facts.diagnostics)
+    for entry in denied:
         facts = entry.facts
         if facts.purpose is not Purpose.CHECK:
             continue
@@ -845,6 +897,10 @@ def _why_not(log: list[LogEntry]) -> str | None:
         if certificate is not None and certificate in _CERTIFICATE_PROBLEMS:
             words = _CERTIFICATE_PROBLEMS[certificate].format(host=entry.facts.host)
             return "certificate refused: " + words
+    for entry in _coded(log, LogCode.SERVER_FAILED):
+        facts = entry.facts
+        if facts.purpose is Purpose.CHECK and facts.status is not None:
+            return "server failed: " + describe_status(facts.status, facts.diagnostics)
     for entry in _coded(log, LogCode.DNS_FAILED):
         if entry.facts.dns_answer == "NXDOMAIN":
             return f"not found: {entry.facts.host}"
