@@ -759,7 +759,7 @@ def _introduce(running: RunningLab, narrator: Narrator, scale: float | None, cou
     )
     narrator.say(
         f"DNS {host}:{port}; pool {config.pool_fqdn}: {front_ends}; "
-        f"edge {config.edge.fqdn} {endpoints['edge']['tcp']}"
+        f"edge {config.edge.fqdn} {endpoints['edge']['https']}"
     )
     if scale is not None:
         narrator.say(

@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
@@ -100,6 +101,14 @@ class FaultyCertificates:
     def server(self, name: str) -> CertPair:
         """The faulty certificate of front end ``name``."""
         return self.pki.faulty(self.fault, name)
+
+    def edge(self) -> CertPair:
+        """The edge's own, good certificate (the fault is the front ends')."""
+        return self.pki.edge()
+
+    def client_context(self) -> ssl.SSLContext:
+        """The edge's trust in the lab CA, as with good certificates."""
+        return self.pki.client_context()
 
 
 class Lab(Service):

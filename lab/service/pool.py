@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from lab.clock import utc_now
 from lab.errors import ConfigError, ServiceError
@@ -69,16 +69,11 @@ class ServerCertificate(Protocol):
 
 
 class CertificateSource(Protocol):
-    """Where front ends get their TLS certificates (lab.net.pki.LabPKI)."""
+    """Where the pool gets its TLS certificates and the CA the edge trusts (LabPKI)."""
 
     def server(self, name: str) -> ServerCertificate:
         """The certificate of front end ``name``."""
         ...
-
-
-@runtime_checkable
-class EdgeCertificateSource(Protocol):
-    """Where the edge gets its listener's certificate and the CA it trusts (LabPKI)."""
 
     def edge(self) -> ServerCertificate:
         """The edge's certificate (for the external web name)."""
@@ -99,9 +94,7 @@ class ServicePool(Service):
 
     Checks are decided on snapshots of the update store of ``state_dir``
     (lab.service.updates); ``refresh_store`` takes a change made in this process at once.
-    The edge's certificate and trust come from ``pki`` when it makes them (LabPKI does);
-    a source of front-end certificates only (a scenario's faulty ones) leaves them to the
-    lab PKI of the config, on the service's clock.
+    Every certificate, and the CA the edge trusts, come from ``pki``.
     """
 
     def __init__(
@@ -254,10 +247,7 @@ class ServicePool(Service):
         return [self.pki.server(fe.name).server_context() for fe in self.config.front_ends]
 
     def _edge_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        source = self.pki
-        if not isinstance(source, EdgeCertificateSource):
-            source = LabPKI(self.config, now=self.context.now)
-        return source.edge().server_context(), source.client_context()
+        return self.pki.edge().server_context(), self.pki.client_context()
 
     def _bind(self) -> tuple[list[socket.socket], list[socket.socket], socket.socket]:
         ports = self.config.ports
@@ -314,7 +304,7 @@ class ServicePool(Service):
                 if site is not None
             }
         if self.edge is not None:
-            result["edge"] = {"tcp": f"{self.edge.address[0]}:{self.edge.address[1]}"}
+            result["edge"] = {"https": f"{self.edge.address[0]}:{self.edge.address[1]}"}
         return result
 
     def status(self) -> dict[str, ServerStatus]:

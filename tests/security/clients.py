@@ -136,7 +136,7 @@ def through_edge(lab: LabProcess, source: str) -> Connection:
     """A connection from outside address ``source`` to the edge, for the external web name."""
     config_text = lab.config.read_text()
     external_web = "webext.contoso.test" if "webext" in config_text else "localhost"
-    return Connection(lab, lab.endpoint("edge", "tcp"), source, external_web)
+    return Connection(lab, lab.endpoint("edge", "https"), source, external_web)
 
 
 def ntlm_request(

@@ -76,7 +76,7 @@ def many_files() -> Iterator[None]:
 async def hold_partial_posts(lab: LabProcess, count: int) -> tuple[int, list[asyncio.StreamWriter]]:
     """Open ``count`` TLS connections to the edge from one address, each holding a POST
     whose body never ends; how many the lab took, and the writers to close."""
-    host, port = lab.endpoint("edge", "tcp")
+    host, port = lab.endpoint("edge", "https")
     context = client_context(lab)
     held: list[asyncio.StreamWriter] = []
     semaphore = asyncio.Semaphore(64)

@@ -153,7 +153,7 @@ def test_no_credential_file_is_left_anywhere(lab_factory: Callable[..., LabProce
 
 def test_curl_signs_in_through_the_edge(guarded_lab: LabProcess) -> None:
     """A normal client is not hurt: curl's own NTLM signs bob in (he is not locked)."""
-    host, port = guarded_lab.endpoint("edge", "tcp")
+    host, port = guarded_lab.endpoint("edge", "https")
     ca = json.loads((guarded_lab.state / "lease.json").read_text())["ca_cert"]
     result = subprocess.run(
         [

@@ -124,7 +124,7 @@ async def test_every_front_end_shares_one_port_per_role(pool: ServicePool) -> No
     assert len(external) == 1
     assert internal != external
     # The edge shares the internal port, so the lease's one https_port works inside and out.
-    assert endpoints["edge"]["tcp"] == f"{pool.config.edge.address}:{pool.https_port}"
+    assert endpoints["edge"]["https"] == f"{pool.config.edge.address}:{pool.https_port}"
     assert internal == {str(pool.https_port)}
 
 

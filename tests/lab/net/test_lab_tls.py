@@ -80,7 +80,11 @@ async def test_s_client_from_outside_gets_no_handshake_at_an_internal_site(lab: 
     assert "BEGIN CERTIFICATE" not in out
 
 
-async def test_s_client_through_the_edge_reaches_a_front_end(lab: Lab) -> None:
+async def test_s_client_at_the_edge_meets_the_edge_certificate(lab: Lab) -> None:
+    # The edge is a reverse proxy: it ends TLS with its own certificate, never a front end's.
     code, out = await s_client(lab, "127.20.0.100", str(lab.config.edge.address))
     assert code == 0, out
     assert "Verify return code: 0 (ok)" in out
+    subject = next(line for line in out.splitlines() if line.startswith("subject="))
+    assert lab.config.edge.fqdn in subject
+    assert all(fe.fqdn not in subject for fe in lab.config.front_ends)
