@@ -72,8 +72,11 @@ async def test_the_scenario_shows_its_expected_outcome(
     assert observation.passed
     assert observation.settled
     assert observation.fault == (scenario.fault.describe() if scenario.fault else None)
-    # The log lines that show it, and a timeline that starts with the phones.
+    # The log lines that show it (every code the scenario lists), and a timeline that
+    # starts with the phones.
     assert observation.log
+    shown = {line.entry.code for line in observation.log}
+    assert sorted(set(scenario.evidence) - shown) == [], "evidence listed but never logged"
     times = [e.time for e in observation.timeline]
     assert times == sorted(times)
     assert times[0] == observation.start
@@ -98,6 +101,28 @@ async def test_the_scenario_fails_without_its_fault_or_with_another_expected_out
         assert observation.observed == scenario.expected
         assert observation.expected == other
     assert not observation.passed
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s.depends_on], ids=ids)
+async def test_a_scenario_without_a_fault_fails_without_what_it_depends_on(
+    scenario: Scenario, lab_config: LabConfig, tmp_path: Path
+) -> None:
+    assert scenario.depends_on is not None
+    without = scenario.depends_on.without(scenario)
+    observation = await run_scenario(without, lab_config, tmp_path)
+    # The same story with its key step taken away ends otherwise, and says it failed.
+    assert observation.observed != scenario.expected, scenario.depends_on.what
+    assert not observation.passed
+
+
+def test_every_scenario_names_what_it_depends_on() -> None:
+    assert [s.name for s in SCENARIOS if s.fault is None and s.depends_on is None] == []
+    restore = BY_NAME["restore-to-backup"]
+    assert restore.depends_on is not None
+    lacking = dataclasses.replace(restore.depends_on, replace=((Settle(999.0), None),))
+    with pytest.raises(ScenarioError, match="its dependency names steps it lacks"):
+        lacking.without(restore)
 
 
 def test_the_catalogue_covers_the_issue_with_distinct_kebab_case_names() -> None:

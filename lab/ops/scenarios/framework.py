@@ -405,8 +405,55 @@ class ForeignSignature(Fault):
 
 
 @dataclass(frozen=True)
+class Dependency:
+    """What a scenario without a fault owes its outcome to, and how to take it away: steps
+    of its setup or script, or its phones, replaced (or dropped, with None), or a fault
+    that breaks it. A test runs the scenario without it and sees the outcome change."""
+
+    what: str
+    """In words: what the outcome depends on."""
+    replace: tuple[
+        tuple[AdminStep | Step | PhoneSpec, AdminStep | Step | PhoneSpec | None], ...
+    ] = ()
+    breaks: Fault | None = None
+
+    def without(self, scenario: Scenario) -> Scenario:
+        """``scenario`` with what it depends on taken away (and no dependency of its own)."""
+        found: set[int] = set()
+
+        def swapped(items: tuple[Any, ...]) -> tuple[Any, ...]:
+            result = []
+            for item in items:
+                for number, (old, new) in enumerate(self.replace):
+                    if item == old:
+                        found.add(number)
+                        item = new
+                        break
+                if item is not None:
+                    result.append(item)
+            return tuple(result)
+
+        changed = dataclasses.replace(
+            scenario,
+            setup=dataclasses.replace(scenario.setup, admin=swapped(scenario.setup.admin)),
+            script=swapped(scenario.script),
+            phones=swapped(scenario.phones),
+            fault=self.breaks if self.breaks is not None else scenario.fault,
+            depends_on=None,
+        )
+        missing = [old for number, (old, _) in enumerate(self.replace) if number not in found]
+        if missing:
+            raise ScenarioError(f"{scenario.name}: its dependency names steps it lacks: {missing}")
+        return changed
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """A named setup, an optional fault, what the phones do, and the outcome to observe."""
+    """A named setup, an optional fault, what the phones do, and the outcome to observe.
+
+    Every scenario of the catalogue names what its outcome depends on: its fault, or else
+    ``depends_on`` (the catalogue's tests run it without, and see the outcome change).
+    """
 
     name: str
     """Kebab-case, as ``lab scenario run NAME`` takes it."""
@@ -427,6 +474,8 @@ class Scenario:
     """Which phone the outcome is observed on (0-based)."""
     scale: float = 600.0
     """Phone seconds per real second for runs on a scaled clock (the CLI)."""
+    depends_on: Dependency | None = None
+    """For a scenario without a fault: what its outcome depends on."""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -451,6 +500,7 @@ class Scenario:
             "cause": self.cause,
             "fix": self.fix,
             "fault": self.fault.describe() if self.fault else None,
+            "depends_on": self.depends_on.what if self.depends_on else None,
             "expected": self.expected,
         }
 

@@ -32,7 +32,7 @@ PROXY_SCENARIOS: tuple[Scenario, ...] = (
         expected="certificate refused: webext.contoso.test is not on it",
         fault=EdgeMisconfigured(ProxyMistake.LISTENER_CERTIFICATE),
         phones=AT_HOME,
-        evidence=(LogCode.SIGNED_IN, LogCode.CONNECTION_FAILED, LogCode.GAVE_UP, LogCode.OFFERED),
+        evidence=(LogCode.SIGNED_IN, LogCode.CONNECTION_FAILED, LogCode.GAVE_UP),
     ),
     Scenario(
         name="proxy-bridges-to-internal-port",
@@ -49,7 +49,7 @@ PROXY_SCENARIOS: tuple[Scenario, ...] = (
         "connection to its external site (diagnostic 50201)",
         fault=EdgeMisconfigured(ProxyMistake.INTERNAL_PORT),
         phones=AT_HOME,
-        evidence=(LogCode.SERVER_FAILED, LogCode.SIGN_IN_FAILED, LogCode.GAVE_UP, LogCode.OFFERED),
+        evidence=(LogCode.SERVER_FAILED, LogCode.SIGN_IN_FAILED, LogCode.GAVE_UP),
     ),
     Scenario(
         name="proxy-does-not-trust-internal-ca",
@@ -66,7 +66,7 @@ PROXY_SCENARIOS: tuple[Scenario, ...] = (
         "certificate of the front ends' external sites (diagnostic 50202)",
         fault=EdgeMisconfigured(ProxyMistake.UNTRUSTED_CA),
         phones=AT_HOME,
-        evidence=(LogCode.SERVER_FAILED, LogCode.SIGN_IN_FAILED, LogCode.GAVE_UP, LogCode.OFFERED),
+        evidence=(LogCode.SERVER_FAILED, LogCode.SIGN_IN_FAILED, LogCode.GAVE_UP),
     ),
     Scenario(
         name="proxy-strips-ntlm",
@@ -83,7 +83,7 @@ PROXY_SCENARIOS: tuple[Scenario, ...] = (
         "(diagnostic 40101)",
         fault=EdgeMisconfigured(ProxyMistake.NO_DIRECT_AUTHENTICATION),
         phones=AT_HOME,
-        evidence=(LogCode.SIGNING_IN, LogCode.DENIED, LogCode.OFFERED),
+        evidence=(LogCode.SIGNING_IN, LogCode.DENIED),
     ),
 )
 """Troubleshooting scenarios of the reverse proxy, appended to the catalogue's."""
