@@ -434,6 +434,16 @@ class Phones:
         self.drivers.append(driver)
         return driver
 
+    def advance(self, seconds: float, lab: LabClock) -> None:
+        """Move the lab's time and the phones' on by ``seconds`` at once (LabClock.advance):
+        only while every phone is unplugged, when no phone waits on its clock."""
+        plugged = [d.name for d in self.drivers if d.phone.state is not PhoneState.OFF]
+        if plugged:
+            raise ValueError(f"time cannot jump while phones are plugged in: {plugged}")
+        lab.advance(seconds)
+        assert isinstance(self.clock, LoopClock | ScaledClock)
+        self.clock.start += seconds
+
     async def aclose(self) -> None:
         """Stop every phone."""
         for driver in self.drivers:

@@ -244,3 +244,18 @@ async def test_a_phone_log_and_the_audit_log_tell_the_same_time(
     assert format_time(downloads[-1].time) == audit_downloads[-1]
     # ... and it is the phone's time, which starts at T0, not the wall clock's.
     assert audit_checks[0].startswith(to_datetime(T0).strftime("%Y-%m-%dT%H:"))
+
+
+@pytest.mark.looptime
+async def test_lab_and_phone_time_jump_together_only_with_every_phone_unplugged(
+    device_lab: RunningLab, phones: Phones
+) -> None:
+    phone = phones.phone()
+    phone.power_on()
+    with pytest.raises(ValueError, match="while phones are plugged in"):
+        phones.advance(DAY, device_lab.lab.clock)
+    phone.power_off()
+    before = phones.clock.now()
+    phones.advance(60 * DAY, device_lab.lab.clock)
+    assert phones.clock.now() - before == pytest.approx(60 * DAY)
+    assert device_lab.lab.clock.time() == pytest.approx(phones.clock.now())

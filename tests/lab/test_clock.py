@@ -69,3 +69,12 @@ def test_lab_times_are_read_with_their_zone() -> None:
         parse_lab_time("2030-06-01T08:00:00")
     with pytest.raises(ClockError, match="is not a date and time"):
         parse_lab_time("at eight")
+
+
+def test_lab_time_jumps_forward_only() -> None:
+    source = [0.0]
+    clock = LabClock.starting(START, 1.0, lambda: source[0])
+    clock.advance(86_400.0)
+    assert clock.time() == START + 86_400.0
+    with pytest.raises(ClockError, match=r"not by -1\.0 seconds"):
+        clock.advance(-1.0)

@@ -39,12 +39,16 @@ from lab.ops.scenarios.framework import (
     Scenario,
     Settle,
     Setup,
+    Unplug,
 )
 from lab.ops.scenarios.proxy import PROXY_SCENARIOS
+from lab.service.inventory import SUPPORT_WINDOW
 from lab.store.decision import Action
 
 LARGE_IMAGE = 8 * 1024 * 1024
 """Big enough that a front end is still sending when a maintenance fault strikes."""
+SUPPORT_DAYS = SUPPORT_WINDOW.total_seconds()
+"""Microsoft's support window for the previous release, in seconds (60 days)."""
 DAY_LONG = 28_800.0
 """The scale of scenarios that wait for the 24-hour check: a phone day in about 3 s."""
 
@@ -315,6 +319,25 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
         evidence=(LogCode.CHECKING, LogCode.UP_TO_DATE, LogCode.OFFERED),
         scale=DAY_LONG,
+    ),
+    Scenario(
+        name="out-of-the-support-window",
+        title="A phone left on the previous release for over 60 days is out of support",
+        symptom="A phone that was unplugged when new firmware was approved still runs the "
+        "old release two months later: is it supported?",
+        cause="Microsoft supports the previous release for 60 days after the next one. The "
+        "lab applies it per device kind in lab time: 60 days after a version is approved, "
+        "a phone of that kind still on an older one is flagged left-behind by lab phones.",
+        fix="Find such phones with lab phones (flag left-behind) and plug them in or restart "
+        "them: they take the approved version at that check.",
+        expected=f"stayed on {FACTORY}, out of the support window",
+        setup=Setup(admin=(Publish(approve=False),)),
+        script=(PowerOn(), Settle(), Unplug(), Admin(Action.APPROVE), Pass(SUPPORT_DAYS + DAY)),
+        depends_on=Dependency(
+            "the 60 days of the support window passing",
+            replace=((Pass(SUPPORT_DAYS + DAY), Pass(SUPPORT_DAYS - DAY)),),
+        ),
+        evidence=(LogCode.CHECKING, LogCode.UP_TO_DATE),
     ),
 )
 SCENARIOS += PROXY_SCENARIOS

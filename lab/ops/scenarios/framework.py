@@ -42,6 +42,7 @@ from emulator import (
     LogCode,
     LogEntry,
     PhoneDriver,
+    PhoneState,
     Purpose,
     RouteKind,
     WaitTimeoutError,
@@ -66,6 +67,7 @@ from lab.ops.harness import (
     started_lab,
 )
 from lab.ops.runner import Lab
+from lab.service.inventory import Flag, read_inventory
 from lab.service.problems import Diagnostic
 from lab.store.cab import write_file_atomic
 from lab.store.catalog import sign_catalog
@@ -179,7 +181,14 @@ class Admin:
     model: str = "CX600"
 
 
-Step = PowerOn | Settle | Pass | Admin
+@dataclass(frozen=True)
+class Unplug:
+    """Phones are unplugged: those at the positions given (0-based), or every phone."""
+
+    phones: tuple[int, ...] = ()
+
+
+Step = PowerOn | Settle | Pass | Admin | Unplug
 UPDATE = (PowerOn(), Settle())
 """The usual script: power the phones on and wait until they are done."""
 
@@ -675,7 +684,7 @@ async def run_scenario(
                         await _do(run, step)
                 finally:
                     unsubscribe()
-                observed = describe_outcome(run)
+                observed = describe_outcome(run) + await _inventory_verdict(run)
                 end = run.now()
     except DriverError as exc:
         raise ScenarioError(f"{scenario.name}: a phone stopped: {exc}") from exc
@@ -745,11 +754,20 @@ async def _do(run: Run, step: Step) -> None:
                 driver.power_on()
         case Settle(within=within):
             await _settle(run, run.now() + within)
+        case Pass(seconds=seconds) if all(d.phone.state is PhoneState.OFF for d in run.drivers):
+            # Nothing runs while every phone is unplugged: lab time jumps (a CLI run at its
+            # scale would otherwise wait the months out in real time).
+            run.note(f"{seconds / DAY:g} days pass with every phone unplugged")
+            run.phones.advance(seconds, run.running.lab.clock)
         case Pass(seconds=seconds):
             await run.drivers[0].wait_until(run.now() + seconds)
         case Admin(action=action, model=model):
             run.running.change(action, model)
             run.note(f"administrator runs {action.value} for {model}")
+        case Unplug(phones=chosen):
+            for driver in [run.drivers[i] for i in chosen] if chosen else run.drivers:
+                driver.power_off()
+            run.note("phones unplugged")
 
 
 async def _settle(run: Run, until: float) -> None:
@@ -849,6 +867,19 @@ def describe_outcome(run: Run) -> str:
         how = _how_updated(run, log, end)
         return f"updated {end}" + (" " + ", ".join(how) if how else "")
     return _why_not(log) or f"stayed on {end}"
+
+
+async def _inventory_verdict(run: Run) -> str:
+    """What ``lab phones`` says of the subject phone at lab time now, when it says more
+    than its version: out of the support window (left behind for longer than it)."""
+    inventory = run.running.lab.pool.inventory
+    if inventory is not None:
+        await inventory.flush()
+    with run.running.store() as store:
+        statuses = read_inventory(store, run.running.lab.clock.now())
+    mac = run.subject.phone.identity.mac
+    flags = next((s.flags for s in statuses if s.phone.mac == mac), ())
+    return ", out of the support window" if Flag.LEFT_BEHIND in flags else ""
 
 
 def _versions(driver: PhoneDriver) -> list[str]:
