@@ -84,6 +84,12 @@ class LabClock:
         """Wait ``seconds`` of lab time."""
         await asyncio.sleep(max(0.0, seconds) / self.scale)
 
+    @classmethod
+    def published(cls, data: Mapping[str, Any]) -> LabClock:
+        """The clock ``as_dict`` published (run.json's ``clock``), on the wall clock."""
+        start = datetime.fromisoformat(str(data["start"])).timestamp()
+        return cls(start=start, origin=float(data["at"]), scale=float(data["scale"]))
+
     def as_dict(self) -> dict[str, Any] | None:
         """The clock for run.json and the lease: lab time ``start`` at wall time ``at``,
         ``scale`` lab seconds per real second from then. None for a clock on another source
@@ -95,17 +101,6 @@ class LabClock:
             "at": self.origin,
             "scale": self.scale,
         }
-
-
-def published_time(clock: Mapping[str, Any] | None, wall: float | None = None) -> datetime:
-    """Lab time now of a clock as run.json publishes it (``LabClock.as_dict``), at wall
-    time ``wall`` (default now); the wall clock's time when there is none."""
-    wall = time.time() if wall is None else wall
-    if not clock:
-        return datetime.fromtimestamp(wall, UTC)
-    start = datetime.fromisoformat(str(clock["start"])).timestamp()
-    at, scale = float(clock["at"]), float(clock["scale"])
-    return datetime.fromtimestamp(start + (wall - at) * scale, UTC)
 
 
 def parse_lab_time(text: str) -> float:

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lab.clock import published_time, utc_now
+from lab.clock import LabClock, utc_now
 from lab.errors import AdminError, LabStateError
 from lab.net.config import LabConfig, load_config
 from lab.ops.adminclient import AdminClient
@@ -82,7 +82,7 @@ def lab_clock(state: Path) -> Callable[[], datetime]:
     except LabStateError:
         return utc_now
     clock = info.get("clock") if info["alive"] else None
-    return lambda: published_time(clock)
+    return LabClock.published(clock).now if clock else utc_now
 
 
 def open_store(state: Path) -> Store:

@@ -78,3 +78,12 @@ def test_lab_time_jumps_forward_only() -> None:
     assert clock.time() == START + 86_400.0
     with pytest.raises(ClockError, match=r"not by -1\.0 seconds"):
         clock.advance(-1.0)
+
+
+def test_a_published_clock_is_read_back_as_the_same_clock() -> None:
+    clock = LabClock.starting(START, 60.0)
+    published = clock.as_dict()
+    assert published is not None
+    again = LabClock.published(published)
+    assert (again.start, again.origin, again.scale) == (clock.start, clock.origin, clock.scale)
+    assert again.time() == pytest.approx(clock.time(), abs=1.0)
