@@ -841,7 +841,7 @@ def wire_table(phone: PhoneOutcome) -> Table:
     """One phone's log lines beside the front ends' audit lines of its requests, in time
     order: the lab's one clock makes them agree to the millisecond."""
     rows = [
-        (audit_time(to_datetime(e.time)), e.render().split(" ", 1)[1], "")
+        (audit_time(to_datetime(e.time)), f"{e.level.value:<5} {e.topic}: {e.message}", "")
         for e in phone.log
         if e.code in WIRE_CODES
     ]

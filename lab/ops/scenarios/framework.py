@@ -74,7 +74,7 @@ from lab.store.catalog import sign_catalog
 from lab.store.decision import Action
 from lab.store.filestore import FileStore
 from lab.store.importer import remove_rules
-from lab.store.store import Selection
+from lab.store.store import Selection, Store
 
 HOUR = 3600.0
 DAY = 86_400.0
@@ -875,7 +875,8 @@ async def _inventory_verdict(run: Run) -> str:
     inventory = run.running.lab.pool.inventory
     if inventory is not None:
         await inventory.flush()
-    with run.running.store() as store:
+    # Read only: nothing to announce to the service (RunningLab.store is for changes).
+    with Store.open(run.running.state_dir) as store:
         statuses = read_inventory(store, run.running.lab.clock.now())
     mac = run.subject.phone.identity.mac
     flags = next((s.flags for s in statuses if s.phone.mac == mac), ())
