@@ -16,6 +16,7 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.service.inventory import Flag, PhoneStatus, read_inventory
+from lab.store.store import Store
 
 _FLAG_STYLE = {Flag.NOT_APPROVED: "yellow", Flag.LEFT_BEHIND: "bold red"}
 
@@ -64,9 +65,10 @@ def phones_table(statuses: list[PhoneStatus]) -> Table:
 def cmd_phones(args: argparse.Namespace) -> int:
     """List the inventory."""
     state = common.state_dir(args)
-    with common.open_store(state) as store:
-        # Assessed at lab time: the support window runs on the lab's clock.
-        statuses = read_inventory(store, common.lab_clock(state)())
+    # Assessed at lab time: the support window runs on the lab's clock.
+    now = common.lab_clock(state)
+    with Store.open(state, now=now) as store:
+        statuses = read_inventory(store, now())
     if args.json:
         common.print_json([s.as_dict() for s in statuses])
         return 0
