@@ -114,7 +114,7 @@ def make_lab_files(
         lambda vendor: pki.vendor(vendor).certificate_pem(),
         verify_vendor_signature,
     )
-    import_cab(state, contents, config.front_ends)
+    import_cab(state, contents, [pool.fqdn for pool in config.pools])
     with Store.open(state) as store:
         store.change(Action.APPROVE, Selection(all_=True))
     first = phone_model(models[0]).kind()

@@ -140,7 +140,9 @@ class Servers(Started):
             check_path=self.files.check_path,
             check_body=self.answer,
             files_path=self.files.files_path,
-            files_root=file_store_path(self.files.state_dir, FRONT_END),
+            files_root=file_store_path(
+                self.files.state_dir, self.files.config.front_end(FRONT_END).pool
+            ),
         )
         self.nginx.start()
         self.hosts[NGINX], self.ports[NGINX] = NGINX_HOST, self.nginx.port

@@ -85,9 +85,10 @@ def lab_clock(state: Path) -> Callable[[], datetime]:
     return LabClock.published(clock).now if clock else utc_now
 
 
-def open_store(state: Path) -> Store:
-    """The update store of ``state``, stamping changes with the lab's time."""
-    return Store.open(state, now=lab_clock(state))
+def open_store(state: Path, config: LabConfig | None = None) -> Store:
+    """The update store of ``state``, stamping changes with the lab's time (``config``
+    moves the rules of a store from before pools to its pools)."""
+    return Store.open(state, now=lab_clock(state), pool_of=config.pool_of() if config else None)
 
 
 def announce_store_change(state: Path) -> None:

@@ -62,7 +62,7 @@ def _show(args: argparse.Namespace, config: DeviceUpdateConfig) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show the configuration."""
-    with common.open_store(common.state_dir(args)) as store:
+    with common.open_store(common.state_dir(args), common.config_from(args)) as store:
         config = store.device_update_config()
     return _show(args, config)
 
@@ -76,7 +76,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             raise SettingError(f"{pair!r} is not NAME=VALUE")
         changes[name.strip()] = value
     state = common.state_dir(args)
-    with common.open_store(state) as store:
+    with common.open_store(state, common.config_from(args)) as store:
         config = store.set_settings(changes)
     common.announce_store_change(state)
     return _show(args, config)

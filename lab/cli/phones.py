@@ -16,7 +16,6 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.service.inventory import Flag, PhoneStatus, read_inventory
-from lab.store.store import Store
 
 _FLAG_STYLE = {Flag.NOT_APPROVED: "yellow", Flag.LEFT_BEHIND: "bold red"}
 
@@ -29,7 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def phones_table(statuses: list[PhoneStatus]) -> Table:
-    """A readable table of the inventory."""
+    """A readable table of the inventory: ``approved`` is the version the rule of the
+    phone's kind approves in ``pool``, the pool of the ``server`` it last checked with."""
     table = Table(title="phones", title_justify="left")
     for column in (
         "MAC",
@@ -37,6 +37,7 @@ def phones_table(statuses: list[PhoneStatus]) -> Table:
         "model",
         "version",
         "approved",
+        "pool",
         "server",
         "where",
         "last seen",
@@ -53,6 +54,7 @@ def phones_table(statuses: list[PhoneStatus]) -> Table:
             f"{phone.kind.vendor} {phone.kind.model}",
             phone.version,
             status.approved or "[dim](none)[/dim]",
+            phone.pool,
             phone.server,
             f"{phone.zone} {phone.address}",
             phone.last_seen,
@@ -67,7 +69,7 @@ def cmd_phones(args: argparse.Namespace) -> int:
     state = common.state_dir(args)
     # Assessed at lab time: the support window runs on the lab's clock.
     now = common.lab_clock(state)
-    with Store.open(state, now=now) as store:
+    with common.open_store(state, common.config_from(args)) as store:
         statuses = read_inventory(store, now())
     if args.json:
         common.print_json([s.as_dict() for s in statuses])

@@ -78,13 +78,17 @@ def endpoints_table(endpoints: dict[str, dict[str, str]], title: str) -> Table:
 
 
 def servers_table(servers: dict[str, dict[str, Any]]) -> Table:
-    """Each front end's mode, transfers in progress and open connections."""
+    """Each front end's pool, mode, transfers in progress and open connections."""
     table = Table(title="front ends", title_justify="left")
-    for column in ("server", "mode", "transfers in progress", "connections"):
+    for column in ("pool", "server", "mode", "transfers", "connections"):
         table.add_column(column)
-    for name, server in sorted(servers.items()):
+    for name, server in sorted(servers.items(), key=lambda item: (item[1]["pool"], item[0])):
         table.add_row(
-            name, server["mode"], str(len(server["transfers"])), str(server["connections"])
+            server["pool"],
+            name,
+            server["mode"],
+            str(len(server["transfers"])),
+            str(server["connections"]),
         )
     return table
 

@@ -56,7 +56,7 @@ def devices_table(devices: list[TestDevice]) -> Table:
 def cmd_add(args: argparse.Namespace) -> int:
     """Add a test device."""
     state = common.state_dir(args)
-    with common.open_store(state) as store:
+    with common.open_store(state, common.config_from(args)) as store:
         device = store.add_test_device(args.mac, args.serial, args.name)
     common.announce_store_change(state)
     if args.json:
@@ -69,7 +69,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     """Remove a test device."""
     state = common.state_dir(args)
-    with common.open_store(state) as store:
+    with common.open_store(state, common.config_from(args)) as store:
         device = store.remove_test_device(args.mac, args.serial)
     common.announce_store_change(state)
     if args.json:
@@ -81,7 +81,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List test devices."""
-    with common.open_store(common.state_dir(args)) as store:
+    with common.open_store(common.state_dir(args), common.config_from(args)) as store:
         devices = store.test_devices()
     if args.json:
         common.print_json([d.as_dict() for d in devices])

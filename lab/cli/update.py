@@ -1,8 +1,10 @@
-"""`lab update import|list|approve|reset|restore|remove`: update rules of the front ends.
+"""`lab update import|list|approve|reset|restore|remove`: update rules of the pools.
 
-A rule is named by its identity (``service:WebServer:<fqdn>/<uuid>``) or by a prefix of
-its uuid (at least four characters, as ``lab update list`` shows them); or several rules
-are chosen with ``--server``, ``--model`` or ``--all``.
+As Import-CsDeviceUpdate does, an import writes a cab into one pool's file store and
+rules (``--pool``), or into every pool's (``--all-pools``); a lab of one pool needs neither.
+A rule is named by its identity (``service:WebServer:<pool fqdn>/<uuid>``) or by a prefix
+of its uuid (at least four characters, as ``lab update list`` shows them); or several rules
+are chosen with ``--pool``, ``--model`` or ``--all``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from rich.table import Table
 from lab.cli import common
 from lab.cli.cab import tty_progress, vendor_certificates
 from lab.errors import ConfigError
-from lab.net.config import FrontEnd, LabConfig
+from lab.net.config import LabConfig
 from lab.net.pki import verify_vendor_signature
 from lab.store.decision import Action, Rule
 from lab.store.importer import ImportResult, import_cab, read_cab_file, remove_rules
@@ -31,16 +33,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     update = common.subcommand(sub, "update", "import vendor cabs and manage update rules")
     actions = update.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    imp = common.subcommand(actions, "import", "import a UCUpdates.cab into front ends' stores")
+    imp = common.subcommand(actions, "import", "import a UCUpdates.cab into pools' stores")
     imp.add_argument("file", type=Path, help="the cab file")
-    where = imp.add_mutually_exclusive_group(required=True)
-    where.add_argument("--server", metavar="NAME", help="front end (short name or FQDN)")
-    where.add_argument("--all", action="store_true", help="every front end of the pool")
+    where = imp.add_mutually_exclusive_group()
+    where.add_argument("--pool", metavar="POOL", help="the pool (FQDN or first label)")
+    where.add_argument("--all-pools", action="store_true", help="every pool of the lab")
     imp.add_argument("--json", action="store_true", help="print JSON")
     imp.set_defaults(func=cmd_import)
 
     listing = common.subcommand(actions, "list", "rules with pending, approved, restore versions")
-    listing.add_argument("--server", metavar="NAME", help="only this front end's rules")
+    listing.add_argument("--pool", metavar="POOL", help="only this pool's rules")
     listing.add_argument("--model", metavar="MODEL", help="only this model's rules")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_list)
@@ -54,19 +56,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, text in helps.items():
         action = common.subcommand(actions, name, text)
         action.add_argument("rules", nargs="*", metavar="RULE", help="identity or uuid prefix")
-        action.add_argument("--server", metavar="NAME", help="every rule of this front end")
+        action.add_argument("--pool", metavar="POOL", help="every rule of this pool")
         action.add_argument("--model", metavar="MODEL", help="every rule of this model")
         action.add_argument("--all", action="store_true", help="every rule")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(func=cmd_remove if name == "remove" else cmd_change, verb=name)
 
 
-def _server_name(config: LabConfig, name: str | None) -> str | None:
-    """A front end's short name when the config knows ``name`` (FQDN or short name)."""
+def _pool_name(config: LabConfig, name: str | None) -> str | None:
+    """A pool's FQDN when the config knows ``name`` (FQDN or first label)."""
     if name is None:
         return None
     try:
-        return config.front_end(name).name
+        return config.pool(name).fqdn
     except ConfigError:
         return name
 
@@ -88,15 +90,20 @@ def _version_columns(table: Table) -> None:
     table.add_column("restore", style="cyan", no_wrap=True)
 
 
+def _pool_label(rule: Rule) -> str:
+    # The pool's first label, as commands accept it (the FQDN is in the identity and --json).
+    return rule.pool.split(".", 1)[0]
+
+
 def rules_table(rules: Sequence[Rule], title: str) -> Table:
     """A readable table of rules."""
     table = Table(title=title, title_justify="left")
     table.add_column("rule", no_wrap=True)
-    table.add_column("server")
+    table.add_column("pool", no_wrap=True)
     table.add_column("device")
     _version_columns(table)
     for rule in rules:
-        table.add_row(rule.uuid[:8], rule.server, _device(rule), *_versions(rule))
+        table.add_row(rule.uuid[:8], _pool_label(rule), _device(rule), *_versions(rule))
     return table
 
 
@@ -104,7 +111,7 @@ def changes_table(changes: Sequence[RuleChange], title: str) -> Table:
     """A readable table of what a command did to each rule, and the rule's state after it."""
     table = Table(title=title, title_justify="left")
     table.add_column("rule", no_wrap=True)
-    table.add_column("server")
+    table.add_column("pool", no_wrap=True)
     table.add_column("device")
     table.add_column("done")
     _version_columns(table)
@@ -113,7 +120,7 @@ def changes_table(changes: Sequence[RuleChange], title: str) -> Table:
         rule = change.rule
         table.add_row(
             rule.uuid[:8],
-            rule.server,
+            _pool_label(rule),
             _device(rule),
             change.action,
             *_versions(change.after),
@@ -122,16 +129,26 @@ def changes_table(changes: Sequence[RuleChange], title: str) -> Table:
     return table
 
 
-def _servers(config: LabConfig, args: argparse.Namespace) -> list[FrontEnd]:
-    if args.all:
-        return list(config.front_ends)
-    return [config.front_end(args.server)]
+def _pools(config: LabConfig, args: argparse.Namespace) -> list[str]:
+    if args.all_pools:
+        return [pool.fqdn for pool in config.pools]
+    if args.pool is not None:
+        return [config.pool(args.pool).fqdn]
+    if len(config.pools) == 1:
+        return [config.pools[0].fqdn]
+    names = ", ".join(pool.fqdn for pool in config.pools)
+    raise ConfigError(
+        config.source,
+        "pools",
+        f"the lab has {len(config.pools)} pools ({names}): "
+        "name one with --pool POOL, or import into all with --all-pools",
+    )
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Check a cab completely, then import it all or nothing."""
     config = common.config_from(args)
-    servers = _servers(config, args)
+    pools = _pools(config, args)
     state = common.state_dir(args)
     with tty_progress("checking cab") as progress:
         cab = read_cab_file(
@@ -142,7 +159,14 @@ def cmd_import(args: argparse.Namespace) -> int:
             limit=config.limits.cab_unpacked_max,
         )
     with tty_progress("importing") as progress:
-        result = import_cab(state, cab, servers, progress=progress, now=common.lab_clock(state))
+        result = import_cab(
+            state,
+            cab,
+            pools,
+            progress=progress,
+            now=common.lab_clock(state),
+            pool_of=config.pool_of(),
+        )
     if result.changed:
         common.announce_store_change(state)
     if args.json:
@@ -154,7 +178,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     console.print(changes_table(result.changes, f"import of {result.cab}"))
     if result.changed:
         console.print(
-            f"imported into {', '.join(result.servers)}: {result.files_written} files written; "
+            f"imported into {', '.join(result.pools)}: {result.files_written} files written; "
             "new versions are pending (test devices get them; approve to release)"
         )
     else:
@@ -165,7 +189,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def _import_dict(result: ImportResult) -> dict[str, object]:
     return {
         "cab": result.cab,
-        "servers": list(result.servers),
+        "pools": list(result.pools),
         "changed": result.changed,
         "files_written": result.files_written,
         "recovered": result.recovered,
@@ -176,34 +200,32 @@ def _import_dict(result: ImportResult) -> dict[str, object]:
 def cmd_list(args: argparse.Namespace) -> int:
     """List rules."""
     config = common.config_from(args)
-    with common.open_store(common.state_dir(args)) as store:
-        rules = store.rules(_server_name(config, args.server), args.model)
+    with common.open_store(common.state_dir(args), config) as store:
+        rules = store.rules(_pool_name(config, args.pool), args.model)
     if args.json:
         common.print_json([r.as_dict() for r in rules])
         return 0
     console = Console()
     if not rules:
-        console.print("no rules (import a cab with: lab update import FILE --all)")
+        console.print("no rules (import a cab with: lab update import FILE --all-pools)")
         return 0
     console.print(rules_table(rules, "update rules"))
     console.print(
-        "rule: the start of the identity's uuid (service:WebServer:<fqdn>/<uuid>); "
+        "rule: the start of the identity's uuid (service:WebServer:<pool fqdn>/<uuid>); "
         "commands accept it or the whole identity (--json shows it)"
     )
     return 0
 
 
 def _selection(config: LabConfig, args: argparse.Namespace) -> Selection:
-    return Selection(
-        tuple(args.rules), _server_name(config, args.server), args.model, bool(args.all)
-    )
+    return Selection(tuple(args.rules), _pool_name(config, args.pool), args.model, bool(args.all))
 
 
 def cmd_change(args: argparse.Namespace) -> int:
     """Approve, reset or restore rules."""
     config = common.config_from(args)
     state = common.state_dir(args)
-    with common.open_store(state) as store:
+    with common.open_store(state, config) as store:
         changes = store.change(Action(args.verb), _selection(config, args))
     if any(c.action != "skipped" for c in changes):
         common.announce_store_change(state)
@@ -214,7 +236,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
     """Remove rules and the files no remaining rule refers to."""
     config = common.config_from(args)
     state = common.state_dir(args)
-    changes = remove_rules(state, _selection(config, args), now=common.lab_clock(state))
+    changes = remove_rules(
+        state, _selection(config, args), now=common.lab_clock(state), pool_of=config.pool_of()
+    )
     if any(c.action != "skipped" for c in changes):
         common.announce_store_change(state)
     return _report(args, changes)

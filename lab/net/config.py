@@ -2,7 +2,7 @@
 
 Every rule about what a valid lab looks like lives here. A problem is reported as one
 ConfigError naming the file, the dotted key and what is wrong, for example
-``lab.toml: pool.front_ends[1].address: '127.10.0.300' is not an IPv4 address``.
+``lab.toml: pools[0].front_ends[1].address: '127.10.0.300' is not an IPv4 address``.
 The default lab ships inside the package (``default.toml``) and needs no privileges.
 """
 
@@ -40,20 +40,39 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """One front-end server of the pool: its short name, FQDN and inside address."""
+    """One front-end server: its short name, FQDN, inside address and the pool it is in."""
 
     name: str
     fqdn: str
     address: ipaddress.IPv4Address
+    pool: str = ""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pool of front ends sharing one file store and one rule set, named by its FQDN.
+
+    A Standard Edition server is a pool of one, whose FQDN is the server's.
+    """
+
+    fqdn: str
+    front_ends: tuple[FrontEnd, ...]
+
+    @property
+    def name(self) -> str:
+        """The pool's first label (``pool01`` of ``pool01.contoso.test``)."""
+        return self.fqdn.split(".", 1)[0]
 
 
 @dataclass(frozen=True)
 class Edge:
-    """The edge (reverse proxy) on an outside address publishing the external web name."""
+    """The edge (reverse proxy) on an outside address publishing the external web name
+    of one pool."""
 
     fqdn: str
     address: ipaddress.IPv4Address
     external_web: str
+    pool: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,8 @@ class User:
     domain: str
     upn: str
     nt_hash: str
+    # The FQDN of the pool the user is homed on (in-band provisioning comes from it).
+    pool: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,8 +178,9 @@ class LabConfig:
     outside: ipaddress.IPv4Network
     dns_address: ipaddress.IPv4Address
     ports: Ports
-    pool_fqdn: str
-    front_ends: tuple[FrontEnd, ...]
+    pools: tuple[Pool, ...]
+    # The FQDN of the pool ``ucupdates-r2.<zone>`` points at (phones with no provisioning).
+    ucupdates_pool: str
     edge: Edge
     pki: PKIConfig
     users: tuple[User, ...] = ()
@@ -176,13 +198,49 @@ class LabConfig:
         """``ucupdates-r2.<zone>`` for every lab zone: the names phones look up."""
         return tuple(f"ucupdates-r2.{zone}" for zone in self.zones)
 
+    @property
+    def front_ends(self) -> tuple[FrontEnd, ...]:
+        """Every front end of every pool, in config order."""
+        return tuple(fe for pool in self.pools for fe in pool.front_ends)
+
+    @property
+    def discovery_pool(self) -> Pool:
+        """The pool ``ucupdates-r2`` points at."""
+        return self.pool(self.ucupdates_pool)
+
+    @property
+    def edge_pool(self) -> Pool:
+        """The pool the edge publishes."""
+        return self.pool(self.edge.pool)
+
     def front_end(self, name: str) -> FrontEnd:
         """The front end called ``name`` (short name or FQDN)."""
+        name = name.lower()
         for fe in self.front_ends:
             if name in (fe.name, fe.fqdn):
                 return fe
         known = ", ".join(fe.name for fe in self.front_ends)
-        raise ConfigError(self.source, "pool.front_ends", f"no front end {name!r} (have {known})")
+        raise ConfigError(self.source, "pools.front_ends", f"no front end {name!r} (have {known})")
+
+    def pool(self, name: str) -> Pool:
+        """The pool called ``name`` (FQDN, or its first label when that is unambiguous)."""
+        name = name.lower().rstrip(".")
+        for pool in self.pools:
+            if name == pool.fqdn:
+                return pool
+        matches = [pool for pool in self.pools if name == pool.name]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(pool.fqdn for pool in self.pools)
+        raise ConfigError(self.source, "pools", f"no pool {name!r} (have {known})")
+
+    def pool_of(self) -> dict[str, str]:
+        """Each front end's short name to its pool's FQDN."""
+        return {fe.name: fe.pool for fe in self.front_ends}
+
+    def home_pool(self, user: User) -> Pool:
+        """The pool ``user`` is homed on."""
+        return self.pool(user.pool)
 
     def user(self, name: str) -> User:
         """The directory user called ``name`` (short name or UPN)."""
@@ -306,6 +364,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
             "network",
             "ports",
             "pool",
+            "pools",
             "edge",
             "pki",
             "directory",
@@ -323,7 +382,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
     sip = _fqdn(r, "domains.sip", r.get(domains, "sip", "domains", str, dhcp))
 
     network = r.table(data, "network", "")
-    r.reject_unknown(network, "network", {"inside", "outside", "dns"})
+    r.reject_unknown(network, "network", {"inside", "outside", "dns", "ucupdates"})
     inside = _segment(r, "network.inside", r.get(network, "inside", "network", str))
     outside = _segment(r, "network.outside", r.get(network, "outside", "network", str))
     r.check(
@@ -345,35 +404,31 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
             chosen[key] = port
     ports = Ports(**chosen)
 
-    pool = r.table(data, "pool", "")
-    r.reject_unknown(pool, "pool", {"fqdn", "front_ends"})
-    pool_fqdn = _fqdn(r, "pool.fqdn", r.get(pool, "fqdn", "pool", str))
-    front_ends: list[FrontEnd] = []
-    for i, fe in enumerate(r.tables(pool, "front_ends", "pool")):
-        path = f"pool.front_ends[{i}]"
-        r.reject_unknown(fe, path, {"name", "address", "fqdn"})
-        short = r.get(fe, "name", path, str).lower()
-        r.check(bool(_LABEL.match(short)), f"{path}.name", f"{short!r} is not a host name")
-        fqdn = _fqdn(r, f"{path}.fqdn", r.get(fe, "fqdn", path, str, f"{short}.{sip}"))
-        address = _loopback(r, f"{path}.address", r.get(fe, "address", path, str))
-        r.check(address in inside, f"{path}.address", f"{address} is not in inside {inside}")
-        r.check(all(short != other.name for other in front_ends), f"{path}.name", "duplicate name")
+    pools = _pools(r, data, sip, inside)
+    pool_names = [pool.fqdn for pool in pools]
+
+    def pool_ref(table: Mapping[str, Any], key: str, path: str) -> str:
+        # A pool named by FQDN or first label; the first pool when the key is absent.
+        if key not in table:
+            return pool_names[0]
+        wanted = r.get(table, key, path, str).lower().rstrip(".")
+        found = [p for p in pool_names if wanted in (p, p.split(".", 1)[0])]
         r.check(
-            all(address != other.address for other in front_ends),
-            f"{path}.address",
-            f"{address} is already used by another front end",
+            len(found) == 1,
+            _join(path, key),
+            f"{wanted!r} is not one of the lab's pools ({', '.join(pool_names)})",
         )
-        front_ends.append(FrontEnd(short, fqdn, address))
-    r.check(bool(front_ends), "pool.front_ends", "the pool needs at least one front end")
+        return found[0]
 
     edge_t = r.table(data, "edge", "")
-    r.reject_unknown(edge_t, "edge", {"fqdn", "address", "external_web"})
+    r.reject_unknown(edge_t, "edge", {"fqdn", "address", "external_web", "pool"})
     edge_address = _loopback(r, "edge.address", r.get(edge_t, "address", "edge", str))
     r.check(edge_address in outside, "edge.address", f"{edge_address} is not in outside {outside}")
     edge = Edge(
         fqdn=_fqdn(r, "edge.fqdn", r.get(edge_t, "fqdn", "edge", str)),
         address=edge_address,
         external_web=_fqdn(r, "edge.external_web", r.get(edge_t, "external_web", "edge", str)),
+        pool=pool_ref(edge_t, "pool", "edge"),
     )
 
     pki_t = r.table(data, "pki", "")
@@ -395,7 +450,7 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
     for i, u in enumerate(r.tables(directory, "users", "directory")):
         path = f"directory.users[{i}]"
         r.check("password" not in u, f"{path}.password", "plaintext passwords are not accepted")
-        r.reject_unknown(u, path, {"name", "domain", "upn", "nt_hash"})
+        r.reject_unknown(u, path, {"name", "domain", "upn", "nt_hash", "pool"})
         user_name = r.get(u, "name", path, str)
         nt_hash = r.get(u, "nt_hash", path, str).lower()
         r.check(
@@ -405,9 +460,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
         )
         upn = r.get(u, "upn", path, str, f"{user_name}@{sip}")
         r.check("@" in upn, f"{path}.upn", f"{upn!r} is not a user principal name")
-        users.append(
-            User(user_name, r.get(u, "domain", path, str, "CONTOSO").upper(), upn, nt_hash)
-        )
+        domain = r.get(u, "domain", path, str, "CONTOSO").upper()
+        users.append(User(user_name, domain, upn, nt_hash, pool_ref(u, "pool", path)))
 
     fleet: list[FleetPhone] = []
     known_users = {u.name.lower() for u in users}
@@ -444,8 +498,8 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
         outside=outside,
         dns_address=dns,
         ports=ports,
-        pool_fqdn=pool_fqdn,
-        front_ends=tuple(front_ends),
+        pools=tuple(pools),
+        ucupdates_pool=pool_ref(network, "ucupdates", "network"),
         edge=edge,
         pki=pki,
         users=tuple(users),
@@ -453,6 +507,61 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
         lockout=lockout,
         limits=_numbers(r, r.table(data, "limits", ""), "limits", Limits),
     )
+
+
+def _pools(
+    r: _Reader, data: Mapping[str, Any], sip: str, inside: ipaddress.IPv4Network
+) -> list[Pool]:
+    """``[[pools]]`` (or one ``[pool]``), each with its ``front_ends``, checked as a whole."""
+    if "pool" in data:
+        r.check("pools" not in data, "pool", "give [pool] or [[pools]], not both")
+        tables, base = [r.table(data, "pool", "")], ["pool"]
+    else:
+        tables = r.tables(data, "pools", "")
+        base = [f"pools[{i}]" for i in range(len(tables))]
+        r.check(bool(tables), "pools", "the lab needs at least one pool ([[pools]])")
+    pools: list[Pool] = []
+    seen: list[FrontEnd] = []
+    for table, path in zip(tables, base, strict=True):
+        r.reject_unknown(table, path, {"fqdn", "front_ends"})
+        fqdn = _fqdn(r, f"{path}.fqdn", r.get(table, "fqdn", path, str))
+        r.check(all(fqdn != p.fqdn for p in pools), f"{path}.fqdn", f"duplicate pool {fqdn!r}")
+        front_ends: list[FrontEnd] = []
+        for i, fe in enumerate(r.tables(table, "front_ends", path)):
+            where = f"{path}.front_ends[{i}]"
+            r.reject_unknown(fe, where, {"name", "address", "fqdn"})
+            short = r.get(fe, "name", where, str).lower()
+            r.check(bool(_LABEL.match(short)), f"{where}.name", f"{short!r} is not a host name")
+            fe_fqdn = _fqdn(r, f"{where}.fqdn", r.get(fe, "fqdn", where, str, f"{short}.{sip}"))
+            address = _loopback(r, f"{where}.address", r.get(fe, "address", where, str))
+            r.check(address in inside, f"{where}.address", f"{address} is not in inside {inside}")
+            r.check(all(short != other.name for other in seen), f"{where}.name", "duplicate name")
+            r.check(
+                all(address != other.address for other in seen),
+                f"{where}.address",
+                f"{address} is already used by another front end",
+            )
+            front_end = FrontEnd(short, fe_fqdn, address, fqdn)
+            seen.append(front_end)
+            front_ends.append(front_end)
+        r.check(bool(front_ends), f"{path}.front_ends", "a pool needs at least one front end")
+        # A Standard Edition server's pool FQDN is its own; otherwise the names must differ.
+        clash = [fe for fe in seen if fe.fqdn == fqdn]
+        r.check(
+            not clash or (len(front_ends) == 1 and clash == front_ends),
+            f"{path}.fqdn",
+            f"{fqdn!r} is also a front end's FQDN (only a pool of one may share its server's)",
+        )
+        pools.append(Pool(fqdn, tuple(front_ends)))
+    for pool, path in zip(pools, base, strict=True):
+        for member in seen:
+            r.check(
+                member.fqdn != pool.fqdn or member.pool == pool.fqdn,
+                f"{path}.fqdn",
+                f"{pool.fqdn!r} is also the FQDN of {member.name}, a front end of pool "
+                f"{member.pool!r}",
+            )
+    return pools
 
 
 N = TypeVar("N", Lockout, Limits)

@@ -560,13 +560,16 @@ def _unique(*names: str) -> tuple[str, ...]:
 
 
 def _front_end_names(config: LabConfig, fe: str) -> tuple[str, ...]:
+    front_end = config.front_end(fe)
+    discovery = front_end.pool == config.ucupdates_pool
+    published = front_end.pool == config.edge.pool
     return _unique(
-        config.front_end(fe).fqdn,
-        config.pool_fqdn,
-        *config.ucupdates_names,
+        front_end.fqdn,
+        front_end.pool,
+        *(config.ucupdates_names if discovery else ()),
         # As a Lync front end's certificate does: the external web services are its own too,
         # though outside phones meet the edge's certificate (the edge ends their TLS).
-        config.edge.external_web,
+        *((config.edge.external_web,) if published else ()),
     )
 
 

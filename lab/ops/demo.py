@@ -499,7 +499,8 @@ async def show_discovery(running: RunningLab, narrator: Narrator, hold: ClockHol
     config, lab = running.config, running.lab
     name = config.ucupdates_names[0]
     inside, outside = phone_address(config.inside, 0), phone_address(config.outside, 0)
-    front_ends = frozenset(str(fe.address) for fe in config.front_ends)
+    # ucupdates-r2 names one pool: inside, its front ends answer.
+    front_ends = frozenset(str(fe.address) for fe in config.discovery_pool.front_ends)
     edge = frozenset({str(config.edge.address)})
 
     async def probe(label: str, source: str, tcp: bool, expected: frozenset[str]) -> Probe:
@@ -524,7 +525,10 @@ async def show_discovery(running: RunningLab, narrator: Narrator, hold: ClockHol
         mark = "[green]yes[/]" if p.ok else "[red]NO[/]"
         table.add_row(p.label, p.source, p.transport, escape(p.line), mark)
     narrator.console.print(table)
-    narrator.say("Inside, DNS answers with the front ends; outside, with the edge (split horizon).")
+    narrator.say(
+        f"Inside, DNS answers with the front ends of {config.ucupdates_pool}; outside, with "
+        "the edge (split horizon)."
+    )
     return all(p.ok for p in probes)
 
 
@@ -554,7 +558,7 @@ async def publish(
             import_cab,
             running.state_dir,
             contents,
-            running.config.front_ends,
+            serving_pools(running.config),
             now=running.lab.clock.now,
         )
     )
@@ -562,12 +566,24 @@ async def publish(
     return len(data), result
 
 
+def serving_pools(config: LabConfig) -> list[str]:
+    """The pools the demo fleet is served by, which its cabs are imported into: the one
+    ``ucupdates-r2`` names, the one the edge publishes, and the home pools of its users."""
+    users = [config.user(entry.user) for entry in config.fleet if entry.user is not None]
+    names = [config.ucupdates_pool, config.edge.pool, *(user.pool for user in users)]
+    return list(dict.fromkeys(names))
+
+
 async def administer(
     running: RunningLab, phones: Sequence[DemoPhone], narrator: Narrator, image_size: int
 ) -> None:
     """Publish the approved and the pending version, and name the test devices."""
     models = list(dict.fromkeys(phone.entry.model for phone in phones))
-    servers = ", ".join(fe.name for fe in running.config.front_ends)
+    pools = serving_pools(running.config)
+    others = [pool.fqdn for pool in running.config.pools if pool.fqdn not in pools]
+    where = ", ".join(pools) + (
+        f" (the pool that serves every demo phone; {', '.join(others)} gets none)" if others else ""
+    )
     vendors = ", ".join(dict.fromkeys(get_model(m).vendor.name for m in models))
     for version, approve in ((APPROVED, True), (PENDING, False)):
         size, result = await publish(running, models, version, image_size)
@@ -577,7 +593,7 @@ async def administer(
         )
         narrator.say(
             f"  checked it as an import does (member names, signatures, sizes, SHA-256) and "
-            f"imported it into {servers}: {len(result.changes)} rules now hold {version} pending"
+            f"imported it into {where}: {len(result.changes)} rules now hold {version} pending"
         )
         if approve:
             with running.store() as store:
@@ -748,18 +764,22 @@ def _introduce(running: RunningLab, narrator: Narrator, scale: float | None, cou
     config = running.config
     host, port = running.lab.dns.address
     endpoints = running.lab.endpoints()
-    front_ends = "; ".join(
-        f"{fe.name} internal {endpoints[fe.name]['internal']}, external "
-        f"{endpoints[fe.name]['external']}"
-        for fe in config.front_ends
+    pools = "; ".join(
+        f"pool {pool.fqdn}: "
+        + ", ".join(
+            f"{fe.name} internal {endpoints[fe.name]['internal']}, external "
+            f"{endpoints[fe.name]['external']}"
+            for fe in pool.front_ends
+        )
+        for pool in config.pools
     )
     narrator.say(
         f"[bold]Device Update Lab demo[/]: lab {config.name} ({escape(config.source)}), "
         f"{count} phones"
     )
     narrator.say(
-        f"DNS {host}:{port}; pool {config.pool_fqdn}: {front_ends}; "
-        f"edge {config.edge.fqdn} {endpoints['edge']['https']}"
+        f"DNS {host}:{port} (ucupdates-r2 at {config.ucupdates_pool}); {pools}; "
+        f"edge {config.edge.fqdn} {endpoints['edge']['https']} publishing {config.edge.pool}"
     )
     if scale is not None:
         narrator.say(

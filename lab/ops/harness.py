@@ -121,8 +121,10 @@ class RunningLab:
         signer: Signer | None = None,
         trusted: Callable[[str], bytes] | None = None,
         size: int = IMAGE_SIZE,
+        pools: Sequence[str] | None = None,
     ) -> None:
-        """Build a vendor cab for ``model`` at ``version``, import it everywhere, approve it.
+        """Build a vendor cab for ``model`` at ``version``, import it into ``pools`` (FQDNs;
+        every pool when None), approve it.
 
         ``signer`` signs the catalog instead of the model's vendor; ``trusted`` is what the
         import checks signatures against (an administrator who trusts the wrong key).
@@ -139,13 +141,14 @@ class RunningLab:
             trusted or (lambda vendor: pki.vendor(vendor).certificate_pem()),
             verify_vendor_signature,
         )
-        import_cab(self.state_dir, contents, self.config.front_ends, now=self.lab.clock.now)
+        chosen = pools if pools is not None else [pool.fqdn for pool in self.config.pools]
+        import_cab(self.state_dir, contents, chosen, now=self.lab.clock.now)
         self.store_changed()
         if approve:
             self.change(Action.APPROVE, model)
 
     def change(self, action: Action, model: str) -> None:
-        """Approve, reset or restore the rules of ``model`` on every front end."""
+        """Approve, reset or restore the rules of ``model`` in every pool."""
         with self.store() as store:
             store.change(action, Selection(model=model))
 
@@ -154,7 +157,9 @@ class RunningLab:
         """The lab's update store, for an administrator's change; the service takes what
         was changed at once, as the CLI's store commands make it."""
         try:
-            with Store.open(self.state_dir, now=self.lab.clock.now) as store:
+            with Store.open(
+                self.state_dir, now=self.lab.clock.now, pool_of=self.config.pool_of()
+            ) as store:
                 yield store
         finally:
             self.store_changed()
@@ -164,17 +169,19 @@ class RunningLab:
         self.lab.pool.refresh_store()
 
     def tamper(self, model: str, version: str) -> None:
-        """Flip one byte of the image in every front end's file store (after import)."""
+        """Flip one byte of the image in every pool's file store (after import)."""
         kind = phone_model(model).kind()
-        for fe in self.config.front_ends:
-            path = FileStore(self.state_dir, fe.name).path(f"{kind.path}/{version}/CPE/CPE.nbt")
+        for pool in self.config.pools:
+            path = FileStore(self.state_dir, pool.fqdn).path(f"{kind.path}/{version}/CPE/CPE.nbt")
+            if not path.exists():
+                continue
             data = bytearray(path.read_bytes())
             data[len(data) // 2] ^= 0xFF
             path.write_bytes(bytes(data))
 
     def stored_bytes(self, model: str, version: str) -> int:
         """The size of the catalog and image of ``model`` at ``version`` in a file store."""
-        files = FileStore(self.state_dir, self.config.front_ends[0].name)
+        files = FileStore(self.state_dir, self.config.pools[0].fqdn)
         folder = f"{phone_model(model).kind().path}/{version}/CPE"
         return sum(files.path(f"{folder}/{name}").stat().st_size for name in ("CPE.cat", "CPE.nbt"))
 

@@ -277,7 +277,7 @@ class Lab(Service):
         return {
             "domain": self.config.dhcp_domain,
             "sip_domain": self.config.sip_domain,
-            "sip_server": self.config.pool_fqdn,
+            "sip_server": self.config.discovery_pool.fqdn,
             "dns": [host, port],
             "https_port": self.pool.https_port,
             "segments": {"inside": str(self.config.inside), "outside": str(self.config.outside)},

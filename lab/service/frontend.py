@@ -1,4 +1,4 @@
-"""One front-end server of the pool: its internal and external site, file store and mode.
+"""One front-end server: its internal and external site, its pool's file store and its mode.
 
 A front end is in one of three modes. In production it serves everything. Entering
 maintenance by draining makes it ``draining``: transfers already in progress go on, every
@@ -93,12 +93,15 @@ class ServiceContext:
         """The device-update configuration in force (log limits), from the snapshot in hand."""
         return self.snapshots.current().config
 
-    def internal_url(self, path: str) -> str:
-        """An https URL at the pool FQDN (what inside phones use)."""
-        return f"https://{self.config.pool_fqdn}:{self.https_port}{path}"
+    def internal_url(self, pool: str, path: str) -> str:
+        """An https URL at the FQDN of ``pool`` (what inside phones use)."""
+        return f"https://{pool}:{self.https_port}{path}"
 
-    def external_url(self, path: str) -> str:
-        """An https URL at the published external web name (through the edge)."""
+    def external_url(self, pool: str, path: str) -> str | None:
+        """An https URL at the external web name the edge publishes ``pool`` under
+        (through the edge), or None when the edge does not publish that pool."""
+        if pool != self.config.edge.pool:
+            return None
         return f"https://{self.config.edge.external_web}:{self.https_port}{path}"
 
 
@@ -136,6 +139,7 @@ class ServerStatus:
     mode: Mode
     transfers: tuple[dict[str, Any], ...]
     connections: int
+    pool: str = ""  # the FQDN of the pool the front end is in
     # Per site: connections open, refused over the budget, cut for being too slow.
     limits: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -149,6 +153,7 @@ class ServerStatus:
         return {
             "name": self.name,
             "fqdn": self.fqdn,
+            "pool": self.pool,
             "mode": self.mode.value,
             "transfers": list(self.transfers),
             "connections": self.connections,
@@ -310,6 +315,7 @@ class FrontEndServer:
         return ServerStatus(
             name=self.name,
             fqdn=self.front_end.fqdn,
+            pool=self.front_end.pool,
             mode=self.mode,
             transfers=tuple(t.as_dict() for t in self.transfers),
             connections=sum(len(site.connections) for site in self.sites),

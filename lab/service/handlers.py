@@ -141,6 +141,7 @@ class Endpoints:
         self.role = role
         self.context = server.context
         self._name = server.name
+        self._pool = server.front_end.pool
         self._site_name = role.value
         self._fqdn = server.front_end.fqdn
         self._exact: dict[str, dict[str, Handler]] = {}
@@ -248,7 +249,7 @@ class Endpoints:
             raise Problem(Diagnostic.UNKNOWN_MODEL, kind)
         context = self.context
         snapshot = context.snapshots.current()
-        key = answer_key(snapshot, self._name, parsed)
+        key = answer_key(snapshot, self._pool, parsed)
         answer = note.answer = context.answers.answer(snapshot, key, self._render)
         observer = context.on_check
         if observer is not None:
@@ -264,6 +265,7 @@ class Endpoints:
                     # edge's.
                     zone=self._zone,
                     server=self._name,
+                    pool=self._pool,
                     seen=note.time,
                     # The account NTLM signed in is who the phone belongs to now; what the
                     # body claims is only believed where nobody signed in (the audit line
@@ -303,9 +305,12 @@ class Endpoints:
         """POST /Provisioning/signin: in-band provisioning for the signed-in user."""
         self.server.ensure_in_service()
         user = self._require_user(request, note)
+        # As the registrar does: whichever server the phone reached, it is given the URLs
+        # of the pool its user is homed on.
+        home = user.pool
         document = provisioning_document(
-            internal_url=self.context.internal_url(CHECK_PATH),
-            external_url=self.context.external_url(EXTERNAL_CHECK_PATH),
+            internal_url=self.context.internal_url(home, CHECK_PATH),
+            external_url=self.context.external_url(home, EXTERNAL_CHECK_PATH),
             user_uri=user.upn,
             check_interval=self.context.check_interval,
         )
@@ -390,8 +395,10 @@ class Endpoints:
                 version=decision.version or "",
                 size=item.size,
                 sha256=item.sha256,
-                base_url=self.context.internal_url(f"{INTERNAL_FILES}/{item.path}"),
-                external_base_url=self.context.external_url(f"{EXTERNAL_FILES}/{item.path}"),
+                base_url=self.context.internal_url(self._pool, f"{INTERNAL_FILES}/{item.path}"),
+                external_base_url=self.context.external_url(
+                    self._pool, f"{EXTERNAL_FILES}/{item.path}"
+                ),
             )
             for item in decision.files
         ]

@@ -17,8 +17,8 @@ flush in progress); the phones' next checks record them again. Each flush is a c
 the service reloads its store snapshot once after it (lab.store): at most one read
 transaction per half-second, whatever the rate of checks.
 
-Flags (``assess``), against the rule for the phone's device kind on the server it last
-checked with:
+Flags (``assess``), against the rule for the phone's device kind in the pool of the front
+end it last checked with:
 
 - ``not-approved``: the installed version differs from the rule's approved version;
 - ``left-behind``: not on the approved version, and that version was approved more than
@@ -78,6 +78,7 @@ class Sighting:
     address: str
     zone: Zone
     server: str
+    pool: str
     seen: datetime
     user: str | None = None
 
@@ -95,6 +96,7 @@ class Sighting:
             first_seen=stamp,
             last_seen=stamp,
             last_user=self.user,
+            pool=self.pool,
         )
 
 
@@ -137,11 +139,11 @@ def inventory(
     now: datetime,
     window: timedelta = SUPPORT_WINDOW,
 ) -> list[PhoneStatus]:
-    """Every phone with the approved version of its rule on its server, and its flags."""
-    by_rule: dict[tuple[str, KindKey], Approval] = {(a.server, a.kind.key): a for a in approvals}
+    """Every phone with the approved version of its rule in its pool, and its flags."""
+    by_rule: dict[tuple[str, KindKey], Approval] = {(a.pool, a.kind.key): a for a in approvals}
     statuses = []
     for phone in phones:
-        approval = by_rule.get((phone.server, phone.kind.key))
+        approval = by_rule.get((phone.pool, phone.kind.key))
         statuses.append(
             PhoneStatus(
                 phone,

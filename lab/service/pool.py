@@ -1,4 +1,4 @@
-"""The Device Update Web service of the pool: every front end, the edge and maintenance.
+"""The Device Update Web service of the lab's pools: every front end, the edge, maintenance.
 
 Start-up binds every listener before serving anything, so a lab either comes up whole
 or not at all. Ports follow the config; with port 0 a role's port is chosen once and
@@ -7,16 +7,17 @@ the edge's port equals the internal one (as in the default lab, both 10443, or b
 the edge shares that number too, so the one ``https_port`` of the lease reaches the
 internal sites inside and the edge outside.
 
-The pool owns the rules that need all servers at once: the edge only sends new connections
-to servers in production, and the last server in production can be taken out only with
-``force``. Firewall changes are applied to open connections the moment they are
-published. Changes are published on the EventBus as ``maintenance.entered``,
-``maintenance.drained``, ``maintenance.exited``, ``service.started`` and
-``service.stopped``.
+This object owns the rules that need several servers at once: the edge only sends new
+connections to servers of the pool it publishes that are in production, and the last
+server in production of a pool can be taken out only with ``force``. Firewall changes
+are applied to open connections the moment they are published. Changes are published on
+the EventBus as ``maintenance.entered``, ``maintenance.drained``, ``maintenance.exited``,
+``service.started`` and ``service.stopped``.
 
 A pool that opens its own store also records the phone inventory (lab.inventory: checks
 are gathered in memory and written in batches) and reads the device-update configuration
-for log uploads from it. Each front end keeps device logs under
+for log uploads from it. Every front end of a pool serves the pool's one file store
+(``<state>/pools/<pool>/DeviceUpdateFiles``); each front end keeps device logs under
 ``<state>/servers/<fe>/DeviceLogs`` (lab.service.logs).
 """
 
@@ -84,9 +85,10 @@ class CertificateSource(Protocol):
         ...
 
 
-def file_store_path(state_dir: Path, server: str) -> Path:
-    """``<state>/servers/<server>/DeviceUpdateFiles``: one front end's file store."""
-    return filestore.FileStore(state_dir, server).root
+def file_store_path(state_dir: Path, pool: str) -> Path:
+    """``<state>/pools/<pool FQDN>/DeviceUpdateFiles``: the file store of one pool, which
+    every front end of the pool serves."""
+    return filestore.FileStore(state_dir, pool).root
 
 
 class ServicePool(Service):
@@ -159,7 +161,7 @@ class ServicePool(Service):
         listener, trust = await asyncio.to_thread(self._edge_contexts)
         internal, external, edge_sock = self._bind()
         try:
-            store = self._store = Store.open(self.state_dir)
+            store = self._store = Store.open(self.state_dir, pool_of=self.config.pool_of())
             self.snapshots = SnapshotWatcher(store, clock=self._clock, events=self.events)
             await self.snapshots.start()
             self.context.snapshots = self.snapshots
@@ -175,7 +177,7 @@ class ServicePool(Service):
             ):
                 server = FrontEndServer(
                     fe,
-                    ImageFiles(file_store_path(self.state_dir, fe.name)),
+                    ImageFiles(file_store_path(self.state_dir, fe.pool)),
                     self.context,
                     tls,
                     make_handler=make_handler,
@@ -347,16 +349,16 @@ class ServicePool(Service):
         """
         target = self.server(server)
         if target.mode is Mode.PRODUCTION and not force:
+            pool = target.front_end.pool
             others = [
                 s.name
                 for s in self.servers.values()
-                if s is not target and s.mode is Mode.PRODUCTION
+                if s is not target and s.front_end.pool == pool and s.mode is Mode.PRODUCTION
             ]
             if not others:
                 raise ServiceError(
-                    f"{target.name} is the last server in production in pool "
-                    f"{self.config.pool_fqdn}; phones would have nowhere to go "
-                    "(force to enter maintenance anyway)"
+                    f"{target.name} is the last server in production in pool {pool}; "
+                    "phones would have nowhere to go (force to enter maintenance anyway)"
                 )
         in_progress = len(target.transfers)
         target.enter_maintenance(immediate)
@@ -393,7 +395,9 @@ class ServicePool(Service):
                 port=server.external.address[1],
             )
             for server in self.servers.values()
-            if server.mode is Mode.PRODUCTION and server.external is not None
+            if server.front_end.pool == self.config.edge.pool
+            and server.mode is Mode.PRODUCTION
+            and server.external is not None
         ]
 
     @property

@@ -13,7 +13,7 @@ number, all immutable) and a task that refreshes it beside the requests:
   through the admin API (``POST /v1/store/refresh``) is taken at once with ``refresh()``,
   so the very next check sees it.
 
-A check is then a pure function of (snapshot, server, request): ``answer_key`` names what
+A check is then a pure function of (snapshot, pool, request): ``answer_key`` names what
 the answer depends on, ``decide_check`` decides it with lab.store.decision. The check path's
 one cache, ``AnswerCache``, keeps built answers by that key for one snapshot generation,
 bounded in bytes: phones of one kind at one version share an answer, and nothing is
@@ -131,20 +131,20 @@ class SnapshotWatcher(BackgroundTask):
 class AnswerKey:
     """Everything a check's answer depends on, within one snapshot."""
 
-    server: str
+    pool: str
     kind: DeviceKind
     installed: str
     test_device: bool
 
 
-def answer_key(snapshot: Snapshot, server: str, request: DeviceUpdateRequest) -> AnswerKey:
-    """What the answer to ``request`` at ``server`` depends on in ``snapshot``."""
+def answer_key(snapshot: Snapshot, pool: str, request: DeviceUpdateRequest) -> AnswerKey:
+    """What the answer to ``request`` at a front end of ``pool`` depends on in ``snapshot``."""
     if request.identity_normalised:
         test_device = request.mac in snapshot.test_macs or request.serial in snapshot.test_serials
     else:
         test_device = snapshot.is_test_device(request.mac, request.serial)
     return AnswerKey(
-        server=server,
+        pool=pool,
         kind=request.kind,
         installed=request.installed_version,
         test_device=test_device,
@@ -152,8 +152,8 @@ def answer_key(snapshot: Snapshot, server: str, request: DeviceUpdateRequest) ->
 
 
 def decide_check(snapshot: Snapshot, key: AnswerKey) -> Decision:
-    """lab.store.decision.decide for ``key`` on ``snapshot``'s rules of its server."""
-    return decide(key.kind, key.installed, key.test_device, snapshot.rules_for(key.server))
+    """lab.store.decision.decide for ``key`` on ``snapshot``'s rules of its pool."""
+    return decide(key.kind, key.installed, key.test_device, snapshot.rules_for(key.pool))
 
 
 @dataclass(frozen=True, kw_only=True)

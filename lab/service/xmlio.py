@@ -141,7 +141,7 @@ class Download:
     size: int
     sha256: str
     base_url: str
-    external_base_url: str
+    external_base_url: str | None  # None: no edge publishes the pool (left out)
 
 
 def parse_update_request(body: bytes) -> DeviceUpdateRequest:
@@ -281,24 +281,27 @@ def update_response(downloads: Sequence[Download]) -> bytes:
             sha256=item.sha256,
         )
         ET.SubElement(element, "BaseURL").text = item.base_url
-        ET.SubElement(element, "ExternalBaseURL").text = item.external_base_url
+        if item.external_base_url is not None:
+            ET.SubElement(element, "ExternalBaseURL").text = item.external_base_url
     return _document(root)
 
 
 def provisioning_document(
     *,
     internal_url: str,
-    external_url: str,
+    external_url: str | None,
     user_uri: str,
     check_interval: int = 86400,
     enabled: bool = True,
 ) -> bytes:
-    """The in-band provisioning group a signed-in phone keeps (docs/wire-protocol.md)."""
+    """The in-band provisioning group a signed-in phone keeps (docs/wire-protocol.md);
+    without ``external_url`` (a pool no edge publishes) the property is left out."""
     root = ET.Element("provisionGroup", name="ServerConfiguration")
     entries = ET.SubElement(root, "propertyEntryList")
+    external = () if external_url is None else (("updatesServerExternalUrl", external_url),)
     for name, value in (
         ("updatesServerInternalUrl", internal_url),
-        ("updatesServerExternalUrl", external_url),
+        *external,
         ("EnableDeviceUpdate", "true" if enabled else "false"),
         ("deviceUpdateCheckInterval", str(check_interval)),
         ("userUri", user_uri),

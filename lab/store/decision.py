@@ -1,6 +1,6 @@
 """Every rule about what a phone is served, and how a rule's versions change, lives here.
 
-A rule (one per device kind and server) holds up to three versions:
+A rule (one per device kind and pool) holds up to three versions:
 
 - **pending**: imported, not yet approved; only test devices get it.
 - **approved**: what every phone gets.
@@ -51,10 +51,10 @@ class ServedFile:
 
 @dataclass(frozen=True)
 class Rule:
-    """An update rule of one server for one device kind, with the files of its versions."""
+    """An update rule of one pool for one device kind, with the files of its versions."""
 
     identity: str
-    server: str
+    pool: str  # the pool's FQDN
     kind: DeviceKind
     pending: str | None = None
     approved: str | None = None
@@ -76,7 +76,7 @@ class Rule:
         """A JSON-ready form (without the files)."""
         return {
             "identity": self.identity,
-            "server": self.server,
+            "pool": self.pool,
             "device_type": self.kind.device_type,
             "vendor": self.kind.vendor,
             "model": self.kind.model,
@@ -110,7 +110,7 @@ class Decision:
 
 
 def index_rules(rules: Iterable[Rule]) -> dict[KindKey, Rule]:
-    """Rules by the case-insensitive key of their device kind (one server's rules)."""
+    """Rules by the case-insensitive key of their device kind (one pool's rules)."""
     return {rule.kind.key: rule for rule in rules}
 
 
@@ -120,7 +120,7 @@ def decide(
     test_device: bool,
     rules: Mapping[KindKey, Rule],
 ) -> Decision:
-    """What a phone of ``kind`` with ``installed`` gets from one server's ``rules``."""
+    """What a phone of ``kind`` with ``installed`` gets from one pool's ``rules``."""
     rule = rules.get(kind.key)
     if rule is None:
         return Decision.nothing(f"no rule for {kind}")

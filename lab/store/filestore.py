@@ -1,11 +1,15 @@
-"""Each front end's file store, and changes to file stores that happen all or not at all.
+"""Each pool's file store, and changes to file stores that happen all or not at all.
 
 Layout of the state directory::
 
-    <state>/servers/<fe>/DeviceUpdateFiles/UCPhone/<Vendor>/<Model>/<Rev>/<Locale>/<Version>/CPE/
-    <state>/servers/<fe>/.staging/<change id>/new/...   files written, waiting for the commit
-    <state>/filestore.lock                               one writer of file stores at a time
-    <state>/filestore.journal.json                       the change in progress, if any
+    <state>/pools/<pool>/DeviceUpdateFiles/UCPhone/<Vendor>/<Model>/<Rev>/<Locale>/<Version>/CPE/
+    <state>/pools/<pool>/.staging/<change id>/new/...   files written, waiting for the commit
+    <state>/filestore.lock                              one writer of file stores at a time
+    <state>/filestore.journal.json                      the change in progress, if any
+
+Every front end of a pool serves the pool's one file store (``<pool>`` is its FQDN). Labs
+from before pools kept one per front end, under ``servers/<fe>/``; ``move_front_end_files``
+moves them to their pool's, and a journal they left still names those folders.
 
 A FileChange is how an import writes, and its files reach a file store only once the import
 is committed, so a running service (which serves ``DeviceUpdateFiles`` and nothing beside
@@ -38,7 +42,8 @@ from typing import Any
 
 from lab.errors import StoreError
 
-SERVERS_DIR = "servers"
+POOLS_DIR = "pools"
+SERVERS_DIR = "servers"  # each front end's own folders (device logs; file stores before pools)
 FILES_DIR = "DeviceUpdateFiles"
 STAGING_DIR = ".staging"
 LOCK_FILE = "filestore.lock"
@@ -53,15 +58,17 @@ def _no_checkpoint(step: str) -> None:
 
 
 class FileStore:
-    """One front end's file store: ``<state>/servers/<fe>/DeviceUpdateFiles``."""
+    """One pool's file store: ``<state>/pools/<pool FQDN>/DeviceUpdateFiles``."""
 
-    def __init__(self, state_dir: Path, server: str) -> None:
-        if not server or "/" in server or server in (".", ".."):
-            raise StoreError(f"{server!r} is not a front-end name")
+    def __init__(self, state_dir: Path, pool: str, *, parent: str = POOLS_DIR) -> None:
+        if not pool or "/" in pool or pool in (".", ".."):
+            raise StoreError(f"{pool!r} is not a pool name")
         self.state_dir = state_dir
-        self.server = server
-        self.server_dir = state_dir / SERVERS_DIR / server
-        self.root = self.server_dir / FILES_DIR
+        self.pool = pool
+        # Where the store's folders sit, relative to the state directory (journals name it).
+        self.folder = f"{parent}/{pool}"
+        self.pool_dir = state_dir / parent / pool
+        self.root = self.pool_dir / FILES_DIR
 
     def path(self, relative: str | PurePosixPath) -> Path:
         """The path of ``relative`` (a layout path) in this store; StoreError if it escapes."""
@@ -145,7 +152,7 @@ class FileStoreLock:
 
 @dataclass(frozen=True, order=True)
 class _Entry:
-    server: str
+    folder: str  # the file store's folder relative to the state directory (FileStore.folder)
     path: str
 
 
@@ -171,7 +178,7 @@ class FileChange:
     def add(self, store: FileStore, relative: PurePosixPath) -> None:
         """Plan to write the file at ``relative`` in ``store``."""
         store.path(relative)  # refuse a path outside the store now, not halfway
-        self._entries.add(_Entry(store.server, str(relative)))
+        self._entries.add(_Entry(store.folder, str(relative)))
 
     @property
     def empty(self) -> bool:
@@ -186,8 +193,8 @@ class FileChange:
     def stage(self, write: Stager, checkpoint: Checkpoint = _no_checkpoint) -> None:
         """Journal the change and have ``write`` put every planned file in staging; the
         journal and staging are removed again if anything fails here."""
-        servers = {FileStore(self.state_dir, e.server).server_dir for e in self._entries}
-        made = {f for server in servers for f in (server.parent, server) if not f.exists()}
+        pools = {self.state_dir / e.folder for e in self._entries}
+        made = {f for pool in pools for f in (pool.parent, pool) if not f.exists()}
         journal = {
             "format": JOURNAL_FORMAT,
             "id": self.id,
@@ -200,7 +207,7 @@ class FileChange:
         try:
             targets: dict[PurePosixPath, list[Path]] = {}
             for entry in sorted(self._entries):
-                staged = _staging(self.state_dir, entry.server, self.id, _NEW, entry.path)
+                staged = _staging(self.state_dir, entry.folder, self.id, _NEW, entry.path)
                 staged.parent.mkdir(parents=True, exist_ok=True)
                 targets.setdefault(PurePosixPath(entry.path), []).append(staged)
             write(targets)
@@ -255,17 +262,27 @@ def journal_pending(state_dir: Path) -> bool:
 # --- internals -------------------------------------------------------------------------------
 
 
-def _target(state_dir: Path, server: str, path: str) -> Path:
-    return FileStore(state_dir, server).path(path)
+def _target(state_dir: Path, folder: str, path: str) -> Path:
+    parent, _, name = folder.partition("/")
+    return FileStore(state_dir, name, parent=parent).path(path)
 
 
-def _staging(state_dir: Path, server: str, change_id: str, kind: str, path: str) -> Path:
-    base = state_dir / SERVERS_DIR / server / STAGING_DIR / change_id / kind
+def _staging(state_dir: Path, folder: str, change_id: str, kind: str, path: str) -> Path:
+    base = state_dir / folder / STAGING_DIR / change_id / kind
     return base.joinpath(*PurePosixPath(path).parts)
 
 
+def _folder(entry: Mapping[str, Any]) -> str:
+    # Journals from before pools name a front end ("server"), whose store was servers/<fe>.
+    folder = entry.get("folder") or f"{SERVERS_DIR}/{entry['server']}"
+    parent, _, name = str(folder).partition("/")
+    if parent not in (POOLS_DIR, SERVERS_DIR) or not name or "/" in name or name in (".", ".."):
+        raise StoreError(f"the file-store journal names {folder!r}, which is not a file store")
+    return str(folder)
+
+
 def _entries(journal: dict[str, Any]) -> list[_Entry]:
-    return [_Entry(e["server"], e["path"]) for e in journal["entries"]]
+    return [_Entry(_folder(e), e["path"]) for e in journal["entries"]]
 
 
 def _place(state_dir: Path, journal: dict[str, Any], checkpoint: Checkpoint) -> None:
@@ -275,9 +292,9 @@ def _place(state_dir: Path, journal: dict[str, Any], checkpoint: Checkpoint) -> 
     """
     entries = _entries(journal)
     for number, entry in enumerate(entries):
-        staged = _staging(state_dir, entry.server, journal["id"], _NEW, entry.path)
+        staged = _staging(state_dir, entry.folder, journal["id"], _NEW, entry.path)
         if staged.exists():
-            target = _target(state_dir, entry.server, entry.path)
+            target = _target(state_dir, entry.folder, entry.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, target)
         if number == 0:
@@ -291,8 +308,8 @@ def _drop(state_dir: Path, journal: dict[str, Any] | None) -> None:
     (the file stores are not touched)."""
     if journal is None:
         return
-    for server in sorted({e.server for e in _entries(journal)}):
-        staging = state_dir / SERVERS_DIR / server / STAGING_DIR
+    for folder in sorted({e.folder for e in _entries(journal)}):
+        staging = state_dir / folder / STAGING_DIR
         shutil.rmtree(staging / journal["id"], ignore_errors=True)
         with contextlib.suppress(OSError):
             staging.rmdir()
@@ -306,9 +323,9 @@ def _undo_format_1(state_dir: Path, journal: dict[str, Any]) -> None:
     """Undo a format-1 change: its files were placed before the commit, the files they
     replaced kept in staging, and the folders it made listed."""
     for entry in reversed(journal["entries"]):
-        target = _target(state_dir, entry["server"], entry["path"])
+        target = _target(state_dir, _folder(entry), entry["path"])
         if entry["existed"]:
-            backup = _staging(state_dir, entry["server"], journal["id"], _OLD, entry["path"])
+            backup = _staging(state_dir, _folder(entry), journal["id"], _OLD, entry["path"])
             # No backup means the target was never replaced: it is still the original.
             if backup.exists():
                 os.replace(backup, target)
@@ -375,3 +392,30 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: source.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def move_front_end_files(state_dir: Path, pool_of: Mapping[str, str]) -> list[str]:
+    """Move the file stores labs before pools kept per front end (``servers/<fe>/``) into
+    their pools' (``pool_of``: front-end name to pool FQDN); the front ends moved.
+
+    A file the pool's store already has stays as it is (front ends of one pool held the
+    same files of a version). Safe to repeat after an interruption; runs under the lock.
+    """
+    legacy = state_dir / SERVERS_DIR
+    if not any((legacy / fe / FILES_DIR).is_dir() for fe in pool_of):
+        return []
+    moved: list[str] = []
+    with FileStoreLock(state_dir):
+        for front_end, pool in sorted(pool_of.items()):
+            source = legacy / front_end / FILES_DIR
+            if not source.is_dir():
+                continue
+            target = FileStore(state_dir, pool).root
+            for path in sorted(p for p in source.rglob("*") if p.is_file() or p.is_symlink()):
+                destination = target / path.relative_to(source)
+                if not destination.exists():
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, destination)
+            shutil.rmtree(source)
+            moved.append(front_end)
+    return moved

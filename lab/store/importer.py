@@ -1,4 +1,4 @@
-"""Importing a vendor cab into front ends' file stores and rules, and removing rules with
+"""Importing a vendor cab into pools' file stores and rules, and removing rules with
 their files: the two operations that change the update store and file stores together.
 
 An import is all or nothing. The cab is checked completely first (lab.cab: streamed block
@@ -23,7 +23,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -31,7 +31,6 @@ from pathlib import Path, PurePosixPath
 from lab.clock import utc_now
 from lab.errors import CabError, StoreError
 from lab.models import KindKey
-from lab.net.config import FrontEnd
 from lab.store import filestore
 from lab.store.cab import DEFAULT_UNPACKED_MAX, CabContents, DeviceUpdate, Progress, check_cab
 from lab.store.catalog import Verifier
@@ -46,10 +45,10 @@ MAX_CAB_SIZE = 2 * 1024 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What an import did: per rule and server, and how many files it wrote."""
+    """What an import did: per rule and pool, and how many files it wrote."""
 
     cab: str
-    servers: tuple[str, ...]
+    pools: tuple[str, ...]
     changes: tuple[RuleChange, ...]
     files_written: int
     recovered: str | None = None
@@ -87,15 +86,17 @@ def served_files(update: DeviceUpdate) -> tuple[ServedFile, ...]:
 def import_cab(
     state_dir: Path,
     cab: CabContents,
-    servers: Sequence[FrontEnd],
+    pools: Sequence[str],
     *,
     progress: Progress | None = None,
     checkpoint: Callable[[str], None] | None = None,
     now: Callable[[], datetime] = utc_now,
+    pool_of: Mapping[str, str] | None = None,
 ) -> ImportResult:
-    """Write a checked cab into the file stores of ``servers`` and make its versions pending."""
-    if not servers:
-        raise StoreError("an import needs at least one front end")
+    """Write a checked cab into the file stores of ``pools`` (their FQDNs) and make its
+    versions pending in each pool's rules, as Import-CsDeviceUpdate does for one pool."""
+    if not pools:
+        raise StoreError("an import needs at least one pool")
 
     def step(name: str) -> None:
         if checkpoint is not None:
@@ -106,24 +107,22 @@ def import_cab(
         if progress is not None:
             progress(what, done, 4)
 
-    with Store.open(state_dir, now=now) as store, FileStoreLock(state_dir):
+    with Store.open(state_dir, now=now, pool_of=pool_of) as store, FileStoreLock(state_dir):
         step("locked")
         recovered = filestore.recover(state_dir, store.import_recorded)
         report("comparing with the file stores", 0)
         change = FileChange(state_dir, uuid.uuid4().hex)
         items: list[ImportedVersion] = []
-        for fe in servers:
-            files = FileStore(state_dir, fe.name)
+        for pool in pools:
+            files = FileStore(state_dir, pool)
             for update in cab.updates:
                 items.append(
-                    ImportedVersion(
-                        fe.name, fe.fqdn, update.kind, update.version, served_files(update)
-                    )
+                    ImportedVersion(pool, update.kind, update.version, served_files(update))
                 )
                 for file in update.files:
                     if not files.holds(file.path, file.size, file.sha256):
                         change.add(files, file.path)
-        names = tuple(fe.name for fe in servers)
+        names = tuple(pools)
         planned, records = store.preview_import(items)
         if change.empty and records == 0 and all(c.action == "unchanged" for c in planned):
             report("nothing to change", 4)
@@ -159,17 +158,20 @@ def import_cab(
 
 
 def remove_rules(
-    state_dir: Path, selection: Selection, now: Callable[[], datetime] = utc_now
+    state_dir: Path,
+    selection: Selection,
+    now: Callable[[], datetime] = utc_now,
+    pool_of: Mapping[str, str] | None = None,
 ) -> list[RuleChange]:
     """Delete the selected rules, then the files of theirs that no rule refers to any more."""
-    with Store.open(state_dir, now=now) as store, FileStoreLock(state_dir):
+    with Store.open(state_dir, now=now, pool_of=pool_of) as store, FileStoreLock(state_dir):
         filestore.recover(state_dir, store.import_recorded)
         changes = store.remove(selection)
-        servers = {c.rule.server for c in changes}
-        kept = {(r.server, r.kind.key) for r in store.rules()}
+        pools = {c.rule.pool for c in changes}
+        kept = {(r.pool, r.kind.key) for r in store.rules()}
         try:
-            for server in sorted(servers):
-                sweep_folders(FileStore(state_dir, server), {k for s, k in kept if s == server})
+            for pool in sorted(pools):
+                sweep_folders(FileStore(state_dir, pool), {k for p, k in kept if p == pool})
         except OSError as exc:
             raise StoreError(f"the rules are removed, but not all their files: {exc}") from None
         return changes

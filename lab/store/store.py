@@ -108,10 +108,9 @@ class RuleChange:
 
 @dataclass(frozen=True)
 class ImportedVersion:
-    """One version an import brings to one server: the input of ``record_import``."""
+    """One version an import brings to one pool: the input of ``record_import``."""
 
-    server: str
-    server_fqdn: str
+    pool: str  # the pool's FQDN
     kind: DeviceKind
     version: str
     files: tuple[ServedFile, ...]
@@ -122,7 +121,7 @@ class Selection:
     """Which rules a command is for: named ones, or filters (``all_`` for every rule)."""
 
     refs: tuple[str, ...] = ()
-    server: str | None = None
+    pool: str | None = None
     model: str | None = None
     all_: bool = False
 
@@ -142,10 +141,11 @@ class PhoneRecord:
     version: str
     address: str
     zone: str  # "inside" (internal site) or "outside" (external site, through the edge)
-    server: str
+    server: str  # the front end that answered its last check
     first_seen: str
     last_seen: str
     last_user: str | None = None
+    pool: str = ""  # that front end's pool, whose rules the phone is measured against
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
@@ -164,6 +164,7 @@ class PhoneRecord:
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
             "last_user": self.last_user,
+            "pool": self.pool,
         }
 
 
@@ -171,7 +172,7 @@ class PhoneRecord:
 class Approval:
     """A rule's approved version and when it became approved (None when not known)."""
 
-    server: str
+    pool: str
     kind: DeviceKind
     version: str
     approved_at: datetime | None
@@ -186,11 +187,11 @@ class Snapshot:
     test_macs: frozenset[str]
     test_serials: frozenset[str]
     config: DeviceUpdateConfig
-    by_server: Mapping[str, Mapping[KindKey, Rule]] = field(repr=False, compare=False)
+    by_pool: Mapping[str, Mapping[KindKey, Rule]] = field(repr=False, compare=False)
 
-    def rules_for(self, server: str) -> Mapping[KindKey, Rule]:
-        """One server's rules by device kind (the ``rules`` argument of decide)."""
-        return self.by_server.get(server, {})
+    def rules_for(self, pool: str) -> Mapping[KindKey, Rule]:
+        """One pool's rules by device kind (the ``rules`` argument of decide)."""
+        return self.by_pool.get(pool, {})
 
     def is_test_device(self, mac: str | None, serial: str | None) -> bool:
         """Whether a device reporting ``mac`` / ``serial`` is a test device."""
@@ -209,25 +210,82 @@ class Snapshot:
 
     def decide(
         self,
-        server: str,
+        pool: str,
         kind: DeviceKind,
         installed: str | None,
         mac: str | None = None,
         serial: str | None = None,
     ) -> Decision:
-        """What ``server`` serves a device: lab.store.decision.decide on this snapshot."""
-        return decide(kind, installed, self.is_test_device(mac, serial), self.rules_for(server))
+        """What ``pool`` serves a device: lab.store.decision.decide on this snapshot."""
+        return decide(kind, installed, self.is_test_device(mac, serial), self.rules_for(pool))
 
 
 # --- schema ----------------------------------------------------------------------------------
 
 
 class Migration(NamedTuple):
-    """One step of the schema: the version it brings the store to and its statements."""
+    """One step of the schema: the version it brings the store to, its statements, and
+    a step of code run after them (in the same transaction) when SQL alone cannot say."""
 
     version: int
     summary: str
     statements: tuple[str, ...]
+    code: Callable[[sqlite3.Connection, Mapping[str, str] | None], None] | None = None
+
+
+def _rules_to_pools(db: sqlite3.Connection, pool_of: Mapping[str, str] | None) -> None:
+    """Schema 3: the rules and versions schema 2 kept per front end move to its pool.
+
+    ``pool_of`` maps a front end's short name to its pool's FQDN (from the lab config).
+    Where front ends of one pool had a rule for the same device kind, the one changed last
+    is kept (their version records are all kept); its identity becomes the pool's.
+    """
+    legacy = [
+        row[0]
+        for row in db.execute(
+            "SELECT pool FROM rules WHERE instr(pool, '.') = 0"
+            " UNION SELECT pool FROM versions WHERE instr(pool, '.') = 0"
+        )
+    ]
+    if not legacy:
+        return
+    missing = sorted(name for name in legacy if pool_of is None or name not in pool_of)
+    if pool_of is None or missing:
+        raise StoreError(
+            f"the store keeps rules per front end ({', '.join(missing)}), as labs before "
+            "pools did; open it with the lab config that names those front ends (any "
+            "`lab --config FILE ...` command) to move the rules to their pools"
+        )
+    ranked = db.execute(
+        "SELECT uuid, pool, device_type, vendor, model, revision, locale FROM rules"
+        " WHERE instr(pool, '.') = 0 ORDER BY updated_at DESC"
+    ).fetchall()
+    kept: set[tuple[str, ...]] = {
+        (pool, *(k.casefold() for k in kind))
+        for pool, *kind in db.execute(
+            "SELECT pool, device_type, vendor, model, revision, locale FROM rules"
+            " WHERE instr(pool, '.')"
+        )
+    }
+    for rule_uuid, front_end, *rest in ranked:
+        pool = pool_of[front_end]
+        key = (pool, *(k.casefold() for k in rest))
+        if key in kept:
+            db.execute("DELETE FROM rules WHERE uuid = ?", (rule_uuid,))
+            continue
+        kept.add(key)
+        db.execute(
+            "UPDATE rules SET pool = ?, identity = ? WHERE uuid = ?",
+            (pool, rule_identity(pool, rule_uuid), rule_uuid),
+        )
+    for front_end, pool in pool_of.items():
+        db.execute(
+            "INSERT OR IGNORE INTO versions SELECT ?, device_type, vendor, model, revision,"
+            " locale, version, files, imported_at FROM versions WHERE pool = ?",
+            (pool, front_end),
+        )
+        db.execute("DELETE FROM versions WHERE pool = ?", (front_end,))
+        db.execute("UPDATE phones SET pool = ? WHERE server = ?", (pool, front_end))
 
 
 _KIND_COLUMNS = """
@@ -303,6 +361,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "UPDATE rules SET approved_at = updated_at WHERE approved IS NOT NULL",
         ),
     ),
+    Migration(
+        3,
+        "rules and versions belong to a pool, as Import-CsDeviceUpdate makes them",
+        (
+            "ALTER TABLE rules RENAME COLUMN server TO pool",
+            "ALTER TABLE versions RENAME COLUMN server TO pool",
+            "ALTER TABLE imports RENAME COLUMN servers TO pools",
+            "ALTER TABLE phones ADD COLUMN pool TEXT NOT NULL DEFAULT ''",
+        ),
+        _rules_to_pools,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -335,11 +404,14 @@ class Store:
         busy_timeout: float = BUSY_TIMEOUT,
         recover: bool = True,
         now: Callable[[], datetime] = utc_now,
+        pool_of: Mapping[str, str] | None = None,
     ) -> Store:
         """Open (creating and migrating) the store; finish or undo an interrupted import.
 
         Recovery is skipped when another process holds the file-store lock: that process
-        is alive and will clean up after itself.
+        is alive and will clean up after itself. ``pool_of`` (a front end's short name to
+        its pool's FQDN, ``LabConfig.pool_of``) is needed only to migrate a store from
+        before pools, whose rules were kept per front end; its files move too.
         """
         state_dir.mkdir(parents=True, exist_ok=True)
         path = state_dir / STORE_FILE
@@ -354,9 +426,13 @@ class Store:
                 if mode != "wal":
                     raise StoreError(f"{path}: WAL mode is not available (got {mode})")
                 db.execute("PRAGMA synchronous=FULL")
-                store._migrate()
+                store._migrate(pool_of)
             if recover:
                 store.recover_files()
+            # After recovery: an interrupted import from before pools is finished or undone
+            # in the front ends' stores first. A change in progress elsewhere moves later.
+            if pool_of is not None and not filestore.journal_pending(state_dir):
+                filestore.move_front_end_files(state_dir, pool_of)
         except BaseException:
             db.close()
             raise
@@ -417,7 +493,7 @@ class Store:
             finally:
                 self._db.execute("COMMIT")
 
-    def _migrate(self) -> None:
+    def _migrate(self, pool_of: Mapping[str, str] | None) -> None:
         current = self.schema_version
         if current > SCHEMA_VERSION:
             raise StoreError(
@@ -433,6 +509,8 @@ class Store:
                 if migration.version > current:
                     for statement in migration.statements:
                         db.execute(statement)
+                    if migration.code is not None:
+                        migration.code(db, pool_of)
                     db.execute(f"PRAGMA user_version = {int(migration.version)}")
 
     @property
@@ -491,25 +569,25 @@ class Store:
             previous.config,
         ):
             return previous
-        by_server: dict[str, list[Rule]] = {}
+        by_pool: dict[str, list[Rule]] = {}
         for rule in rules:
-            by_server.setdefault(rule.server, []).append(rule)
+            by_pool.setdefault(rule.pool, []).append(rule)
         self._snapshot = Snapshot(
             generation=previous.generation + 1 if previous is not None else 1,
             rules=rules,
             test_macs=macs,
             test_serials=serials,
             config=config,
-            by_server={server: index_rules(group) for server, group in by_server.items()},
+            by_pool={pool: index_rules(group) for pool, group in by_pool.items()},
         )
         return self._snapshot
 
     # --- rules ---
 
-    def rules(self, server: str | None = None, model: str | None = None) -> list[Rule]:
-        """Rules, optionally of one server and/or model, ordered by server and kind."""
+    def rules(self, pool: str | None = None, model: str | None = None) -> list[Rule]:
+        """Rules, optionally of one pool and/or model, ordered by pool and kind."""
         with self._read() as db:
-            return _filter(self._load_rules(db), server, model)
+            return _filter(self._load_rules(db), pool, model)
 
     def rule(self, ref: str) -> Rule:
         """The rule named by its identity or an unambiguous prefix of its uuid."""
@@ -553,9 +631,9 @@ class Store:
             for rule in chosen:
                 db.execute("DELETE FROM rules WHERE uuid = ?", (rule.uuid,))
                 db.execute(
-                    "DELETE FROM versions WHERE server = ? AND device_type = ? AND vendor = ?"
+                    "DELETE FROM versions WHERE pool = ? AND device_type = ? AND vendor = ?"
                     " AND model = ? AND revision = ? AND locale = ?",
-                    (rule.server, *_kind_row(rule.kind)),
+                    (rule.pool, *_kind_row(rule.kind)),
                 )
         return [RuleChange("removed", rule, None) for rule in chosen]
 
@@ -600,24 +678,24 @@ class Store:
         with self._write() as db:
             changes, rows = self._plan_import(db, items)
             stamp = self._stamp()
-            for server, kind, version, files in rows:
+            for pool, kind, version, files in rows:
                 db.execute(
                     "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT DO UPDATE SET files = excluded.files,"
                     " imported_at = excluded.imported_at",
-                    (server, *_kind_row(kind), version, files, stamp),
+                    (pool, *_kind_row(kind), version, files, stamp),
                 )
             for change in changes:
                 rule = change.rule
                 if change.action == "created":
                     db.execute(
-                        "INSERT INTO rules (uuid, identity, server, device_type, vendor, model,"
+                        "INSERT INTO rules (uuid, identity, pool, device_type, vendor, model,"
                         " revision, locale, pending, approved, restore, created_at, updated_at)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             rule.uuid,
                             rule.identity,
-                            rule.server,
+                            rule.pool,
                             *_kind_row(rule.kind),
                             rule.pending,
                             rule.approved,
@@ -628,11 +706,11 @@ class Store:
                     )
                 elif change.action == "pending":
                     self._save_versions(db, rule)
-            servers = sorted({item.server for item in items})
+            pools = sorted({item.pool for item in items})
             summary = json.dumps([[c.action, c.rule.identity, c.detail] for c in changes])
             db.execute(
                 "INSERT INTO imports VALUES (?, ?, ?, ?, ?, ?)",
-                (change_id, cab_name, cab_sha256, ",".join(servers), summary, stamp),
+                (change_id, cab_name, cab_sha256, ",".join(pools), summary, stamp),
             )
         return changes
 
@@ -645,24 +723,22 @@ class Store:
     def _plan_import(
         self, db: sqlite3.Connection, items: Sequence[ImportedVersion]
     ) -> tuple[list[RuleChange], list[tuple[str, DeviceKind, str, str]]]:
-        rules = {(r.server, r.kind.key): r for r in self._load_rules(db)}
+        rules = {(r.pool, r.kind.key): r for r in self._load_rules(db)}
         known = self._load_files(db)
         rows: list[tuple[str, DeviceKind, str, str]] = []
         touched: dict[tuple[str, KindKey], tuple[Rule | None, Rule, list[str]]] = {}
-        ordered = sorted(items, key=lambda i: (i.server, i.kind.key, _version_key(i.version)))
+        ordered = sorted(items, key=lambda i: (i.pool, i.kind.key, _version_key(i.version)))
         for item in ordered:
             files_json = json.dumps([[f.module, f.path, f.size, f.sha256] for f in item.files])
-            key = (item.server, item.kind.key)
-            if known.get((item.server, item.kind.key, item.version)) != item.files:
-                rows.append((item.server, item.kind, item.version, files_json))
+            key = (item.pool, item.kind.key)
+            if known.get((item.pool, item.kind.key, item.version)) != item.files:
+                rows.append((item.pool, item.kind, item.version, files_json))
             before = rules.get(key)
             if key in touched:
                 original, current, versions = touched[key]
             else:
                 original, versions = before, []
-                current = before or Rule(
-                    f"service:WebServer:{item.server_fqdn}/{uuid.uuid4()}", item.server, item.kind
-                )
+                current = before or Rule(rule_identity(item.pool), item.pool, item.kind)
             versions.append(item.version)
             touched[key] = (original, after_import(current, item.version), versions)
         changes: list[RuleChange] = []
@@ -763,6 +839,7 @@ class Store:
                 r.first_seen,
                 r.last_seen,
                 r.last_user,
+                r.pool,
             ]
             for r in records
         ]
@@ -776,7 +853,7 @@ class Store:
                 PhoneRecord(mac, serial, DeviceKind(device_type, vendor, model, rev, loc), *rest)
                 for mac, serial, device_type, vendor, model, rev, loc, *rest in db.execute(
                     "SELECT mac, serial, device_type, vendor, model, revision, locale, version,"
-                    " address, zone, server, first_seen, last_seen, last_user"
+                    " address, zone, server, first_seen, last_seen, last_user, pool"
                     " FROM phones ORDER BY server, mac"
                 )
             ]
@@ -786,13 +863,13 @@ class Store:
         with self._read() as db:
             return [
                 Approval(
-                    server,
+                    pool,
                     DeviceKind(*kind),
                     approved,
                     datetime.fromisoformat(at) if at is not None else None,
                 )
-                for server, *kind, approved, at in db.execute(
-                    "SELECT server, device_type, vendor, model, revision, locale, approved,"
+                for pool, *kind, approved, at in db.execute(
+                    "SELECT pool, device_type, vendor, model, revision, locale, approved,"
                     " approved_at FROM rules WHERE approved IS NOT NULL"
                 )
             ]
@@ -803,33 +880,33 @@ class Store:
         self, db: sqlite3.Connection
     ) -> dict[tuple[str, KindKey, str], tuple[ServedFile, ...]]:
         files: dict[tuple[str, KindKey, str], tuple[ServedFile, ...]] = {}
-        for server, *kind, version, data in db.execute(
-            "SELECT server, device_type, vendor, model, revision, locale, version, files"
+        for pool, *kind, version, data in db.execute(
+            "SELECT pool, device_type, vendor, model, revision, locale, version, files"
             " FROM versions"
         ):
             key = DeviceKind(*kind).key
-            files[(server, key, version)] = tuple(ServedFile(*f) for f in json.loads(data))
+            files[(pool, key, version)] = tuple(ServedFile(*f) for f in json.loads(data))
         return files
 
     def _load_rules(self, db: sqlite3.Connection) -> list[Rule]:
         files = self._load_files(db)
         rules = []
-        for identity, server, *kind, pending, approved, restore in db.execute(
-            "SELECT identity, server, device_type, vendor, model, revision, locale,"
+        for identity, pool, *kind, pending, approved, restore in db.execute(
+            "SELECT identity, pool, device_type, vendor, model, revision, locale,"
             " pending, approved, restore FROM rules"
-            " ORDER BY server, vendor, model, revision, locale"
+            " ORDER BY pool, vendor, model, revision, locale"
         ):
             device = DeviceKind(*kind)
             versions = {v for v in (pending, approved, restore) if v is not None}
             rules.append(
                 Rule(
                     identity,
-                    server,
+                    pool,
                     device,
                     pending,
                     approved,
                     restore,
-                    {v: files.get((server, device.key, v), ()) for v in sorted(versions)},
+                    {v: files.get((pool, device.key, v), ()) for v in sorted(versions)},
                 )
             )
         return rules
@@ -854,7 +931,7 @@ class Store:
 _RECORD_PHONES = (
     "INSERT INTO phones SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,"
     " value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,"
-    " value ->> 10, value ->> 11, value ->> 12, value ->> 13"
+    " value ->> 10, value ->> 11, value ->> 12, value ->> 13, value ->> 14"
     # (WHERE true: SQLite's grammar needs it before an upsert's ON CONFLICT after a SELECT.)
     " FROM json_each(?) WHERE true"
     " ON CONFLICT (mac) DO UPDATE SET serial = excluded.serial,"
@@ -862,10 +939,16 @@ _RECORD_PHONES = (
     " model = excluded.model, revision = excluded.revision,"
     " locale = excluded.locale, version = excluded.version,"
     " address = excluded.address, zone = excluded.zone, server = excluded.server,"
+    " pool = excluded.pool,"
     " last_seen = excluded.last_seen,"
     " last_user = coalesce(excluded.last_user, phones.last_user)"
 )
 """Upsert a batch of phones given as one JSON array of rows in the phones table's order."""
+
+
+def rule_identity(pool: str, rule_uuid: str | None = None) -> str:
+    """A rule's identity, as Lync names it: ``service:WebServer:<pool FQDN>/<guid>``."""
+    return f"service:WebServer:{pool}/{rule_uuid or uuid.uuid4()}"
 
 
 def _kind_row(kind: DeviceKind) -> tuple[str, str, str, str, str]:
@@ -885,11 +968,11 @@ def _device_id(mac: str | None, serial: str | None) -> tuple[str, str]:
     return "serial", normalise_serial(serial)
 
 
-def _filter(rules: list[Rule], server: str | None, model: str | None) -> list[Rule]:
+def _filter(rules: list[Rule], pool: str | None, model: str | None) -> list[Rule]:
     return [
         r
         for r in rules
-        if (server is None or r.server == server)
+        if (pool is None or r.pool == pool)
         and (model is None or r.kind.model.casefold() == model.casefold())
     ]
 
@@ -911,15 +994,15 @@ def _resolve(rules: list[Rule], ref: str) -> Rule:
 
 
 def _select(rules: list[Rule], selection: Selection) -> list[Rule]:
-    filters = selection.all_ or selection.server is not None or selection.model is not None
+    filters = selection.all_ or selection.pool is not None or selection.model is not None
     if selection.refs and filters:
-        raise RuleError("name rules or use --server/--model/--all, not both")
+        raise RuleError("name rules or use --pool/--model/--all, not both")
     if selection.refs:
         chosen = [_resolve(rules, ref) for ref in selection.refs]
         return list({rule.identity: rule for rule in chosen}.values())
     if not filters:
-        raise RuleError("name a rule (identity or uuid prefix) or use --server, --model or --all")
-    chosen = _filter(rules, selection.server, selection.model)
+        raise RuleError("name a rule (identity or uuid prefix) or use --pool, --model or --all")
+    chosen = _filter(rules, selection.pool, selection.model)
     if not chosen:
         raise RuleError("no rule matches the filters (see lab update list)")
     return chosen

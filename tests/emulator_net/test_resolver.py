@@ -18,7 +18,7 @@ from net_helpers import INSIDE_PHONE, OUTSIDE_PHONE, UCUPDATES
 from emulator.errors import ResolutionError
 from emulator.lease import parse_lease
 from emulator.net import DNSResolver, Resolver
-from lab.net.config import FrontEnd, LabConfig, default_config
+from lab.net.config import FrontEnd, LabConfig, Pool, default_config
 from lab.net.dns import DNSServer
 from lab.net.firewall import FirewallPolicy
 
@@ -168,11 +168,15 @@ async def test_nothing_listening_is_no_answer(no_server: tuple[str, int]) -> Non
 
 
 async def test_truncated_answer_is_asked_again_over_tcp(config: LabConfig) -> None:
+    # The pool ucupdates-r2 names, with 60 front ends.
     inside = list(ipaddress.IPv4Network("127.10.1.0/24").hosts())[:60]
+    name = config.ucupdates_pool
     front_ends = tuple(
-        FrontEnd(f"fe{i:03}", f"fe{i:03}.contoso.test", address) for i, address in enumerate(inside)
+        FrontEnd(f"fe{i:03}", f"fe{i:03}.contoso.test", address, name)
+        for i, address in enumerate(inside)
     )
-    server = await start_dns(dataclasses.replace(config, front_ends=front_ends))
+    pools = tuple(Pool(name, front_ends) if p.fqdn == name else p for p in config.pools)
+    server = await start_dns(dataclasses.replace(config, pools=pools))
     try:
         addresses = await resolver(server, INSIDE_PHONE).resolve(UCUPDATES)
     finally:

@@ -38,8 +38,9 @@ async def test_each_test_has_a_fresh_lab_and_sees_only_its_own_rules(
     device_lab.publish(model, NEW)
 
     with Store.open(device_lab.state_dir) as store:
-        rules = {(rule.server, rule.kind.model, rule.approved) for rule in store.rules()}
-    assert rules == {("fe01", model, NEW), ("fe02", model, NEW)}
+        rules = {(rule.pool, rule.kind.model, rule.approved) for rule in store.rules()}
+    # Published into every pool of the lab.
+    assert rules == {("pool01.contoso.test", model, NEW), ("se01.contoso.test", model, NEW)}
     # A phone of the other model is offered nothing: the other test's rule is not here.
     phone = phones.phone(other)
     phone.power_on()

@@ -13,8 +13,12 @@ from lab.ops.harness import NEW, T0, Phones, RunningLab, idle_on
 
 @pytest.fixture
 def lab_config(lab_config: LabConfig) -> LabConfig:
-    """The plugin's lab with only its first front end."""
-    return dataclasses.replace(lab_config, front_ends=lab_config.front_ends[:1])
+    """The plugin's lab with only its first front end: pool01 of fe01 alone, and only the
+    users homed there."""
+    first = lab_config.pools[0]
+    pool = dataclasses.replace(first, front_ends=first.front_ends[:1])
+    users = tuple(user for user in lab_config.users if user.pool == pool.fqdn)
+    return dataclasses.replace(lab_config, pools=(pool,), users=users)
 
 
 @pytest.mark.looptime

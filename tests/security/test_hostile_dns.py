@@ -28,7 +28,9 @@ from labprocess import LabProcess
 # A second outside address, so one test's connections never count against another's.
 SLOW_ATTACKER = "127.20.66.7"
 UCUPDATES = "ucupdates-r2.contoso.test"
-FRONT_ENDS = ["127.10.0.11", "127.10.0.12"]  # the inside view, from the default config
+# The inside view, from the default config: the front ends of the pool ucupdates-r2 names
+# (pool01: fe01, fe02), never se01 (127.10.0.21) of the lab's other pool.
+FRONT_ENDS = ["127.10.0.11", "127.10.0.12"]
 EDGE = "127.20.0.10"  # the outside view
 CAP = 20
 MESSAGE_TIMEOUT = 0.5

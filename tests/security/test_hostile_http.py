@@ -32,6 +32,7 @@ from lab.service.audit import read_audit
 
 FRONT_END = "fe01"
 HOST = "fe01.contoso.test"
+POOL = "pool01.contoso.test"  # fe01's pool, whose file store it serves
 VERSION = "4.0.7577.4372"
 IMAGE = f"/DeviceUpdateFiles_Int/UCPhone/Polycom/CX600/A/ENU/{VERSION}/CPE/CPE.nbt"
 IMAGE_SIZE = 64 * 1024
@@ -157,7 +158,7 @@ def http_lab(lab_factory: Callable[..., LabProcess]) -> LabProcess:
         "--image-size", str(IMAGE_SIZE), "--output", str(cab),
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
-    imported = running.lab("update", "import", "--all", str(cab))
+    imported = running.lab("update", "import", "--all-pools", str(cab))
     assert imported.returncode == 0, imported.stderr
     return running
 
@@ -170,7 +171,7 @@ def inside(http_lab: LabProcess, tmp_path_factory: pytest.TempPathFactory) -> In
 
 
 def image_file(lab: LabProcess) -> Path:
-    return lab.state / "servers" / FRONT_END / "DeviceUpdateFiles" / IMAGE.split("/", 2)[2]
+    return lab.state / "pools" / POOL / "DeviceUpdateFiles" / IMAGE.split("/", 2)[2]
 
 
 def audit_bytes(lab: LabProcess) -> bytes:

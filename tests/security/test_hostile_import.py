@@ -58,6 +58,9 @@ SMALL_IMAGE = 4096
 LOW_LIMIT = 100_000
 SAFETY = 10.0  # seconds: only ever reached when the lab misbehaves
 MODEL = phone_model("CX600")
+# The pool fe01 and fe02 serve (the default lab's other pool is se01.contoso.test).
+POOL01 = "pool01.contoso.test"
+POOL01_FILES = PurePosixPath("pools", POOL01, "DeviceUpdateFiles")
 
 
 @dataclass
@@ -197,11 +200,12 @@ def small(hostile_lab: LabProcess) -> tuple[Update, bytes]:
 
 
 def served_tree(lab: LabProcess) -> dict[str, int]:
-    """Every file in the lab's file stores and staging, by path, with its size."""
-    servers = lab.state / "servers"
+    """Every file in the lab's file stores and staging (each pool's, under ``pools/``), and
+    in the front ends' own folders but their device logs, by path, with its size."""
     return {
-        p.relative_to(servers).as_posix(): p.stat().st_size
-        for p in servers.rglob("*")
+        p.relative_to(lab.state).as_posix(): p.stat().st_size
+        for top in ("pools", "servers")
+        for p in (lab.state / top).rglob("*")
         if p.is_file() and "DeviceLogs" not in p.parts
     }
 
@@ -262,7 +266,7 @@ def test_a_cab_bomb_is_refused_with_little_memory_and_nothing_written(
     cab = tmp_path / "UCUpdates.cab"
     message = make_bomb(hostile_lab, small, cab)
     before = served_tree(hostile_lab)
-    run = run_lab(hostile_lab, "update", "import", str(cab), "--all")
+    run = run_lab(hostile_lab, "update", "import", str(cab), "--all-pools")
     assert run.returncode == 2, run.stderr
     assert re.fullmatch(f"lab: .*{message}.*\n", run.stderr), run.stderr
     assert run.peak < BOMB_PEAK, f"peak {run.peak / MiB:.0f} MiB"
@@ -280,16 +284,16 @@ def test_a_genuine_256_mib_cab_imports_with_bounded_memory(
     update = signed_update(hostile_lab, "4.0.7577.5256", BIG_IMAGE, sha)
     cab = tmp_path / "UCUpdates.cab"
     write_update_cab(cab, update, repeated(PATTERN, BIG_IMAGE), BIG_IMAGE)
-    run = run_lab(hostile_lab, "update", "import", str(cab), "--server", "fe01", "--json")
+    run = run_lab(hostile_lab, "update", "import", str(cab), "--pool", "pool01", "--json")
     cab.unlink()
     assert run.returncode == 0, run.stderr
     assert run.peak < GENUINE_PEAK, f"peak {run.peak / MiB:.0f} MiB"
     assert json.loads(run.stdout)["files_written"] == 2
-    stored = hostile_lab.state / "servers/fe01/DeviceUpdateFiles" / update.folder / IMAGE
+    stored = hostile_lab.state / POOL01_FILES / update.folder / IMAGE
     with stored.open("rb") as image:
         assert hashlib.file_digest(image, "sha256").hexdigest() == sha
     # Its 256 MiB go again with the rule, not to weigh on the other tests.
-    remove_rules(hostile_lab.state, Selection(server="fe01", model="CX600"))
+    remove_rules(hostile_lab.state, Selection(pool=POOL01, model="CX600"))
     assert not stored.exists()
 
 
@@ -310,7 +314,9 @@ def test_a_low_unpacked_limit_refuses_an_ordinary_cab_naming_the_key(
         version = f"4.0.7577.{5100 + len(cabs)}"
         cabs[size].write_bytes(build_cab([(phone_model("HP4110"), version)], pki.vendor, size))
     before = served_tree(hostile_lab)
-    refused = run_lab(hostile_lab, "update", "import", str(cabs[LOW_LIMIT]), "--all", config=low)
+    refused = run_lab(
+        hostile_lab, "update", "import", str(cabs[LOW_LIMIT]), "--all-pools", config=low
+    )
     assert refused.returncode == 2
     said = re.fullmatch(
         rf"lab: UCUpdates-{LOW_LIMIT}\.cab: it unpacks to (\d+) bytes, more than the "
@@ -322,9 +328,10 @@ def test_a_low_unpacked_limit_refuses_an_ordinary_cab_naming_the_key(
     assert served_tree(hostile_lab) == before
     # The same limit lets an ordinary cab under it through.
     allowed = run_lab(
-        hostile_lab, "update", "import", str(cabs[LOW_LIMIT // 2]), "--all", config=low
+        hostile_lab, "update", "import", str(cabs[LOW_LIMIT // 2]), "--all-pools", config=low
     )
     assert allowed.returncode == 0, allowed.stderr
+    # A catalog and an image in the store of each of the lab's two pools.
     assert "4 files written" in " ".join(allowed.stdout.split())
 
 
@@ -367,7 +374,7 @@ def test_an_import_stopped_before_its_commit_serves_none_of_its_files(
 ) -> None:
     version = f"4.0.7577.{5300 + BEFORE_COMMIT.index(step)}"
     update, _, cab = cab_of_version(hostile_lab, tmp_path, version)
-    killed = run_lab(hostile_lab, "update", "import", str(cab), "--server", "fe01", kill_at=step)
+    killed = run_lab(hostile_lab, "update", "import", str(cab), "--pool", POOL01, kill_at=step)
     assert killed.returncode == -9, killed.stderr
     assert (hostile_lab.state / "filestore.journal.json").exists()  # it got that far
     for file in (CATALOG, IMAGE):
@@ -377,7 +384,7 @@ def test_an_import_stopped_before_its_commit_serves_none_of_its_files(
     with Store.open(hostile_lab.state) as store:
         assert not any(version in r.versions for r in store.rules())
     assert not (hostile_lab.state / "filestore.journal.json").exists()
-    assert not (hostile_lab.state / "servers/fe01/.staging").exists()
+    assert not (hostile_lab.state / "pools" / POOL01 / ".staging").exists()
 
 
 def test_an_import_stopped_after_its_commit_is_served_once_the_next_command_finishes_it(
@@ -385,7 +392,7 @@ def test_an_import_stopped_after_its_commit_is_served_once_the_next_command_fini
 ) -> None:
     update, image, cab = cab_of_version(hostile_lab, tmp_path, "4.0.7577.5399")
     killed = run_lab(
-        hostile_lab, "update", "import", str(cab), "--server", "fe01", kill_at="committed"
+        hostile_lab, "update", "import", str(cab), "--pool", POOL01, kill_at="committed"
     )
     assert killed.returncode == -9, killed.stderr
     assert fetch(hostile_lab, "fe01", update.folder / IMAGE)[0] == 404  # not placed yet
@@ -394,3 +401,5 @@ def test_an_import_stopped_after_its_commit_is_served_once_the_next_command_fini
     assert any(r["pending"] == update.version for r in json.loads(listed.stdout))
     assert fetch(hostile_lab, "fe01", update.folder / IMAGE) == (200, image)
     assert fetch(hostile_lab, "fe01", update.folder / CATALOG) == (200, update.catalog)
+    # The pool's one store: its other front end serves the same files.
+    assert fetch(hostile_lab, "fe02", update.folder / IMAGE) == (200, image)

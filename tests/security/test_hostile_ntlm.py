@@ -131,6 +131,7 @@ def test_the_challenge_names_the_lab_not_the_host(guarded_lab: LabProcess) -> No
         info = info[4 + size :]
     assert names[2] == "CONTOSO"
     assert names[4] == names[5] == "contoso.test"
+    # The front end the edge forwarded to: one of the pool it publishes (pool01).
     assert (names[1], names[3]) in {("FE01", "fe01.contoso.test"), ("FE02", "fe02.contoso.test")}
     assert socket.gethostname().upper() not in names.values()
     assert "WORKSTATION" not in names.values()

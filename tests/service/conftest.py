@@ -1,8 +1,10 @@
 """Fixtures of the service tests: a lab on port 0, its PKI, a store with rules, a running pool.
 
-The store is filled with the store's own API (what an import records): CX600 has version
-4.0.7577.4372 approved on both front ends (an 8 MiB image, large enough that a slow
-reader's download stays in progress), and 4.0.7577.4400 pending, which only the test
+The default lab has two pools: pool01.contoso.test (front ends fe01 and fe02, published by
+the edge and named by ucupdates-r2) and se01.contoso.test (a Standard Edition server, a
+pool of one). The store is filled with the store's own API (what an import records): in
+every pool, CX600 has version 4.0.7577.4372 approved (an 8 MiB image, large enough that a
+slow reader's download stays in progress), and 4.0.7577.4400 pending, which only the test
 device (serial CX6A0000FF) is served.
 """
 
@@ -65,12 +67,13 @@ def client_context(pki: LabPKI) -> ssl.SSLContext:
 
 @pytest.fixture(scope="session")
 def service_state(tmp_path_factory: pytest.TempPathFactory, service_config: LabConfig) -> Path:
-    """A state directory whose store and file stores hold the CX600 rules of this module."""
+    """A state directory whose store and file stores hold the CX600 rules of this module,
+    imported into every pool (as `lab update import --all-pools` does)."""
     state = tmp_path_factory.mktemp("state")
     kind = phone_model("CX600").kind()
     items = []
-    for fe in service_config.front_ends:
-        root = file_store_path(state, fe.name)
+    for pool in service_config.pools:
+        root = file_store_path(state, pool.fqdn)
         for version, images in ((APPROVED, APPROVED_IMAGES), (PENDING, PENDING_IMAGES)):
             for image in images:
                 path = root / image.relative
@@ -80,20 +83,12 @@ def service_state(tmp_path_factory: pytest.TempPathFactory, service_config: LabC
                 ServedFile(i.relative.rsplit("/", 1)[-1], i.relative, len(i.data), i.sha256)
                 for i in images
             )
-            items.append((fe, version, files))
+            items.append((pool.fqdn, version, files))
     with Store.open(state) as store:
-        first = [
-            ImportedVersion(fe.name, fe.fqdn, kind, APPROVED, f)
-            for fe, v, f in items
-            if v == APPROVED
-        ]
+        first = [ImportedVersion(p, kind, APPROVED, f) for p, v, f in items if v == APPROVED]
         store.record_import(str(uuid.uuid4()), "UCUpdates.cab", "0" * 64, first)
         store.change(Action.APPROVE, Selection(all_=True))
-        second = [
-            ImportedVersion(fe.name, fe.fqdn, kind, PENDING, f)
-            for fe, v, f in items
-            if v == PENDING
-        ]
+        second = [ImportedVersion(p, kind, PENDING, f) for p, v, f in items if v == PENDING]
         store.record_import(str(uuid.uuid4()), "UCUpdates2.cab", "1" * 64, second)
         store.add_test_device(serial=TEST_DEVICE_SERIAL)
     return state

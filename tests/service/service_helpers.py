@@ -270,9 +270,12 @@ class Phones:
     async def inside(
         self, server: str = "fe01", *, source: str = INSIDE_PHONE, receive_buffer: int | None = None
     ) -> HttpConnection:
-        site = self.pool.server(server).internal
+        # A phone inside reaches a front end by its pool's FQDN (what the DNS and in-band
+        # provisioning give it), which that front end's certificate carries.
+        front_end = self.pool.server(server)
+        site = front_end.internal
         assert site is not None
-        return await self._open(site.address, self.pool.config.pool_fqdn, source, receive_buffer)
+        return await self._open(site.address, front_end.front_end.pool, source, receive_buffer)
 
     async def outside(
         self, *, source: str = OUTSIDE_PHONE, receive_buffer: int | None = None

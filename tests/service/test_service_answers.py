@@ -32,12 +32,12 @@ def snapshot(generation: int) -> Snapshot:
         test_macs=frozenset(),
         test_serials=frozenset(),
         config=DeviceUpdateConfig(),
-        by_server={},
+        by_pool={},
     )
 
 
-def key(installed: str, server: str = "fe01") -> AnswerKey:
-    return AnswerKey(server=server, kind=CX600, installed=installed, test_device=False)
+def key(installed: str, pool: str = "pool01.contoso.test") -> AnswerKey:
+    return AnswerKey(pool=pool, kind=CX600, installed=installed, test_device=False)
 
 
 class Renderer:
@@ -60,7 +60,9 @@ def test_an_answer_is_rendered_once_per_key_and_generation() -> None:
     assert render.calls == 1
     # An equal key built anew finds it: the key is its fields, not an object.
     assert cache.answer(snapshot(1), key("1.0"), render) is first
-    cache.answer(snapshot(1), key("1.0", server="fe02"), render)
+    # Another pool has rules of its own: its answer is its own (the front ends of one pool
+    # share theirs, as the key names no front end).
+    cache.answer(snapshot(1), key("1.0", pool="se01.contoso.test"), render)
     assert render.calls == 2
     # A new generation starts afresh: nothing decided on the old rules is served.
     cache.answer(snapshot(2), key("1.0"), render)

@@ -91,12 +91,14 @@ def planted(service_state: Path, tmp_path: Path) -> Iterator[Path]:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_bytes(SECRET)
-    store = file_store_path(service_state, "fe01") / "UCPhone"
+    # The store of pool01, which fe01 (where the phones below ask) serves.
+    root = file_store_path(service_state, "pool01.contoso.test")
+    store = root / "UCPhone"
     links = [(store / "out-link.nbt", outside / "secret.txt"), (store / "out-dir", outside)]
     for link, target in links:
         link.unlink(missing_ok=True)
         link.symlink_to(target)
-    hidden = file_store_path(service_state, "fe01") / ".hidden"
+    hidden = root / ".hidden"
     hidden.mkdir(exist_ok=True)
     (hidden / "secret.txt").write_bytes(SECRET)
     yield tmp_path

@@ -1,5 +1,5 @@
 """Image downloads: resume with Range and If-Range, stale ETags, conditional requests, odd
-Range headers, 404s, and what checks serve."""
+Range headers, 404s, and what checks serve: each pool's own rules, at its own URLs."""
 
 from __future__ import annotations
 
@@ -24,15 +24,18 @@ from service_helpers import (
     check_body,
 )
 
+from lab.models import phone_model
 from lab.net.config import LabConfig
 from lab.net.firewall import FirewallPolicy
-from lab.net.pki import LabPKI
+from lab.net.pki import LabPKI, verify_vendor_signature
 from lab.service import ServicePool, file_store_path
 from lab.service.audit import AuditRecord
 from lab.service.files import Precondition, evaluate_preconditions, parse_range
 from lab.service.problems import Problem
 from lab.service.updates import REFRESH_INTERVAL
+from lab.store.cab import build_cab
 from lab.store.decision import Action
+from lab.store.importer import import_cab, read_cab_file
 from lab.store.store import Selection, Store
 
 NBT = APPROVED_IMAGES[1]
@@ -75,10 +78,10 @@ async def test_a_stale_etag_gets_the_whole_file_never_a_mix(phones: Phones) -> N
 
 
 async def test_the_etag_is_the_same_on_every_front_end(phones: Phones) -> None:
-    # A phone may resume on another server than the one it started with.
+    # A phone may resume on another server of its pool than the one it started with.
     tags = set()
-    for server in ("fe01", "fe02"):
-        conn = await phones.inside(server)
+    for fe in phones.pool.config.pool("pool01").front_ends:
+        conn = await phones.inside(fe.name)
         head = await conn.request("HEAD", URL)
         assert head.status == 200
         tags.add(head.header("etag"))
@@ -86,7 +89,8 @@ async def test_the_etag_is_the_same_on_every_front_end(phones: Phones) -> None:
 
 
 async def test_every_answer_names_the_front_end_that_gave_it(phones: Phones) -> None:
-    for server in ("fe01", "fe02"):
+    # Every front end of every pool (se01's store holds the same versions).
+    for server in (fe.name for fe in phones.pool.config.front_ends):
         fqdn = phones.pool.server(server).front_end.fqdn
         conn = await phones.inside(server)
         answers = [
@@ -245,6 +249,85 @@ async def test_an_unannounced_store_change_is_taken_once_the_snapshot_is_old(
             await phones.close()
 
 
+def downloads(body: bytes) -> list[ET.Element]:
+    root = ET.fromstring(body)  # noqa: S314 - our own service's answer in a test
+    assert root.get("downloads") == str(len(root.findall("Download")))
+    return root.findall("Download")
+
+
+async def test_each_pool_answers_from_its_own_rules_and_names_itself_in_its_urls(
+    service_config: LabConfig,
+    state: Path,
+    pki: LabPKI,
+    firewall: FirewallPolicy,
+    client_context: ssl.SSLContext,
+) -> None:
+    """A cab imported into pool01 only (as `lab update import --pool pool01` does) is
+    offered by pool01's front ends and not by se01, whose rules are its own."""
+    version = "4.0.7577.4500"
+    cab = state.parent / "UCUpdates.cab"
+    cab.write_bytes(build_cab([(phone_model("CX3000"), version)], pki.vendor, 4096))
+    contents = read_cab_file(
+        cab, lambda vendor: pki.vendor(vendor).certificate_pem(), verify_vendor_signature
+    )
+    result = import_cab(state, contents, ["pool01.contoso.test"])
+    assert result.pools == ("pool01.contoso.test",)
+    [update] = contents.updates
+    files = [str(file.path) for file in update.files]  # the catalog, then the image
+    with Store.open(state) as store:
+        approved = store.change(
+            Action.APPROVE, Selection(pool="pool01.contoso.test", model="CX3000")
+        )
+        assert [c.rule.identity.split("/")[0] for c in approved] == [
+            "service:WebServer:pool01.contoso.test"
+        ]
+        assert store.rules(pool="se01.contoso.test", model="CX3000") == []
+    cx3000 = check_body(model="CX3000", version="4.0.7577.4000")
+
+    async with ServicePool(service_config, state, firewall=firewall, pki=pki) as pool:
+        port = pool.https_port
+        phones = Phones(pool, client_context)
+        try:
+            for server in ("fe01", "fe02"):
+                conn = await phones.inside(server)
+                offered = downloads((await conn.request("POST", CHECK, body=cx3000)).body)
+                assert [d.get("version") for d in offered] == [version, version]
+                # Named by the pool, not by the front end that answered.
+                assert [d.findtext("BaseURL") for d in offered] == [
+                    f"https://pool01.contoso.test:{port}/DeviceUpdateFiles_Int/{path}"
+                    for path in files
+                ]
+                assert [d.findtext("ExternalBaseURL") for d in offered] == [
+                    f"https://webext.contoso.test:{port}/DeviceUpdateFiles_Ext/{path}"
+                    for path in files
+                ]
+                for download, path in zip(offered, files, strict=True):
+                    served = await conn.request("GET", f"/DeviceUpdateFiles_Int/{path}")
+                    assert served.status == 200
+                    sha256 = hashlib.sha256(served.body).hexdigest()
+                    assert sha256 == download.get("sha256")
+
+            se01 = await phones.inside("se01")
+            nothing = await se01.request("POST", CHECK, body=cx3000)
+            assert nothing.status == 200
+            assert downloads(nothing.body) == []
+            assert nothing.header("x-ms-server-fqdn") == "se01.contoso.test"
+            for path in files:  # nor are its files in se01's store
+                assert (await se01.request("GET", f"/DeviceUpdateFiles_Int/{path}")).status == 404
+
+            # What se01 has (CX600, imported into every pool) it names by its own FQDN; no
+            # edge publishes se01, so its answer has no external URL.
+            own = downloads((await se01.request("POST", CHECK, body=check_body())).body)
+            assert [d.get("version") for d in own] == [APPROVED, APPROVED]
+            assert [d.findtext("BaseURL") for d in own] == [
+                f"https://se01.contoso.test:{port}/DeviceUpdateFiles_Int/{image.relative}"
+                for image in APPROVED_IMAGES
+            ]
+            assert [d.find("ExternalBaseURL") for d in own] == [None, None]
+        finally:
+            await phones.close()
+
+
 # -- conditional requests (RFC 9110 section 13) -------------------------------------------
 
 CAT = APPROVED_IMAGES[0]
@@ -254,8 +337,8 @@ LONG_AGO = "Sun, 01 Jan 2006 00:00:00 GMT"
 
 
 def file_date(pool: ServicePool, relative: str = CAT.relative) -> str:
-    """The Last-Modified a front end must send for a file of its store."""
-    path = file_store_path(pool.state_dir, "fe01") / relative
+    """The Last-Modified fe01 must send for a file of its pool's store."""
+    path = file_store_path(pool.state_dir, pool.server("fe01").front_end.pool) / relative
     return formatdate(int(path.stat().st_mtime), usegmt=True)
 
 

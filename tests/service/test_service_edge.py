@@ -1,4 +1,9 @@
-"""Outside through the edge: NTLM with curl and pyspnego, lockout, sign-in, routing."""
+"""Outside through the edge: NTLM with curl and pyspnego, lockout, sign-in, routing.
+
+The edge publishes pool01.contoso.test (fe01, fe02) under webext.contoso.test; the lab's
+other pool, se01.contoso.test (a Standard Edition server), is not published. alice and bob
+are homed on pool01, carol on se01.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from lab.service import ServicePool
 
 EXT_CHECK = "/RequestHandlerExt/ucdevice.upx"
 SIGNIN = "/Provisioning/signin"
+CAROL = ("CONTOSO\\carol", "Autumn2026!")
 
 
 async def curl_edge(
@@ -36,6 +42,12 @@ async def curl_edge(
         data=data,
         extra=extra,
     )
+
+
+def provisioning(document: bytes) -> dict[str | None, str | None]:
+    """The properties of an in-band provisioning document, by name."""
+    root = ET.fromstring(document)  # noqa: S314 - our own service's answer in a test
+    return {p.get("name"): p.text for p in root.iter("property")}
 
 
 def diagnostics(result: CurlResult) -> str:
@@ -141,9 +153,7 @@ async def test_sign_in_gives_in_band_provisioning_inside_and_outside(
     )
     assert outside.status == 200, outside.output
     document = outside.output.split("\r\n\r\n")[-1].encode()
-    root = ET.fromstring(document)  # noqa: S314 - our own service's answer in a test
-    properties = {p.get("name"): p.text for p in root.iter("property")}
-    assert properties == {
+    assert provisioning(document) == {
         "updatesServerInternalUrl": f"https://pool01.contoso.test:{port}/RequestHandler/ucdevice.upx",
         "updatesServerExternalUrl": f"https://webext.contoso.test:{port}/RequestHandlerExt/ucdevice.upx",
         "EnableDeviceUpdate": "true",
@@ -157,6 +167,49 @@ async def test_sign_in_gives_in_band_provisioning_inside_and_outside(
     signed = await ntlm_request(inside, "POST", SIGNIN, "CONTOSO\\alice", "Passw0rd!")
     assert signed.status == 200
     assert b"alice@contoso.test" in signed.body
+
+
+async def test_sign_in_gives_the_urls_of_the_users_home_pool_wherever_it_is_made(
+    pool: ServicePool, phones: Phones
+) -> None:
+    port = pool.https_port
+
+    def internal(pool_fqdn: str) -> str:
+        return f"https://{pool_fqdn}:{port}/RequestHandler/ucdevice.upx"
+
+    external = f"https://webext.contoso.test:{port}/RequestHandlerExt/ucdevice.upx"
+    # Whichever front end the phone reached, of its user's pool or another.
+    for server in ("fe01", "se01"):
+        conn = await phones.inside(server)
+        carol = await ntlm_request(conn, "POST", SIGNIN, *CAROL)
+        assert carol.status == 200
+        assert carol.header("x-ms-server-fqdn") == f"{server}.contoso.test"
+        # se01 is published by no edge: no external URL at all, not the edge's.
+        assert provisioning(carol.body) == {
+            "updatesServerInternalUrl": internal("se01.contoso.test"),
+            "EnableDeviceUpdate": "true",
+            "deviceUpdateCheckInterval": "86400",
+            "userUri": "carol@contoso.test",
+        }
+        assert b"updatesServerExternalUrl" not in carol.body
+
+        conn = await phones.inside(server)
+        alice = await ntlm_request(conn, "POST", SIGNIN, "CONTOSO\\alice", "Passw0rd!")
+        assert alice.status == 200
+        assert provisioning(alice.body) == {
+            "updatesServerInternalUrl": internal("pool01.contoso.test"),
+            "updatesServerExternalUrl": external,
+            "EnableDeviceUpdate": "true",
+            "deviceUpdateCheckInterval": "86400",
+            "userUri": "alice@contoso.test",
+        }
+
+    # Through the edge too (to a front end of pool01), carol is sent to her own pool.
+    outside = await phones.outside()
+    carol = await ntlm_request(outside, "POST", SIGNIN, *CAROL)
+    assert carol.status == 200
+    assert provisioning(carol.body)["updatesServerInternalUrl"] == internal("se01.contoso.test")
+    assert "updatesServerExternalUrl" not in provisioning(carol.body)
 
 
 async def test_internal_paths_are_refused_through_the_edge(phones: Phones) -> None:
@@ -177,6 +230,7 @@ async def test_edge_spreads_new_connections_round_robin(pool: ServicePool, phone
         assert response.status == 200
         served_by.append(response.header("x-ms-server-fqdn") or "")
         await conn.close()
+    # Over the front ends of the pool it publishes (pool01), never se01.
     assert sorted(served_by) == ["fe01.contoso.test"] * 2 + ["fe02.contoso.test"] * 2
     assert served_by[0] != served_by[1]
     assert served_by[0] == served_by[2]

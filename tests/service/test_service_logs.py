@@ -348,9 +348,10 @@ async def test_outside_log_uploads_need_ntlm(lab: LogLab) -> None:
         stored = await ntlm_request(conn, "POST", path, "CONTOSO\\alice", "Passw0rd!", body=data)
         await conn.close()
         assert stored.status == 200, stored.header("x-ms-diagnostics")
+    # Through the edge: the front ends of the pool it publishes (pool01).
     servers = [
         server
-        for server in ("fe01", "fe02")
+        for server in (fe.name for fe in lab.pool.config.edge_pool.front_ends)
         for content in lab.files(server=server).values()
         if content == data
     ]

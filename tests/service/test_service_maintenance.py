@@ -1,5 +1,8 @@
 """Maintenance: drain lets transfers finish while the edge and new requests go elsewhere;
-immediate cuts them; the last server in production needs force."""
+immediate cuts them; the last server in production of a pool needs force.
+
+The default lab's pools: pool01.contoso.test (fe01, fe02; the edge publishes it) and
+se01.contoso.test (a Standard Edition server, a pool of one)."""
 
 from __future__ import annotations
 
@@ -114,13 +117,17 @@ async def test_immediate_cuts_the_transfers_in_progress(
 
 async def test_the_last_server_in_production_needs_force(pool: ServicePool, phones: Phones) -> None:
     assert pool.enter_maintenance("fe01").mode is Mode.MAINTENANCE
-    with pytest.raises(ServiceError, match="last server in production"):
+    # se01 is in production too, but in another pool: fe02 is pool01's last.
+    with pytest.raises(
+        ServiceError, match=r"fe02 is the last server in production in pool pool01\.contoso\.test"
+    ):
         pool.enter_maintenance("fe02")
     assert pool.server("fe02").mode is Mode.PRODUCTION
 
     assert pool.enter_maintenance("fe02", force=True).mode is Mode.MAINTENANCE
-    # With no server in production the edge has nowhere to forward: as a reverse proxy it
-    # answers the request itself, 503 with Retry-After, and closes the connection.
+    # With no server of the pool it publishes in production (se01's is not published) the
+    # edge has nowhere to forward: as a reverse proxy it answers the request itself, 503
+    # with Retry-After, and closes the connection.
     conn = await phones.outside()
     refused = await conn.request("POST", SIGNIN)
     assert refused.status == 503
@@ -137,8 +144,42 @@ async def test_the_last_server_in_production_needs_force(pool: ServicePool, phon
 
 async def test_status_and_unknown_servers(pool: ServicePool) -> None:
     snapshot = pool.snapshot()
-    assert set(snapshot["servers"]) == {"fe01", "fe02"}
+    # Every front end of every pool runs.
+    assert set(snapshot["servers"]) == {"fe01", "fe02", "se01"}
     assert snapshot["servers"]["fe01"]["mode"] == "production"
     assert pool.server("fe02.contoso.test").name == "fe02"
-    with pytest.raises(ServiceError, match=r"no front end 'fe09'.*fe01, fe02"):
+    assert pool.server("se01.contoso.test").name == "se01"
+    with pytest.raises(ServiceError, match=r"no front end 'fe09'.*fe01, fe02, se01"):
         pool.enter_maintenance("fe09")
+
+
+async def test_the_last_server_in_production_is_judged_per_pool(
+    pool: ServicePool, phones: Phones
+) -> None:
+    # Every server of both pools is in production; se01 is still the last of its own.
+    assert {name: s.mode for name, s in pool.servers.items()} == {
+        "fe01": Mode.PRODUCTION,
+        "fe02": Mode.PRODUCTION,
+        "se01": Mode.PRODUCTION,
+    }
+    with pytest.raises(
+        ServiceError, match=r"se01 is the last server in production in pool se01\.contoso\.test"
+    ):
+        pool.enter_maintenance("se01")
+    assert pool.server("se01").mode is Mode.PRODUCTION
+    check = await phones.inside("se01")
+    assert (await check.request("POST", CHECK, body=check_body())).status == 200
+
+    # fe02 is in production in pool01: fe01 goes without force.
+    assert pool.enter_maintenance("fe01").mode is Mode.MAINTENANCE
+    pool.exit_maintenance("fe01")
+
+    # se01 taken out with force counts for nothing in pool01: fe01 may still go, and then
+    # fe02 is pool01's last.
+    assert pool.enter_maintenance("se01", force=True).mode is Mode.MAINTENANCE
+    refused = await (await phones.inside("se01")).request("POST", CHECK, body=check_body())
+    assert refused.status == 503
+    assert pool.enter_maintenance("fe01").mode is Mode.MAINTENANCE
+    with pytest.raises(ServiceError, match=r"in pool pool01\.contoso\.test"):
+        pool.enter_maintenance("fe02")
+    assert pool.server("fe02").mode is Mode.PRODUCTION

@@ -1,8 +1,9 @@
 """The edge as a reverse proxy: its own certificate, pinned connections, maintenance, mistakes.
 
-Real sockets and real TLS on loopback: outside clients talk to the pool's edge, which ends
-their TLS and forwards each client connection over a connection of its own to a front
-end's external site.
+Real sockets and real TLS on loopback: outside clients talk to the edge, which ends their
+TLS and forwards each client connection over a connection of its own to the external site
+of a front end of the pool it publishes (pool01: fe01 and fe02; never se01, the lab's
+other pool).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ async def test_a_client_meets_the_edge_certificate_and_downloads_through_it(
 ) -> None:
     conn = await phones.outside()
     names = peer_names(conn)
-    # The edge's own certificate, for the external web name: no front end's name on it.
+    # The edge's own certificate, for the external web name: no front end's name on it,
+    # of any pool.
     assert names == set(pki.edge().names)
     assert pool.config.edge.external_web in names
     assert not names & {fe.fqdn for fe in pool.config.front_ends}
@@ -178,7 +180,9 @@ async def test_a_draining_front_end_finishes_its_pinned_download_and_gets_no_new
         assert answer.status == 200
         others.add(answer.header("x-ms-server-fqdn"))
         await fresh.close()
-    assert others == {fe.fqdn for fe in pool.config.front_ends if fe.name != server.name}
+    # The other front ends of the pool the edge publishes.
+    published = pool.config.edge_pool.front_ends
+    assert others == {fe.fqdn for fe in published if fe.name != server.name}
 
     rest = await conn.reader.readexactly(len(NBT.data) - STARTED)
     assert hashlib.sha256(first + rest).hexdigest() == NBT.sha256
@@ -228,7 +232,8 @@ async def test_a_front_end_the_edge_cannot_reach_or_trust_is_a_502(
     assert (answer.status, answer.header("connection")) == (502, "close")
     assert (answer.header("x-ms-diagnostics") or "").startswith(f"{code};reason=")
     (event,) = seen
-    # Every front end was tried, each refusal said where and why.
+    # Every front end of the pool it publishes (pool01) was tried, each refusal said where
+    # and why.
     assert set(event.data["servers"]) == {"fe01", "fe02"}
     assert pool.snapshot()["edge"]["answered"] == {"502": 1}
     assert upstream_peers(pool) == {}

@@ -40,7 +40,9 @@ async def test_curl_inside_gets_update_and_outside_gets_no_connection(
     pool: ServicePool, pki: LabPKI
 ) -> None:
     port = pool.https_port
-    fqdn = pool.config.pool_fqdn
+    # fe01 (at 127.10.0.11) by its pool's FQDN, the name its phones are given.
+    fqdn = pool.config.front_end("fe01").pool
+    assert fqdn == "pool01.contoso.test"
     url = f"https://{fqdn}:{port}{CHECK}"
     resolve = f"{fqdn}:{port}:127.10.0.11"
 
@@ -118,8 +120,11 @@ async def test_other_inside_connections_survive_a_change_for_one_address(
 
 async def test_every_front_end_shares_one_port_per_role(pool: ServicePool) -> None:
     endpoints = pool.endpoints()
-    internal = {endpoints[fe]["internal"].split(":")[1] for fe in ("fe01", "fe02")}
-    external = {endpoints[fe]["external"].split(":")[1] for fe in ("fe01", "fe02")}
+    # Every front end of every pool, se01 with them.
+    names = [fe.name for fe in pool.config.front_ends]
+    assert names == ["fe01", "fe02", "se01"]
+    internal = {endpoints[fe]["internal"].split(":")[1] for fe in names}
+    external = {endpoints[fe]["external"].split(":")[1] for fe in names}
     assert len(internal) == 1
     assert len(external) == 1
     assert internal != external
@@ -128,8 +133,9 @@ async def test_every_front_end_shares_one_port_per_role(pool: ServicePool) -> No
     assert internal == {str(pool.https_port)}
 
 
-async def test_both_front_ends_answer_and_name_themselves(phones: Phones) -> None:
-    for server in ("fe01", "fe02"):
+async def test_every_front_end_answers_and_names_itself(phones: Phones) -> None:
+    # Both of pool01 and se01 of its own pool (the CX600 rules are in every pool).
+    for server in ("fe01", "fe02", "se01"):
         conn = await phones.inside(server)
         response = await conn.request("POST", CHECK, body=check_body())
         assert response.status == 200
@@ -161,7 +167,10 @@ def test_the_service_runs_on_uvloop(
             site = pool.server("fe02").internal
             assert site is not None
             conn = await HttpConnection.open(
-                site.address, service_config.pool_fqdn, client_context, source=INSIDE_PHONE
+                site.address,
+                service_config.front_end("fe02").pool,
+                client_context,
+                source=INSIDE_PHONE,
             )
             try:
                 response = await conn.request("POST", CHECK, body=check_body())
@@ -187,4 +196,4 @@ async def test_serve_runs_a_pool_until_told_to_stop(
 
     await serve(service_config, service_state, ready=ready, stop=stop)
     assert len(seen) == 1
-    assert set(seen[0]) == {"fe01", "fe02", "edge"}
+    assert set(seen[0]) == {"fe01", "fe02", "se01", "edge"}

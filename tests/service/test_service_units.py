@@ -122,6 +122,26 @@ def test_responses_escape_what_they_carry() -> None:
     assert properties["userUri"] == "a&b@contoso.test"
 
 
+def test_a_pool_no_edge_publishes_gets_no_external_url_at_all() -> None:
+    # se01.contoso.test of the default lab: the edge publishes pool01 only.
+    item = Download("CPE.nbt", "4.0.7577.4372", 10, "ab", "https://se01/a", None)
+    root = ET.fromstring(update_response([item]))  # noqa: S314 - our own output
+    download = root.find("Download")
+    assert download is not None
+    assert download.findtext("BaseURL") == "https://se01/a"
+    assert download.find("ExternalBaseURL") is None
+    document = provisioning_document(
+        internal_url="https://se01", external_url=None, user_uri="carol@contoso.test"
+    )
+    properties = [p.get("name") for p in ET.fromstring(document).iter("property")]  # noqa: S314
+    assert properties == [
+        "updatesServerInternalUrl",
+        "EnableDeviceUpdate",
+        "deviceUpdateCheckInterval",
+        "userUri",
+    ]
+
+
 def test_diagnostics_values_stay_one_quoted_line() -> None:
     assert diagnostics_value(40001, 'bad "x"\nline\\two') == "40001;reason=\"bad 'x' line\\\\two\""
 

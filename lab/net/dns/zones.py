@@ -6,8 +6,9 @@ clock or a fault. Rules:
 - Two views are built once from the LabConfig: the internal view (answered to inside
   addresses) and the external view (outside addresses). Both hold SOA and NS at every
   zone apex and ``ns.<zone>`` = the DNS server's address.
-- Internal: ``ucupdates-r2.<zone>`` and the pool FQDN = every front end (rotated), each
-  front end's FQDN, the edge and external web FQDNs = the edge, the SIP and NTP SRV records.
+- Internal: ``ucupdates-r2.<zone>`` = every front end of the discovery pool (rotated), each
+  pool's FQDN = its front ends (rotated), each front end's FQDN, the edge and external web
+  FQDNs = the edge, the SIP SRV record (at the discovery pool) and the NTP SRV record.
   External: ``ucupdates-r2.<zone>``, the edge and external web FQDNs = the edge; the pool
   and the front ends are never published outside.
 - A name is kept in the most specific lab zone that contains it; a configured name outside
@@ -195,7 +196,7 @@ def build_views(config: LabConfig) -> dict[View, ViewRecords]:
     external = ViewRecords(View.EXTERNAL, config.zones)
     dns = str(config.dns_address)
     edge = A(str(config.edge.address))
-    front_ends = [A(str(fe.address)) for fe in config.front_ends]
+    discovery = [A(str(fe.address)) for fe in config.discovery_pool.front_ends]
 
     for records in (internal, external):
         for zone in config.zones:
@@ -208,14 +209,15 @@ def build_views(config: LabConfig) -> dict[View, ViewRecords]:
         records.add(config.edge.external_web, QTYPE.A, [edge])
 
     for name in config.ucupdates_names:
-        internal.add(name, QTYPE.A, front_ends, rotate=True)
+        internal.add(name, QTYPE.A, discovery, rotate=True)
         external.add(name, QTYPE.A, [edge])
-    internal.add(config.pool_fqdn, QTYPE.A, front_ends, rotate=True)
-    for fe in config.front_ends:
-        internal.add(fe.fqdn, QTYPE.A, [A(str(fe.address))])
-    internal.add(
-        f"{SIP_SRV}.{config.sip_domain}", QTYPE.SRV, [SRV(0, 0, SIP_PORT, config.pool_fqdn)]
-    )
+    for pool in config.pools:
+        members = [A(str(fe.address)) for fe in pool.front_ends]
+        internal.add(pool.fqdn, QTYPE.A, members, rotate=len(members) > 1)
+        for fe in pool.front_ends:
+            internal.add(fe.fqdn, QTYPE.A, [A(str(fe.address))])
+    sip_server = config.discovery_pool.fqdn
+    internal.add(f"{SIP_SRV}.{config.sip_domain}", QTYPE.SRV, [SRV(0, 0, SIP_PORT, sip_server)])
     ntp = f"ntp.{config.dhcp_domain}"
     internal.add(f"{NTP_SRV}.{config.dhcp_domain}", QTYPE.SRV, [SRV(0, 0, NTP_PORT, ntp)])
     internal.add(ntp, QTYPE.A, [A(dns)])

@@ -29,7 +29,7 @@ from lab.ops.scenarios.framework import (
     ForeignSignature,
     Maintenance,
     NameTestDevice,
-    NotImportedOn,
+    NotImportedInto,
     Outside,
     Pass,
     PhoneSpec,
@@ -171,24 +171,31 @@ SCENARIOS: tuple[Scenario, ...] = (
         evidence=(LogCode.SIGNED_IN, LogCode.OFFERED, LogCode.DOWNLOADED, LogCode.UPDATED),
     ),
     Scenario(
-        name="imported-on-one-front-end",
-        title="Imported on one front end only: the other answers 404 and the phone moves on",
-        symptom="Some phones update, and the front ends' logs show 404s for image files; "
-        "others are told there is no update.",
-        cause="The cab was imported to fe02 only; import is per server, so fe01 has neither "
-        "the rule nor the files. A check fe01 answers offers nothing; a download sent to fe01 "
-        "gets 404 and the phone tries the next server.",
-        fix="Import the cab to every front end of the pool (lab update import --all; "
-        "Import-CsDeviceUpdate for each server), then check the rules on each.",
-        expected=f"updated {NEW} after a 404 from one front end",
-        fault=NotImportedOn("fe01"),
-        # DNS hands out the front ends in turn. The first phone's check goes to fe01, which
-        # offers nothing; the second's goes to fe02, which offers the update, and its first
-        # download (a lookup of its own) to fe01 again.
-        phones=(PhoneSpec(index=1), PhoneSpec(index=2)),
-        script=(PowerOn((0,)), Settle(), PowerOn((1,)), Settle()),
-        subject=1,
-        evidence=(LogCode.UP_TO_DATE, LogCode.SERVER_FAILED, LogCode.DOWNLOADED, LogCode.UPDATED),
+        name="imported-into-one-pool-only",
+        title="Imported into one pool only: phones homed on the other are told there is nothing",
+        symptom="A day after the approval the phone in the lobby (nobody signed in) has "
+        "updated; Carol's phone, on the desk next to it, has not, and its log says it is up "
+        "to date.",
+        cause="The cab was imported into pool01.contoso.test only. Each pool has its own file "
+        "store and rules (a rule's identity names its pool: "
+        "service:WebServer:pool01.contoso.test/...), which all its front ends serve. A "
+        "signed-in phone checks with its user's home pool, as in-band provisioning tells "
+        "it: Carol is homed on se01.contoso.test, which has no rule for the model and "
+        "answers that there is no update. Phones with no user find pool01 through "
+        "ucupdates-r2 and update.",
+        fix="Import the cab into every pool that has phones (lab update import FILE "
+        "--all-pools, or --pool se01; Import-CsDeviceUpdate -Identity "
+        "service:WebServer:se01.contoso.test), approve it there, and check each pool's rules "
+        "(lab update list --pool se01).",
+        expected=f"stayed on {FACTORY}",
+        # The phones run, Carol signed in, before the approval; they see it at their next
+        # periodic check, each at the pool it checks with.
+        setup=Setup(admin=(Publish(approve=False),)),
+        fault=NotImportedInto("se01.contoso.test"),
+        phones=(PhoneSpec(user="carol"), PhoneSpec(index=2)),
+        script=(PowerOn(), Settle(), Admin(Action.APPROVE), Pass(DAY), Settle()),
+        evidence=(LogCode.SIGNED_IN, LogCode.UP_TO_DATE),
+        scale=DAY_LONG,
     ),
     Scenario(
         name="maintenance-drain",
@@ -269,7 +276,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         symptom="Phones download the update, then keep their old version.",
         cause="The image in the file stores differs from what the vendor's signed catalog "
         "says (size and SHA-256): the phone refuses it.",
-        fix="Import the vendor's cab again to every front end (it replaces the files) and "
+        fix="Import the vendor's cab again into the pool (it replaces the files) and "
         "find out what changed them.",
         expected=f"refused {NEW}: image altered",
         fault=AlteredImage(),

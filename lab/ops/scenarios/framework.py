@@ -290,19 +290,19 @@ class Outside(Fault):
 
 
 @dataclass(frozen=True)
-class NotImportedOn(Fault):
-    """The firmware of ``model`` was imported to every front end but ``server``."""
+class NotImportedInto(Fault):
+    """The firmware of ``model`` was imported into every pool but ``pool`` (an FQDN)."""
 
-    server: str
+    pool: str
     model: str = "CX600"
 
     def describe(self) -> str:
         """The fault in words."""
-        return f"{self.server} has no {self.model} rule or files (not imported there)"
+        return f"pool {self.pool} has no {self.model} rule or files (not imported there)"
 
     def apply(self, lab: RunningLab) -> None:
-        """Remove the model's rules, and with them its files, from ``server``."""
-        selection = Selection(server=self.server, model=self.model)
+        """Remove the model's rules, and with them its files, from ``pool``."""
+        selection = Selection(pool=self.pool, model=self.model)
         remove_rules(lab.state_dir, selection, now=lab.lab.clock.now)
         lab.store_changed()
 
@@ -403,8 +403,8 @@ class ForeignSignature(Fault):
         """Sign the stored catalogs again, with the other vendor's key."""
         signer = lab.lab.pki.vendor(self.signer)
         folder = f"{phone_model(self.model).kind().path}/{self.version}/CPE"
-        for fe in lab.config.front_ends:
-            path = FileStore(lab.state_dir, fe.name).path(f"{folder}/CPE.cat")
+        for pool in lab.config.pools:
+            path = FileStore(lab.state_dir, pool.fqdn).path(f"{folder}/CPE.cat")
             data = path.read_bytes()
             body = data[: data.rindex(b"signature: ")]
             write_file_atomic(path, sign_catalog(body, signer))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,10 @@ from lab.cli import update as update_cli
 from lab.cli.common import STDOUT_CLOSED
 from lab.net.config import default_text
 from lab.store.cab import pack_cab
-from lab.store.store import STORE_FILE
+from lab.store.store import MIGRATIONS, STORE_FILE
 
 V1, V2 = "4.0.7577.4372", "4.0.7577.4400"
+POOL01, SE01 = "pool01.contoso.test", "se01.contoso.test"
 
 
 class Lab:
@@ -70,20 +72,21 @@ def lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Lab:
 def test_a_session_from_cab_to_rollback(lab: Lab) -> None:
     cab = lab.build("UCUpdates.cab", V1, models=("CX600", "HP4110"))
     assert cab.read_bytes()[:4] == b"MSCF"
-    result = lab.json("update", "import", str(cab), "--server", "fe01")
+    result = lab.json("update", "import", str(cab), "--pool", "pool01")
     assert result["changed"] is True
+    assert result["pools"] == [POOL01]
     assert [c["action"] for c in result["changes"]] == ["created", "created"]
     rules = lab.json("update", "list")
-    assert [(r["model"], r["server"], r["pending"], r["approved"]) for r in rules] == [
-        ("HP4110", "fe01", V1, None),
-        ("CX600", "fe01", V1, None),
+    assert [(r["model"], r["pool"], r["pending"], r["approved"]) for r in rules] == [
+        ("HP4110", POOL01, V1, None),
+        ("CX600", POOL01, V1, None),
     ]
     cx600 = rules[1]["identity"]
-    assert cx600.startswith("service:WebServer:fe01.contoso.test/")
+    assert cx600.startswith(f"service:WebServer:{POOL01}/")
     uuid_prefix = cx600.rsplit("/", 1)[1][:8]
 
     assert "approve: 1 rule(s)" in lab.ok("update", "approve", uuid_prefix)
-    lab.ok("update", "import", str(lab.build("second.cab", V2)), "--server", "fe01.contoso.test")
+    lab.ok("update", "import", str(lab.build("second.cab", V2)), "--pool", POOL01)
     lab.ok("update", "approve", "--model", "cx600")
     assert lab.json("update", "list", "--model", "CX600")[0]["restore"] == V1
     changes = lab.json("update", "restore", cx600)
@@ -100,14 +103,14 @@ def test_a_session_from_cab_to_rollback(lab: Lab) -> None:
 
 def test_importing_again_says_nothing_changed(lab: Lab) -> None:
     cab = lab.build("UCUpdates.cab", V1)
-    lab.ok("update", "import", str(cab), "--all")
-    assert "nothing changed" in lab.ok("update", "import", str(cab), "--all")
-    assert {r["server"] for r in lab.json("update", "list")} == {"fe01", "fe02"}
+    lab.ok("update", "import", str(cab), "--all-pools")
+    assert "nothing changed" in lab.ok("update", "import", str(cab), "--all-pools")
+    assert {r["pool"] for r in lab.json("update", "list")} == {POOL01, SE01}
 
 
 def test_a_tampered_cab_is_refused_in_one_line_and_the_state_is_untouched(lab: Lab) -> None:
     good = lab.build("UCUpdates.cab", V1)
-    lab.ok("update", "import", str(good), "--server", "fe01")
+    lab.ok("update", "import", str(good), "--pool", "pool01")
     before = {p: p.read_bytes() for p in sorted(lab.state.rglob("*")) if p.is_file()}
     files = {name: f.buf or b"" for name, f in CabArchive(good.read_bytes()).items()}
     image = next(name for name in files if name.endswith("CPE.nbt"))
@@ -115,12 +118,146 @@ def test_a_tampered_cab_is_refused_in_one_line_and_the_state_is_untouched(lab: L
     data[-1] ^= 0x01
     bad = lab.tmp / "bad.cab"
     bad.write_bytes(pack_cab({**files, image: bytes(data)}))
-    err = lab.refused("update", "import", str(bad), "--all")
+    err = lab.refused("update", "import", str(bad), "--all-pools")
     assert "bad.cab: member 'UCPhone\\Polycom\\CX600\\A\\ENU" in err
     assert "CPE.nbt': SHA-256" in err
     assert lab.refused("cab", "check", str(bad)) == err
     after = {p: p.read_bytes() for p in sorted(lab.state.rglob("*")) if p.is_file()}
     assert after == before
+
+
+def test_an_import_into_a_lab_of_several_pools_must_name_its_pools(lab: Lab) -> None:
+    cab = lab.build("UCUpdates.cab", V1)
+    err = lab.refused("update", "import", str(cab))
+    assert f"the lab has 2 pools ({POOL01}, {SE01})" in err
+    assert "--pool POOL" in err
+    assert "--all-pools" in err
+    assert not (lab.state / STORE_FILE).exists()
+    assert not (lab.state / "pools").exists()
+
+
+def test_an_import_goes_into_the_pool_named_or_every_pool(lab: Lab) -> None:
+    cab = lab.build("UCUpdates.cab", V1, models=("CX600", "HP4110"))
+    result = lab.json("update", "import", str(cab), "--pool", "se01")
+    assert result["pools"] == [SE01]
+    assert {c["rule"]["pool"] for c in result["changes"]} == {SE01}
+    assert [(r["pool"], r["model"]) for r in lab.json("update", "list")] == [
+        (SE01, "HP4110"),
+        (SE01, "CX600"),
+    ]
+    assert sorted(p.name for p in (lab.state / "pools").iterdir()) == [SE01]
+    assert not (lab.state / "servers").exists()
+
+    result = lab.json("update", "import", str(cab), "--all-pools")
+    assert result["pools"] == [POOL01, SE01]
+    # se01 had them all: only pool01's rules are new.
+    assert [(c["action"], c["rule"]["pool"]) for c in result["changes"]] == [
+        ("created", POOL01),
+        ("created", POOL01),
+        ("unchanged", SE01),
+        ("unchanged", SE01),
+    ]
+    rules = lab.json("update", "list")
+    assert [(r["pool"], r["model"]) for r in rules] == [
+        (POOL01, "HP4110"),
+        (POOL01, "CX600"),
+        (SE01, "HP4110"),
+        (SE01, "CX600"),
+    ]
+    assert all(r["identity"].startswith(f"service:WebServer:{r['pool']}/") for r in rules)
+    image = f"DeviceUpdateFiles/UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt"
+    for pool in (POOL01, SE01):
+        assert (lab.state / "pools" / pool / image).is_file()
+
+
+def test_rules_are_listed_and_changed_by_pool(lab: Lab) -> None:
+    cab = lab.build("UCUpdates.cab", V1, models=("CX600", "HP4110"))
+    lab.ok("update", "import", str(cab), "--all-pools")
+    listed = lab.json("update", "list", "--pool", "pool01")
+    assert [(r["pool"], r["model"]) for r in listed] == [(POOL01, "HP4110"), (POOL01, "CX600")]
+    assert lab.json("update", "list", "--pool", "SE01.contoso.test") == lab.json(
+        "update", "list", "--pool", "se01"
+    )
+    assert len(lab.json("update", "list", "--pool", "se01")) == 2
+    assert [r["pool"] for r in lab.json("update", "list", "--model", "cx600")] == [POOL01, SE01]
+    table = lab.ok("update", "list", "--pool", "pool01")
+    # The table names a pool by its first label, as commands take it (FQDN in --json).
+    assert "pool" in table
+    assert "│ pool01 " in table
+    assert "se01" not in table
+
+    changes = lab.json("update", "approve", "--pool", "se01")
+    assert [(c["action"], c["rule"]["pool"]) for c in changes] == [
+        ("approve", SE01),
+        ("approve", SE01),
+    ]
+    rules = lab.json("update", "list")
+    assert [(r["pool"], r["pending"], r["approved"]) for r in rules] == [
+        (POOL01, V1, None),
+        (POOL01, V1, None),
+        (SE01, None, V1),
+        (SE01, None, V1),
+    ]
+    removed = lab.json("update", "remove", "--pool", "pool01", "--model", "HP4110")
+    assert [(c["action"], c["rule"]["pool"], c["rule"]["model"]) for c in removed] == [
+        ("removed", POOL01, "HP4110")
+    ]
+    assert len(lab.json("update", "list")) == 3
+
+
+def test_a_lab_of_one_pool_imports_without_naming_it(lab: Lab) -> None:
+    one_pool = default_text().split('[[pools]]\nfqdn = "se01.contoso.test"')
+    assert len(one_pool) == 2
+    # Everything of se01 up to the edge goes, and carol with it (her pool is gone).
+    rest = one_pool[1][one_pool[1].index("[edge]") :]
+    carol = rest.index('[[directory.users]]\nname = "carol"')
+    rest = rest[:carol] + rest[rest.index("# The demo fleet") :]
+    lab.config.write_text(
+        (one_pool[0] + rest).replace('dir = "certs"', f'dir = "{(lab.tmp / "certs").as_posix()}"')
+    )
+    result = lab.json("update", "import", str(lab.build("UCUpdates.cab", V1)))
+    assert result["pools"] == [POOL01]
+    assert [r["pool"] for r in lab.json("update", "list")] == [POOL01]
+
+
+def _store_before_pools(state: Path) -> str:
+    """A store as labs before pools left it: one CX600 rule of fe02, its files in fe02's
+    own file store. Returns the rule's uuid."""
+    rule_uuid = "0123abcd-0000-4000-8000-000000000001"
+    kind = ("UCPhone", "Polycom", "CX600", "A", "ENU")
+    path = f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt"
+    at = "2026-01-01T00:00:00+00:00"
+    state.mkdir()
+    raw = sqlite3.connect(state / STORE_FILE, isolation_level=None)
+    try:
+        for migration in MIGRATIONS[:2]:
+            for statement in migration.statements:
+                raw.execute(statement)
+        raw.execute("PRAGMA user_version = 2")
+        raw.execute(
+            "INSERT INTO rules VALUES (?, ?, 'fe02', ?, ?, ?, ?, ?, NULL, ?, NULL, ?, ?, ?)",
+            (rule_uuid, f"service:WebServer:fe02.contoso.test/{rule_uuid}", *kind, V1, at, at, at),
+        )
+        raw.execute(
+            "INSERT INTO versions VALUES ('fe02', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*kind, V1, json.dumps([["CPE.nbt", path, 5, "0" * 64]]), at),
+        )
+    finally:
+        raw.close()
+    image = state / "servers" / "fe02" / "DeviceUpdateFiles" / path
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"image")
+    return rule_uuid
+
+
+def test_the_first_command_with_the_config_moves_a_store_from_before_pools(lab: Lab) -> None:
+    rule_uuid = _store_before_pools(lab.state)
+    [rule] = lab.json("update", "list")
+    assert (rule["pool"], rule["model"], rule["approved"]) == (POOL01, "CX600", V1)
+    assert rule["identity"] == f"service:WebServer:{POOL01}/{rule_uuid}"
+    image = f"DeviceUpdateFiles/UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt"
+    assert (lab.state / "pools" / POOL01 / image).read_bytes() == b"image"
+    assert not (lab.state / "servers" / "fe02" / "DeviceUpdateFiles").exists()
 
 
 def test_cab_check_lists_a_good_cab(lab: Lab) -> None:
@@ -185,15 +322,18 @@ def test_bad_input_exits_2_with_one_line(lab: Lab, argv: tuple[str, ...], messag
 
 
 def test_a_refused_transition_exits_2_with_the_reason(lab: Lab) -> None:
-    lab.ok("update", "import", str(lab.build("UCUpdates.cab", V1)), "--server", "fe01")
+    lab.ok("update", "import", str(lab.build("UCUpdates.cab", V1)), "--pool", "pool01")
     identity = lab.json("update", "list")[0]["identity"]
     assert "neither an approved nor a restore version" in lab.refused("update", "restore", identity)
     lab.ok("update", "approve", identity)
     err = lab.refused("update", "approve", identity)
     assert f"cannot approve {identity}" in err
     assert "nothing is pending" in err
-    assert "fe09" in lab.refused(
-        "update", "import", str(lab.tmp / "UCUpdates.cab"), "--server", "fe09"
+    err = lab.refused("update", "import", str(lab.tmp / "UCUpdates.cab"), "--pool", "pool09")
+    assert "no pool 'pool09'" in err
+    # A front end is not a pool.
+    assert "no pool 'fe01'" in lab.refused(
+        "update", "import", str(lab.tmp / "UCUpdates.cab"), "--pool", "fe01"
     )
 
 
@@ -201,9 +341,9 @@ def test_no_progress_is_drawn_when_not_on_a_terminal(lab: Lab) -> None:
     code, _, err = lab.run("cab", "build", "--version", V1, "--image-size", "64K",
                            "--output", str(lab.tmp / "all.cab"))  # fmt: skip
     assert (code, err) == (0, "")
-    code, _, err = lab.run("update", "import", str(lab.tmp / "all.cab"), "--all")
+    code, _, err = lab.run("update", "import", str(lab.tmp / "all.cab"), "--all-pools")
     assert (code, err) == (0, "")
-    assert len(lab.json("update", "list")) == 16  # every model on both front ends
+    assert len(lab.json("update", "list")) == 16  # every model in both pools
     assert (lab.state / STORE_FILE).exists()
 
 
@@ -216,7 +356,7 @@ def test_global_options_may_follow_the_action(lab: Lab, capsys: pytest.CaptureFi
 
 
 def test_a_reader_that_goes_away_ends_the_output_quietly(lab: Lab) -> None:
-    lab.ok("update", "import", str(lab.build("UCUpdates.cab", V1)), "--all")
+    lab.ok("update", "import", str(lab.build("UCUpdates.cab", V1)), "--all-pools")
     argv = [sys.executable, "-m", "lab.cli", "--config", str(lab.config)]
     argv += ["--state-dir", str(lab.state), "update", "list", "--json"]
     # With a reader the command writes its list.

@@ -162,7 +162,11 @@ def test_global_options_may_follow_any_sub_command(up: LabProcess) -> None:
     assert json.loads(entered.stdout)["fe01"]["mode"] == "maintenance"
     refused = lab("maintenance", "enter", "fe02")
     assert refused.returncode == 1
-    assert "last server in production" in refused.stderr
+    assert "last server in production in pool pool01.contoso.test" in refused.stderr
+    # The Standard Edition server is the only one of its pool: the last one too.
+    alone = lab("maintenance", "enter", "se01")
+    assert alone.returncode == 1
+    assert "se01 is the last server in production in pool se01.contoso.test" in alone.stderr
     status = json.loads(lab("status", "--json").stdout)
     assert status["pool"]["servers"]["fe01"]["mode"] == "maintenance"
     assert lab("maintenance", "exit", "fe01").returncode == 0

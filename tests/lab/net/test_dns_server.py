@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from lab.errors import DNSError
 from lab.events import Event
-from lab.net.config import FrontEnd, LabConfig, default_config
+from lab.net.config import FrontEnd, LabConfig, Pool, default_config
 from lab.net.dns import DNSServer
 from lab.net.dns.faults import FaultTable
 from lab.net.dns.responder import Answer, Malformed, Responder
@@ -43,7 +43,8 @@ INSIDE = "127.10.0.50"
 OUTSIDE = "127.20.0.50"
 DOMAIN = "contoso.test"
 UCUPDATES = f"ucupdates-r2.{DOMAIN}"
-FRONT_ENDS = ["127.10.0.11", "127.10.0.12"]
+FRONT_ENDS = ["127.10.0.11", "127.10.0.12"]  # pool01, the discovery pool
+SE01 = "127.10.0.21"  # the Standard Edition server: the pool se01.contoso.test
 EDGE = "127.20.0.10"
 TIMEOUT = 5.0
 
@@ -65,12 +66,17 @@ async def server(config: LabConfig, firewall: FirewallPolicy) -> AsyncIterator[D
 
 
 def with_front_ends(config: LabConfig, count: int) -> LabConfig:
-    """The lab with ``count`` front ends instead of two."""
+    """The lab with ``count`` front ends instead of two in its discovery pool (the pool
+    ``ucupdates-r2`` names); the other pools stay as they are."""
     inside = list(ipaddress.IPv4Network("127.10.1.0/24").hosts()) + list(
         ipaddress.IPv4Network("127.10.2.0/24").hosts()
     )
-    front_ends = tuple(FrontEnd(f"fe{i:03}", f"fe{i:03}.{DOMAIN}", inside[i]) for i in range(count))
-    return dataclasses.replace(config, front_ends=front_ends)
+    name = config.ucupdates_pool
+    front_ends = tuple(
+        FrontEnd(f"fe{i:03}", f"fe{i:03}.{DOMAIN}", inside[i], name) for i in range(count)
+    )
+    pools = tuple(Pool(name, front_ends) if pool.fqdn == name else pool for pool in config.pools)
+    return dataclasses.replace(config, pools=pools)
 
 
 async def ask(
@@ -170,6 +176,18 @@ async def test_the_pool_is_not_published_outside(server: DNSServer) -> None:
     outside = await ask(server, "pool01.contoso.test", source=OUTSIDE)
     assert outside.rcode() == dns.rcode.NXDOMAIN
     assert addresses(await ask(server, "webext.contoso.test", source=OUTSIDE)) == [EDGE]
+
+
+async def test_each_pool_answers_with_its_own_front_ends(server: DNSServer) -> None:
+    assert addresses(await ask(server, "se01.contoso.test")) == [SE01]
+    assert addresses(await ask(server, "se01.contoso.test", tcp=True)) == [SE01]
+    firsts = [addresses(await ask(server, "pool01.contoso.test"))[0] for _ in range(3)]
+    assert firsts == [FRONT_ENDS[0], FRONT_ENDS[1], FRONT_ENDS[0]]
+    # ucupdates-r2 names the discovery pool only: never the Standard Edition server.
+    for _ in range(3):
+        assert sorted(addresses(await ask(server, UCUPDATES))) == FRONT_ENDS
+    outside = await ask(server, "se01.contoso.test", source=OUTSIDE)
+    assert outside.rcode() == dns.rcode.NXDOMAIN
 
 
 async def test_srv_records_inside(server: DNSServer) -> None:

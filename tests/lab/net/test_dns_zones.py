@@ -57,6 +57,8 @@ def test_internal_view_holds_every_lab_record(views: dict[View, ViewRecords]) ->
     ]
     assert addresses(internal.get("fe01.contoso.test", QTYPE.A)) == ["127.10.0.11"]
     assert addresses(internal.get("fe02.contoso.test", QTYPE.A)) == ["127.10.0.12"]
+    # The Standard Edition server: its pool's name and its own are one.
+    assert addresses(internal.get("se01.contoso.test", QTYPE.A)) == ["127.10.0.21"]
     assert addresses(internal.get("edge01.contoso.test", QTYPE.A)) == ["127.20.0.10"]
     assert addresses(internal.get("webext.contoso.test", QTYPE.A)) == ["127.20.0.10"]
     assert addresses(internal.get("ns.contoso.test", QTYPE.A)) == ["127.10.0.2"]
@@ -137,8 +139,54 @@ def test_lookup_answer_nodata_nxdomain_refused(views: dict[View, ViewRecords]) -
 
 def test_pool_and_front_ends_do_not_exist_outside(views: dict[View, ViewRecords]) -> None:
     external = views[View.EXTERNAL]
-    for name in ("pool01.contoso.test", "fe01.contoso.test", "_sipinternaltls._tcp.contoso.test"):
+    for name in (
+        "pool01.contoso.test",
+        "fe01.contoso.test",
+        "se01.contoso.test",
+        "_sipinternaltls._tcp.contoso.test",
+    ):
         assert external.lookup(name, QTYPE.A).rcode == RCODE.NXDOMAIN
+
+
+def test_each_pool_names_its_own_front_ends_and_ucupdates_only_the_discovery_pool(
+    views: dict[View, ViewRecords],
+) -> None:
+    internal = views[View.INTERNAL]
+    pool01 = internal.get("pool01.contoso.test", QTYPE.A)
+    assert pool01 is not None
+    assert pool01.rotate
+    assert addresses(pool01) == ["127.10.0.11", "127.10.0.12"]
+    se01 = internal.get("se01.contoso.test", QTYPE.A)
+    assert se01 is not None
+    assert not se01.rotate  # one address: nothing to rotate
+    assert addresses(se01) == ["127.10.0.21"]
+    # Phones without provisioning find pool01, the discovery pool, and never se01.
+    assert addresses(internal.get("ucupdates-r2.contoso.test", QTYPE.A)) == [
+        "127.10.0.11",
+        "127.10.0.12",
+    ]
+    found = internal.lookup("SE01.contoso.test.", QTYPE.A)
+    assert [addresses(rrset) for rrset in found.answer] == [["127.10.0.21"]]
+
+
+def test_ucupdates_and_sip_follow_the_discovery_pool() -> None:
+    text = default_text().replace(
+        'ucupdates = "pool01.contoso.test"', 'ucupdates = "se01.contoso.test"'
+    )
+    config = parse_toml(text, "se01-discovery.toml")
+    assert config.ucupdates_pool == "se01.contoso.test"
+    internal = build_views(config)[View.INTERNAL]
+    ucupdates = internal.get("ucupdates-r2.contoso.test", QTYPE.A)
+    assert ucupdates is not None
+    assert addresses(ucupdates) == ["127.10.0.21"]
+    sip = internal.get("_sipinternaltls._tcp.contoso.test", QTYPE.SRV)
+    assert sip is not None
+    assert sip.rdatas == (SRV(0, 0, 5061, "se01.contoso.test"),)
+    # Each pool keeps its own name.
+    assert addresses(internal.get("pool01.contoso.test", QTYPE.A)) == [
+        "127.10.0.11",
+        "127.10.0.12",
+    ]
 
 
 def test_parents_of_names_are_empty_non_terminals(views: dict[View, ViewRecords]) -> None:

@@ -58,20 +58,21 @@ async def subject_alt_names(pem: str) -> str:
 
 
 async def test_s_client_inside_shows_the_names_phones_use(lab: Lab) -> None:
-    for fe in lab.config.front_ends:
+    config = lab.config
+    assert [fe.name for fe in config.front_ends] == ["fe01", "fe02", "se01"]
+    for fe in config.front_ends:
         code, out = await s_client(lab, "127.10.0.100", str(fe.address))
         assert code == 0, out
         assert "Verify return code: 0 (ok)" in out
         start = out.index("-----BEGIN CERTIFICATE-----")
         end = out.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
         names = await subject_alt_names(out[start:end])
-        for name in (
-            fe.fqdn,
-            lab.config.pool_fqdn,
-            "ucupdates-r2.contoso.test",
-            lab.config.edge.external_web,
-        ):
-            assert f"DNS:{name}" in names
+        assert f"DNS:{fe.fqdn}" in names
+        assert f"DNS:{fe.pool}" in names
+        # Discovery and the edge lead to pool01: only its front ends carry those names.
+        published = fe.pool == config.discovery_pool.fqdn == config.edge_pool.fqdn
+        for name in ("ucupdates-r2.contoso.test", config.edge.external_web):
+            assert (f"DNS:{name}" in names) is published, (fe.name, names)
 
 
 async def test_s_client_from_outside_gets_no_handshake_at_an_internal_site(lab: Lab) -> None:

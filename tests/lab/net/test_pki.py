@@ -38,8 +38,12 @@ FE01_NAMES = (
     "ucupdates-r2.contoso.test",
     "webext.contoso.test",
 )
+# The Standard Edition server: its pool's FQDN is its own, and it is neither the pool
+# ucupdates-r2 names nor the one the edge publishes.
+SE01_NAMES = ("se01.contoso.test",)
 EDGE_NAMES = ("edge01.contoso.test", "webext.contoso.test", "ucupdates-r2.contoso.test")
-PLAIN_ITEMS = ["ca", "servers/fe01", "servers/fe02", "edge", *(f"vendors/{v}" for v in VENDORS)]
+SERVERS = ["servers/fe01", "servers/fe02", "servers/se01"]
+PLAIN_ITEMS = ["ca", *SERVERS, "edge", *(f"vendors/{v}" for v in VENDORS)]
 
 Snapshot = dict[str, tuple[int, int, bytes]]
 
@@ -176,9 +180,12 @@ def test_server_and_edge_certificates_verify_and_carry_the_configured_names(
 ) -> None:
     assert pki.names_for("fe01") == FE01_NAMES
     assert pki.names_for("fe02.contoso.test") == ("fe02.contoso.test", *FE01_NAMES[1:])
+    assert pki.names_for("se01") == SE01_NAMES
     pairs = [pki.server(fe.name) for fe in config.front_ends] + [pki.edge()]
     for pair, names in zip(
-        pairs, [pki.names_for("fe01"), pki.names_for("fe02"), EDGE_NAMES], strict=True
+        pairs,
+        [pki.names_for("fe01"), pki.names_for("fe02"), SE01_NAMES, EDGE_NAMES],
+        strict=True,
     ):
         assert pair.names == names
         assert san(pair.cert) == names
@@ -207,9 +214,45 @@ def test_ca_is_a_ca_that_may_sign_certificates(pki: LabPKI) -> None:
 
 def test_every_private_key_is_mode_0600(pki: LabPKI) -> None:
     keys = key_files(pki.directory)
-    # ca, 2 front ends, edge, 3 vendors, 4 faulty variants and the rogue CA
-    assert len(keys) == 12
+    # ca, 3 front ends, edge, 3 vendors, 4 faulty variants and the rogue CA
+    assert len(keys) == 13
     assert {oct(k.stat().st_mode & 0o777) for k in keys} == {"0o600"}
+
+
+def test_certificate_names_follow_the_pool_of_the_front_end(config: LabConfig) -> None:
+    # Moving discovery and the edge to se01 moves their names onto its certificate, and off
+    # pool01's front ends.
+    text = (
+        default_text()
+        .replace('ucupdates = "pool01.contoso.test"', 'ucupdates = "se01.contoso.test"')
+        .replace(
+            'pool = "pool01.contoso.test"   # the pool whose', 'pool = "se01"   # the pool whose'
+        )
+    )
+    moved = parse_toml(text, "se01-published.toml")
+    assert (moved.ucupdates_pool, moved.edge.pool) == ("se01.contoso.test", "se01.contoso.test")
+    pki = LabPKI(moved, Path("unused"))
+    assert pki.names_for("se01") == (
+        "se01.contoso.test",
+        "ucupdates-r2.contoso.test",
+        "webext.contoso.test",
+    )
+    assert pki.names_for("fe01") == ("fe01.contoso.test", "pool01.contoso.test")
+    assert pki.names_for("fe02") == ("fe02.contoso.test", "pool01.contoso.test")
+    # Discovery and the edge may point at different pools: each name goes its own way.
+    split = parse_toml(
+        default_text().replace('ucupdates = "pool01.contoso.test"', 'ucupdates = "se01"'),
+        "split.toml",
+    )
+    assert LabPKI(split, Path("unused")).names_for("se01") == (
+        "se01.contoso.test",
+        "ucupdates-r2.contoso.test",
+    )
+    assert LabPKI(split, Path("unused")).names_for("fe01") == (
+        "fe01.contoso.test",
+        "pool01.contoso.test",
+        "webext.contoso.test",
+    )
 
 
 def test_both_ucupdates_names_when_dhcp_and_sip_domains_differ(config: LabConfig) -> None:
@@ -277,9 +320,9 @@ def test_no_ucupdates_name_variant_verifies_but_lacks_only_those_names(pki: LabP
 
 
 def test_unknown_names_are_refused_naming_what_is_known(pki: LabPKI) -> None:
-    with pytest.raises(PKIError, match=r"'fe09'.*fe01, fe02"):
+    with pytest.raises(PKIError, match=r"'fe09'.*fe01, fe02, se01"):
         pki.server("fe09")
-    with pytest.raises(PKIError, match=r"'fe09'.*fe01, fe02"):
+    with pytest.raises(PKIError, match=r"'fe09'.*fe01, fe02, se01"):
         pki.names_for("fe09")
     with pytest.raises(PKIError, match=r"'revoked'.*no-ucupdates-name, expired"):
         pki.faulty("revoked", "fe01")  # type: ignore[arg-type]
@@ -313,16 +356,24 @@ def test_a_second_lab_object_on_the_same_directory_reuses(plain_dir: Path, tmp_p
     assert snapshot(directory) == before
 
 
+def _with_first_pool(config: LabConfig, *front_ends: FrontEnd) -> LabConfig:
+    """``config`` whose first pool (pool01) has ``front_ends``."""
+    first = dataclasses.replace(config.pools[0], front_ends=front_ends)
+    return dataclasses.replace(config, pools=(first, *config.pools[1:]))
+
+
 def _third_front_end(config: LabConfig) -> LabConfig:
-    fe03 = FrontEnd("fe03", "fe03.contoso.test", ipaddress.IPv4Address("127.10.0.13"))
-    return dataclasses.replace(config, front_ends=(*config.front_ends, fe03))
+    pool = config.pools[0]
+    address = ipaddress.IPv4Address("127.10.0.13")
+    fe03 = FrontEnd("fe03", "fe03.contoso.test", address, pool.fqdn)
+    return _with_first_pool(config, *pool.front_ends, fe03)
 
 
 def _renamed_domain(config: LabConfig) -> LabConfig:
     return parse_toml(default_text().replace("contoso.test", "fabrikam.test"), "fabrikam.toml")
 
 
-LEAVES = {"servers/fe01", "servers/fe02", "edge"}
+LEAVES = {*SERVERS, "edge"}
 
 
 @pytest.mark.parametrize(
@@ -336,7 +387,8 @@ LEAVES = {"servers/fe01", "servers/fe02", "edge"}
             lambda c: dataclasses.replace(
                 c, edge=dataclasses.replace(c.edge, external_web="phones.contoso.test")
             ),
-            LEAVES,
+            # se01 is not in the pool the edge publishes: its certificate has no such name.
+            {"servers/fe01", "servers/fe02", "edge"},
             id="external-web-name",
         ),
         pytest.param(
@@ -375,6 +427,7 @@ def test_renamed_domain_gives_the_new_names(plain_dir: Path, tmp_path: Path) -> 
         "ucupdates-r2.fabrikam.test",
         "webext.fabrikam.test",
     )
+    assert san(pki.server("se01").cert) == ("se01.fabrikam.test",)
     assert san(pki.edge().cert) == (
         "edge01.fabrikam.test",
         "webext.fabrikam.test",
@@ -398,7 +451,8 @@ def test_rsa_2048_makes_rsa_keys_everywhere_but_the_vendors(
 def test_a_removed_front_end_is_forgotten(plain_dir: Path, tmp_path: Path) -> None:
     config = default_config()
     directory = copy_of(plain_dir, tmp_path)
-    one = dataclasses.replace(config, front_ends=config.front_ends[:1])
+    one = _with_first_pool(config, config.front_end("fe01"))
+    assert [fe.name for fe in one.front_ends] == ["fe01", "se01"]
     assert LabPKI(one, directory).ensure() == []
     assert not (directory / "servers/fe02.pem").exists()
     assert not (directory / "servers/fe02.key").exists()
@@ -463,8 +517,8 @@ def test_concurrent_ensure_calls_agree(tmp_path: Path, config: LabConfig) -> Non
     assert sorted(results, key=len) == [[], [], [], PLAIN_ITEMS]
     pki = LabPKI(config, directory)
     assert pki.ensure() == []
-    for fe in ("fe01", "fe02"):
-        assert openssl_verify(pki.ca_cert, pki.server(fe).cert)[0] == 0
+    for fe in config.front_ends:
+        assert openssl_verify(pki.ca_cert, pki.server(fe.name).cert)[0] == 0
 
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -480,7 +534,7 @@ def test_the_clock_decides_renewal(tmp_path: Path, config: LabConfig) -> None:
     clock.at = cert.not_valid_after_utc - timedelta(days=1, seconds=1)
     assert pki.ensure() == []  # more than a day left
     clock.at += timedelta(seconds=1)
-    assert pki.ensure() == ["servers/fe01", "servers/fe02", "edge"]  # a day left: renewed
+    assert pki.ensure() == [*SERVERS, "edge"]  # a day left: renewed
     renewed = load(pki.server("fe01").cert)
     assert renewed.not_valid_after_utc == clock.at + timedelta(days=397)
 
@@ -563,21 +617,38 @@ def test_vendor_certificates_must_hold_p256_keys() -> None:
 # -- TLS over loopback -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hostname", FE01_NAMES)
+@pytest.mark.parametrize(
+    ("server", "hostname"),
+    [*(("fe01", name) for name in FE01_NAMES), *(("se01", name) for name in SE01_NAMES)],
+)
 def test_tls_handshake_succeeds_for_every_name_on_the_certificate(
-    pki: LabPKI, hostname: str
+    pki: LabPKI, server: str, hostname: str
 ) -> None:
-    assert tls_fetch(pki.server("fe01"), pki.client_context(), hostname) == b"hello"
+    assert tls_fetch(pki.server(server), pki.client_context(), hostname) == b"hello"
 
 
 def test_tls_handshake_with_the_edge_certificate(pki: LabPKI) -> None:
     assert tls_fetch(pki.edge(), pki.client_context(), "edge01.contoso.test") == b"hello"
 
 
-@pytest.mark.parametrize("hostname", ["fe02.contoso.test", "edge01.contoso.test", "localhost"])
-def test_tls_handshake_fails_for_a_name_not_on_the_certificate(pki: LabPKI, hostname: str) -> None:
+@pytest.mark.parametrize(
+    ("server", "hostname"),
+    [
+        ("fe01", "fe02.contoso.test"),
+        ("fe01", "edge01.contoso.test"),
+        ("fe01", "localhost"),
+        ("fe01", "se01.contoso.test"),
+        # se01 is not the discovery pool nor the one the edge publishes.
+        ("se01", "ucupdates-r2.contoso.test"),
+        ("se01", "webext.contoso.test"),
+        ("se01", "pool01.contoso.test"),
+    ],
+)
+def test_tls_handshake_fails_for_a_name_not_on_the_certificate(
+    pki: LabPKI, server: str, hostname: str
+) -> None:
     with pytest.raises(ssl.SSLCertVerificationError) as info:
-        tls_fetch(pki.server("fe01"), pki.client_context(), hostname)
+        tls_fetch(pki.server(server), pki.client_context(), hostname)
     assert info.value.verify_code == 62  # X509_V_ERR_HOSTNAME_MISMATCH
 
 

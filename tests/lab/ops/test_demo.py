@@ -102,9 +102,14 @@ async def test_the_default_fleet_updates_as_each_entry_says_and_the_story_is_tol
     chapters = [text.index(f"\n{n}. ") for n in range(1, 6)]
     assert chapters == sorted(chapters)
 
-    # The administrator's part, narrated.
+    # The administrator's part, narrated: one rule per model, in the one pool that serves
+    # every demo phone (as Import-CsDeviceUpdate writes a pool's rules).
     assert (
-        f"approved {APPROVED} on 12 rules: phones of these models get it at their next check "
+        "imported it into pool01.contoso.test (the pool that serves every demo phone; "
+        f"se01.contoso.test gets none): 6 rules now hold {APPROVED} pending"
+    ) in text
+    assert (
+        f"approved {APPROVED} on 6 rules: phones of these models get it at their next check "
         "(at power-on, at sign-in, every 24 hours)"
     ) in text
     assert f"left {PENDING} pending: only test devices get it" in text

@@ -107,9 +107,11 @@ async def test_maintenance_through_the_api_and_the_last_server_needs_force(
         servers = (await response.json())["pool"]["servers"]
     assert servers["fe01"]["mode"] == "maintenance"  # nothing in progress: drained at once
     assert servers["fe02"]["mode"] == "production"
+    assert servers["se01"]["mode"] == "production"  # another pool
     async with admin.post("/v1/maintenance/fe02/enter", json={}) as response:
         assert response.status == 409
-        assert "last server in production" in (await response.json())["error"]
+        error = (await response.json())["error"]
+        assert "fe02 is the last server in production in pool pool01.contoso.test" in error
     async with admin.post("/v1/maintenance/fe02/enter", json={"force": True}) as response:
         assert response.status == 200
     async with admin.post("/v1/maintenance/fe01/exit", json={}) as response:

@@ -61,13 +61,14 @@ EXT_CHECK = "/RequestHandlerExt/ucdevice.upx"
 INSIDE_PHONE = "127.10.0.60"
 OTHER_INSIDE_PHONE = "127.10.0.61"
 OUTSIDE_PHONE = "127.20.0.60"
+POOL01, SE01 = "pool01.contoso.test", "se01.contoso.test"
 
 
 # --- flag rules -------------------------------------------------------------------------------
 
 
 def approval(version: str = APPROVED, age: timedelta | None = timedelta(days=10)) -> Approval:
-    return Approval("fe01", CX600, version, NOW - age if age is not None else None)
+    return Approval(POOL01, CX600, version, NOW - age if age is not None else None)
 
 
 # installed version, approval (None: no approved version), expected flags
@@ -114,28 +115,32 @@ def phone(
     kind: DeviceKind = CX600,
     version: str = OLD,
     server: str = "fe01",
+    pool: str = POOL01,
 ) -> PhoneRecord:
     stamp = NOW.isoformat(timespec="seconds")
     return PhoneRecord(
-        mac, "CX6A000001", kind, version, INSIDE_PHONE, "inside", server, stamp, stamp, None
+        mac, "CX6A000001", kind, version, INSIDE_PHONE, "inside", server, stamp, stamp, None, pool
     )
 
 
-def test_a_phone_is_held_against_the_rule_of_its_kind_on_its_server() -> None:
+def test_a_phone_is_held_against_the_rule_of_its_kind_in_its_pool() -> None:
     shouted = DeviceKind("ucphone", "POLYCOM", "cx600", "a", "enu")
     old = timedelta(days=90)
     statuses = inventory(
         [
             phone("00-04-F2-00-00-01", server="fe01"),
-            phone("00-04-F2-00-00-02", server="fe02"),
-            phone("00-04-F2-00-00-03", kind=CX3000),
+            phone("00-04-F2-00-00-02", server="fe02"),  # another front end of pool01
+            phone("00-04-F2-00-00-03", server="se01", pool=SE01),
+            phone("00-04-F2-00-00-04", kind=CX3000),
         ],
-        [Approval("fe01", shouted, APPROVED, NOW - old)],
+        [Approval(POOL01, shouted, APPROVED, NOW - old)],
         NOW,
     )
+    behind = (APPROVED, (Flag.NOT_APPROVED, Flag.LEFT_BEHIND))
     assert [(s.approved, s.flags) for s in statuses] == [
-        (APPROVED, (Flag.NOT_APPROVED, Flag.LEFT_BEHIND)),
-        (None, ()),  # fe02 has no rule: import is per server
+        behind,
+        behind,  # the pool's rule, whichever of its front ends the phone checked with
+        (None, ()),  # se01 has no rule: import is per pool
         (None, ()),
     ]
     assert statuses[0].as_dict()["flags"] == ["not-approved", "left-behind"]
@@ -159,17 +164,17 @@ def add_rules(
     state: Path,
     config: LabConfig,
     approved_at: dict[DeviceKind, datetime],
-    servers: tuple[str, ...] = ("fe01", "fe02"),
+    pools: tuple[str, ...] = (POOL01,),
 ) -> None:
-    """Rules for each kind on each server, APPROVED approved at the given time."""
+    """Rules for each kind in each pool, APPROVED approved at the given time."""
     clock = Clock()
-    with Store.open(state, now=clock) as store:
+    with Store.open(state, now=clock, pool_of=config.pool_of()) as store:
         for kind, at in approved_at.items():
             files = (ServedFile("CPE.nbt", f"{kind.path}/{APPROVED}/CPE/CPE.nbt", 10, "0" * 64),)
             items = [
-                ImportedVersion(fe.name, fe.fqdn, kind, APPROVED, files)
-                for fe in config.front_ends
-                if fe.name in servers
+                ImportedVersion(pool.fqdn, kind, APPROVED, files)
+                for pool in config.pools
+                if pool.fqdn in pools
             ]
             store.record_import(str(uuid.uuid4()), "UCUpdates.cab", "0" * 64, items)
             clock.at = at
@@ -178,7 +183,7 @@ def add_rules(
 
 def test_approve_and_restore_record_when_the_approved_version_changed(tmp_path: Path) -> None:
     config = default_config()
-    add_rules(tmp_path, config, {CX600: NOW - timedelta(days=70)}, servers=("fe01",))
+    add_rules(tmp_path, config, {CX600: NOW - timedelta(days=70)}, pools=(POOL01,))
     clock = Clock(NOW)
     with Store.open(tmp_path, now=clock) as store:
         assert [(a.version, a.approved_at) for a in store.approvals()] == [
@@ -186,13 +191,13 @@ def test_approve_and_restore_record_when_the_approved_version_changed(tmp_path: 
         ]
         files = (ServedFile("CPE.nbt", "x/CPE.nbt", 10, "0" * 64),)
         store.record_import("second", "b.cab", "1" * 64, [
-            ImportedVersion("fe01", "fe01.contoso.test", CX600, NEWER, files)
+            ImportedVersion(POOL01, CX600, NEWER, files)
         ])  # fmt: skip
         clock.at = NOW + timedelta(days=1)
         store.change(Action.RESET, Selection(all_=True))  # the approved version stays
         assert store.approvals()[0].approved_at == NOW - timedelta(days=70)
         store.record_import("third", "c.cab", "2" * 64, [
-            ImportedVersion("fe01", "fe01.contoso.test", CX600, NEWER, files)
+            ImportedVersion(POOL01, CX600, NEWER, files)
         ])  # fmt: skip
         clock.at = NOW + timedelta(days=2)
         store.change(Action.APPROVE, Selection(all_=True))
@@ -211,19 +216,19 @@ def test_approve_and_restore_record_when_the_approved_version_changed(tmp_path: 
 def test_phone_records_keep_first_seen_and_the_last_known_user(tmp_path: Path) -> None:
     first = PhoneRecord(
         "00-04-F2-00-00-01", "CX6A000001", CX600, OLD, INSIDE_PHONE, "inside", "fe01",
-        "2026-06-01T12:00:00+00:00", "2026-06-01T12:00:00+00:00", "alice@contoso.test",
+        "2026-06-01T12:00:00+00:00", "2026-06-01T12:00:00+00:00", "alice@contoso.test", POOL01,
     )  # fmt: skip
     later = PhoneRecord(
-        "00-04-F2-00-00-01", "CX6A000001", CX600, APPROVED, "127.20.0.10", "outside", "fe02",
-        "2026-06-02T08:00:00+00:00", "2026-06-02T08:00:00+00:00", None,
+        "00-04-F2-00-00-01", "CX6A000001", CX600, APPROVED, "127.10.0.61", "inside", "se01",
+        "2026-06-02T08:00:00+00:00", "2026-06-02T08:00:00+00:00", None, SE01,
     )  # fmt: skip
     with Store.open(tmp_path) as store:
         store.record_phones([first])
         store.record_phones([later])
         [record] = store.phones()
     assert record == PhoneRecord(
-        "00-04-F2-00-00-01", "CX6A000001", CX600, APPROVED, "127.20.0.10", "outside", "fe02",
-        "2026-06-01T12:00:00+00:00", "2026-06-02T08:00:00+00:00", "alice@contoso.test",
+        "00-04-F2-00-00-01", "CX6A000001", CX600, APPROVED, "127.10.0.61", "inside", "se01",
+        "2026-06-01T12:00:00+00:00", "2026-06-02T08:00:00+00:00", "alice@contoso.test", SE01,
     )  # fmt: skip
 
 
@@ -248,10 +253,13 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_rules(tmp_path: Path) -> Non
     finally:
         raw.close()
 
-    with Store.open(tmp_path) as store:
-        assert store.schema_version == MIGRATIONS[-1].version == 2
+    pool_of = default_config().pool_of()
+    with Store.open(tmp_path, pool_of=pool_of) as store:
+        assert store.schema_version == MIGRATIONS[-1].version == 3
         [rule] = store.rules()
-        assert (rule.uuid, rule.server, rule.kind) == ("0123abcd", "fe01", CX600)
+        # Its front end's rule became its pool's (lab.store.store: schema 3).
+        assert (rule.uuid, rule.pool, rule.kind) == ("0123abcd", POOL01, CX600)
+        assert rule.identity == f"service:WebServer:{POOL01}/0123abcd"
         assert rule.versions == (NEWER, APPROVED, OLD)
         assert [f.path for f in rule.files[APPROVED]] == ["p/CPE.nbt"]
         assert [d.value for d in store.test_devices()] == ["CX6A0000FF"]
@@ -260,13 +268,14 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_rules(tmp_path: Path) -> Non
             (APPROVED, datetime(2026, 2, 1, tzinfo=UTC))
         ]
         assert store.phones() == []
-        decision = store.snapshot().decide("fe01", CX600, OLD)
+        decision = store.snapshot().decide(POOL01, CX600, OLD)
         assert decision.version == APPROVED
         # Rules made before the migration still take commands and new imports still work.
         store.change(Action.APPROVE, Selection(all_=True))
         assert store.rules()[0].versions == (None, NEWER, APPROVED)
     with Store.open(tmp_path) as store:  # opening again migrates nothing
-        assert store.schema_version == 2
+        assert store.schema_version == 3
+        assert [r.identity for r in store.rules()] == [f"service:WebServer:{POOL01}/0123abcd"]
 
 
 # --- batched writing --------------------------------------------------------------------------
@@ -286,6 +295,7 @@ def sighting(
         address=INSIDE_PHONE,
         zone=Zone.INSIDE,
         server="fe01",
+        pool=POOL01,
         seen=seen,
         user=user,
     )
@@ -424,7 +434,8 @@ async def check(
     if user is None:
         site = pool.server(server).internal
         assert site is not None
-        conn = await Connection.open(site.address, pool.config.pool_fqdn, context, source)
+        host = pool.config.front_end(server).pool  # inside phones name the pool
+        conn = await Connection.open(site.address, host, context, source)
         path = CHECK
     else:
         assert pool.edge is not None
@@ -498,7 +509,9 @@ async def test_checks_create_and_update_the_record_of_a_phone(
     assert await inventory.flush() == 1
     first = NOW.isoformat(timespec="seconds")
     assert store.phones() == [
-        PhoneRecord(mac, serial, CX600, OLD, INSIDE_PHONE, "inside", "fe01", first, first, None)
+        PhoneRecord(
+            mac, serial, CX600, OLD, INSIDE_PHONE, "inside", "fe01", first, first, None, POOL01
+        )
     ]
 
     clock.at = NOW + timedelta(hours=3)
@@ -516,16 +529,29 @@ async def test_checks_create_and_update_the_record_of_a_phone(
     records = {p.mac: p for p in store.phones()}
     assert records[mac] == PhoneRecord(
         mac, serial, CX600, APPROVED, INSIDE_PHONE, "inside", "fe02", first, later,
-        "alice@contoso.test",
+        "alice@contoso.test", POOL01,
     )  # fmt: skip
     outside = records["00-04-F2-00-00-09"]
     # The front end sees the edge as its peer.
     assert (outside.zone, outside.address) == ("outside", str(pool.config.edge.address))
     assert (outside.kind, outside.last_user) == (HP4120, "bob@contoso.test")
+    assert (outside.server, outside.pool) == ("fe01", POOL01)  # the edge publishes pool01
+
+    # A phone at the Standard Edition server is measured against se01's rules, which have
+    # none for its kind (the rules are pool01's).
+    se01_phone = check_body(CX600, "00-04-F2-00-00-0A", "CX6A00000A", OLD)
+    await check(pool, client_context, se01_phone, server="se01")
+    assert await inventory.flush() == 1
+    at_se01 = next(p for p in store.phones() if p.mac == "00-04-F2-00-00-0A")
+    assert (at_se01.server, at_se01.pool) == ("se01", SE01)
 
     statuses = {s.phone.mac: s for s in read_inventory(store, clock.at)}
-    assert statuses[mac].flags == ()
+    assert (statuses[mac].approved, statuses[mac].flags) == (APPROVED, ())
     assert statuses["00-04-F2-00-00-09"].flags == ()  # no rule for the HP4120
+    assert (statuses["00-04-F2-00-00-0A"].approved, statuses["00-04-F2-00-00-0A"].flags) == (
+        None,
+        (),
+    )
 
 
 async def test_a_repeated_check_is_seen_again_with_what_changed(
@@ -635,6 +661,7 @@ async def test_lab_phones_lists_the_inventory_with_its_flags(
         "zone": "inside",
         "server": "fe01",
     }
+    assert first["pool"] == POOL01
     assert by_mac["00-04-F2-00-00-04"]["approved"] is None
 
     table = await run_cli("phones", "--state-dir", str(tmp_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +23,7 @@ from lab.net.pki import LabPKI, verify_vendor_signature
 from lab.store.cab import CabContents, build_cab, pack_cab
 from lab.store.catalog import Signer
 from lab.store.decision import Action
-from lab.store.filestore import JOURNAL_FILE, FileStore
+from lab.store.filestore import JOURNAL_FILE, SERVERS_DIR, FileStore
 from lab.store.importer import (
     KILL_ENV,
     STEPS,
@@ -36,7 +37,7 @@ from lab.store.store import STORE_FILE, Selection, Store
 V1, V2 = "4.0.7577.4372", "4.0.7577.4400"
 FOLDER = "UCPhone\\Polycom\\CX600\\A\\ENU\\4.0.7577.4372\\CPE"
 CONFIG = default_config()
-FE01, FE02 = CONFIG.front_ends
+POOL01, SE01 = (pool.fqdn for pool in CONFIG.pools)
 
 IMPORT_SCRIPT = """
 import sys
@@ -44,7 +45,7 @@ from pathlib import Path
 from lab.net.config import default_config
 from lab.store.importer import import_cab, read_cab_file
 from lab.net.pki import LabPKI, verify_vendor_signature
-certs, state, server, *cabs = sys.argv[1:]
+certs, state, pool, *cabs = sys.argv[1:]
 config = default_config()
 pki = LabPKI(config, Path(certs))
 if sys.stdin.readline().strip() != "go":
@@ -53,7 +54,7 @@ for cab in cabs:
     contents = read_cab_file(
         Path(cab), lambda v: pki.vendor(v).certificate_pem(), verify_vendor_signature
     )
-    import_cab(Path(state), contents, [config.front_end(server)])
+    import_cab(Path(state), contents, [config.pool(pool).fqdn])
 (Path(state).parent / "imports-done").touch()
 """
 
@@ -75,7 +76,7 @@ with Store.open(state) as store:
         store.add_test_device(mac=f"00-04-F2-10-{rounds // 256:02X}-{rounds % 256:02X}")
         rounds += 1
         try:
-            store.change(Action.APPROVE, Selection(server="fe01", model="CX600"))
+            store.change(Action.APPROVE, Selection(pool="pool01.contoso.test", model="CX600"))
             approvals += 1
         except RuleError:
             pass
@@ -123,10 +124,10 @@ def check(pki: LabPKI, cab: Path) -> CabContents:
 
 
 def run_import(
-    pki: LabPKI, state: Path, cab: Path, servers: tuple[str, ...] = ("fe01",)
+    pki: LabPKI, state: Path, cab: Path, pools: tuple[str, ...] = (POOL01,)
 ) -> ImportResult:
     """What `lab update import` does: check the whole cab, then import it."""
-    return import_cab(state, check(pki, cab), [CONFIG.front_end(s) for s in servers])
+    return import_cab(state, check(pki, cab), [CONFIG.pool(p).fqdn for p in pools])
 
 
 def state_bytes(state: Path) -> dict[str, bytes | None]:
@@ -147,13 +148,13 @@ def state_bytes(state: Path) -> dict[str, bytes | None]:
 
 def rules(state: Path) -> list[tuple[str, str, tuple[str | None, ...]]]:
     with Store.open(state) as store:
-        return [(r.server, r.kind.model, r.versions) for r in store.rules()]
+        return [(r.pool, r.kind.model, r.versions) for r in store.rules()]
 
 
 # --- importing --------------------------------------------------------------------------------
 
 
-def test_an_import_writes_the_files_and_pending_rules_of_one_server(
+def test_an_import_writes_the_files_and_pending_rules_of_one_pool(
     pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
@@ -162,34 +163,51 @@ def test_an_import_writes_the_files_and_pending_rules_of_one_server(
     assert result.changed
     assert result.files_written == 4
     assert [c.action for c in result.changes] == ["created", "created"]
+    assert result.pools == (POOL01,)
     assert rules(state) == [
-        ("fe01", "HP4110", (V1, None, None)),
-        ("fe01", "CX600", (V1, None, None)),
+        (POOL01, "HP4110", (V1, None, None)),
+        (POOL01, "CX600", (V1, None, None)),
     ]
     members = {n.replace("\\", "/"): f.buf for n, f in CabArchive(cab.read_bytes()).items()}
-    files = FileStore(state, "fe01")
+    files = FileStore(state, POOL01)
+    assert files.root == state / "pools" / POOL01 / "DeviceUpdateFiles"
     for name in ("CPE.nbt", "CPE.cat"):
         path = f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/{name}"
         assert files.path(path).read_bytes() == members[path]
-    assert sorted(p.name for p in (state / "servers").iterdir()) == ["fe01"]
-    assert sorted(p.name for p in (state / "servers" / "fe01").iterdir()) == ["DeviceUpdateFiles"]
+    # One file store for the pool, whichever of its front ends serves it.
+    assert sorted(p.name for p in (state / "pools").iterdir()) == [POOL01]
+    assert sorted(p.name for p in (state / "pools" / POOL01).iterdir()) == ["DeviceUpdateFiles"]
+    assert not (state / "servers").exists()
     assert not (state / JOURNAL_FILE).exists()
 
 
-def test_an_import_to_all_servers_reaches_each_file_store(
+def test_an_import_into_two_pools_makes_one_rule_per_kind_in_each(
     pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    run_import(pki, state, make_cab(("CX600", V1)), ("fe01", "fe02"))
-    assert [r[0] for r in rules(state)] == ["fe01", "fe02"]
+    result = run_import(pki, state, make_cab(("CX600", V1), ("HP4110", V1)), ("pool01", "se01"))
+    assert result.pools == (POOL01, SE01)
+    assert result.files_written == 8
+    assert rules(state) == [
+        (POOL01, "HP4110", (V1, None, None)),
+        (POOL01, "CX600", (V1, None, None)),
+        (SE01, "HP4110", (V1, None, None)),
+        (SE01, "CX600", (V1, None, None)),
+    ]
     with Store.open(state) as store:
-        identities = [r.identity for r in store.rules()]
-    assert identities[0].startswith(f"service:WebServer:{FE01.fqdn}/")
-    assert identities[1].startswith(f"service:WebServer:{FE02.fqdn}/")
-    for server in ("fe01", "fe02"):
-        assert (
-            FileStore(state, server).path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt").exists()
-        )
+        made = store.rules()
+    assert [r.identity for r in made] == [f"service:WebServer:{r.pool}/{r.uuid}" for r in made]
+    assert len({r.uuid for r in made}) == 4
+    assert sorted(p.name for p in (state / "pools").iterdir()) == [POOL01, SE01]
+    for pool in (POOL01, SE01):
+        for folder in ("Polycom/CX600", "HP/HP4110"):
+            path = f"UCPhone/{folder}/A/ENU/{V1}/CPE/CPE.nbt"
+            assert FileStore(state, pool).path(path).exists()
+    # Approving in one pool leaves the other's rule as it was.
+    with Store.open(state) as store:
+        store.change(Action.APPROVE, Selection(pool=SE01, model="CX600"))
+    assert rules(state)[1] == (POOL01, "CX600", (V1, None, None))
+    assert rules(state)[3] == (SE01, "CX600", (None, V1, None))
 
 
 def test_importing_the_same_cab_twice_changes_nothing_the_second_time(
@@ -197,9 +215,9 @@ def test_importing_the_same_cab_twice_changes_nothing_the_second_time(
 ) -> None:
     state = tmp_path / "state"
     cab = make_cab(("CX600", V1), ("6721ip", V1))
-    run_import(pki, state, cab, ("fe01", "fe02"))
+    run_import(pki, state, cab, (POOL01, SE01))
     before = state_bytes(state)
-    again = run_import(pki, state, cab, ("fe01", "fe02"))
+    again = run_import(pki, state, cab, (POOL01, SE01))
     assert not again.changed
     assert {c.action for c in again.changes} == {"unchanged"}
     assert state_bytes(state) == before
@@ -213,8 +231,8 @@ def test_a_newer_version_becomes_pending_and_the_old_files_stay(
     with Store.open(state) as store:
         store.change(Action.APPROVE, Selection(all_=True))
     run_import(pki, state, make_cab(("CX600", V2)))
-    assert rules(state) == [("fe01", "CX600", (V2, V1, None))]
-    kind_folder = FileStore(state, "fe01").path("UCPhone/Polycom/CX600/A/ENU")
+    assert rules(state) == [(POOL01, "CX600", (V2, V1, None))]
+    kind_folder = FileStore(state, POOL01).path("UCPhone/Polycom/CX600/A/ENU")
     assert sorted(p.name for p in kind_folder.iterdir()) == [V1, V2]
 
 
@@ -225,7 +243,7 @@ def test_a_cab_with_other_images_for_a_version_replaces_its_files(
     run_import(pki, state, make_cab(("CX600", V1)))
     result = run_import(pki, state, make_cab(("CX600", V1), size=8192))
     assert result.files_written == 2
-    image = FileStore(state, "fe01").path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt")
+    image = FileStore(state, POOL01).path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt")
     assert image.stat().st_size == 8192
     with Store.open(state) as store:
         (rule,) = store.rules()
@@ -270,7 +288,7 @@ def test_a_tampered_cab_is_refused_and_nothing_changes(
     bad = tmp_path / "bad.cab"
     bad.write_bytes(tamper(pki, files))
     with pytest.raises(CabError, match=message):
-        run_import(pki, state, bad, ("fe01", "fe02"))
+        run_import(pki, state, bad, (POOL01, SE01))
     assert state_bytes(state) == before
 
 
@@ -279,7 +297,7 @@ def test_a_tampered_cab_is_refused_and_nothing_changes(
 
 def _killed_import(pki: LabPKI, state: Path, cab: Path, step: str) -> None:
     process = subprocess.run(
-        [sys.executable, "-c", IMPORT_SCRIPT, str(pki.directory), str(state), "fe01", str(cab)],
+        [sys.executable, "-c", IMPORT_SCRIPT, str(pki.directory), str(state), POOL01, str(cab)],
         input="go\n",
         env={**os.environ, KILL_ENV: step},
         capture_output=True,
@@ -293,9 +311,9 @@ BEFORE_COMMIT = STEPS[1 : STEPS.index("committed")]
 AFTER_COMMIT = STEPS[STEPS.index("committed") :]
 
 
-def served_files(state: Path, server: str = "fe01") -> dict[str, bytes]:
-    """Every file a front end's service would serve: its file store, nothing beside it."""
-    root = FileStore(state, server).root
+def served_files(state: Path, pool: str = POOL01) -> dict[str, bytes]:
+    """Every file a pool's front ends would serve: its file store, nothing beside it."""
+    root = FileStore(state, pool).root
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
@@ -332,7 +350,7 @@ def test_an_import_killed_before_its_commit_leaves_everything_as_it_was(
     assert state_bytes(state) == before
     result = run_import(pki, state, cab)
     assert result.files_written == 6
-    assert rules(state) == [("fe01", "HP4120", (V2, None, None)), ("fe01", "CX600", (V2, V1, None))]
+    assert rules(state) == [(POOL01, "HP4120", (V2, None, None)), (POOL01, "CX600", (V2, V1, None))]
 
 
 def test_an_import_killed_before_its_commit_into_a_new_state_leaves_nothing(
@@ -343,7 +361,7 @@ def test_an_import_killed_before_its_commit_into_a_new_state_leaves_nothing(
     before = state_bytes(state)
     cab = make_cab(("CX600", V1))
     process = subprocess.run(
-        [sys.executable, "-c", IMPORT_SCRIPT, str(pki.directory), str(state), "fe02", str(cab)],
+        [sys.executable, "-c", IMPORT_SCRIPT, str(pki.directory), str(state), "se01", str(cab)],
         input="go\n",
         env={**os.environ, KILL_ENV: "staged"},
         capture_output=True,
@@ -351,12 +369,12 @@ def test_an_import_killed_before_its_commit_into_a_new_state_leaves_nothing(
         timeout=60,
     )
     assert process.returncode == -signal.SIGKILL, process.stderr
-    assert (state / "servers" / "fe02" / ".staging").is_dir()
+    assert (state / "pools" / SE01 / ".staging").is_dir()
     Store.open(state).close()
     after = state_bytes(state)
     assert after.pop("filestore.lock") == b""  # the lock file stays, as after any import
     assert after == before
-    assert not (state / "servers").exists()
+    assert not (state / "pools").exists()
 
 
 @pytest.mark.parametrize("step", AFTER_COMMIT)
@@ -371,9 +389,9 @@ def test_an_import_killed_after_its_commit_is_finished(
     _killed_import(pki, state, cab, step)
     assert (state / JOURNAL_FILE).exists()
     Store.open(state).close()  # the next process to open the store puts the files in place
-    assert rules(state) == [("fe01", "HP4120", (V2, None, None)), ("fe01", "CX600", (V2, V1, None))]
+    assert rules(state) == [(POOL01, "HP4120", (V2, None, None)), (POOL01, "CX600", (V2, V1, None))]
     assert not (state / JOURNAL_FILE).exists()
-    assert sorted(p.name for p in (state / "servers" / "fe01").iterdir()) == ["DeviceUpdateFiles"]
+    assert sorted(p.name for p in (state / "pools" / POOL01).iterdir()) == ["DeviceUpdateFiles"]
     assert served_files(state) == cab_files(cab)
     assert not run_import(pki, state, cab).changed
 
@@ -382,20 +400,20 @@ def test_no_file_of_an_import_reaches_a_file_store_before_its_commit(
     pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    run_import(pki, state, make_cab(("CX600", V1)), ("fe01", "fe02"))
-    before = {server: served_files(state, server) for server in ("fe01", "fe02")}
+    run_import(pki, state, make_cab(("CX600", V1)), (POOL01, SE01))
+    before = {pool: served_files(state, pool) for pool in (POOL01, SE01)}
     seen: dict[str, dict[str, dict[str, bytes]]] = {}
 
     def look(step: str) -> None:
-        seen[step] = {server: served_files(state, server) for server in ("fe01", "fe02")}
+        seen[step] = {pool: served_files(state, pool) for pool in (POOL01, SE01)}
 
     cab = make_cab(("CX600", V1), ("CX600", V2), size=8192)
     contents = check(pki, cab)
-    import_cab(state, contents, [FE01, FE02], checkpoint=look)
+    import_cab(state, contents, [POOL01, SE01], checkpoint=look)
     assert list(seen) == list(STEPS)
     for step in ("locked", *BEFORE_COMMIT, "committed"):
         assert seen[step] == before, step
-    assert seen["all-placed"] == {"fe01": cab_files(cab), "fe02": cab_files(cab)}
+    assert seen["all-placed"] == {POOL01: cab_files(cab), SE01: cab_files(cab)}
 
 
 def test_a_failure_before_the_commit_undoes_the_import_in_the_same_process(
@@ -415,7 +433,7 @@ def test_a_failure_before_the_commit_undoes_the_import_in_the_same_process(
             raise OSError(28, "No space left on device")
 
     with pytest.raises(StoreError, match=r"No space left.*nothing was imported"):
-        import_cab(state, contents, [FE01], checkpoint=fail)
+        import_cab(state, contents, [POOL01], checkpoint=fail)
     assert state_bytes(state) == before
 
 
@@ -432,12 +450,12 @@ def test_a_failure_after_the_commit_is_finished_by_the_next_process(
             raise OSError(5, "Input/output error")
 
     with pytest.raises(StoreError, match=r"imported, but not all its files are in place yet"):
-        import_cab(state, contents, [FE01], checkpoint=fail)
+        import_cab(state, contents, [POOL01], checkpoint=fail)
     assert (state / JOURNAL_FILE).exists()
     Store.open(state).close()
     assert not (state / JOURNAL_FILE).exists()
     assert served_files(state) == cab_files(cab)
-    assert rules(state) == [("fe01", "CX600", (V2, None, None))]
+    assert rules(state) == [(POOL01, "CX600", (V2, None, None))]
 
 
 def _stored_cab(path: Path, files: dict[str, bytes]) -> None:
@@ -460,8 +478,8 @@ def test_a_change_that_cannot_be_finished_says_so_and_keeps_its_journal(
             raise OSError(5, "Input/output error")
 
     with pytest.raises(StoreError, match=r"not all its files are in place yet"):
-        import_cab(state, check(pki, cab), [FE01], checkpoint=fail)
-    image = FileStore(state, "fe01").path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt")
+        import_cab(state, check(pki, cab), [POOL01], checkpoint=fail)
+    image = FileStore(state, POOL01).path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt")
     image.mkdir()  # something in the way of the image still waiting in staging
     with pytest.raises(StoreError, match=r"cannot put right the interrupted file-store change"):
         Store.open(state).close()
@@ -486,24 +504,27 @@ def test_a_cab_that_changes_between_check_and_import_is_refused(
     image = next(n for n in files if n.endswith("CPE.nbt"))
     _stored_cab(cab, {**files, image: bytes(len(files[image]))})
     with pytest.raises(CabError, match=r"CPE\.nbt' changed since the cab was checked"):
-        import_cab(state, contents, [FE01])
+        import_cab(state, contents, [POOL01])
     assert state_bytes(state) == before
     # Another cab in its place: its headers tell.
     cab.write_bytes(make_cab(("HP4110", V2)).read_bytes())
     with pytest.raises(CabError, match=r"UCUpdates\.cab: the cab changed since it was checked"):
-        import_cab(state, contents, [FE01])
+        import_cab(state, contents, [POOL01])
     assert state_bytes(state) == before
 
 
-def test_a_journal_of_an_earlier_lab_is_still_undone(
-    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
-) -> None:
-    state = tmp_path / "state"
-    run_import(pki, state, make_cab(("CX600", V1)))
-    before = state_bytes(state)
-    # What a killed import of the earlier design left: a replaced file (its original kept in
-    # staging), a new file in a new folder, and a journal without a format.
-    files = FileStore(state, "fe01")
+def _front_end_store(state: Path) -> FileStore:
+    """fe01's file store as labs before pools kept it: ``servers/fe01/DeviceUpdateFiles``,
+    holding what pool01's holds."""
+    files = FileStore(state, "fe01", parent=SERVERS_DIR)
+    shutil.copytree(FileStore(state, POOL01).root, files.root)
+    return files
+
+
+def _killed_earlier_import(state: Path, files: FileStore) -> None:
+    """What a killed import of the earlier design left in ``files``: a replaced file (its
+    original kept in staging), a new file in a new folder, and a journal without a format
+    that names the front end."""
     replaced = f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt"
     added = f"UCPhone/Polycom/CX600/A/ENU/{V2}/CPE/CPE.nbt"
     backup = state / "servers/fe01/.staging/old1/old" / replaced
@@ -525,16 +546,47 @@ def test_a_journal_of_an_earlier_lab_is_still_undone(
         ],
     }
     (state / JOURNAL_FILE).write_text(json.dumps(journal))
+
+
+def test_a_journal_of_an_earlier_lab_is_still_undone(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    run_import(pki, state, make_cab(("CX600", V1)))
+    files = _front_end_store(state)
+    before = state_bytes(state)
+    _killed_earlier_import(state, files)
     Store.open(state).close()
     assert state_bytes(state) == before
+
+
+def test_a_journal_of_a_lab_before_pools_is_undone_before_its_files_move_to_the_pool(
+    pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
+) -> None:
+    # A lab before pools, killed during an import into fe01, opened by this lab with its
+    # config: the change is undone in fe01's store, whose files then move to pool01's.
+    state = tmp_path / "state"
+    cab = make_cab(("CX600", V1))
+    run_import(pki, state, cab)
+    files = _front_end_store(state)
+    shutil.rmtree(state / "pools")
+    _killed_earlier_import(state, files)
+    Store.open(state, pool_of=CONFIG.pool_of()).close()
+    assert not (state / JOURNAL_FILE).exists()
+    assert served_files(state) == cab_files(cab)  # the original V1 files, nothing else
+    assert not files.root.exists()
+    assert not (state / "servers/fe01/.staging").exists()
 
 
 # --- the file store ------------------------------------------------------------------------------
 
 
 def test_a_file_store_keeps_paths_inside_itself(tmp_path: Path) -> None:
-    files = FileStore(tmp_path, "fe01")
-    assert files.root == tmp_path / "servers" / "fe01" / "DeviceUpdateFiles"
+    files = FileStore(tmp_path, POOL01)
+    assert files.root == tmp_path / "pools" / POOL01 / "DeviceUpdateFiles"
+    for name in ("", "a/b", ".", ".."):
+        with pytest.raises(StoreError, match="is not a pool name"):
+            FileStore(tmp_path, name)
     for bad in ("../x", "/etc/passwd", "UCPhone/../../x", ""):
         with pytest.raises(StoreError, match="not a path inside the file store"):
             files.path(bad)
@@ -555,18 +607,18 @@ def test_remove_deletes_the_rule_and_the_files_no_rule_refers_to(
     pki: LabPKI, make_cab: Callable[..., Path], tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    run_import(pki, state, make_cab(("CX600", V1), ("HP4110", V1)), ("fe01", "fe02"))
+    run_import(pki, state, make_cab(("CX600", V1), ("HP4110", V1)), (POOL01, SE01))
     run_import(pki, state, make_cab(("CX600", V2)))
-    changes = remove_rules(state, Selection(server="fe01", model="CX600"))
-    assert [(c.action, c.rule.server) for c in changes] == [("removed", "fe01")]
-    fe01, fe02 = FileStore(state, "fe01"), FileStore(state, "fe02")
-    assert not fe01.path("UCPhone/Polycom").exists()
-    assert fe01.path(f"UCPhone/HP/HP4110/A/ENU/{V1}/CPE/CPE.nbt").exists()
-    assert fe02.path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt").exists()
+    changes = remove_rules(state, Selection(pool=POOL01, model="CX600"))
+    assert [(c.action, c.rule.pool) for c in changes] == [("removed", POOL01)]
+    pool01, se01 = FileStore(state, POOL01), FileStore(state, SE01)
+    assert not pool01.path("UCPhone/Polycom").exists()
+    assert pool01.path(f"UCPhone/HP/HP4110/A/ENU/{V1}/CPE/CPE.nbt").exists()
+    assert se01.path(f"UCPhone/Polycom/CX600/A/ENU/{V1}/CPE/CPE.nbt").exists()
     assert [r[:2] for r in rules(state)] == [
-        ("fe01", "HP4110"),
-        ("fe02", "HP4110"),
-        ("fe02", "CX600"),
+        (POOL01, "HP4110"),
+        (SE01, "HP4110"),
+        (SE01, "CX600"),
     ]
 
 
@@ -590,7 +642,7 @@ def test_two_processes_approving_and_importing_at_once_lose_nothing(
     versions = [f"4.0.7577.{4400 + i}" for i in range(6)]
     cabs = [make_cab(("CX600", v)) for v in versions]
     # No store yet: the two processes also race to create it.
-    importer = _start(IMPORT_SCRIPT, str(pki.directory), str(state), "fe01", *map(str, cabs))
+    importer = _start(IMPORT_SCRIPT, str(pki.directory), str(state), "pool01", *map(str, cabs))
     # The approver keeps going until it has approved the last version: if an approve ever
     # overwrote an import (or the other way round), that version would never be approved.
     approver = _start(APPROVE_SCRIPT, str(state), versions[-1], "1000000")
@@ -619,7 +671,7 @@ def test_two_processes_approving_and_importing_at_once_lose_nothing(
         assert db.execute("SELECT count(*) FROM versions").fetchone()[0] == len(versions)
     finally:
         db.close()
-    files = FileStore(state, "fe01")
+    files = FileStore(state, POOL01)
     for version in filter(None, rule.versions):
         for served in rule.files[version]:
             assert files.holds(served.path, served.size, served.sha256)

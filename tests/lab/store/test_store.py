@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import sqlite3
@@ -22,31 +23,37 @@ from lab.models import (
     parse_version,
     phone_model,
 )
+from lab.net.config import default_config
 from lab.store.decision import Action, ServedFile
 from lab.store.devconfig import SETTINGS, DeviceUpdateConfig, format_span, span_seconds
 from lab.store.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     STORE_FILE,
     ImportedVersion,
     PhoneRecord,
     Selection,
     Store,
+    rule_identity,
 )
 
 V1, V2, V3 = "4.0.7577.4372", "4.0.7577.4400", "4.0.7577.4410"
+POOL01, SE01 = "pool01.contoso.test", "se01.contoso.test"
 IDENTITY = re.compile(
-    r"^service:WebServer:fe0[12]\.contoso\.test/[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+    r"^service:WebServer:(pool01|se01)\.contoso\.test/[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
 
 
-def item(model: str = "CX600", version: str = V1, server: str = "fe01") -> ImportedVersion:
-    kind = phone_model(model).kind()
-    folder = f"{kind.path}/{version}/CPE"
-    files = (
+def served(model: str = "CX600", version: str = V1) -> tuple[ServedFile, ...]:
+    folder = f"{phone_model(model).kind().path}/{version}/CPE"
+    return (
         ServedFile("CPE.cat", f"{folder}/CPE.cat", 300, "c" * 64),
         ServedFile("CPE.nbt", f"{folder}/CPE.nbt", 4096, "a" * 64),
     )
-    return ImportedVersion(server, f"{server}.contoso.test", kind, version, files)
+
+
+def item(model: str = "CX600", version: str = V1, pool: str = POOL01) -> ImportedVersion:
+    return ImportedVersion(pool, phone_model(model).kind(), version, served(model, version))
 
 
 @pytest.fixture
@@ -107,22 +114,227 @@ def test_a_writer_that_waits_too_long_gets_a_clear_error(tmp_path: Path) -> None
         holder.close()
 
 
+# --- from rules per front end (schema 2) to rules per pool ---------------------------------------
+
+FE01_CX600 = "11111111-0000-4000-8000-000000000001"
+FE02_CX600 = "22222222-0000-4000-8000-000000000002"
+FE01_HP = "33333333-0000-4000-8000-000000000003"
+SE01_CX600 = "44444444-0000-4000-8000-000000000004"
+PHONE_FE02, PHONE_SE01 = "00-04-F2-00-00-01", "00-04-F2-00-00-02"
+
+
+def _kind_row(model: str) -> tuple[str, ...]:
+    kind = phone_model(model).kind()
+    return (kind.device_type, kind.vendor, kind.model, kind.revision, kind.locale)
+
+
+def _image(model: str, version: str) -> bytes:
+    # Front ends of one pool held the same files of a version.
+    return f"{model} {version} ".encode() * 8
+
+
+def schema_2_store(state: Path) -> None:
+    """A store as labs before pools left it: rules, versions and files per front end."""
+    state.mkdir(parents=True)
+    raw = sqlite3.connect(state / STORE_FILE, isolation_level=None)
+    try:
+        for migration in MIGRATIONS[:2]:
+            for statement in migration.statements:
+                raw.execute(statement)
+        raw.execute("PRAGMA user_version = 2")
+        day = "2026-01-{:02d}T00:00:00+00:00".format
+        # uuid, server, model, pending, approved, restore, updated_at (also approved_at)
+        rules = [
+            (FE01_CX600, "fe01", "CX600", None, V1, None, day(5)),
+            (FE02_CX600, "fe02", "CX600", V2, V1, None, day(20)),  # changed last
+            (FE01_HP, "fe01", "HP4110", V1, None, None, day(2)),
+            (SE01_CX600, "se01", "CX600", None, V1, None, day(3)),
+        ]
+        for rule_uuid, server, model, pending, approved, restore, updated in rules:
+            raw.execute(
+                "INSERT INTO rules VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rule_uuid, f"service:WebServer:{server}.contoso.test/{rule_uuid}", server,
+                 *_kind_row(model), pending, approved, restore, day(1), updated,
+                 updated if approved else None),
+            )  # fmt: skip
+        versions = [("fe01", "CX600", V1), ("fe02", "CX600", V1), ("fe02", "CX600", V2),
+                    ("fe01", "HP4110", V1), ("se01", "CX600", V1)]  # fmt: skip
+        for server, model, version in versions:
+            files = json.dumps(
+                [[f.module, f.path, f.size, f.sha256] for f in served(model, version)]
+            )
+            raw.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (server, *_kind_row(model), version, files, day(1)),
+            )
+            for file in served(model, version):
+                path = state / "servers" / server / "DeviceUpdateFiles" / file.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_image(model, version) + file.module.encode())
+        for mac, server in ((PHONE_FE02, "fe02"), (PHONE_SE01, "se01")):
+            raw.execute(
+                "INSERT INTO phones VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (mac, "CX6A000001", *_kind_row("CX600"), V1, "127.10.0.60", "inside", server,
+                 day(6), day(7), None),
+            )  # fmt: skip
+        raw.execute(
+            "INSERT INTO imports VALUES ('i1', 'UCUpdates.cab', ?, 'fe01,fe02', '[]', ?)",
+            ("0" * 64, day(1)),
+        )
+    finally:
+        raw.close()
+    logs = state / "servers" / "fe01" / "DeviceLogs"
+    logs.mkdir(parents=True)
+    (logs / "phone.clg").write_bytes(b"a device log")
+
+
+def store_rows(state: Path) -> tuple[int, str]:
+    """The schema version and every row of the store file."""
+    raw = sqlite3.connect(state / STORE_FILE)
+    try:
+        return raw.execute("PRAGMA user_version").fetchone()[0], "\n".join(raw.iterdump())
+    finally:
+        raw.close()
+
+
+def state_files(state: Path) -> dict[str, bytes]:
+    """Every file of the state directory but the store's own."""
+    return {
+        p.relative_to(state).as_posix(): p.read_bytes()
+        for p in sorted(state.rglob("*"))
+        if p.is_file() and not p.name.startswith(STORE_FILE)
+    }
+
+
+def test_a_schema_2_store_moves_its_rules_and_files_to_the_pools(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    schema_2_store(state)
+    files_before = state_files(state)
+    with Store.open(state, pool_of=default_config().pool_of()) as store:
+        assert store.schema_version == SCHEMA_VERSION == 3
+        rules = store.rules()
+        # One rule per kind and pool: of fe01's and fe02's CX600 rules, fe02's (changed
+        # last) is kept, under its uuid with the pool's identity.
+        assert [(r.pool, r.kind.model, r.uuid, r.versions) for r in rules] == [
+            (POOL01, "HP4110", FE01_HP, (V1, None, None)),
+            (POOL01, "CX600", FE02_CX600, (V2, V1, None)),
+            (SE01, "CX600", SE01_CX600, (None, V1, None)),
+        ]
+        assert [r.identity for r in rules] == [
+            f"service:WebServer:{POOL01}/{FE01_HP}",
+            f"service:WebServer:{POOL01}/{FE02_CX600}",
+            f"service:WebServer:{SE01}/{SE01_CX600}",
+        ]
+        with pytest.raises(RuleError, match="no rule"):
+            store.rule(FE01_CX600)
+        # Every version record is kept, in its pool.
+        assert rules[1].files == {V1: served("CX600", V1), V2: served("CX600", V2)}
+        assert rules[0].files == {V1: served("HP4110", V1)}
+        assert [(a.pool, a.kind.model, a.version) for a in store.approvals()] == [
+            (POOL01, "CX600", V1),
+            (SE01, "CX600", V1),
+        ]
+        assert {p.mac: (p.server, p.pool) for p in store.phones()} == {
+            PHONE_FE02: ("fe02", POOL01),
+            PHONE_SE01: ("se01", SE01),
+        }
+        kind = phone_model("CX600").kind()
+        assert store.snapshot().decide(POOL01, kind, "4.0.7577.4366").version == V1
+    raw = sqlite3.connect(state / STORE_FILE)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        columns = {
+            table: [row[1] for row in raw.execute(f"PRAGMA table_info({table})")]
+            for table in ("rules", "versions", "phones", "imports")
+        }
+        stored = sorted(raw.execute("SELECT pool, model, version FROM versions"))
+    finally:
+        raw.close()
+    for table in ("rules", "versions"):
+        assert "pool" in columns[table]
+        assert "server" not in columns[table]
+    assert "pools" in columns["imports"]
+    assert {"server", "pool"} <= set(columns["phones"])
+    assert stored == [
+        (POOL01, "CX600", V1),
+        (POOL01, "CX600", V2),
+        (POOL01, "HP4110", V1),
+        (SE01, "CX600", V1),
+    ]
+    # The files moved to the pools' stores; device logs stay with their front end.
+    moved = {
+        name.replace("servers/fe01/", f"pools/{POOL01}/")
+        .replace("servers/fe02/", f"pools/{POOL01}/")
+        .replace("servers/se01/", f"pools/{SE01}/"): data
+        for name, data in files_before.items()
+        if "/DeviceUpdateFiles/" in name
+    }
+    assert state_files(state) == {
+        **moved,
+        "servers/fe01/DeviceLogs/phone.clg": b"a device log",
+        "filestore.lock": b"",
+    }
+    assert len(moved) == 8  # CX600 V1, V2 and HP4110 V1 in pool01; CX600 V1 in se01
+    for server in ("fe01", "fe02", "se01"):
+        assert not (state / "servers" / server / "DeviceUpdateFiles").exists()
+    # Opening again changes nothing.
+    before = store_rows(state), state_files(state)
+    Store.open(state, pool_of=default_config().pool_of()).close()
+    assert (store_rows(state), state_files(state)) == before
+
+
+def test_a_schema_2_store_opened_without_the_pools_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    schema_2_store(state)
+    rows, files = store_rows(state), state_files(state)
+    assert rows[0] == 2
+    with pytest.raises(StoreError) as info:
+        Store.open(state)
+    message = str(info.value)
+    assert "keeps rules per front end (fe01, fe02, se01)" in message
+    assert "lab --config FILE" in message
+    assert store_rows(state) == rows  # still schema 2, every row as it was
+    assert state_files(state) == files
+    # A config that does not name every front end of the store cannot move it either.
+    with pytest.raises(StoreError, match=r"per front end \(fe02, se01\)"):
+        Store.open(state, pool_of={"fe01": POOL01})
+    assert store_rows(state) == rows
+    assert state_files(state) == files
+    # With the lab's config it moves.
+    with Store.open(state, pool_of=default_config().pool_of()) as store:
+        assert store.schema_version == 3
+        assert len(store.rules()) == 3
+
+
 # --- rules ------------------------------------------------------------------------------------
 
 
-def test_an_import_creates_one_pending_rule_per_server_and_kind(store: Store) -> None:
-    imported(store, item(), item("HP4110"), item(server="fe02"))
+def test_an_import_creates_one_pending_rule_per_pool_and_kind(store: Store) -> None:
+    imported(store, item(), item("HP4110"), item(pool=SE01))
     rules = store.rules()
-    assert [(r.server, r.kind.model, r.versions) for r in rules] == [
-        ("fe01", "HP4110", (V1, None, None)),
-        ("fe01", "CX600", (V1, None, None)),
-        ("fe02", "CX600", (V1, None, None)),
+    assert [(r.pool, r.kind.model, r.versions) for r in rules] == [
+        (POOL01, "HP4110", (V1, None, None)),
+        (POOL01, "CX600", (V1, None, None)),
+        (SE01, "CX600", (V1, None, None)),
     ]
     assert all(IDENTITY.match(r.identity) for r in rules)
-    assert rules[1].identity.startswith("service:WebServer:fe01.contoso.test/")
+    # As Import-CsDeviceUpdate names them: service:WebServer:<pool FQDN>/<guid>.
+    assert rules[1].identity == f"service:WebServer:{POOL01}/{rules[1].uuid}"
+    assert rules[2].identity == f"service:WebServer:{SE01}/{rules[2].uuid}"
     assert rules[1].files[V1] == item().files
-    assert store.rules(server="fe02")[0].kind.model == "CX600"
-    assert [r.server for r in store.rules(model="cx600")] == ["fe01", "fe02"]
+    assert store.rules(pool=SE01)[0].kind.model == "CX600"
+    assert [r.pool for r in store.rules(model="cx600")] == [POOL01, SE01]
+    assert rules[1].as_dict()["pool"] == POOL01
+
+
+def test_rule_identities_name_the_pool() -> None:
+    fixed = "0123abcd-0000-4000-8000-000000000000"
+    assert rule_identity(POOL01, fixed) == f"service:WebServer:{POOL01}/{fixed}"
+    made = rule_identity(SE01)
+    assert IDENTITY.match(made)
+    assert made != rule_identity(SE01)
 
 
 def test_importing_again_changes_nothing_and_a_new_version_becomes_pending(store: Store) -> None:
@@ -161,9 +373,10 @@ def test_selections_must_be_clear(store: Store) -> None:
     with pytest.raises(RuleError, match="name a rule"):
         store.select(Selection())
     with pytest.raises(RuleError, match="not both"):
-        store.select(Selection((ref,), server="fe01"))
+        store.select(Selection((ref,), pool=POOL01))
     with pytest.raises(RuleError, match="no rule matches"):
-        store.select(Selection(server="fe09"))
+        store.select(Selection(pool=SE01))
+    assert [r.pool for r in store.select(Selection(pool=POOL01))] == [POOL01]
     assert len(store.select(Selection((ref, ref)))) == 1
 
 
@@ -414,11 +627,12 @@ def test_a_commit_that_changes_only_the_inventory_keeps_the_snapshot(tmp_path: P
                 PhoneRecord(
                     mac=MAC, serial="CX6A000001", kind=phone_model("CX600").kind(),
                     version=V1, address="127.10.1.1", zone="inside", server="fe01",
-                    first_seen=seen, last_seen=seen,
+                    first_seen=seen, last_seen=seen, pool=POOL01,
                 )
             ]
         )  # fmt: skip
         assert service.snapshot() is first
+        assert [p.pool for p in inventory.phones()] == [POOL01]
         inventory.add_test_device(mac=MAC)
         assert service.snapshot().generation == first.generation + 1
 
@@ -427,7 +641,7 @@ def test_a_running_service_sees_another_process_change_at_its_next_check(tmp_pat
     kind = phone_model("CX600").kind()
     with Store.open(tmp_path) as service:
         imported(service, item())
-        assert not service.snapshot().decide("fe01", kind, "4.0.7577.4366").serves
+        assert not service.snapshot().decide(POOL01, kind, "4.0.7577.4366").serves
         script = (
             "import sys; from pathlib import Path; from lab.store.store import Store, Selection;"
             "from lab.store.decision import Action;"
@@ -435,7 +649,7 @@ def test_a_running_service_sees_another_process_change_at_its_next_check(tmp_pat
             "s.change(Action.APPROVE, Selection(all_=True)); s.close()"
         )
         subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=30)
-        decision = service.snapshot().decide("fe01", kind, "4.0.7577.4366")
+        decision = service.snapshot().decide(POOL01, kind, "4.0.7577.4366")
         assert decision.version == V1
         assert [f.module for f in decision.files] == ["CPE.cat", "CPE.nbt"]
 
@@ -447,7 +661,10 @@ def test_snapshot_decisions_use_the_test_devices(store: Store) -> None:
     store.add_test_device(serial="CX6A000001")
     snapshot = store.snapshot()
     kind = phone_model("CX600").kind()
-    assert snapshot.decide("fe01", kind, V1, MAC, "cx6a000001").version == V2
-    assert snapshot.decide("fe01", kind, V1, MAC, "CX6A000002").serves is False
-    assert snapshot.decide("fe01", kind, "4.0.7577.4366", MAC).version == V1
-    assert not snapshot.decide("fe02", kind, "4.0.7577.4366", MAC).serves  # per server
+    assert snapshot.decide(POOL01, kind, V1, MAC, "cx6a000001").version == V2
+    assert snapshot.decide(POOL01, kind, V1, MAC, "CX6A000002").serves is False
+    assert snapshot.decide(POOL01, kind, "4.0.7577.4366", MAC).version == V1
+    assert not snapshot.decide(SE01, kind, "4.0.7577.4366", MAC).serves  # per pool
+    assert set(snapshot.by_pool) == {POOL01}
+    assert snapshot.rules_for(POOL01)[kind.key].pool == POOL01
+    assert snapshot.rules_for(SE01) == {}
