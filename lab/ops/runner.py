@@ -34,6 +34,7 @@ from lab.net.dns import DNSServer
 from lab.net.firewall import FirewallPolicy
 from lab.net.guard import ConnectionBudget
 from lab.net.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
+from lab.ops import adminroutes
 from lab.service.admin import SITE_KEY, make_app, make_token
 from lab.service.audit import AuditLog, AuditRecord
 from lab.service.logs import LogCleanUp
@@ -209,7 +210,7 @@ class Lab(Service):
 
     async def _start_admin(self) -> None:
         token = make_token(self.state_dir)
-        app = make_app(self, token)
+        app = make_app(self, token, adminroutes.extensions(self))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -232,8 +232,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app(lab: AdministeredLab, token: str) -> web.Application:
-    """The admin application for ``lab``."""
+def make_app(
+    lab: AdministeredLab,
+    token: str,
+    extensions: Sequence[Callable[[web.Application], None]] = (),
+) -> web.Application:
+    """The admin application for ``lab``; each of ``extensions`` adds routes of a layer
+    above this one (lab.ops.adminroutes), behind the same token and error answers."""
     app = web.Application(middlewares=[_guard], client_max_size=64 * 1024)
     app[LAB_KEY] = lab
     app[TOKEN_KEY] = token
@@ -248,4 +253,6 @@ def make_app(lab: AdministeredLab, token: str) -> web.Application:
     app.router.add_post("/v1/maintenance/{server}/{verb}", maintenance)
     app.router.add_post("/v1/store/refresh", store_refresh)
     app.router.add_get("/v1/events", events)
+    for extend in extensions:
+        extend(app)
     return app
