@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 STATE  ?= state
 
-.PHONY: install demo test fmt lint typecheck check bench clean
+.PHONY: install demo console test fmt lint typecheck check bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/lab demo --state-dir $(STATE)
+
+# The lab console: attaches to a `lab up` of $(STATE), or starts a lab there; prints a
+# login link for a browser (CONSOLE_ARGS="--port 0" for any free port).
+console: $(STAMP)
+	$(BIN)/lab console --state-dir $(STATE) $(CONSOLE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

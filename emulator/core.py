@@ -75,6 +75,7 @@ from emulator.events import (
     ResponseReceived,
     SendRequest,
     SignIn,
+    SignOut,
     StartDownload,
     StartTimer,
     Target,
@@ -383,6 +384,8 @@ class Phone:
                 return self._refuse_update(now, reason, problem)
             case SignIn(credentials=credentials):
                 return self._sign_in(now, credentials)
+            case SignOut():
+                return self._sign_out(now)
             case CallStarted():
                 return self._call_started(now)
             case CallEnded():
@@ -697,6 +700,26 @@ class Phone:
             LogFacts(user=credentials.account, url=routes[0].url),
         )
         return self._begin_walk(now, Purpose.SIGN_IN, routes)
+
+    def _sign_out(self, now: float) -> list[Action]:
+        """Forget the user, their credentials and a sign-in waiting to start (an outside
+        phone's checks are then refused); the in-band provisioning stays, as a phone keeps
+        it in flash. With nobody signed in it changes nothing."""
+        pending = self._pending_sign_in
+        user = self._user or (pending.account if pending is not None else None)
+        if user is None:
+            return []
+        self._user = None
+        self._credentials = None
+        self._pending_sign_in = None
+        self._info(
+            now,
+            "sign-in",
+            f"{user} signed out; the phone keeps its in-band provisioning",
+            LogCode.SIGNED_OUT,
+            LogFacts(user=user),
+        )
+        return []
 
     def _signed_in(self, now: float, provisioning: Provisioning) -> list[Action]:
         credentials = self._signing_in

@@ -77,6 +77,7 @@ from emulator.events import (
     ResponseReceived,
     SendRequest,
     SignIn,
+    SignOut,
     StartDownload,
     StartTimer,
     Timer,
@@ -372,6 +373,17 @@ class PhoneDriver:
         self._sign_in = credentials
         if self._can_sign_in():
             self._feed_sign_in()
+
+    def sign_out(self) -> None:
+        """The user signs out, if the phone is up and not signing in (a sign-in on the wire
+        ends first; an unplugged phone keeps its user); a sign-in still waiting is dropped
+        whatever the state."""
+        self._sign_in = None
+        state = self.phone.state
+        if state in UP and state is not S.SIGNING_IN:
+            self._offered = None
+            self._credentials = None
+            self._feed(SignOut(self._now()))
 
     def start_call(self) -> None:
         """A call starts, if the phone is up."""

@@ -192,6 +192,11 @@ class SignIn(Event):
 
 
 @dataclass(frozen=True)
+class SignOut(Event):
+    """The signed-in user signs out on the phone; the phone keeps its in-band provisioning."""
+
+
+@dataclass(frozen=True)
 class CallStarted(Event):
     """A call starts on the phone."""
 

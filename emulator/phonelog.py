@@ -90,6 +90,8 @@ class LogCode(enum.StrEnum):
     SIGNING_IN = "signing-in"
     SIGNED_IN = "signed-in"
     SIGN_IN_FAILED = "sign-in-failed"
+    SIGNED_OUT = "signed-out"
+    """The user signed out (or a sign-in waiting to start was dropped)."""
     UPDATES_DISABLED = "updates-disabled"
     """In-band provisioning turned device update off."""
     # Update checks.

@@ -37,6 +37,7 @@ from emulator.events import (
     Resolved,
     ResponseReceived,
     SignIn,
+    SignOut,
     Timer,
     TimerFired,
     UserActivity,
@@ -114,6 +115,8 @@ def _table() -> dict[tuple[PhoneState, EventKey], frozenset[PhoneState]]:
         add(UP, use, same=True)
     add(QUIET, SignIn, S.SIGNING_IN)
     add(BUSY, SignIn, same=True)
+    # Signing out ends nothing in progress; a sign-in on the wire must end first.
+    add(UP - {S.SIGNING_IN}, SignOut, same=True)
 
     # Checks: at power-on (above), on the periodic timer, after a back-off.
     add(S.IDLE, Timer.CHECK, S.CHECKING)

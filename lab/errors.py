@@ -84,3 +84,7 @@ class ScenarioError(LabError):
 
 class PortInUseError(LabError):
     """A port the lab config names is already taken by another program; names the key."""
+
+
+class LabUnreachableError(AdminError):
+    """The running lab's admin API did not answer: the lab stopped, or is not up yet."""

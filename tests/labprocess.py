@@ -82,7 +82,7 @@ class LabProcess:
 def write_config(directory: Path, overrides: dict[str, dict[str, Any]] | None = None) -> Path:
     """A private copy of the default config on free ports, with ``overrides`` merged in."""
     data = tomllib.loads(default_text())
-    data["ports"] = {"dns": 0, "internal": 0, "external": 0, "edge": 0, "admin": 0}
+    data["ports"] = {"dns": 0, "internal": 0, "external": 0, "edge": 0, "admin": 0, "console": 0}
     data["pki"]["dir"] = str(directory / "certs")
     for dotted, table in (overrides or {}).items():
         node = data

@@ -13,16 +13,30 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from lab.cli import cab, common, devconfig, phones, run, runtime, scenario, testdevice, update
+from lab.cli import (
+    cab,
+    common,
+    console,
+    devconfig,
+    phone,
+    phones,
+    run,
+    runtime,
+    scenario,
+    testdevice,
+    update,
+)
 from lab.errors import ConfigError, LabError
 
 # Each module adds its sub-commands; keep this list in the order `lab --help` shows them.
 COMMANDS: tuple[ModuleType, ...] = (
     run,
+    console,
     update,
     testdevice,
     devconfig,
     phones,
+    phone,
     runtime,
     cab,
     scenario,

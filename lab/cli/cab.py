@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
+import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -24,19 +23,17 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.errors import CabError
-from lab.models import MODEL_NAMES, phone_model
-from lab.net.config import LabConfig
-from lab.net.pki import LabPKI, verify_vendor_signature
+from lab.models import MODEL_NAMES
+from lab.net.pki import LabPKI
+from lab.ops.administer import build_vendor_cab, check_cab_file, contents_json
 from lab.store.cab import (
     CAB_NAME,
     DEFAULT_IMAGE_SIZE,
     CabContents,
     Progress,
-    build,
     check_image_size,
     write_file_atomic,
 )
-from lab.store.importer import read_cab_file
 
 _SIZE = re.compile(r"^(?P<n>\d+)\s*(?P<unit>|b|k|kb|kib|m|mb|mib|g|gb|gib)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -114,19 +111,6 @@ def tty_progress(title: str) -> Iterator[Progress | None]:
         yield report
 
 
-def vendor_certificates(config: LabConfig) -> Callable[[str], bytes]:
-    """Vendor name -> certificate PEM from the lab PKI, each read once."""
-    pki = LabPKI(config)
-    cache: dict[str, bytes] = {}
-
-    def trusted(vendor: str) -> bytes:
-        if vendor not in cache:
-            cache[vendor] = pki.vendor(vendor).certificate_pem()
-        return cache[vendor]
-
-    return trusted
-
-
 def contents_table(contents: CabContents) -> Table:
     """A readable table of what a cab holds."""
     table = Table(title=f"{contents.name} (sha256 {contents.sha256[:16]}…)", title_justify="left")
@@ -149,51 +133,30 @@ def contents_table(contents: CabContents) -> Table:
     return table
 
 
-def contents_dict(contents: CabContents) -> dict[str, Any]:
-    """A JSON-ready form of what a cab holds."""
-    return {
-        "cab": contents.name,
-        "sha256": contents.sha256,
-        "updates": [
-            {
-                "device_type": u.kind.device_type,
-                "vendor": u.kind.vendor,
-                "model": u.kind.model,
-                "revision": u.kind.revision,
-                "locale": u.kind.locale,
-                "version": u.version,
-                "files": [
-                    {"module": f.module, "path": str(f.path), "size": f.size, "sha256": f.sha256}
-                    for f in u.files
-                ],
-            }
-            for u in contents.updates
-        ],
-    }
-
-
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a cab for the chosen models and versions and write it atomically."""
-    config = common.config_from(args)
-    models = [phone_model(name) for name in (args.model or MODEL_NAMES)]
-    models = list({m.name: m for m in models}.values())
-    items = [(model, version) for model in models for version in args.version]
-    pki = LabPKI(config)
-    signers = {vendor: pki.vendor(vendor) for vendor in {m.vendor for m in models}}
+    pki = LabPKI(common.config_from(args))
     with tty_progress("building") as progress:
-        data, updates = build(items, signers.__getitem__, args.image_size, progress)
+        built = build_vendor_cab(
+            args.model or (),
+            args.version,
+            pki.vendor,
+            image_size=args.image_size,
+            progress=progress,
+        )
     output: Path = args.output
+    data = built.data
     try:
         write_file_atomic(output, data)
     except OSError as exc:
         raise CabError(f"{output}: cannot be written: {exc.strerror or exc}") from None
-    contents = CabContents(output.name, hashlib.sha256(data).hexdigest(), updates)
+    contents = dataclasses.replace(built.contents, name=output.name)
     if args.json:
-        common.print_json({"path": str(output), "size": len(data), **contents_dict(contents)})
+        common.print_json({"path": str(output), "size": len(data), **contents_json(contents)})
         return 0
     console = Console()
     console.print(contents_table(contents))
-    console.print(f"wrote {output} ({len(data)} bytes, {len(items)} updates)")
+    console.print(f"wrote {output} ({len(data)} bytes, {len(contents.updates)} updates)")
     return 0
 
 
@@ -201,15 +164,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Check a cab as an import would; exit 2 with what is wrong with which member."""
     config = common.config_from(args)
     with tty_progress("checking") as progress:
-        contents = read_cab_file(
-            args.file,
-            vendor_certificates(config),
-            verify_vendor_signature,
-            progress,
-            limit=config.limits.cab_unpacked_max,
-        )
+        contents = check_cab_file(args.file, config, LabPKI(config), progress)
     if args.json:
-        common.print_json(contents_dict(contents))
+        common.print_json(contents_json(contents))
         return 0
     console = Console()
     console.print(contents_table(contents))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import sys
@@ -15,7 +16,9 @@ from typing import Any, NoReturn
 from lab.clock import LabClock, utc_now
 from lab.errors import AdminError, LabStateError
 from lab.net.config import LabConfig, load_config
+from lab.net.pki import LabPKI
 from lab.ops.adminclient import AdminClient
+from lab.ops.administer import Administration
 from lab.ops.runner import read_run_file
 from lab.service.updates import REFRESH_INTERVAL
 from lab.store.store import Store
@@ -110,6 +113,20 @@ def announce_store_change(state: Path) -> None:
         )
 
 
+def administration(args: argparse.Namespace, config: LabConfig | None = None) -> Administration:
+    """The administrator's operations on the state directory the arguments name (created),
+    stamped with the lab's time, each change announced to a lab running from it."""
+    config = config if config is not None else config_from(args)
+    state = state_dir(args)
+    return Administration(
+        config=config,
+        state_dir=state,
+        pki=LabPKI(config),
+        now=lab_clock(state),
+        announce=lambda action: announce_store_change(state),
+    )
+
+
 def print_json(data: Any) -> None:
     """Pretty JSON on stdout."""
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
@@ -139,3 +156,14 @@ def stdout_closed() -> int:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     return STDOUT_CLOSED
+
+
+def time_scale(text: str) -> float:
+    """An argparse type: a time scale, lab (or phone) seconds per real second, > 0."""
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time scale (a number > 0)")
+    return scale

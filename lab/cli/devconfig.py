@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.errors import SettingError
+from lab.ops.administer import settings_json
 from lab.store.devconfig import SETTINGS, DeviceUpdateConfig
 
 
@@ -54,7 +55,7 @@ def config_table(config: DeviceUpdateConfig) -> Table:
 
 def _show(args: argparse.Namespace, config: DeviceUpdateConfig) -> int:
     if args.json:
-        common.print_json(config.texts())
+        common.print_json(settings_json(config))
     else:
         Console().print(config_table(config))
     return 0
@@ -62,9 +63,7 @@ def _show(args: argparse.Namespace, config: DeviceUpdateConfig) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show the configuration."""
-    with common.open_store(common.state_dir(args), common.config_from(args)) as store:
-        config = store.device_update_config()
-    return _show(args, config)
+    return _show(args, common.administration(args).device_config())
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -75,8 +74,4 @@ def cmd_set(args: argparse.Namespace) -> int:
         if not equals or not name.strip():
             raise SettingError(f"{pair!r} is not NAME=VALUE")
         changes[name.strip()] = value
-    state = common.state_dir(args)
-    with common.open_store(state, common.config_from(args)) as store:
-        config = store.set_settings(changes)
-    common.announce_store_change(state)
-    return _show(args, config)
+    return _show(args, common.administration(args).set_settings(changes))

@@ -1,11 +1,18 @@
-"""`lab up`, `lab status` and `lab demo`: running a lab and looking at it."""
+"""`lab up`, `lab status` and `lab demo`: running a lab and looking at it.
+
+`lab demo --step` waits for a line on stdin (Enter) before each chapter but the first. It
+reads whatever stdin is, so a script can step it through a pipe; when stdin ends (nothing
+more to read: a closed pipe, /dev/null, a CI job), it says so and runs the remaining
+chapters straight through.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
-import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +24,7 @@ from lab.cli import common
 from lab.clock import LabClock, parse_lab_time
 from lab.errors import ClockError
 from lab.ops.adminclient import AdminClient
-from lab.ops.demo import DEFAULT_SCALE, prepare_state_dir, run_demo
+from lab.ops.demo import DEFAULT_SCALE, BetweenChapters, prepare_state_dir, run_demo
 from lab.ops.runner import Lab, read_run_file, run_event_loop, serve_until_signalled
 
 
@@ -33,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     up.add_argument(
         "--scale",
-        type=_scale,
+        type=common.time_scale,
         default=1.0,
         help="lab seconds per real second (default 1): at 60 a phone's day takes 24 minutes",
     )
@@ -48,13 +55,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     demo.add_argument(
         "--scale",
-        type=_scale,
+        type=common.time_scale,
         default=DEFAULT_SCALE,
         help=f"phone seconds per real second (default {DEFAULT_SCALE:g}: the five-minute "
         "wait before a restart takes five seconds)",
     )
-    demo.add_argument(
+    told = demo.add_mutually_exclusive_group()
+    told.add_argument(
         "--json", action="store_true", help="print the outcome as JSON instead of narrating"
+    )
+    told.add_argument(
+        "--step",
+        action="store_true",
+        help="wait for Enter before each chapter (when stdin ends: straight through)",
     )
     demo.set_defaults(func=cmd_demo)
 
@@ -100,9 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     console = Console()
 
     def ready(lab: Lab) -> None:
-        console.print(endpoints_table(lab.endpoints(), f"lab {config.name} is up"))
-        console.print(f"state: {state}  (run.json, lease.json)  stop with Ctrl-C")
-        console.print(_clock_line(lab.clock.as_dict()))
+        print_lab_up(console, lab)
         # A line tools can wait for on a pipe.
         print("ready", flush=True)
 
@@ -110,6 +121,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     run_event_loop(lambda: serve_until_signalled(Lab(config, state, clock=clock), ready))
     console.print("lab stopped")
     return 0
+
+
+def print_lab_up(console: Console, lab: Lab) -> None:
+    """What a lab started from the CLI says once it is up: endpoints, state, clock."""
+    console.print(endpoints_table(lab.endpoints(), f"lab {lab.config.name} is up"))
+    console.print(f"state: {lab.state_dir}  (run.json, lease.json)  stop with Ctrl-C")
+    console.print(_clock_line(lab.clock.as_dict()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -190,16 +208,6 @@ def _clock_line(clock: dict[str, Any] | None) -> str:
     return f"lab time: {clock['start']} at start, running at {speed}"
 
 
-def _scale(text: str) -> float:
-    try:
-        scale = float(text)
-    except ValueError:
-        scale = math.nan
-    if not (math.isfinite(scale) and scale > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time scale (a number > 0)")
-    return scale
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo on the chosen config: in --state-dir if given, else in a temporary one."""
     config = common.config_from(args)
@@ -218,7 +226,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(f"state: {state} (kept: audit logs, store, phones' downloads)")
         # A fresh PKI with the state: the phones trust whatever CA the lease names.
         config = config.with_pki_dir(state / "certs")
-        result = run_event_loop(lambda: run_demo(config, state, console, scale=args.scale))
+        gate = enter_between_chapters(console, StdinLines()) if args.step else None
+        result = run_event_loop(
+            lambda: run_demo(config, state, console, scale=args.scale, between_chapters=gate)
+        )
     if args.json:
         common.print_json(result.as_dict())
     return 0 if result.ok else 1
+
+
+def enter_between_chapters(console: Console, lines: StdinLines) -> BetweenChapters:
+    """A wait between the demo's chapters for a line from ``lines`` (Enter on a terminal),
+    until they end: from then on the chapters follow each other straight away."""
+    ended = False
+
+    async def wait(number: int, title: str) -> None:
+        nonlocal ended
+        if ended:
+            return
+        console.print(f"[dim]Press Enter for chapter {number}: {title}[/]")
+        # On a pipe the prompt must be out before the demo waits for its answer.
+        console.file.flush()
+        if await lines.readline() is None:
+            ended = True
+            console.print("stdin has ended: the remaining chapters follow straight away")
+
+    return wait
+
+
+class StdinLines:
+    """Lines of stdin, read without blocking the loop: a terminal or a pipe is waited on
+    with the loop's reader, a file (or /dev/null, which cannot be waited on) read at once."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        self.fd = sys.stdin.fileno() if fd is None else fd
+        self._buffer = b""
+        self._ended = False
+
+    async def readline(self) -> str | None:
+        """The next line without its end, or None once stdin has ended."""
+        while b"\n" not in self._buffer and not self._ended:
+            chunk = await self._read()
+            self._ended = not chunk
+            self._buffer += chunk
+        if not self._buffer:
+            return None
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+    async def _read(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def ready() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        try:
+            loop.add_reader(self.fd, ready)
+        except OSError:
+            return self._read_now()  # a file: there is no waiting for it
+        try:
+            await readable
+        finally:
+            loop.remove_reader(self.fd)
+        return self._read_now()
+
+    def _read_now(self) -> bytes:
+        try:
+            return os.read(self.fd, 4096)
+        except OSError:
+            return b""  # stdin closed under us: it has ended

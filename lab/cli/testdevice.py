@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
+from lab.ops.administer import devices_json
 from lab.store.store import TestDevice
 
 
@@ -55,10 +56,7 @@ def devices_table(devices: list[TestDevice]) -> Table:
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Add a test device."""
-    state = common.state_dir(args)
-    with common.open_store(state, common.config_from(args)) as store:
-        device = store.add_test_device(args.mac, args.serial, args.name)
-    common.announce_store_change(state)
+    device = common.administration(args).add_test_device(args.mac, args.serial, args.name)
     if args.json:
         common.print_json(device.as_dict())
     else:
@@ -68,10 +66,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Remove a test device."""
-    state = common.state_dir(args)
-    with common.open_store(state, common.config_from(args)) as store:
-        device = store.remove_test_device(args.mac, args.serial)
-    common.announce_store_change(state)
+    device = common.administration(args).remove_test_device(args.mac, args.serial)
     if args.json:
         common.print_json(device.as_dict())
     else:
@@ -81,10 +76,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List test devices."""
-    with common.open_store(common.state_dir(args), common.config_from(args)) as store:
-        devices = store.test_devices()
+    devices = common.administration(args).test_devices()
     if args.json:
-        common.print_json([d.as_dict() for d in devices])
+        common.print_json(devices_json(devices))
         return 0
     console = Console()
     if devices:

@@ -17,12 +17,15 @@ from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
-from lab.cli.cab import tty_progress, vendor_certificates
-from lab.errors import ConfigError
-from lab.net.config import LabConfig
-from lab.net.pki import verify_vendor_signature
+from lab.cli.cab import tty_progress
+from lab.ops.administer import (
+    Administration,
+    changes_json,
+    import_json,
+    import_pools,
+    rules_json,
+)
 from lab.store.decision import Action, Rule
-from lab.store.importer import ImportResult, import_cab, read_cab_file, remove_rules
 from lab.store.store import RuleChange, Selection
 
 NONE = "–"
@@ -61,16 +64,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action.add_argument("--all", action="store_true", help="every rule")
         action.add_argument("--json", action="store_true", help="print JSON")
         action.set_defaults(func=cmd_remove if name == "remove" else cmd_change, verb=name)
-
-
-def _pool_name(config: LabConfig, name: str | None) -> str | None:
-    """A pool's FQDN when the config knows ``name`` (FQDN or first label)."""
-    if name is None:
-        return None
-    try:
-        return config.pool(name).fqdn
-    except ConfigError:
-        return name
 
 
 def _versions(rule: Rule | None) -> list[str]:
@@ -129,48 +122,17 @@ def changes_table(changes: Sequence[RuleChange], title: str) -> Table:
     return table
 
 
-def _pools(config: LabConfig, args: argparse.Namespace) -> list[str]:
-    if args.all_pools:
-        return [pool.fqdn for pool in config.pools]
-    if args.pool is not None:
-        return [config.pool(args.pool).fqdn]
-    if len(config.pools) == 1:
-        return [config.pools[0].fqdn]
-    names = ", ".join(pool.fqdn for pool in config.pools)
-    raise ConfigError(
-        config.source,
-        "pools",
-        f"the lab has {len(config.pools)} pools ({names}): "
-        "name one with --pool POOL, or import into all with --all-pools",
-    )
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     """Check a cab completely, then import it all or nothing."""
     config = common.config_from(args)
-    pools = _pools(config, args)
-    state = common.state_dir(args)
+    pools = import_pools(config, args.pool, args.all_pools)
+    admin = common.administration(args, config)
     with tty_progress("checking cab") as progress:
-        cab = read_cab_file(
-            args.file,
-            vendor_certificates(config),
-            verify_vendor_signature,
-            progress,
-            limit=config.limits.cab_unpacked_max,
-        )
+        cab = admin.check_cab(args.file, progress)
     with tty_progress("importing") as progress:
-        result = import_cab(
-            state,
-            cab,
-            pools,
-            progress=progress,
-            now=common.lab_clock(state),
-            pool_of=config.pool_of(),
-        )
-    if result.changed:
-        common.announce_store_change(state)
+        result = admin.import_cab(cab, pools, progress)
     if args.json:
-        common.print_json(_import_dict(result))
+        common.print_json(import_json(result))
         return 0
     console = Console()
     if result.recovered:
@@ -186,24 +148,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_dict(result: ImportResult) -> dict[str, object]:
-    return {
-        "cab": result.cab,
-        "pools": list(result.pools),
-        "changed": result.changed,
-        "files_written": result.files_written,
-        "recovered": result.recovered,
-        "changes": [c.as_dict() for c in result.changes],
-    }
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     """List rules."""
-    config = common.config_from(args)
-    with common.open_store(common.state_dir(args), config) as store:
-        rules = store.rules(_pool_name(config, args.pool), args.model)
+    rules = common.administration(args).rules(args.pool, args.model)
     if args.json:
-        common.print_json([r.as_dict() for r in rules])
+        common.print_json(rules_json(rules))
         return 0
     console = Console()
     if not rules:
@@ -217,36 +166,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selection(config: LabConfig, args: argparse.Namespace) -> Selection:
-    return Selection(tuple(args.rules), _pool_name(config, args.pool), args.model, bool(args.all))
+def _selection(admin: Administration, args: argparse.Namespace) -> Selection:
+    return admin.selection(args.rules, pool=args.pool, model=args.model, all_=bool(args.all))
 
 
 def cmd_change(args: argparse.Namespace) -> int:
     """Approve, reset or restore rules."""
-    config = common.config_from(args)
-    state = common.state_dir(args)
-    with common.open_store(state, config) as store:
-        changes = store.change(Action(args.verb), _selection(config, args))
-    if any(c.action != "skipped" for c in changes):
-        common.announce_store_change(state)
-    return _report(args, changes)
+    admin = common.administration(args)
+    return _report(args, admin.change(Action(args.verb), _selection(admin, args)))
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Remove rules and the files no remaining rule refers to."""
-    config = common.config_from(args)
-    state = common.state_dir(args)
-    changes = remove_rules(
-        state, _selection(config, args), now=common.lab_clock(state), pool_of=config.pool_of()
-    )
-    if any(c.action != "skipped" for c in changes):
-        common.announce_store_change(state)
-    return _report(args, changes)
+    admin = common.administration(args)
+    return _report(args, admin.remove(_selection(admin, args)))
 
 
 def _report(args: argparse.Namespace, changes: list[RuleChange]) -> int:
     if args.json:
-        common.print_json([c.as_dict() for c in changes])
+        common.print_json(changes_json(changes))
         return 0
     console = Console()
     console.print(changes_table(changes, args.verb))

@@ -24,8 +24,22 @@ from lab.models import MODEL_NAMES
 DEFAULT_SOURCE = "<default config>"
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
-HIGH_PORTS = {"dns": 10053, "internal": 10443, "external": 14443, "edge": 10443, "admin": 10080}
-REAL_PORTS = {"dns": 53, "internal": 443, "external": 4443, "edge": 443, "admin": 10080}
+HIGH_PORTS = {
+    "dns": 10053,
+    "internal": 10443,
+    "external": 14443,
+    "edge": 10443,
+    "admin": 10080,
+    "console": 10081,
+}
+REAL_PORTS = {
+    "dns": 53,
+    "internal": 443,
+    "external": 4443,
+    "edge": 443,
+    "admin": 10080,
+    "console": 10081,
+}
 
 LOCATIONS = ("inside", "outside")
 KEY_TYPES = ("ecdsa-p256", "rsa-2048")
@@ -84,6 +98,8 @@ class Ports:
     external: int
     edge: int
     admin: int
+    # The lab console's page on 127.0.0.1 (`lab console`; the lab itself never binds it).
+    console: int
 
 
 @dataclass(frozen=True)

@@ -6,62 +6,22 @@ need more than the service (the update store's commands, the phone wall) add the
 Each entry of ``ROUTES`` takes the admin application and the running lab, and adds routes
 to it; they sit behind the same token and answer errors the same way (lab.service.admin).
 
-The modules here see the running lab through ``OperatedLab`` and never import
-lab.ops.runner, which imports this module.
+The modules here see the running lab through ``lab.ops.operated.OperatedLab`` and never
+import lab.ops.runner, which imports this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol
 
 from aiohttp import web
 
-from lab.clock import LabClock
-from lab.events import EventBus
-from lab.net.config import LabConfig
-from lab.net.pki import LabPKI
-from lab.service.pool import ServicePool
-
-
-class OperatedLab(Protocol):
-    """What the operations' routes use of a running lab (lab.ops.runner.Lab)."""
-
-    @property
-    def config(self) -> LabConfig:
-        """The lab's config."""
-        ...
-
-    @property
-    def state_dir(self) -> Path:
-        """The lab's state directory."""
-        ...
-
-    @property
-    def pki(self) -> LabPKI:
-        """The lab's PKI (vendor keys, CA)."""
-        ...
-
-    @property
-    def pool(self) -> ServicePool:
-        """The service pool (store refresh, maintenance)."""
-        ...
-
-    @property
-    def clock(self) -> LabClock:
-        """The lab's clock."""
-        ...
-
-    @property
-    def events(self) -> EventBus:
-        """The lab's events."""
-        ...
-
+from lab.ops import store_api, wall_api
+from lab.ops.operated import OperatedLab
 
 Register = Callable[[web.Application, OperatedLab], None]
 
-ROUTES: tuple[Register, ...] = ()
+ROUTES: tuple[Register, ...] = (store_api.register, wall_api.register)
 """Every module's ``register``, in the order their routes are added."""
 
 

@@ -17,6 +17,11 @@ The story, in chapters, on one lab and one event loop (lab.harness):
 5. A summary (what each phone should end as, what it ended as) and every phone's System
    Information screen. The demo succeeds only if every phone ended as it should.
 
+The story runs straight through, or one chapter at a time: ``between_chapters`` is awaited
+before each chapter after the first (`lab demo --step` waits for Enter there, the console
+for its Next button). A `Narrator` tells it on a console; a `RecordingNarrator` keeps its
+lines instead, in plain text, with the chapter each belongs to.
+
 Rules of this module: the fleet comes from the config (``config.fleet``), so a user's own
 config with another fleet works too; what a phone *should* end as is derived from its
 entry alone (`expected_outcome`), what it *did* end as from the codes and facts of its own
@@ -31,11 +36,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import ipaddress
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -111,6 +117,19 @@ MAX_PHONES = 100
 STATE_MARKER = ".lab-demo"
 MiB = 1024 * 1024
 TELLING_TOPICS = frozenset({"sign-in", "update", "install", "call"})
+CHAPTERS = (
+    "How a phone finds the update service",
+    "Before the update: users sign in",
+    "The administrator publishes firmware",
+    "The phones are plugged in",
+    "How every phone ended",
+)
+"""The chapters' titles, chapter n at position n - 1 (chapter 2 is left out when nobody
+in the fleet signs in)."""
+
+BetweenChapters = Callable[[int, str], Awaitable[None]]
+"""Awaited before each chapter but the first, with its number and title: the demo goes on
+when it returns."""
 
 
 # --- The fleet and what each phone should end as ----------------------------------------
@@ -363,8 +382,12 @@ class Narrator:
         """Tell what ``phone`` does from now on (its driver is made, so its address known)."""
         self._by_address[phone.address] = phone
 
-    def chapter(self, title: str) -> None:
-        """Start a chapter."""
+    def chapter(self, number: int, title: str) -> None:
+        """Start chapter ``number``."""
+        self.section(f"{number}. {title}")
+
+    def section(self, title: str) -> None:
+        """Start a part of a chapter under its own heading."""
         self.console.print()
         self.console.rule(f"[bold]{escape(title)}", align="left")
 
@@ -467,6 +490,59 @@ def _download_cell(phone: DemoPhone) -> str:
         return f"{module} {size / MiB:.1f} MiB"
     got = phone.driver.bytes_downloaded
     return f"{got / MiB:.1f} MiB" if got else ""
+
+
+@dataclass
+class Chapter:
+    """A chapter of the demo as told so far: its number, its title and its lines."""
+
+    number: int
+    title: str
+    lines: list[str] = field(default_factory=list)
+    """Plain text (no ANSI), tables included, as a console of the narrator's width shows them."""
+
+
+class RecordingNarrator(Narrator):
+    """A narrator that keeps the story instead of printing it: each line in plain text with
+    the chapter it belongs to (``preamble`` before the first); ``on_change`` is told of each
+    line and each new chapter."""
+
+    def __init__(self, *, width: int = 120, on_change: Callable[[], None] | None = None) -> None:
+        self.preamble: list[str] = []
+        self.chapters: list[Chapter] = []
+        self.on_change = on_change
+        console = Console(
+            file=_LineSink(self._line), width=width, color_system=None, force_terminal=False
+        )
+        super().__init__(console, [])
+
+    def chapter(self, number: int, title: str) -> None:
+        """Start chapter ``number``: its title is kept with it, not printed as a line."""
+        self.chapters.append(Chapter(number, title))
+        if self.on_change is not None:
+            self.on_change()
+
+    def _line(self, line: str) -> None:
+        (self.chapters[-1].lines if self.chapters else self.preamble).append(line)
+        if self.on_change is not None:
+            self.on_change()
+
+
+class _LineSink(io.StringIO):
+    """A text file that hands on each complete line written to it (trailing blanks removed)
+    and keeps nothing."""
+
+    def __init__(self, line: Callable[[str], None]) -> None:
+        super().__init__()
+        self._take = line
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        """Hand on the lines ``text`` completes; keep the rest for the next write."""
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._take(line.rstrip())
+        return len(text)
 
 
 # --- Chapter 1: split-horizon discovery ---------------------------------------------------
@@ -697,22 +773,39 @@ class DemoResult:
 async def run_demo(
     config: LabConfig,
     state_dir: Path,
-    console: Console,
+    narration: Console | Narrator,
     *,
     scale: float | None = DEFAULT_SCALE,
     image_size: int = DEFAULT_IMAGE_SIZE,
     before_phones: Callable[[RunningLab], None] | None = None,
+    between_chapters: BetweenChapters | None = None,
 ) -> DemoResult:
-    """Run the whole demo on ``config`` in ``state_dir`` and narrate it on ``console``.
+    """Run the whole demo on ``config`` in ``state_dir``, told on ``narration``: a console
+    (through a Narrator) or a narrator of the caller's (a RecordingNarrator, say).
 
     ``scale``: phone seconds per real second, or None for the loop's own time (tests under
     looptime). ``before_phones`` is called once the administrator is done, before the
     phones are plugged in: a test or a trainer can break something there.
+    ``between_chapters`` is awaited before each chapter but the first; phone time runs on
+    while it waits (the lab stopped before chapter 5, the summary, so the outcome stands).
     """
     began = time.perf_counter()
     phones = demo_fleet(config)
     check_ports(config)
-    narrator = Narrator(console, phones)
+    if isinstance(narration, Narrator):
+        narrator = narration
+        narrator.phones = list(phones)
+    else:
+        narrator = Narrator(narration, phones)
+    told: list[int] = []
+
+    async def chapter(number: int) -> None:
+        title = CHAPTERS[number - 1]
+        if told and between_chapters is not None:
+            await between_chapters(number, title)
+        told.append(number)
+        narrator.chapter(number, title)
+
     async with (
         running_lab(config, state_dir, scale=scale) as running,
         phones_on(running, state_dir / "phones") as on,
@@ -723,21 +816,21 @@ async def run_demo(
         _introduce(running, narrator, scale, len(phones))
         started = on.clock.now()
 
-        narrator.chapter("1. How a phone finds the update service")
+        await chapter(1)
         discovery_ok = await show_discovery(running, narrator, on.hold)
 
         problems: list[str] = []
         signers = [p for p in phones if p.credentials is not None]
         if signers:
-            narrator.chapter("2. Before the update: users sign in")
+            await chapter(2)
             problems += await _sign_in_first(signers, narrator, settle)
 
-        narrator.chapter("3. The administrator publishes firmware")
+        await chapter(3)
         await administer(running, phones, narrator, image_size)
         if before_phones is not None:
             before_phones(running)
 
-        narrator.chapter("4. The phones are plugged in")
+        await chapter(4)
         for phone in phones:
             narrator.say(f"{phone.label:<10} {phone.role()}")
         plugged = on.clock.now()
@@ -756,6 +849,7 @@ async def run_demo(
         scale,
         tuple(problems),
     )
+    await chapter(5)
     report(result, narrator)
     return result
 
@@ -882,9 +976,9 @@ def wire_table(phone: PhoneOutcome) -> Table:
 
 
 def report(result: DemoResult, narrator: Narrator) -> None:
-    """The summary table, the System Information screens, and the verdict."""
+    """Chapter 5, once its heading is told: the summary table, the System Information
+    screens, and the verdict."""
     console = narrator.console
-    narrator.chapter("5. How every phone ended")
     table = Table("phone", "location", "user", "expected", "ended as", "ok")
     for p in result.phones:
         mark = "[green]yes[/]" if p.ok else "[red]NO[/]"
@@ -894,14 +988,14 @@ def report(result: DemoResult, narrator: Narrator) -> None:
     console.print(table)
     shown = next((p for p in result.phones if p.requests and p.location == "inside"), None)
     if shown is not None:
-        narrator.chapter(f"{shown.label}, from both ends of the wire")
+        narrator.section(f"{shown.label}, from both ends of the wire")
         narrator.say(
             "The phone's log and the front ends' audit logs keep the lab's one clock: each "
             "request's audit line falls between the phone's line that sends it and the one "
             "that reads the answer."
         )
         console.print(wire_table(shown))
-    narrator.chapter("System Information, as each phone shows it")
+    narrator.section("System Information, as each phone shows it")
     console.print(
         Columns(
             [Panel(Text(p.screen.rstrip("\n")), title=p.label, expand=False) for p in result.phones]

@@ -35,6 +35,7 @@ from lab.net.firewall import FirewallPolicy
 from lab.net.guard import ConnectionBudget
 from lab.net.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
 from lab.ops import adminroutes
+from lab.ops.wall import PhoneWall
 from lab.service.admin import SITE_KEY, make_app, make_token
 from lab.service.audit import AuditLog, AuditRecord
 from lab.service.logs import LogCleanUp
@@ -172,6 +173,16 @@ class Lab(Service):
             now=self.clock.now,
             clock=self.clock.time,
         )
+        # Phones hosted in the lab for the console and `lab phone` (lab.ops.wall).
+        self.wall = PhoneWall(
+            config=config,
+            state_dir=state_dir,
+            lease_file=state_dir / LEASE_FILE,
+            clock=self.clock,
+            firewall=self.firewall,
+            events=self.events,
+            audit_dirs=[log.directory for log in self.audit.values()],
+        )
         self._stack = AsyncExitStack()
         self.admin_address: tuple[str, int] = ("127.0.0.1", config.ports.admin)
         self.started_at: float | None = None
@@ -205,6 +216,8 @@ class Lab(Service):
             raise
         self.started_at = time.time()
         write_json_atomic(self.state_dir / LEASE_FILE, self.lease())
+        # After the lease its phones take; stopped first, before the services they use.
+        await self._stack.enter_async_context(self.wall)
         write_json_atomic(self.state_dir / RUN_FILE, self.run_info())
         self.events.publish("lab.started", endpoints=self.endpoints())
 

@@ -12,6 +12,8 @@ for a change the lab refuses in its current state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import secrets
@@ -73,6 +75,8 @@ class ServingSite:
 
 
 SITE_KEY = web.AppKey("site", ServingSite)
+FOLLOWERS_KEY: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("followers")
+"""The handlers streaming events right now (ended when the lab stops)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -126,10 +130,15 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(409, str(exc))
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's body as a JSON object (none, or only white space, is ``{}``);
+    ValueError (400) when it is anything else. Every admin route reads its input so."""
+    text = await request.text() if request.can_read_body else ""
+    if not text.strip():
+        return {}
     try:
-        data = await request.json()
-    except json.JSONDecodeError:
+        data = json.loads(text)
+    except ValueError:
         raise ValueError("the request body is not JSON") from None
     if not isinstance(data, dict):
         raise ValueError("the request body must be a JSON object")
@@ -156,7 +165,7 @@ async def firewall_show(request: web.Request) -> web.Response:
 async def firewall_change(request: web.Request) -> web.Response:
     """POST /v1/firewall: {"action": set|clear|flip|reset, ...}."""
     firewall = request.app[LAB_KEY].firewall
-    data = await _body(request)
+    data = await json_object(request)
     action = data.get("action")
     if action == "set":
         firewall.set_zone(_str(data, "target"), _str(data, "zone"))
@@ -179,7 +188,7 @@ async def faults_show(request: web.Request) -> web.Response:
 async def faults_set(request: web.Request) -> web.Response:
     """POST /v1/dns/faults: {"name", "kind", "delay"?}."""
     faults = request.app[LAB_KEY].dns.faults
-    data = await _body(request)
+    data = await json_object(request)
     delay = data.get("delay", 0)
     if not isinstance(delay, int | float) or isinstance(delay, bool):
         raise ValueError("'delay' must be a number of seconds")
@@ -203,7 +212,7 @@ async def maintenance(request: web.Request) -> web.Response:
     lab = request.app[LAB_KEY]
     server = request.match_info["server"]
     verb = request.match_info["verb"]
-    data = await _body(request) if request.can_read_body else {}
+    data = await json_object(request)
     if verb == "enter":
         lab.pool.enter_maintenance(
             server, immediate=bool(data.get("immediate")), force=bool(data.get("force"))
@@ -225,11 +234,33 @@ async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: lab events as they happen, one JSON object per line."""
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    with request.app[LAB_KEY].events.stream() as stream:
-        async for event in stream:
-            line = json.dumps(event.as_dict(), default=str) + "\n"
-            await response.write(line.encode())
+    followers = request.app[FOLLOWERS_KEY]
+    task = asyncio.current_task()
+    assert task is not None
+    followers.add(task)
+    try:
+        # A follower that goes away (`lab events` stopped, a console closed) ends the stream
+        # at the next event; the lab stopping ends it at once (_end_followers).
+        with (
+            request.app[LAB_KEY].events.stream() as stream,
+            contextlib.suppress(ConnectionResetError),
+        ):
+            async for event in stream:
+                # What queued meanwhile goes in the same write: under load (an audit event
+                # per request) one write carries many lines.
+                lines = (json.dumps(e.as_dict(), default=str) for e in [event, *stream.pending()])
+                await response.write(("\n".join(lines) + "\n").encode())
+    finally:
+        followers.discard(task)
     return response
+
+
+async def _end_followers(app: web.Application) -> None:
+    """On shutdown, end the event streams: a follower would otherwise hold the lab's stop
+    for the server's whole shutdown timeout, waiting for an event that never comes."""
+    followers: set[asyncio.Task[Any]] = app[FOLLOWERS_KEY]
+    for task in list(followers):
+        task.cancel()
 
 
 def make_app(
@@ -243,6 +274,8 @@ def make_app(
     app[LAB_KEY] = lab
     app[TOKEN_KEY] = token
     app[SITE_KEY] = ServingSite()
+    app[FOLLOWERS_KEY] = set()
+    app.on_shutdown.append(_end_followers)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/firewall", firewall_show)
     app.router.add_post("/v1/firewall", firewall_change)

@@ -114,7 +114,12 @@ class SnapshotWatcher(BackgroundTask):
         if self._failing:
             self._failing = False
             logger.info("the update store can be read again")
+        moved = snapshot.generation != self._snapshot.generation
         self._snapshot, self._taken = snapshot, self._clock()
+        if moved and self._events is not None:
+            # Whoever changed the store (the CLI, the admin API, a SQLite shell): a console
+            # or a test watching the events sees the service take it.
+            self._events.publish("store.reloaded", generation=snapshot.generation)
         return snapshot
 
     async def run(self) -> None:

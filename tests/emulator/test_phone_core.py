@@ -53,6 +53,7 @@ from emulator.events import (
     ResponseReceived,
     SendRequest,
     SignIn,
+    SignOut,
     StartDownload,
     StartTimer,
     Timer,
@@ -394,6 +395,42 @@ def test_a_refused_sign_in_is_logged_and_leaves_the_phone_signed_out(script: Scr
     assert script.phone.signed_in_user is None
     assert script.phone.provisioning is None
     assert "The user name or password is wrong" in script.log_text()
+
+
+def test_signing_out_keeps_the_provisioning_and_checks_without_the_user(script: Script) -> None:
+    signed_in(script)
+    script.check_with(NO_UPDATE)
+    assert script.do(SignOut(script.later())) == []
+    phone = script.phone
+    assert phone.signed_in_user is None
+    assert phone.provisioning is not None  # kept, as a phone keeps it in flash
+    assert [e.facts.user for e in phone.log.coded(LogCode.SIGNED_OUT)] == ["alice@contoso.test"]
+    # The next check goes to the provisioned URL, with neither credentials nor user.
+    script.fire(Timer.CHECK)
+    check = script.resolve(*FRONT_ENDS)[0]
+    assert isinstance(check, SendRequest)
+    assert (check.target.url, check.credentials) == (INTERNAL_URL, None)
+    assert ElementTree.fromstring(check.body).findtext("LastSignedInUser") is None
+
+
+def test_signing_out_drops_a_sign_in_waiting_for_the_update_pass(
+    script: Script, vendor: Vendor
+) -> None:
+    script.boot()
+    script.check_with(offer_xml(firmware(vendor)))
+    script.do(SignIn(script.later(), ALICE))
+    assert script.do(SignOut(script.later())) == []
+    assert script.phone.log.coded(LogCode.SIGNED_OUT)[-1].facts.user == ALICE.account
+    script.install(firmware(vendor))
+    assert script.state() is S.AWAITING_REBOOT  # no sign-in started after the pass
+
+
+def test_signing_out_with_nobody_signed_in_changes_nothing(script: Script) -> None:
+    script.boot()
+    script.check_with(NO_UPDATE)
+    lines = len(script.phone.log)
+    assert script.do(SignOut(script.later())) == []
+    assert (script.state(), len(script.phone.log)) == (S.IDLE, lines)
 
 
 # --- Periodic checks ------------------------------------------------------------------------
@@ -945,6 +982,7 @@ SAMPLES: dict[EventKey, Callable[[float], Event]] = {
     ImageVerified: ImageVerified,
     VerificationFailed: lambda t: VerificationFailed(t, "x"),
     SignIn: lambda t: SignIn(t, ALICE),
+    SignOut: SignOut,
     CallStarted: CallStarted,
     CallEnded: CallEnded,
     UserActivity: UserActivity,

@@ -97,7 +97,7 @@ def test_a_bad_scale_is_a_bad_argument(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as exit_:
         main(["scenario", "run", "boot-failure", "--scale", "0"])
     assert exit_.value.code == 2
-    assert "the time scale must be a number > 0, not 0" in capsys.readouterr().err
+    assert "argument --scale: '0' is not a time scale (a number > 0)" in capsys.readouterr().err
 
 
 def test_list_shows_every_name_and_symptom(capsys: pytest.CaptureFixture[str]) -> None:

@@ -109,6 +109,20 @@ def test_the_check_path_takes_the_snapshot_without_asking_the_store(tmp_path: Pa
         assert watcher.current().is_test_device("00-04-F2-00-00-01", None)
 
 
+def test_a_new_snapshot_is_published_once_whoever_changed_the_store(tmp_path: Path) -> None:
+    events = EventBus()
+    seen: list[Event] = []
+    events.subscribe(seen.append, kinds=("store.reloaded",))
+    with Store.open(tmp_path) as store, Store.open(tmp_path) as cli:
+        watcher = SnapshotWatcher(store, events=events)
+        watcher.refresh()  # nothing committed: the same generation, nothing published
+        assert seen == []
+        cli.add_test_device(mac="00-04-F2-00-00-01")
+        watcher.refresh()
+        watcher.refresh()
+        assert [e.data["generation"] for e in seen] == [2]
+
+
 async def test_an_old_snapshot_wakes_the_watcher_which_takes_the_change(tmp_path: Path) -> None:
     now = [0.0]
     with Store.open(tmp_path) as store, Store.open(tmp_path) as cli:

@@ -27,8 +27,9 @@ import enum
 import re
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -569,6 +570,10 @@ class Run:
     """Whether a fault that strikes once has struck."""
     settled: bool = True
     """False when a Settle step ran out of time with a phone still busy."""
+    on_timeline: Callable[[TimelineEntry], None] | None = None
+    """Told each timeline entry as it happens (see run_scenario)."""
+    told: dict[int, int] = field(default_factory=dict)
+    """How many of each phone's changes (by position) were told to ``on_timeline``."""
 
     @property
     def config(self) -> LabConfig:
@@ -586,7 +591,20 @@ class Run:
 
     def note(self, what: str, who: str = "lab", at: float | None = None) -> None:
         """Add a line to the timeline, now (or ``at`` a phone time already taken)."""
-        self.notes.append(TimelineEntry(self.now() if at is None else at, who, what))
+        entry = TimelineEntry(self.now() if at is None else at, who, what)
+        self.notes.append(entry)
+        if self.on_timeline is not None:
+            self.on_timeline(entry)
+
+    def phone_changed(self, number: int, driver: PhoneDriver) -> None:
+        """Driver observer of phone ``number``: tell its new timeline entries, if any."""
+        if self.on_timeline is None:
+            return
+        told = self.told.get(number, 0)
+        if len(driver.timeline) > told:
+            self.told[number] = len(driver.timeline)
+            for entry in _phone_entries(self.specs[number], driver, told):
+                self.on_timeline(entry)
 
 
 @dataclass(frozen=True)
@@ -647,12 +665,16 @@ async def run_scenario(
     fault: bool = True,
     expected: str | None = None,
     scale: float | None = None,
+    on_timeline: Callable[[TimelineEntry], None] | None = None,
 ) -> Observation:
     """Run ``scenario`` on a lab of ``config`` (ports 0) with its state under ``workdir``.
 
     ``fault=False`` leaves the fault out; ``expected`` replaces the expected outcome. With no
     ``scale`` the phones live on the loop's time (tests under looptime), otherwise on a
-    ScaledClock running ``scale`` times faster than real time.
+    ScaledClock running ``scale`` times faster than real time. ``on_timeline`` is told each
+    entry of the timeline as it happens, so a viewer can follow the run: the entries
+    ``Observation.timeline`` holds at the end, in the order they happened (the observation
+    sorts them by time). It must not raise.
     """
     started = time.monotonic()
     applied = scenario.fault if fault else None
@@ -671,7 +693,7 @@ async def run_scenario(
                 applied.apply(running)
                 done.append(f"fault: {applied.describe()}")
             async with phones_on(running, workdir / "phones") as phones:
-                run = Run(scenario, running, phones, specs)
+                run = Run(scenario, running, phones, specs, on_timeline=on_timeline)
                 start = run.now()
                 # The setup was done before phone time began: it stands at the start, not
                 # at however much later (real time on a scaled clock) these lines are added.
@@ -730,7 +752,12 @@ def _make_phones(run: Run, applied: Fault | None) -> None:
     for number, spec in enumerate(run.specs):
         faults = applied.phone_faults() if applied and number == run.scenario.subject else ()
         driver = run.phones.phone(
-            spec.model, index=spec.index, inside=spec.inside, faults=faults, seed=spec.index
+            spec.model,
+            index=spec.index,
+            inside=spec.inside,
+            faults=faults,
+            seed=spec.index,
+            observer=partial(run.phone_changed, number),
         )
         if spec.user is not None:
             user = run.config.user(spec.user)
@@ -820,12 +847,17 @@ def _event_words(event: Event) -> str:
 def _timeline(run: Run) -> tuple[TimelineEntry, ...]:
     entries = list(run.notes)
     for spec, driver in zip(run.specs, run.drivers, strict=True):
-        entries += [
-            TimelineEntry(c.time, spec.label(), f"{c.state.value} ({c.version})")
-            for c in driver.timeline
-        ]
+        entries += _phone_entries(spec, driver)
     # Stable: at equal times the lab's notes (the cause) come before the phones' changes.
     return tuple(sorted(entries, key=lambda e: e.time))
+
+
+def _phone_entries(spec: PhoneSpec, driver: PhoneDriver, since: int = 0) -> list[TimelineEntry]:
+    """The phone's changes of state or version from the ``since``-th on, as timeline lines."""
+    return [
+        TimelineEntry(c.time, spec.label(), f"{c.state.value} ({c.version})")
+        for c in driver.timeline[since:]
+    ]
 
 
 def _evidence(run: Run) -> tuple[Evidence, ...]:

@@ -41,6 +41,8 @@ def test_default_config_describes_the_whole_lab() -> None:
     assert config.edge.address in config.outside
     assert config.ports.dns == HIGH_PORTS["dns"]
     assert config.ports.dns > 1024
+    # The console's page sits next to the admin API on 127.0.0.1, unprivileged either way.
+    assert (config.ports.admin, config.ports.console) == (10080, 10081)
     assert {u.name: u.pool for u in config.users} == {
         "alice": "pool01.contoso.test",
         "bob": "pool01.contoso.test",
@@ -171,6 +173,7 @@ def test_real_ports_mode_uses_53_443_4443(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, {"ports.mode": "real"}))
     assert (config.ports.dns, config.ports.internal, config.ports.external) == (53, 443, 4443)
     assert config.ports.edge == REAL_PORTS["edge"] == 443
+    assert config.ports.console == REAL_PORTS["console"] == 10081
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:

@@ -1,0 +1,137 @@
+"""`lab console`: the lab console, a web page on 127.0.0.1 for demos and training.
+
+With the ``--state-dir`` of a running `lab up` it attaches to that lab; otherwise it starts
+a lab itself in this process (the embedded default config, or ``--config``), on a clock
+``--scale`` times real time, as `lab up` would. It opens no browser: it prints a login
+link that works once, and serves until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from pathlib import Path
+
+from rich.console import Console as Terminal
+
+from lab.cli import common
+from lab.cli.run import print_lab_up
+from lab.clock import LabClock
+from lab.console.app import Console
+from lab.console.labapi import LabAPI
+from lab.errors import LabStateError
+from lab.net.config import DEFAULT_SOURCE, LabConfig, load_config
+from lab.ops.demo import DEFAULT_SCALE
+from lab.ops.runner import Lab, read_run_file, run_event_loop
+from lab.service.run import stop_on_signals
+
+"""Lab seconds per real second for a lab the console starts: a phone's five-minute wait
+before its restart takes five seconds."""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``console``."""
+    console = common.subcommand(
+        sub,
+        "console",
+        "serve the lab console (a web page on 127.0.0.1) for the lab of --state-dir, "
+        "starting one there if none runs",
+    )
+    console.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help="the console's port on 127.0.0.1 (default: ports.console of the config, 10081; "
+        "0 picks a free one)",
+    )
+    console.add_argument(
+        "--scale",
+        type=common.time_scale,
+        default=None,
+        help=f"lab seconds per real second for a lab the console starts (default "
+        f"{DEFAULT_SCALE:g}: a phone's five-minute wait takes five seconds)",
+    )
+    console.set_defaults(func=cmd_console)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return port
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Serve the console until a signal; attach to a running lab or start one."""
+    state: Path = args.state_dir
+    running = _running(state)
+    if running is not None and args.scale is not None:
+        raise ValueError(
+            f"--scale is for a lab the console starts; the lab of {state} is running "
+            "with its own clock (lab up --scale)"
+        )
+    terminal = Terminal()
+    if running is not None:
+        config = _config_of(args, running)
+        print(f"attaching to the lab running from {state} (pid {running['pid']})", flush=True)
+        # Its demo runs at the demo's usual pace; the lab attached to keeps its own clock.
+        run_event_loop(lambda: _serve(terminal, config, args.port, DEFAULT_SCALE, attach_to=state))
+    else:
+        config = common.config_from(args)
+        scale = args.scale or DEFAULT_SCALE
+        lab = Lab(config, common.state_dir(args), clock=LabClock.starting(None, scale))
+        # The demo runs at the console's scale too (a fresh lab of its own).
+        run_event_loop(lambda: _serve(terminal, config, args.port, scale, lab=lab))
+    print("console stopped")
+    return 0
+
+
+def _running(state: Path) -> dict[str, object] | None:
+    """run.json of the lab running from ``state``, or None when none is."""
+    try:
+        info = read_run_file(state)
+    except LabStateError:
+        return None
+    return info if info["alive"] else None
+
+
+def _config_of(args: argparse.Namespace, running: dict[str, object]) -> LabConfig:
+    """The running lab's config: --config if given, else the file run.json names."""
+    if args.config is not None:
+        return common.config_from(args)
+    source = str(running.get("config", DEFAULT_SOURCE))
+    return load_config(None if source == DEFAULT_SOURCE else source)
+
+
+async def _serve(
+    terminal: Terminal,
+    config: LabConfig,
+    port: int | None,
+    demo_scale: float,
+    *,
+    lab: Lab | None = None,
+    attach_to: Path | None = None,
+) -> None:
+    """Serve the console for ``lab`` (started here), or for the lab running from
+    ``attach_to``, until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        async with contextlib.AsyncExitStack() as stack:
+            if lab is not None:
+                await stack.enter_async_context(lab)
+                print_lab_up(terminal, lab)
+                api = LabAPI.for_lab(lab)
+            else:
+                assert attach_to is not None
+                api = LabAPI.attach(attach_to)
+            console = await stack.enter_async_context(
+                Console(api, config, port=port, demo_scale=demo_scale)
+            )
+            print(f"the lab console is at {console.url}; log in with this link (it works once):")
+            # The link on a line of its own, for a terminal's click and for tools on a pipe.
+            print(console.login_url(), flush=True)
+            await stop.wait()
