@@ -4,6 +4,11 @@ Exit codes: 0 success, 1 the operation failed (for example a scenario's outcome 
 the expected one), 2 bad input (arguments, config, cab files): the message says what;
 130 interrupted, 141 stdout's reader went away (``lab update list --json | head -1``),
 quietly, as any tool in a pipeline.
+
+`lab` starts in a fraction of a second: modules that cost time (aiohttp, the service, the
+runner, the emulator, cryptography) are imported by the commands that use them, not at the
+top of the command modules, so building the parser and a light command load only what
+they need (tests/lab/cli/test_cli_startup.py checks it).
 """
 
 from __future__ import annotations

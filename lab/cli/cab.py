@@ -24,8 +24,6 @@ from rich.table import Table
 from lab.cli import common
 from lab.errors import CabError
 from lab.models import MODEL_NAMES
-from lab.net.pki import LabPKI
-from lab.ops.administer import build_vendor_cab, check_cab_file, contents_json
 from lab.store.cab import (
     CAB_NAME,
     DEFAULT_IMAGE_SIZE,
@@ -135,6 +133,9 @@ def contents_table(contents: CabContents) -> Table:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build a cab for the chosen models and versions and write it atomically."""
+    from lab.net.pki import LabPKI
+    from lab.ops.administer import build_vendor_cab, contents_json
+
     pki = LabPKI(common.config_from(args))
     with tty_progress("building") as progress:
         built = build_vendor_cab(
@@ -162,6 +163,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a cab as an import would; exit 2 with what is wrong with which member."""
+    from lab.net.pki import LabPKI
+    from lab.ops.administer import check_cab_file, contents_json
+
     config = common.config_from(args)
     with tty_progress("checking") as progress:
         contents = check_cab_file(args.file, config, LabPKI(config), progress)

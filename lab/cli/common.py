@@ -11,19 +11,23 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lab.clock import LabClock, utc_now
 from lab.errors import AdminError, LabStateError
 from lab.net.config import LabConfig, load_config
-from lab.net.pki import LabPKI
 from lab.ops.adminclient import AdminClient
-from lab.ops.administer import Administration
-from lab.ops.runner import read_run_file
-from lab.service.updates import REFRESH_INTERVAL
-from lab.store.store import Store
+from lab.ops.runfile import read_run_file
+
+if TYPE_CHECKING:
+    from lab.ops.administer import Administration
+    from lab.store.store import Store
 
 DEFAULT_STATE_DIR = Path("state")
+
+DEMO_SCALE = 60.0
+"""lab.ops.demo's DEFAULT_SCALE, for help texts and defaults: importing the demo to read it
+would cost every command the whole lab (tests/lab/cli/test_cli_startup.py holds them equal)."""
 
 STDOUT_CLOSED = 141
 """Exit code when stdout's reader went away (``lab update list --json | head -1``): 128 +
@@ -91,6 +95,8 @@ def lab_clock(state: Path) -> Callable[[], datetime]:
 def open_store(state: Path, config: LabConfig | None = None) -> Store:
     """The update store of ``state``, stamping changes with the lab's time (``config``
     moves the rules of a store from before pools to its pools)."""
+    from lab.store.store import Store
+
     return Store.open(state, now=lab_clock(state), pool_of=config.pool_of() if config else None)
 
 
@@ -106,6 +112,8 @@ def announce_store_change(state: Path) -> None:
     try:
         AdminClient(state).post("/v1/store/refresh")
     except AdminError as exc:
+        from lab.service.updates import REFRESH_INTERVAL
+
         print(
             f"note: the running lab was not told of this change ({exc}); it takes it "
             f"within {REFRESH_INTERVAL} s of a check",
@@ -116,6 +124,9 @@ def announce_store_change(state: Path) -> None:
 def administration(args: argparse.Namespace, config: LabConfig | None = None) -> Administration:
     """The administrator's operations on the state directory the arguments name (created),
     stamped with the lab's time, each change announced to a lab running from it."""
+    from lab.net.pki import LabPKI
+    from lab.ops.administer import Administration
+
     config = config if config is not None else config_from(args)
     state = state_dir(args)
     return Administration(

@@ -12,22 +12,19 @@ import argparse
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console as Terminal
 
 from lab.cli import common
 from lab.cli.run import print_lab_up
 from lab.clock import LabClock
-from lab.console.app import Console
-from lab.console.labapi import LabAPI
 from lab.errors import LabStateError
 from lab.net.config import DEFAULT_SOURCE, LabConfig, load_config
-from lab.ops.demo import DEFAULT_SCALE
-from lab.ops.runner import Lab, read_run_file, run_event_loop
-from lab.service.run import stop_on_signals
+from lab.ops.runfile import read_run_file
 
-"""Lab seconds per real second for a lab the console starts: a phone's five-minute wait
-before its restart takes five seconds."""
+if TYPE_CHECKING:
+    from lab.ops.runner import Lab
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=common.time_scale,
         default=None,
         help=f"lab seconds per real second for a lab the console starts (default "
-        f"{DEFAULT_SCALE:g}: a phone's five-minute wait takes five seconds)",
+        f"{common.DEMO_SCALE:g}: a phone's five-minute wait takes five seconds)",
     )
     console.set_defaults(func=cmd_console)
 
@@ -67,6 +64,8 @@ def _port(text: str) -> int:
 
 def cmd_console(args: argparse.Namespace) -> int:
     """Serve the console until a signal; attach to a running lab or start one."""
+    from lab.ops.runner import Lab, run_event_loop
+
     state: Path = args.state_dir
     running = _running(state)
     if running is not None and args.scale is not None:
@@ -79,10 +78,12 @@ def cmd_console(args: argparse.Namespace) -> int:
         config = _config_of(args, running)
         print(f"attaching to the lab running from {state} (pid {running['pid']})", flush=True)
         # Its demo runs at the demo's usual pace; the lab attached to keeps its own clock.
-        run_event_loop(lambda: _serve(terminal, config, args.port, DEFAULT_SCALE, attach_to=state))
+        run_event_loop(
+            lambda: _serve(terminal, config, args.port, common.DEMO_SCALE, attach_to=state)
+        )
     else:
         config = common.config_from(args)
-        scale = args.scale or DEFAULT_SCALE
+        scale = args.scale or common.DEMO_SCALE
         lab = Lab(config, common.state_dir(args), clock=LabClock.starting(None, scale))
         # The demo runs at the console's scale too (a fresh lab of its own).
         run_event_loop(lambda: _serve(terminal, config, args.port, scale, lab=lab))
@@ -118,6 +119,10 @@ async def _serve(
 ) -> None:
     """Serve the console for ``lab`` (started here), or for the lab running from
     ``attach_to``, until SIGINT or SIGTERM."""
+    from lab.console.app import Console
+    from lab.console.labapi import LabAPI
+    from lab.service.run import stop_on_signals
+
     stop = asyncio.Event()
     with stop_on_signals(stop):
         async with contextlib.AsyncExitStack() as stack:

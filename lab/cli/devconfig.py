@@ -15,7 +15,6 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.errors import SettingError
-from lab.ops.administer import settings_json
 from lab.store.devconfig import SETTINGS, DeviceUpdateConfig
 
 
@@ -54,6 +53,8 @@ def config_table(config: DeviceUpdateConfig) -> Table:
 
 
 def _show(args: argparse.Namespace, config: DeviceUpdateConfig) -> int:
+    from lab.ops.administer import settings_json
+
     if args.json:
         common.print_json(settings_json(config))
     else:

@@ -30,7 +30,6 @@ from rich.text import Text
 from lab.cli import common
 from lab.errors import LabStateError
 from lab.ops.adminclient import AdminClient
-from lab.ops.wall import ACTIONS
 
 ACTION_HELP = {
     "plug-in": "plug the phone in: it boots and checks for updates",
@@ -42,7 +41,9 @@ ACTION_HELP = {
     "power-cut": "cut the power (while installing, the new image is damaged); back in a minute",
     "remove": "take the phone off the wall",
 }
-"""What each action on one phone (lab.ops.wall.ACTIONS, and remove) does."""
+"""What each action on one phone (lab.ops.wall.ACTIONS, in its order, and remove) does: the
+sub-commands are made from it, as importing the wall would cost every command the whole lab
+(tests/lab/cli/test_cli_startup.py holds the two equal)."""
 PAGE = 1_000
 """Cards asked for per request (the admin API's largest page)."""
 LOG_LINES = 20
@@ -93,7 +94,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
 
-    for name in (*ACTIONS, "remove"):
+    for name in ACTION_HELP:
         act = common.subcommand(actions, name, ACTION_HELP[name])
         act.add_argument("mac", metavar="MAC")
         if name == "sign-in":

@@ -10,14 +10,15 @@ old. The service writes the inventory in batches, so a check shows here within a
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
-from lab.service.inventory import Flag, PhoneStatus, read_inventory
 
-_FLAG_STYLE = {Flag.NOT_APPROVED: "yellow", Flag.LEFT_BEHIND: "bold red"}
+if TYPE_CHECKING:
+    from lab.service.inventory import PhoneStatus
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def phones_table(statuses: list[PhoneStatus]) -> Table:
     """A readable table of the inventory: ``approved`` is the version the rule of the
     phone's kind approves in ``pool``, the pool of the ``server`` it last checked with."""
+    from lab.service.inventory import Flag
+
+    flag_style = {Flag.NOT_APPROVED: "yellow", Flag.LEFT_BEHIND: "bold red"}
     table = Table(title="phones", title_justify="left")
     for column in (
         "MAC",
@@ -47,7 +51,7 @@ def phones_table(statuses: list[PhoneStatus]) -> Table:
         table.add_column(column, no_wrap=column in ("MAC", "version", "approved"))
     for status in statuses:
         phone = status.phone
-        flags = " ".join(f"[{_FLAG_STYLE[f]}]{f.value}[/]" for f in status.flags)
+        flags = " ".join(f"[{flag_style[f]}]{f.value}[/]" for f in status.flags)
         table.add_row(
             phone.mac,
             phone.serial,
@@ -66,6 +70,8 @@ def phones_table(statuses: list[PhoneStatus]) -> Table:
 
 def cmd_phones(args: argparse.Namespace) -> int:
     """List the inventory."""
+    from lab.service.inventory import read_inventory
+
     state = common.state_dir(args)
     # Assessed at lab time: the support window runs on the lab's clock.
     now = common.lab_clock(state)

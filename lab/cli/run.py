@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -24,8 +24,11 @@ from lab.cli import common
 from lab.clock import LabClock, parse_lab_time
 from lab.errors import ClockError
 from lab.ops.adminclient import AdminClient
-from lab.ops.demo import DEFAULT_SCALE, BetweenChapters, prepare_state_dir, run_demo
-from lab.ops.runner import Lab, read_run_file, run_event_loop, serve_until_signalled
+from lab.ops.runfile import read_run_file
+
+if TYPE_CHECKING:
+    from lab.ops.demo import BetweenChapters
+    from lab.ops.runner import Lab
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,8 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument(
         "--scale",
         type=common.time_scale,
-        default=DEFAULT_SCALE,
-        help=f"phone seconds per real second (default {DEFAULT_SCALE:g}: the five-minute "
+        default=common.DEMO_SCALE,
+        help=f"phone seconds per real second (default {common.DEMO_SCALE:g}: the five-minute "
         "wait before a restart takes five seconds)",
     )
     told = demo.add_mutually_exclusive_group()
@@ -108,6 +111,8 @@ def servers_table(servers: dict[str, dict[str, Any]]) -> Table:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Start the lab; print every endpoint; stop cleanly on a signal."""
+    from lab.ops.runner import Lab, run_event_loop, serve_until_signalled
+
     config = common.config_from(args)
     state = common.state_dir(args)
     console = Console()
@@ -210,6 +215,9 @@ def _clock_line(clock: dict[str, Any] | None) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo on the chosen config: in --state-dir if given, else in a temporary one."""
+    from lab.ops.demo import prepare_state_dir, run_demo
+    from lab.ops.runner import run_event_loop
+
     config = common.config_from(args)
     console = Console(quiet=args.json)
     if not console.is_terminal and "COLUMNS" not in os.environ:

@@ -16,10 +16,6 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.errors import ScenarioError
-from lab.ops.runner import run_event_loop
-from lab.ops.runs import ScenarioRun
-from lab.ops.scenarios import SCENARIOS, Observation, get_scenario
-from lab.ops.scenarios.report import render_report, scenario_report
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +49,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print every scenario's name and symptom."""
+    from lab.ops.scenarios import SCENARIOS
+
     if args.json:
         common.print_json([s.as_dict() for s in SCENARIOS])
         return 0
@@ -68,6 +66,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one scenario; exit 0 only when the observed outcome is the expected one."""
+    from lab.ops.runner import run_event_loop
+    from lab.ops.runs import ScenarioRun
+    from lab.ops.scenarios import Observation, get_scenario
+    from lab.ops.scenarios.report import render_report, scenario_report
+
     try:
         scenario = get_scenario(args.name)
     except ScenarioError as exc:

@@ -7,13 +7,15 @@ stored as ``00-04-F2-00-00-01``) or by serial number (trimmed, upper-cased).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
-from lab.ops.administer import devices_json
-from lab.store.store import TestDevice
+
+if TYPE_CHECKING:
+    from lab.store.store import TestDevice
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,6 +78,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List test devices."""
+    from lab.ops.administer import devices_json
+
     devices = common.administration(args).test_devices()
     if args.json:
         common.print_json(devices_json(devices))

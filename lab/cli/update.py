@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from lab.cli import common
 from lab.cli.cab import tty_progress
-from lab.ops.administer import (
-    Administration,
-    changes_json,
-    import_json,
-    import_pools,
-    rules_json,
-)
-from lab.store.decision import Action, Rule
-from lab.store.store import RuleChange, Selection
+
+if TYPE_CHECKING:
+    from lab.ops.administer import Administration
+    from lab.store.decision import Rule
+    from lab.store.store import RuleChange, Selection
 
 NONE = "–"
 
@@ -124,6 +121,8 @@ def changes_table(changes: Sequence[RuleChange], title: str) -> Table:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Check a cab completely, then import it all or nothing."""
+    from lab.ops.administer import import_json, import_pools
+
     config = common.config_from(args)
     pools = import_pools(config, args.pool, args.all_pools)
     admin = common.administration(args, config)
@@ -150,6 +149,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List rules."""
+    from lab.ops.administer import rules_json
+
     rules = common.administration(args).rules(args.pool, args.model)
     if args.json:
         common.print_json(rules_json(rules))
@@ -172,6 +173,8 @@ def _selection(admin: Administration, args: argparse.Namespace) -> Selection:
 
 def cmd_change(args: argparse.Namespace) -> int:
     """Approve, reset or restore rules."""
+    from lab.store.decision import Action
+
     admin = common.administration(args)
     return _report(args, admin.change(Action(args.verb), _selection(admin, args)))
 
@@ -183,6 +186,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, changes: list[RuleChange]) -> int:
+    from lab.ops.administer import changes_json
+
     if args.json:
         common.print_json(changes_json(changes))
         return 0

@@ -15,10 +15,10 @@ from typing import IO, Any
 
 import aiohttp
 
+from lab.admintoken import read_token
 from lab.errors import AdminError, AdminRequestError, LabStateError, LabUnreachableError
 from lab.lifecycle import Service
 from lab.ops.runner import Lab, read_run_file
-from lab.service.admin import read_token
 
 REQUEST_TIMEOUT = 60.0
 """Seconds an admin request may take (building a cab for every model takes a few)."""

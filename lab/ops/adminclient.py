@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lab.admintoken import read_token
 from lab.errors import AdminError, AdminRequestError
-from lab.ops.runner import read_run_file
-from lab.service.admin import read_token
+from lab.ops.runfile import read_run_file
 
 
 class AdminClient:

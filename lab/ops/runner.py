@@ -1,10 +1,11 @@
 """A whole running lab: what `lab up` starts, the demo drives and tests use.
 
 The runner owns start-up order and the files a running lab publishes in its state
-directory: ``run.json`` (every endpoint it bound, for `lab status` and tools) and
-``lease.json`` (what DHCP would hand a phone; see docs/wire-protocol.md). Both are written
-atomically and ``run.json`` is removed again on a clean stop, so its presence means a lab
-is (or was, if it crashed) running.
+directory: ``run.json`` (every endpoint it bound, for `lab status` and tools, which read it
+with ``read_run_file`` of lab.ops.runfile, re-exported here) and ``lease.json`` (what DHCP
+would hand a phone; see docs/wire-protocol.md). Both are written atomically and
+``run.json`` is removed again on a clean stop, so its presence means a lab is (or was, if
+it crashed) running.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lab.admintoken import make_token
 from lab.clock import LabClock
 from lab.errors import LabStateError, PKIError, ServiceError
 from lab.events import EventBus
@@ -35,46 +37,22 @@ from lab.net.firewall import FirewallPolicy
 from lab.net.guard import ConnectionBudget
 from lab.net.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
 from lab.ops import adminroutes
+from lab.ops.runfile import RUN_FILE as RUN_FILE
+from lab.ops.runfile import read_run_file as read_run_file
 from lab.ops.wall import PhoneWall
-from lab.service.admin import SITE_KEY, make_app, make_token
+from lab.service.admin import SITE_KEY, make_app
 from lab.service.audit import AuditLog, AuditRecord
 from lab.service.logs import LogCleanUp
 from lab.service.pool import ServicePool
 from lab.service.run import event_loop_factory, stop_on_signals
 from lab.service.sites import TLSSite, bind_same_port
 
-RUN_FILE = "run.json"
 LEASE_FILE = "lease.json"
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
     """Write JSON so that readers see the old file or the new one, never half of it."""
     write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode)
-
-
-def read_run_file(state_dir: Path) -> dict[str, Any]:
-    """The endpoints of the lab running from ``state_dir``; LabStateError when none is."""
-    path = state_dir / RUN_FILE
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LabStateError(f"no lab is running from {state_dir} (no {RUN_FILE})") from None
-    except (OSError, ValueError) as exc:
-        raise LabStateError(f"{path} cannot be read: {exc}") from None
-    data["alive"] = _pid_alive(int(data.get("pid", 0)))
-    return data
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_credential_leftovers() -> int:

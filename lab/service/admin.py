@@ -4,10 +4,10 @@ The CLI's runtime commands (`lab firewall`, `lab dns fault`, `lab maintenance`, 
 events`) talk to a running lab through it, and its store commands (`lab update`, `lab
 test-device`, `lab config set`) announce their changes (``POST /v1/store/refresh``) so
 the next check sees them. Every request carries ``Authorization: Bearer
-<token>``; the token is made at start-up into ``<state>/admin.token`` (mode 0600), so only
-the user who runs the lab can change it. Errors come back as JSON ``{"error": "..."}``
-with 400 for bad input, 401 for a missing or wrong token, 404 for unknown things and 409
-for a change the lab refuses in its current state.
+<token>``; the token is made at start-up into ``<state>/admin.token`` (mode 0600; see
+lab.admintoken), so only the user who runs the lab can change it. Errors come back as
+JSON ``{"error": "..."}`` with 400 for bad input, 401 for a missing or wrong token, 404 for
+unknown things and 409 for a change the lab refuses in its current state.
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ import asyncio
 import contextlib
 import hmac
 import json
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from lab.errors import DNSError, FirewallError, LabError, ServiceError
 from lab.events import EventBus
-from lab.fileio import write_atomic
 from lab.net.dns import DNSServer
 from lab.net.firewall import FirewallPolicy
 from lab.service.pool import ServicePool
@@ -61,7 +58,6 @@ class AdministeredLab(Protocol):
         ...
 
 
-TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
 LAB_KEY: web.AppKey[AdministeredLab] = web.AppKey("lab")
 TOKEN_KEY = web.AppKey("token", str)
 
@@ -79,18 +75,6 @@ FOLLOWERS_KEY: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("followers")
 """The handlers streaming events right now (ended when the lab stops)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def make_token(state_dir: Path) -> str:
-    """Make a fresh token and write it privately into the state directory."""
-    token = secrets.token_urlsafe(32)
-    write_atomic(state_dir / TOKEN_FILE, f"{token}\n".encode("ascii"), 0o600)
-    return token
-
-
-def read_token(state_dir: Path) -> str:
-    """The token of the lab running from ``state_dir``."""
-    return (state_dir / TOKEN_FILE).read_text(encoding="ascii").strip()
 
 
 def _error(status: int, message: str) -> web.Response:

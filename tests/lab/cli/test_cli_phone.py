@@ -19,8 +19,8 @@ import pytest
 from labprocess import LabProcess, lab_cmd, start_lab, stop_lab
 
 from emulator.models import get_model
+from lab.admintoken import read_token
 from lab.ops.harness import FACTORY, NEW
-from lab.service.admin import read_token
 
 CX600_1 = get_model("CX600").mac(1)
 CX600_2 = get_model("CX600").mac(2)

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from cabarchive import CabArchive
 
+from lab.admintoken import read_token
 from lab.events import Event
 from lab.ops.administer import SCRATCH_PREFIX, build_vendor_cab
 from lab.ops.harness import NEW, T0, ClockHold, Phones, RunningLab, idle_on
-from lab.service.admin import read_token
 from lab.store.cab import pack_cab
 
 V1, V2 = "4.0.7577.4372", "4.0.7577.4400"

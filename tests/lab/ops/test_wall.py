@@ -16,10 +16,10 @@ import pytest
 
 from emulator import LogCode, PhoneState
 from emulator.models import get_model
+from lab.admintoken import read_token
 from lab.events import Event
 from lab.ops.harness import FACTORY, IDLE_WAIT, NEW, T0, RunningLab, entered, idle_on, logged
 from lab.ops.wall import MAX_PHONES, POWER_BACK_AFTER, PhoneWall, UnknownPhoneError, WallError
-from lab.service.admin import read_token
 from lab.service.audit import audit_time
 
 S = PhoneState

@@ -8,10 +8,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from lab.admintoken import TOKEN_FILE, read_token
 from lab.net.config import LabConfig
 from lab.net.dnsprobe import query
 from lab.ops.runner import Lab
-from lab.service.admin import TOKEN_FILE, read_token
 from lab.service.audit import read_audit
 
 INSIDE_PHONE = "127.10.0.150"
