@@ -121,6 +121,25 @@ def announce_store_change(state: Path) -> None:
         )
 
 
+def flush_inventory(state: Path) -> None:
+    """Have the lab running from ``state``, if one is, write the checks it has answered but
+    not yet recorded (it writes them in batches), so the inventory read next holds them."""
+    try:
+        running = read_run_file(state)["alive"]
+    except LabStateError:
+        return
+    if not running:
+        return
+    try:
+        AdminClient(state).post("/v1/inventory/flush")
+    except AdminError as exc:
+        print(
+            f"note: the running lab did not write its latest checks ({exc}); the last "
+            "half-second of them may be missing",
+            file=sys.stderr,
+        )
+
+
 def administration(args: argparse.Namespace, config: LabConfig | None = None) -> Administration:
     """The administrator's operations on the state directory the arguments name (created),
     stamped with the lab's time, each change announced to a lab running from it."""

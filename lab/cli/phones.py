@@ -73,6 +73,8 @@ def cmd_phones(args: argparse.Namespace) -> int:
     from lab.service.inventory import read_inventory
 
     state = common.state_dir(args)
+    # Every check a running lab has answered, not only those of its last batch.
+    common.flush_inventory(state)
     # Assessed at lab time: the support window runs on the lab's clock.
     now = common.lab_clock(state)
     with common.open_store(state, common.config_from(args)) as store:

@@ -21,7 +21,10 @@ class AdminClient:
         info = read_run_file(state_dir)
         if not info["alive"]:
             raise AdminError(f"the lab of {state_dir} is not running (stale run.json)")
-        self.base = f"http://{info['endpoints']['admin']['http']}"
+        admin = info.get("endpoints", {}).get("admin", {}).get("http")
+        if not isinstance(admin, str):
+            raise AdminError(f"the run.json of {state_dir} names no admin API")
+        self.base = f"http://{admin}"
         try:
             self.token = read_token(state_dir)
         except OSError as exc:

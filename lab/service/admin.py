@@ -214,6 +214,14 @@ async def store_refresh(request: web.Request) -> web.Response:
     return web.json_response({"generation": request.app[LAB_KEY].pool.refresh_store()})
 
 
+async def inventory_flush(request: web.Request) -> web.Response:
+    """POST /v1/inventory/flush: write the sightings gathered since the last batch now (so
+    `lab phones` shows every check answered so far); answers how many phones."""
+    inventory = request.app[LAB_KEY].pool.inventory
+    written = await inventory.flush() if inventory is not None else 0
+    return web.json_response({"phones": written})
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /v1/events: lab events as they happen, one JSON object per line."""
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -269,6 +277,7 @@ def make_app(
     app.router.add_delete("/v1/dns/faults/{name}", faults_clear)
     app.router.add_post("/v1/maintenance/{server}/{verb}", maintenance)
     app.router.add_post("/v1/store/refresh", store_refresh)
+    app.router.add_post("/v1/inventory/flush", inventory_flush)
     app.router.add_get("/v1/events", events)
     for extend in extensions:
         extend(app)

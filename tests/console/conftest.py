@@ -43,11 +43,11 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleProcess]:
-    """One `lab console` for the module, with a lab of its own at 600 times real time: a
-    phone's five-minute wait takes half a second, and the demo (at the console's scale)
-    is told in a few seconds."""
+    """One `lab console` for the module, with a lab of its own at 60 times real time (its
+    default): a phone's five-minute wait takes five seconds, long enough for the page to
+    show phones on their way (at 600 times a whole update can pass between two looks)."""
     require_browser()
-    running = start_console(tmp_path_factory.mktemp("console"), "--scale", "600")
+    running = start_console(tmp_path_factory.mktemp("console"))
     try:
         yield running
     finally:

@@ -13,6 +13,7 @@ from lab.net.config import LabConfig
 from lab.net.dnsprobe import query
 from lab.ops.runner import Lab
 from lab.service.audit import read_audit
+from lab.store.store import Store
 
 INSIDE_PHONE = "127.10.0.150"
 OTHER_INSIDE_PHONE = "127.10.0.151"
@@ -164,3 +165,17 @@ async def test_every_check_leaves_one_audit_line_in_its_servers_log(lab: Lab) ->
     assert all(fields == same[0] for fields in same)
     assert [row["time"] for row in rows] == sorted(row["time"] for row in rows)
     assert not (lab.state_dir / "servers" / "fe02" / "AuditLogs").exists()
+
+
+async def test_the_inventory_is_written_on_demand(lab: Lab, admin: aiohttp.ClientSession) -> None:
+    # `lab phones` asks for this first: every check answered so far is then in the store,
+    # not only those of the last batch (the inventory writes every half-second).
+    await _check_from(lab, INSIDE_PHONE, 1)
+    async with admin.post("/v1/inventory/flush") as response:
+        assert response.status == 200
+        written = (await response.json())["phones"]
+    assert written in (0, 1)  # 0 when the half-second batch came first
+    with Store.open(lab.state_dir) as store:
+        assert [p.mac for p in store.phones()] == ["00-04-F2-00-00-07"]
+    async with admin.post("/v1/inventory/flush") as response:
+        assert (await response.json()) == {"phones": 0}  # nothing new since
