@@ -100,22 +100,31 @@ def open_store(state: Path, config: LabConfig | None = None) -> Store:
     return Store.open(state, now=lab_clock(state), pool_of=config.pool_of() if config else None)
 
 
-def announce_store_change(state: Path) -> None:
-    """Tell the lab running from ``state``, if one is, that its update store changed, so
-    its very next check sees the change (it would otherwise notice within a moment)."""
+def _ask_running_lab(state: Path, path: str) -> AdminError | None:
+    """POST ``path`` to the lab running from ``state``, if one is; the error when a running
+    lab did not answer (nothing to do, and None, when no lab runs)."""
     try:
         running = read_run_file(state)["alive"]
     except LabStateError:
-        return
+        return None
     if not running:
-        return
+        return None
     try:
-        AdminClient(state).post("/v1/store/refresh")
+        AdminClient(state).post(path)
     except AdminError as exc:
+        return exc
+    return None
+
+
+def announce_store_change(state: Path) -> None:
+    """Tell the lab running from ``state``, if one is, that its update store changed, so
+    its very next check sees the change (it would otherwise notice within a moment)."""
+    failed = _ask_running_lab(state, "/v1/store/refresh")
+    if failed is not None:
         from lab.service.updates import REFRESH_INTERVAL
 
         print(
-            f"note: the running lab was not told of this change ({exc}); it takes it "
+            f"note: the running lab was not told of this change ({failed}); it takes it "
             f"within {REFRESH_INTERVAL} s of a check",
             file=sys.stderr,
         )
@@ -124,17 +133,10 @@ def announce_store_change(state: Path) -> None:
 def flush_inventory(state: Path) -> None:
     """Have the lab running from ``state``, if one is, write the checks it has answered but
     not yet recorded (it writes them in batches), so the inventory read next holds them."""
-    try:
-        running = read_run_file(state)["alive"]
-    except LabStateError:
-        return
-    if not running:
-        return
-    try:
-        AdminClient(state).post("/v1/inventory/flush")
-    except AdminError as exc:
+    failed = _ask_running_lab(state, "/v1/inventory/flush")
+    if failed is not None:
         print(
-            f"note: the running lab did not write its latest checks ({exc}); the last "
+            f"note: the running lab did not write its latest checks ({failed}); the last "
             "half-second of them may be missing",
             file=sys.stderr,
         )

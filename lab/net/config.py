@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -240,15 +240,12 @@ class LabConfig:
 
     def pool(self, name: str) -> Pool:
         """The pool called ``name`` (FQDN, or its first label when that is unambiguous)."""
-        name = name.lower().rstrip(".")
-        for pool in self.pools:
-            if name == pool.fqdn:
-                return pool
-        matches = [pool for pool in self.pools if name == pool.name]
-        if len(matches) == 1:
-            return matches[0]
-        known = ", ".join(pool.fqdn for pool in self.pools)
-        raise ConfigError(self.source, "pools", f"no pool {name!r} (have {known})")
+        fqdns = [pool.fqdn for pool in self.pools]
+        found = _pool_named(fqdns, name)
+        if found is None:
+            wanted = name.lower().rstrip(".")
+            raise ConfigError(self.source, "pools", f"no pool {wanted!r} (have {', '.join(fqdns)})")
+        return self.pools[fqdns.index(found)]
 
     def pool_of(self) -> dict[str, str]:
         """Each front end's short name to its pool's FQDN."""
@@ -273,6 +270,14 @@ class LabConfig:
     def with_pki_dir(self, directory: Path) -> LabConfig:
         """A copy whose PKI lives in ``directory``."""
         return _replace(self, pki=_replace(self.pki, dir=directory))
+
+
+def _pool_named(fqdns: Sequence[str], name: str) -> str | None:
+    """The one of ``fqdns`` that ``name`` names: the FQDN itself, or its first label when
+    no other pool has it (``pool01``); None when none or several do."""
+    wanted = name.lower().rstrip(".")
+    found = [fqdn for fqdn in fqdns if wanted in (fqdn, fqdn.split(".", 1)[0])]
+    return found[0] if len(found) == 1 else None
 
 
 def _replace(obj: T, **changes: Any) -> T:
@@ -427,14 +432,15 @@ def parse_config(data: Mapping[str, Any], source: str) -> LabConfig:
         # A pool named by FQDN or first label; the first pool when the key is absent.
         if key not in table:
             return pool_names[0]
-        wanted = r.get(table, key, path, str).lower().rstrip(".")
-        found = [p for p in pool_names if wanted in (p, p.split(".", 1)[0])]
-        r.check(
-            len(found) == 1,
-            _join(path, key),
-            f"{wanted!r} is not one of the lab's pools ({', '.join(pool_names)})",
-        )
-        return found[0]
+        given = r.get(table, key, path, str)
+        found = _pool_named(pool_names, given)
+        if found is None:
+            wanted = given.lower().rstrip(".")
+            raise r.fail(
+                _join(path, key),
+                f"{wanted!r} is not one of the lab's pools ({', '.join(pool_names)})",
+            )
+        return found
 
     edge_t = r.table(data, "edge", "")
     r.reject_unknown(edge_t, "edge", {"fqdn", "address", "external_web", "pool"})
