@@ -1,4 +1,5 @@
 # Every target installs what it needs: a virtual environment in .venv, the project in it.
+# NETNS=1 runs `make demo` in the lab's own network (namespaces, nftables; docs/network-tests.md).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lab demo --state-dir $(STATE)
+	$(BIN)/lab demo --state-dir $(STATE) $(if $(filter 1,$(NETNS)),--netns)
 
 # The lab console: attaches to a `lab up` of $(STATE), or starts a lab there; prints a
 # login link for a browser (CONSOLE_ARGS="--port 0" for any free port).

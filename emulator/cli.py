@@ -733,7 +733,17 @@ def _lease(state_dir: Path) -> Lease:
             f"no {LEASE_FILE} in {state_dir}: is a lab running there? (lab up --state-dir "
             f"{state_dir})"
         )
-    return load_lease(path)
+    lease = load_lease(path)
+    if lease.netns is not None:
+        # A lab in its own network: its phones' sockets are made in its namespaces, which
+        # this process may enter only from the user namespace that owns them (if any).
+        try:
+            lease.netns.join_user()
+        except OSError as exc:
+            raise LeaseError(
+                f"cannot join the network of the lab in {state_dir}: {exc.strerror or exc}"
+            ) from None
+    return lease
 
 
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]

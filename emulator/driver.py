@@ -212,6 +212,7 @@ class LeaseNetwork:
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             tls=self.tls_context,
+            namespaces=self.lease.netns,
         )
 
     def tls_context(self, offset: float) -> PhoneTLSContext:

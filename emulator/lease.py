@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from emulator.errors import LeaseError
+from emulator.netns import Namespaces, parse_namespaces
 
 DISCOVERY_LABEL = "ucupdates-r2"
 UPDATE_CHECK_PATH = "/RequestHandler/ucdevice.upx"
@@ -54,6 +55,9 @@ class Lease:
     clock: LabTime | None = None
     """The lab's clock, which phones follow; None when the lab keeps the wall clock's time
     or publishes none."""
+    netns: Namespaces | None = None
+    """The network namespaces of the segments when the lab runs in its own network
+    (`lab up --netns`): a phone's sockets are made in its segment's; None on loopback."""
 
     @property
     def discovery_host(self) -> str:
@@ -104,6 +108,7 @@ def parse_lease(data: str | bytes | Mapping[str, Any]) -> Lease:
         ca_cert=Path(ca_cert) if ca_cert else None,
         vendor_certs=MappingProxyType({k: Path(v) for k, v in vendors.items()}),
         clock=_clock(decoded.get("clock")),
+        netns=parse_namespaces(decoded.get("netns"), segments),
     )
 
 

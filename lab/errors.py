@@ -88,3 +88,12 @@ class PortInUseError(LabError):
 
 class LabUnreachableError(AdminError):
     """The running lab's admin API did not answer: the lab stopped, or is not up yet."""
+
+
+class NetnsUnavailable(LabError):
+    """This machine cannot give the lab a network of its own (no user namespaces, a tool
+    missing); the message is one line saying which."""
+
+
+class NetnsError(LabError):
+    """Building or changing the lab's own network failed; the message says at which step."""

@@ -68,6 +68,7 @@ from emulator.net.tls import (
     PhoneTLSContext,
     phone_context,
 )
+from emulator.netns import Namespaces
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
@@ -165,8 +166,11 @@ class PhoneHTTPSClient:
         user_agent: str = DEFAULT_USER_AGENT,
         ntlm_client: ntlm.AuthFactory = ntlm.NTLMClient,
         tls: TLSContexts | None = None,
+        namespaces: Namespaces | None = None,
     ) -> None:
         self.source = source
+        # The lab's own network, whose segments the phone's sockets are made in.
+        self.namespaces = namespaces
         self.clock = clock
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -207,6 +211,7 @@ class PhoneHTTPSClient:
             clock=clock,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            namespaces=lease.netns,
         )
 
     @property
@@ -486,6 +491,11 @@ class PhoneHTTPSClient:
 
     # -- plumbing ------------------------------------------------------------------------------
 
+    def _new_socket(self, _remote: Any) -> socket.socket:
+        """The phone's TCP socket, made in its segment's namespace (the connector binds it)."""
+        assert self.namespaces is not None
+        return self.namespaces.socket(self.source, socket.SOCK_STREAM)
+
     async def _session_for(self, clock_offset: float) -> aiohttp.ClientSession:
         if clock_offset != self._offset:
             # Connections were checked at the old time: the next one must be checked anew.
@@ -503,6 +513,7 @@ class PhoneHTTPSClient:
                 # One address at a time, in the order given: a phone does not race them.
                 happy_eyeballs_delay=None,
                 limit=1,
+                socket_factory=None if self.namespaces is None else self._new_socket,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

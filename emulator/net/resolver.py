@@ -28,6 +28,7 @@ import dnslib
 
 from emulator.errors import ResolutionError
 from emulator.lease import Lease
+from emulator.netns import Namespaces
 from emulator.routes import is_address
 
 DEFAULT_TIMEOUT = 2.0
@@ -58,6 +59,7 @@ class DNSResolver:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         tries: int = DEFAULT_TRIES,
+        namespaces: Namespaces | None = None,
     ) -> None:
         if timeout <= 0 or tries < 1:
             raise ValueError(f"a DNS timeout must be > 0 and tries >= 1, not {timeout}, {tries}")
@@ -65,6 +67,8 @@ class DNSResolver:
         self.source = source
         self.timeout = timeout
         self.tries = tries
+        # The lab's own network, whose segments the phone's sockets are made in.
+        self.namespaces = namespaces
 
     @classmethod
     def from_lease(
@@ -76,7 +80,7 @@ class DNSResolver:
         tries: int = DEFAULT_TRIES,
     ) -> DNSResolver:
         """The resolver a phone at ``source`` gets from its lease's DNS server."""
-        return cls(lease.dns, source, timeout=timeout, tries=tries)
+        return cls(lease.dns, source, timeout=timeout, tries=tries, namespaces=lease.netns)
 
     @property
     def server_text(self) -> str:
@@ -140,12 +144,28 @@ class DNSResolver:
 
     def _socket(self) -> socket.socket:
         """A non-blocking UDP socket from the phone's address (any port) to the server."""
-        family = socket.AF_INET6 if ":" in self.source else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = self._new_socket(socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.bind((self.source, 0))
             sock.connect(self.server)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _new_socket(self, kind: socket.SocketKind) -> socket.socket:
+        if self.namespaces is not None:
+            return self.namespaces.socket(self.source, kind)
+        return socket.socket(socket.AF_INET6 if ":" in self.source else socket.AF_INET, kind)
+
+    async def _connected(self) -> socket.socket:
+        """A TCP socket from the phone's address (any port), connected to the server."""
+        sock = self._new_socket(socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.source, 0))
+            await asyncio.get_running_loop().sock_connect(sock, self.server)
         except BaseException:
             sock.close()
             raise
@@ -156,9 +176,7 @@ class DNSResolver:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(
-                    *self.server, local_addr=(self.source, 0)
-                )
+                reader, writer = await asyncio.open_connection(sock=await self._connected())
                 writer.write(len(packet).to_bytes(2, "big") + packet)
                 await writer.drain()
                 size = int.from_bytes(await reader.readexactly(2), "big")

@@ -18,6 +18,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -195,6 +196,11 @@ def phone_context(checker: CertificateChecker) -> PhoneTLSContext:
     context.verify_mode = ssl.CERT_NONE
     context.checker = checker
     context.rejections = []
+    # The convention of browsers and curl: with SSLKEYLOGFILE set, the session keys go
+    # there in the NSS key log format, so a capture of the phone's traffic can be read.
+    keylog = os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        context.keylog_filename = keylog
     return context
 
 

@@ -31,7 +31,7 @@ from lab.cli import (
     testdevice,
     update,
 )
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, LabError, NetnsUnavailable
 
 # Each module adds its sub-commands; keep this list in the order `lab --help` shows them.
 COMMANDS: tuple[ModuleType, ...] = (
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Another pipe or socket (the admin API's, say): an error like any other.
         print(f"lab: the other end closed the connection: {exc}", file=sys.stderr)
         return 1
-    except ConfigError as exc:
+    except (ConfigError, NetnsUnavailable) as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2
     except (LabError, ValueError) as exc:

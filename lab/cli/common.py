@@ -20,6 +20,9 @@ from lab.ops.adminclient import AdminClient
 from lab.ops.runfile import read_run_file
 
 if TYPE_CHECKING:
+    from contextlib import ExitStack
+
+    from lab.net.netns import LabNetwork
     from lab.ops.administer import Administration
     from lab.store.store import Store
 
@@ -199,3 +202,38 @@ def time_scale(text: str) -> float:
     if not (math.isfinite(scale) and scale > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a time scale (a number > 0)")
     return scale
+
+
+def add_netns_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--netns and --capture [NAME], for commands that run a lab."""
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help=f"run {what} in a network of its own: namespaces, a router with nftables rules "
+        "made from the firewall, ports 53/443/4443 (docs/network-tests.md)",
+    )
+    parser.add_argument(
+        "--capture",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME",
+        help="with --netns: record the router's traffic and the TLS keys into "
+        "<state>/captures/NAME.pcap and NAME.keys (default name: the time)",
+    )
+
+
+def own_network(
+    args: argparse.Namespace, config: LabConfig, stack: ExitStack
+) -> tuple[LabConfig, LabNetwork | None]:
+    """The config to run and the lab's own network when ``--netns`` asks for one, built now
+    (before any thread starts) and taken down when ``stack`` closes."""
+    if not args.netns:
+        if args.capture is not None:
+            raise ValueError("--capture records the lab's own network: give --netns too")
+        return config, None
+    from lab.net.netns import LabNetwork, netns_config
+
+    config = netns_config(config)
+    network = stack.enter_context(LabNetwork(config))
+    return config, network

@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=1.0,
         help="lab seconds per real second (default 1): at 60 a phone's day takes 24 minutes",
     )
+    common.add_netns_options(up, "the lab")
     up.set_defaults(func=cmd_up)
 
     status = common.subcommand(sub, "status", "show the endpoints of the running lab")
@@ -72,6 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="wait for Enter before each chapter (when stdin ends: straight through)",
     )
+    common.add_netns_options(demo, "the demo's lab")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -123,7 +125,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("ready", flush=True)
 
     clock = LabClock.starting(args.start, args.scale)
-    run_event_loop(lambda: serve_until_signalled(Lab(config, state, clock=clock), ready))
+    with contextlib.ExitStack() as stack:
+        config, network = common.own_network(args, config, stack)
+        lab = Lab(config, state, clock=clock, network=network, capture=args.capture)
+        run_event_loop(lambda: serve_until_signalled(lab, ready))
     console.print("lab stopped")
     return 0
 
@@ -133,6 +138,24 @@ def print_lab_up(console: Console, lab: Lab) -> None:
     console.print(endpoints_table(lab.endpoints(), f"lab {lab.config.name} is up"))
     console.print(f"state: {lab.state_dir}  (run.json, lease.json)  stop with Ctrl-C")
     console.print(_clock_line(lab.clock.as_dict()))
+    if lab.network is not None:
+        for line in network_lines(lab.network.snapshot()):
+            console.print(line)
+
+
+def network_lines(network: dict[str, Any]) -> list[str]:
+    """The lab's own network in a few lines: segments, router, capture (run.json's or the
+    admin API's ``network``)."""
+    lines = ["network: the lab's own (namespaces); the router forwards by nftables rules"]
+    for name, segment in network["segments"].items():
+        hosts = ", ".join(segment["hosts"]) or "phones only"
+        lines.append(f"  {name:<9} {segment['range']:<16} router {segment['router']:<13} {hosts}")
+    capture = network.get("capture") or {}
+    if capture.get("running"):
+        lines.append(f"capturing: {capture['file']} (TLS keys: {capture['keys']})")
+    elif capture.get("file"):
+        lines.append(f"last capture: {capture['file']} ({capture.get('packets')} packets)")
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -156,6 +179,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(servers_table(servers))
     for line in status_lines(info.get("pool", {})):
         console.print(line)
+    if info.get("network"):
+        for line in network_lines(info["network"]):
+            console.print(line)
     return 0 if info["alive"] else 1
 
 
@@ -234,9 +260,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             console.print(f"state: {state} (kept: audit logs, store, phones' downloads)")
         # A fresh PKI with the state: the phones trust whatever CA the lease names.
         config = config.with_pki_dir(state / "certs")
+        config, network = common.own_network(args, config, stack)
         gate = enter_between_chapters(console, StdinLines()) if args.step else None
         result = run_event_loop(
-            lambda: run_demo(config, state, console, scale=args.scale, between_chapters=gate)
+            lambda: run_demo(
+                config,
+                state,
+                console,
+                scale=args.scale,
+                between_chapters=gate,
+                network=network,
+                capture=args.capture,
+            )
         )
     if args.json:
         common.print_json(result.as_dict())

@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fw_sub = fw.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = common.subcommand(fw_sub, "show", "segments, overrides and the flip")
     show.add_argument("--json", action="store_true")
+    show.add_argument(
+        "--rules",
+        action="store_true",
+        help="with --netns: the router's nftables ruleset, as nft lists it",
+    )
     move = common.subcommand(fw_sub, "set", "put an address or range inside or outside")
     move.add_argument("target", help="address (127.10.0.100) or range (127.10.1.0/24)")
     move.add_argument("zone", choices=("inside", "outside"))
@@ -88,6 +93,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     leave.add_argument("--json", action="store_true", help="print JSON")
     mnt.set_defaults(func=cmd_maintenance)
 
+    cap = common.subcommand(
+        sub, "capture", "record the traffic of a lab's own network (lab up --netns)"
+    )
+    cap_sub = cap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = common.subcommand(
+        cap_sub, "start", "start tcpdump on the router and the TLS key log of the servers"
+    )
+    start.add_argument(
+        "name", nargs="?", help="file name without extension (default: the time now)"
+    )
+    common.subcommand(cap_sub, "stop", "stop it; the pcap and its key log are complete")
+    common.subcommand(cap_sub, "status", "the capture running, or the last one")
+    for parser in cap_sub.choices.values():
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    cap.set_defaults(func=cmd_capture)
+
     ev = common.subcommand(sub, "events", "follow the running lab's events (Ctrl-C to stop)")
     ev.set_defaults(func=cmd_events)
 
@@ -99,6 +120,9 @@ def _client(args: argparse.Namespace) -> AdminClient:
 def cmd_firewall(args: argparse.Namespace) -> int:
     """Show or change the firewall policy."""
     client = _client(args)
+    if args.action == "show" and args.rules:
+        print(client.get("/v1/network")["ruleset"], end="")
+        return 0
     if args.action == "show":
         policy = client.get("/v1/firewall")
     elif args.action == "set":
@@ -123,6 +147,29 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     for override in policy["overrides"]:
         table.add_row(override["network"], override["zone"])
     console.print(table if policy["overrides"] else "no overrides")
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Start, stop or show the capture of the lab's own network."""
+    client = _client(args)
+    if args.action == "start":
+        info = client.post("/v1/capture", {"action": "start", "name": args.name})
+    elif args.action == "stop":
+        info = client.post("/v1/capture", {"action": "stop"})
+    else:
+        info = client.get("/v1/network")["capture"]
+    if args.json:
+        common.print_json(info)
+        return 0
+    if info.get("running"):
+        print(f"capturing on the router with {info['tool']} into {info['file']}")
+        print(f"TLS session keys: {info['keys']}")
+    elif info.get("file"):
+        print(f"capture stopped: {info['file']} ({info.get('packets')} packets)")
+        print(f"read it: tshark -r {info['file']} -o tls.keylog_file:{info['keys']}")
+    else:
+        print("no capture yet (lab capture start)")
     return 0
 
 

@@ -9,6 +9,7 @@ Exit codes: 0 the expected outcome was observed, 1 it was not, 2 no such scenari
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from rich.console import Console
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from lab.cli import common
 from lab.errors import ScenarioError
+from lab.net.config import default_config
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="leave the scenario's fault out, to see what a healthy lab does "
         "(the expected outcome is then not observed: exit 1)",
     )
+    common.add_netns_options(run, "the scenario's lab")
     run.set_defaults(func=cmd_run)
 
 
@@ -76,11 +79,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 2
-    given = args.state_dir is not common.DEFAULT_STATE_DIR
-    runner = ScenarioRun(keep_under=args.state_dir if given else None)
-    observation: Observation = run_event_loop(
-        lambda: runner.run(scenario, fault=not args.no_fault, scale=args.scale)
-    )
+    # A capture is evidence: the run's directory is kept (under ./state by default).
+    given = args.state_dir is not common.DEFAULT_STATE_DIR or args.capture is not None
+    with contextlib.ExitStack() as stack:
+        _, network = common.own_network(args, default_config(), stack)
+        runner = ScenarioRun(
+            keep_under=args.state_dir if given else None,
+            network=network,
+            capture=args.capture or (scenario.name if args.capture is not None else None),
+        )
+        observation: Observation = run_event_loop(
+            lambda: runner.run(scenario, fault=not args.no_fault, scale=args.scale)
+        )
     if args.json:
         common.print_json(
             {**observation.as_dict(), "state_dir": str(runner.workdir) if given else None}
@@ -89,4 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(render_report(scenario_report(observation)))
         if given:
             print(f"\nThe run's lab state, logs and phone files are in {runner.workdir}")
+        if args.capture is not None and runner.workdir is not None:
+            pcap = runner.workdir / "state" / "captures" / f"{runner.capture}.pcap"
+            print(f"The capture of its network: {pcap} (TLS keys: {pcap.with_suffix('.keys')})")
     return 0 if observation.passed else 1

@@ -14,6 +14,7 @@ import struct
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from lab.errors import DNSError
+from lab.net.netns import socket_at
 
 # A lab answers at once or not at all (a drop fault); two seconds tells them apart.
 QUERY_TIMEOUT = 2.0
@@ -48,7 +49,7 @@ async def query(
 
 async def _udp(wire: bytes, server: tuple[str, int], source: str) -> bytes:
     loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket_at(source, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.bind((source, 0))
         await loop.sock_connect(sock, server)
@@ -57,7 +58,15 @@ async def _udp(wire: bytes, server: tuple[str, int], source: str) -> bytes:
 
 
 async def _tcp(wire: bytes, server: tuple[str, int], source: str) -> bytes:
-    reader, writer = await asyncio.open_connection(*server, local_addr=(source, 0))
+    sock = socket_at(source, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, server)
+    except BaseException:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=sock)
     try:
         writer.write(struct.pack("!H", len(wire)) + wire)
         await writer.drain()

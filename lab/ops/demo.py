@@ -82,6 +82,7 @@ from lab.models import phone_model
 from lab.net.config import FleetPhone, LabConfig
 from lab.net.dnsprobe import query, summarise
 from lab.net.firewall import Zone
+from lab.net.netns import LabNetwork, socket_at
 from lab.net.pki import verify_vendor_signature
 from lab.ops.harness import (
     NEW,
@@ -566,8 +567,10 @@ class Probe:
 
 
 def phone_address(segment: ipaddress.IPv4Network, index: int) -> str:
-    """A probing phone's address in ``segment`` (well away from the servers' low addresses)."""
-    return str(segment.network_address + 100 + index)
+    """A probing phone's address in ``segment``: x.y.1.250 on, among the phones' addresses
+    (x.y.1.n) but clear of the demo fleet's, as the lab's own network has room for phones
+    only there."""
+    return str(segment.network_address + 256 + 250 + index)
 
 
 async def show_discovery(running: RunningLab, narrator: Narrator, hold: ClockHold) -> bool:
@@ -779,6 +782,8 @@ async def run_demo(
     image_size: int = DEFAULT_IMAGE_SIZE,
     before_phones: Callable[[RunningLab], None] | None = None,
     between_chapters: BetweenChapters | None = None,
+    network: LabNetwork | None = None,
+    capture: str | None = None,
 ) -> DemoResult:
     """Run the whole demo on ``config`` in ``state_dir``, told on ``narration``: a console
     (through a Narrator) or a narrator of the caller's (a RecordingNarrator, say).
@@ -788,6 +793,7 @@ async def run_demo(
     phones are plugged in: a test or a trainer can break something there.
     ``between_chapters`` is awaited before each chapter but the first; phone time runs on
     while it waits (the lab stopped before chapter 5, the summary, so the outcome stands).
+    ``network`` and ``capture``: the lab's own network (`--netns`) and a capture in it.
     """
     began = time.perf_counter()
     phones = demo_fleet(config)
@@ -807,7 +813,7 @@ async def run_demo(
         narrator.chapter(number, title)
 
     async with (
-        running_lab(config, state_dir, scale=scale) as running,
+        running_lab(config, state_dir, scale=scale, network=network, capture=capture) as running,
         phones_on(running, state_dir / "phones") as on,
     ):
         on.network = WatchedNetwork(on.network, narrator.progress)
@@ -1069,7 +1075,7 @@ def check_ports(config: LabConfig) -> None:
     for what, key, host, port, kind in listeners:
         if port == 0:
             continue
-        with socket.socket(socket.AF_INET, kind) as sock:
+        with socket_at(host, kind) as sock:
             if kind == tcp:
                 # As the lab binds: a port left in TIME_WAIT by an earlier run is free.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

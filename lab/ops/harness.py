@@ -34,6 +34,7 @@ from emulator import (
 from lab.events import Event
 from lab.models import phone_model
 from lab.net.config import LabConfig
+from lab.net.netns import LabNetwork
 from lab.net.pki import verify_vendor_signature
 from lab.ops.administer import build_vendor_cab
 from lab.ops.labphones import T0 as T0
@@ -166,10 +167,17 @@ class RunningLab:
 
 @contextlib.asynccontextmanager
 async def running_lab(
-    config: LabConfig, state_dir: Path, *, scale: float | None = None
+    config: LabConfig,
+    state_dir: Path,
+    *,
+    scale: float | None = None,
+    network: LabNetwork | None = None,
+    capture: str | None = None,
 ) -> AsyncIterator[RunningLab]:
-    """Start a whole lab on the running loop, on ``lab_clock(scale)``; stop it afterwards."""
-    async with started_lab(Lab(config, state_dir, clock=lab_clock(scale)), scale=scale) as running:
+    """Start a whole lab on the running loop, on ``lab_clock(scale)``; stop it afterwards.
+    ``network``, ``capture``: the lab's own network and a capture from the start (Lab)."""
+    lab = Lab(config, state_dir, clock=lab_clock(scale), network=network, capture=capture)
+    async with started_lab(lab, scale=scale) as running:
         yield running
 
 

@@ -35,8 +35,10 @@ from lab.net.config import LabConfig
 from lab.net.dns import DNSServer
 from lab.net.firewall import FirewallPolicy
 from lab.net.guard import ConnectionBudget
+from lab.net.netns import LabNetwork
 from lab.net.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
 from lab.ops import adminroutes
+from lab.ops.netmode import NetworkMode
 from lab.ops.runfile import RUN_FILE as RUN_FILE
 from lab.ops.runfile import read_run_file as read_run_file
 from lab.ops.wall import PhoneWall
@@ -108,6 +110,8 @@ class Lab(Service):
         pki_dir: Path | None = None,
         certificate_fault: FaultKind | None = None,
         clock: LabClock | None = None,
+        network: LabNetwork | None = None,
+        capture: str | None = None,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
@@ -161,6 +165,14 @@ class Lab(Service):
             events=self.events,
             audit_dirs=[log.directory for log in self.audit.values()],
         )
+        # The lab's own network (--netns), built by the caller before the loop started: the
+        # servers' sockets are made in its namespaces (lab.net.netns.socket_at).
+        self.network = (
+            NetworkMode(network, config, self.firewall, self.pool, state_dir, self.events)
+            if network is not None
+            else None
+        )
+        self._capture_at_start = capture
         self._stack = AsyncExitStack()
         self.admin_address: tuple[str, int] = ("127.0.0.1", config.ports.admin)
         self.started_at: float | None = None
@@ -173,6 +185,9 @@ class Lab(Service):
         # Certificates are CPU work; keep the loop free for anything already running.
         await asyncio.to_thread(self.pki.ensure)
         try:
+            if self.network is not None:
+                # The router's rules first: nothing crosses it before they stand.
+                await self._stack.enter_async_context(self.network)
             await self._stack.enter_async_context(self.dns)
             await self._stack.enter_async_context(self.pool)
             self._stack.callback(self._close_audit)
@@ -189,6 +204,9 @@ class Lab(Service):
                 )
             )
             await self._start_admin()
+            if self.network is not None and self._capture_at_start is not None:
+                # Stopped with the network (its stop ends a running capture).
+                await self.network.start_capture(self._capture_at_start or None)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -206,7 +224,11 @@ class Lab(Service):
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         try:
-            sock = bind_same_port(["127.0.0.1"], self.config.ports.admin)[0]
+            sock = (
+                self.network.network.take_admin_socket()
+                if self.network is not None
+                else bind_same_port(["127.0.0.1"], self.config.ports.admin)[0]
+            )
         except ServiceError as exc:
             raise LabStateError(
                 f"the admin API {exc}; is another lab running? (ports.admin in the config)"
@@ -250,6 +272,7 @@ class Lab(Service):
             "firewall": self.firewall.snapshot(),
             "dns": {"stats": self.dns.stats(), "faults": self.dns.faults.snapshot()},
             "pool": self.pool.snapshot(),
+            **({"network": self.network.snapshot()} if self.network is not None else {}),
         }
 
     def run_info(self) -> dict[str, Any]:
@@ -261,6 +284,7 @@ class Lab(Service):
             "state_dir": str(self.state_dir.resolve()),
             "endpoints": self.endpoints(),
             "clock": self.clock.as_dict(),
+            **({"network": self.network.network.describe()} if self.network else {}),
         }
 
     def lease(self) -> dict[str, Any]:
@@ -279,6 +303,8 @@ class Lab(Service):
             },
             # Phones in other processes follow the lab's clock (none: the wall clock).
             "clock": self.clock.as_dict(),
+            # In the lab's own network, where phones make their sockets (emulator/netns.py).
+            **({"netns": self.network.network.lease()} if self.network else {}),
         }
 
 

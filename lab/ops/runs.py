@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 
 from lab.errors import LabError
 from lab.net.config import LabConfig, default_config
+from lab.net.netns import LabNetwork
 from lab.ops.demo import (
     DEFAULT_SCALE,
     Chapter,
@@ -224,9 +225,19 @@ class ScenarioRun(_Runner[Observation]):
     each run's directory under it (``lab scenario run --state-dir``) instead of removing it.
     """
 
-    def __init__(self, config: LabConfig | None = None, *, keep_under: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: LabConfig | None = None,
+        *,
+        keep_under: Path | None = None,
+        network: LabNetwork | None = None,
+        capture: str | None = None,
+    ) -> None:
         super().__init__(keep_under=keep_under)
         self.config = config
+        # The lab's own network (`lab scenario run --netns`) and a capture's name in it.
+        self.network = network
+        self.capture = capture
         self.scenario: Scenario | None = None
         self.fault = True
         self.scale: float | None = None
@@ -274,6 +285,8 @@ class ScenarioRun(_Runner[Observation]):
                 fault=self.fault,
                 scale=self.scale,
                 on_timeline=self._entry,
+                network=self.network,
+                capture=self.capture,
             )
 
     def _entry(self, entry: TimelineEntry) -> None:

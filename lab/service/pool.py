@@ -150,6 +150,8 @@ class ServicePool(Service):
         self._shutdown_timeout = shutdown_timeout
         self._running = False
         self._unsubscribe: Callable[[], None] | None = None
+        # Every TLS context of the running pool: the front ends', the edge's two sides.
+        self._tls_contexts: list[ssl.SSLContext] = []
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class ServicePool(Service):
         contexts = await asyncio.to_thread(self._server_contexts)
         listener, trust = await asyncio.to_thread(self._edge_contexts)
         internal, external, edge_sock = self._bind()
+        self._tls_contexts = [*contexts, listener, trust]
         try:
             store = self._store = Store.open(self.state_dir, pool_of=self.config.pool_of())
             self.snapshots = SnapshotWatcher(store, clock=self._clock, events=self.events)
@@ -244,6 +247,13 @@ class ServicePool(Service):
         if self._running:
             self._running = False
             self.events.publish("service.stopped")
+
+    def log_keys(self, path: Path | None) -> None:
+        """Write the TLS session keys of every front end and of the edge (towards phones and
+        towards the front ends) to ``path`` in the NSS key log format, from the next
+        handshake on; None stops it. With these keys a capture of the traffic decrypts."""
+        for context in self._tls_contexts:
+            context.keylog_filename = None if path is None else str(path)  # type: ignore[assignment]
 
     def _server_contexts(self) -> list[ssl.SSLContext]:
         return [self.pki.server(fe.name).server_context() for fe in self.config.front_ends]

@@ -54,6 +54,7 @@ from aiohttp.web_protocol import RequestHandler
 from lab.errors import ServiceError
 from lab.net.config import Limits
 from lab.net.guard import ConnectionBudget
+from lab.net.netns import socket_at
 from lab.service.problems import Diagnostic, Problem
 
 BIND_ATTEMPTS = 20
@@ -542,7 +543,7 @@ async def answer_expect(request: web.BaseRequest) -> None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket_at(host, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

@@ -26,6 +26,7 @@ from typing import cast
 
 import h11
 
+from lab.net.netns import socket_at
 from lab.service.sites import GuardedConnection
 
 HIGH_WATER = 256 * 1024
@@ -196,7 +197,7 @@ async def open_link(
     ``trust``; OSError (TimeoutError, ssl.SSLCertVerificationError among them) if none."""
     loop = asyncio.get_running_loop()
     link = Link(upstream, on_idle_close, patience)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket_at(source, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.bind((source, 0))

@@ -132,6 +132,9 @@ def test_a_lease_file_is_read(tmp_path: Path) -> None:
         ({"clock": {"start": "2030-06-01T08:00:00", "at": 0, "scale": 1}}, "'clock' must be"),
         ({"clock": {"start": "2030-06-01T08:00:00Z", "at": 0, "scale": 0}}, "'clock' must be"),
         ({"clock": {"start": "soon", "at": 0, "scale": 1}}, "'soon' is no ISO time"),
+        ({"netns": "/proc/1/ns/net"}, "'netns' must be"),
+        ({"netns": {"user": 3, "segments": {}}}, "'netns' must be"),
+        ({"netns": {"segments": {"dmz": "/proc/1/ns/net"}}}, "'dmz' is no segment"),
     ],
 )
 def test_a_bad_lease_says_what_is_wrong(change: dict[str, object], words: str) -> None:
@@ -148,6 +151,28 @@ def test_a_lease_carries_the_labs_clock_which_phones_follow() -> None:
     assert lease.clock.at_wall(1000.0) == start
     assert lease.clock.at_wall(1010.0) == start + 600.0
     assert parse_lease(LEASE_JSON).clock is None
+
+
+def test_a_lease_names_the_namespaces_of_a_lab_in_its_own_network() -> None:
+    lease = parse_lease(
+        {
+            **LEASE_JSON,
+            "segments": {"inside": "198.18.0.0/16", "outside": "198.19.0.0/16"},
+            "netns": {
+                "user": "/proc/7/ns/user",
+                "home": "/proc/7/ns/net",
+                "segments": {"inside": "/proc/8/ns/net", "outside": "/proc/9/ns/net"},
+            },
+        }
+    )
+    assert lease.netns is not None
+    assert (lease.netns.user, lease.netns.home) == ("/proc/7/ns/user", "/proc/7/ns/net")
+    # A phone's socket is made in the namespace of the segment its address is in.
+    assert lease.netns.namespace_of("198.18.1.5") == "/proc/8/ns/net"
+    assert lease.netns.namespace_of("198.19.1.5") == "/proc/9/ns/net"
+    assert lease.netns.namespace_of("127.0.0.1") is None
+    assert lease.netns.namespace_of("not an address") is None
+    assert parse_lease(LEASE_JSON).netns is None
 
 
 def test_unreadable_leases(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from lab.net.dns.responder import Malformed, Responder, failure_reply
 from lab.net.dns.zones import View, ViewRecords, build_views
 from lab.net.firewall import FirewallPolicy, Zone
 from lab.net.guard import ConnectionBudget, FaultLog
+from lab.net.netns import socket_at
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def _packet(data: bytes, client: tuple[str, int], transport: str) -> str:
 
 
 def _bound_socket(host: str, port: int, kind: socket.SocketKind) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    sock = socket_at(host, kind)
     try:
         if kind == socket.SOCK_STREAM:
             # A restarted lab gets its port back while old connections sit in TIME_WAIT.

@@ -56,6 +56,7 @@ from lab.errors import ScenarioError
 from lab.events import Event
 from lab.models import phone_model
 from lab.net.config import LabConfig
+from lab.net.netns import LabNetwork, netns_config
 from lab.net.pki import FaultKind
 from lab.ops.harness import (
     IMAGE_SIZE,
@@ -666,6 +667,8 @@ async def run_scenario(
     expected: str | None = None,
     scale: float | None = None,
     on_timeline: Callable[[TimelineEntry], None] | None = None,
+    network: LabNetwork | None = None,
+    capture: str | None = None,
 ) -> Observation:
     """Run ``scenario`` on a lab of ``config`` (ports 0) with its state under ``workdir``.
 
@@ -674,15 +677,19 @@ async def run_scenario(
     ScaledClock running ``scale`` times faster than real time. ``on_timeline`` is told each
     entry of the timeline as it happens, so a viewer can follow the run: the entries
     ``Observation.timeline`` holds at the end, in the order they happened (the observation
-    sorts them by time). It must not raise.
+    sorts them by time). It must not raise. With ``network`` (lab.net.netns, built from
+    ``config``) the lab runs in it on Lync's ports, recording into ``capture`` if named.
     """
     started = time.monotonic()
     applied = scenario.fault if fault else None
+    configured = scenario.setup.configure(config)
     lab = Lab(
-        scenario.setup.configure(config),
+        netns_config(configured) if network is not None else configured,
         workdir / "state",
         certificate_fault=applied.certificate() if applied else None,
         clock=lab_clock(scale),
+        network=network,
+        capture=capture,
     )
     try:
         async with started_lab(lab, scale=scale) as running:
