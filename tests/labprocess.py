@@ -148,3 +148,41 @@ def stop_lab(running: LabProcess) -> None:
             proc.wait(timeout=10)
     assert proc.stdout is not None
     proc.stdout.close()
+
+
+PASSWORDS = {"alice": "Passw0rd!", "bob": "Summer2026!", "carol": "Autumn2026!"}
+"""The default lab's users' passwords, which `emulator run --user` asks for."""
+
+
+def run_phone(
+    state: Path, index: int, *, location: str = "inside", user: str | None = None
+) -> dict[str, Any]:
+    """One CX600 (``index``) run by `emulator run` against the lab of ``state`` until it
+    settles, as its JSON (with the phone log)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "emulator.cli",
+        "run",
+        "--state-dir",
+        str(state),
+        "--phones",
+        "1",
+        "--first-index",
+        str(index),
+        "--location",
+        location,
+        "--json",
+        "--log",
+    ]
+    stdin = ""
+    if user is not None:
+        argv += ["--user", user]
+        stdin = PASSWORDS[user] + "\n"  # asked for, as a person types it
+    done = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    [phone] = json.loads(done.stdout)["phones"]
+    result: dict[str, Any] = phone
+    return result

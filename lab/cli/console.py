@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"lab seconds per real second for a lab the console starts (default "
         f"{common.DEMO_SCALE:g}: a phone's five-minute wait takes five seconds)",
     )
+    common.add_netns_options(console, "a lab the console starts")
     console.set_defaults(func=cmd_console)
 
 
@@ -73,6 +74,11 @@ def cmd_console(args: argparse.Namespace) -> int:
             f"--scale is for a lab the console starts; the lab of {state} is running "
             "with its own clock (lab up --scale)"
         )
+    if running is not None and (args.netns or args.capture is not None):
+        raise ValueError(
+            f"--netns and --capture are for a lab the console starts; the lab of {state} is "
+            "running in the network it was started with (lab capture starts a capture)"
+        )
     terminal = Terminal()
     if running is not None:
         config = _config_of(args, running)
@@ -82,11 +88,18 @@ def cmd_console(args: argparse.Namespace) -> int:
             lambda: _serve(terminal, config, args.port, common.DEMO_SCALE, attach_to=state)
         )
     else:
-        config = common.config_from(args)
         scale = args.scale or common.DEMO_SCALE
-        lab = Lab(config, common.state_dir(args), clock=LabClock.starting(None, scale))
-        # The demo runs at the console's scale too (a fresh lab of its own).
-        run_event_loop(lambda: _serve(terminal, config, args.port, scale, lab=lab))
+        with contextlib.ExitStack() as stack:
+            config, network = common.own_network(args, common.config_from(args), stack)
+            lab = Lab(
+                config,
+                common.state_dir(args),
+                clock=LabClock.starting(None, scale),
+                network=network,
+                capture=args.capture,
+            )
+            # The demo runs at the console's scale too (a fresh lab of its own).
+            run_event_loop(lambda: _serve(terminal, config, args.port, scale, lab=lab))
     print("console stopped")
     return 0
 

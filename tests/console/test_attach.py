@@ -59,6 +59,10 @@ def test_the_console_attaches_to_a_running_lab(lab: LabProcess, tmp_path: Path) 
     refused = lab.lab("console", "--port", "0", "--scale", "10")
     assert refused.returncode == 2
     assert "--scale is for a lab the console starts" in refused.stderr
+    # So is a network of its own: the running lab keeps the one it was started with.
+    refused = lab.lab("console", "--port", "0", "--netns")
+    assert refused.returncode == 2
+    assert "--netns and --capture are for a lab the console starts" in refused.stderr
 
     console = start_console(tmp_path / "console", config=lab.config, state=lab.state)
     try:

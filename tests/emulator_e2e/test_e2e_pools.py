@@ -10,45 +10,12 @@ pool01) and alice's (homed on pool01) are told there is nothing for them.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from labprocess import LabProcess, start_lab, stop_lab
+from labprocess import run_phone, start_lab, stop_lab
 
 from lab.ops.harness import FACTORY, NEW
-
-PASSWORDS = {"alice": "Passw0rd!", "carol": "Autumn2026!"}
-
-
-def run_phone(up: LabProcess, index: int, user: str | None = None) -> dict[str, Any]:
-    """One inside CX600 (``index``) run by `emulator run` until it settles, as JSON."""
-    argv = [
-        sys.executable,
-        "-m",
-        "emulator.cli",
-        "run",
-        "--state-dir",
-        str(up.state),
-        "--phones",
-        "1",
-        "--first-index",
-        str(index),
-        "--json",
-        "--log",
-    ]
-    stdin = ""
-    if user is not None:
-        argv += ["--user", user]
-        stdin = PASSWORDS[user] + "\n"  # asked for, as a person types it
-    done = subprocess.run(
-        argv, input=stdin, capture_output=True, text=True, timeout=180, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    [phone] = json.loads(done.stdout)["phones"]
-    result: dict[str, Any] = phone
-    return result
 
 
 def codes(phone: dict[str, Any], code: str) -> list[dict[str, Any]]:
@@ -85,17 +52,17 @@ def test_a_cab_imported_into_one_pool_reaches_only_the_phones_that_pool_serves(
         assert (up.state / "pools" / "se01.contoso.test" / "DeviceUpdateFiles").is_dir()
         assert not (up.state / "pools" / "pool01.contoso.test").exists()
 
-        lobby = run_phone(up, 1)
+        lobby = run_phone(up.state, 1)
         assert lobby["version"] == FACTORY
         [told] = codes(lobby, "up-to-date")
         assert told["facts"]["url"].startswith("https://ucupdates-r2.contoso.test:")
 
-        alice = run_phone(up, 2, "alice")
+        alice = run_phone(up.state, 2, user="alice")
         assert alice["version"] == FACTORY
         [signed_in] = codes(alice, "signed-in")
         assert "internal URL https://pool01.contoso.test:" in signed_in["line"]
 
-        carol = run_phone(up, 3, "carol")
+        carol = run_phone(up.state, 3, user="carol")
         assert carol["version"] == NEW
         [signed_in] = codes(carol, "signed-in")
         # In-band provisioning from her home pool, which no edge publishes.

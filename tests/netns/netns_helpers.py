@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
-
-PASSWORDS = {"alice": "Passw0rd!"}
 
 # A connection attempt from a segment, in a process of its own: it joins the lab's user
 # namespace if the lab has one (only a process with one thread may), then makes its socket
 # in the segment's namespace with the emulator's helper, as a phone does.
 _CONNECT = """
-import json, socket, sys
+import socket, sys
 from emulator.lease import load_lease
 lease = load_lease(__import__("pathlib").Path(sys.argv[1]))
 lease.netns.join_user()
@@ -53,39 +49,6 @@ def connect_from(state: Path, source: str, host: str, port: int, *, timeout: flo
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
-
-
-def run_phone(
-    state: Path, *, index: int, location: str = "inside", user: str | None = None
-) -> dict[str, Any]:
-    """One CX600 run by `emulator run` until it settles, as JSON (with its log)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "emulator.cli",
-        "run",
-        "--state-dir",
-        str(state),
-        "--phones",
-        "1",
-        "--first-index",
-        str(index),
-        "--location",
-        location,
-        "--json",
-        "--log",
-    ]
-    stdin = ""
-    if user is not None:
-        argv += ["--user", user]
-        stdin = PASSWORDS[user] + "\n"
-    done = subprocess.run(
-        argv, input=stdin, capture_output=True, text=True, timeout=180, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    [phone] = json.loads(done.stdout)["phones"]
-    result: dict[str, Any] = phone
-    return result
 
 
 def tshark(

@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labprocess import LabProcess, lab_cmd, start_lab, stop_lab, write_config
-from netns_helpers import connect_from, run_phone, tshark
+import pytest
+from labprocess import LabProcess, lab_cmd, run_phone, start_lab, stop_lab, write_config
+from netns_helpers import connect_from, tshark
 
 from lab.ops.harness import FACTORY
 
@@ -77,7 +78,7 @@ def test_the_servers_listen_on_lyncs_ports_in_their_segments(netns_lab: LabProce
 def test_an_inside_phone_updates_through_the_real_ports(
     netns_lab: LabProcess, published: str
 ) -> None:
-    phone = run_phone(netns_lab.state, index=1)
+    phone = run_phone(netns_lab.state, 1)
     assert phone["address"] == "198.18.1.1"
     assert phone["version"] == published
     [asked] = codes(phone, "checking")[:1]
@@ -93,7 +94,7 @@ def test_outside_a_phone_without_a_user_is_refused_and_a_syn_to_an_inside_site_d
     started = capture(netns_lab, "start", "refusals")
     assert started["running"] is True
 
-    phone = run_phone(netns_lab.state, index=2, location="outside")
+    phone = run_phone(netns_lab.state, 2, location="outside")
     assert phone["version"] == FACTORY
     assert codes(phone, "denied"), "the edge must have refused the check"
     # A host on the internet tries the internal site itself: the router drops its SYNs.
@@ -152,7 +153,7 @@ def test_tshark_decrypts_the_checks_and_the_ntlm_exchange_of_a_capture(
     netns_lab: LabProcess, published: str
 ) -> None:
     capture(netns_lab, "start", "signed-in")
-    phone = run_phone(netns_lab.state, index=3, location="outside", user="alice")
+    phone = run_phone(netns_lab.state, 3, location="outside", user="alice")
     assert phone["version"] == published
     stopped = capture(netns_lab, "stop")
     pcap, keys = Path(str(stopped["file"])), Path(str(stopped["keys"]))
@@ -233,30 +234,69 @@ def test_a_lab_on_loopback_has_no_network_to_capture(tmp_path: Path) -> None:
         stop_lab(up)
 
 
-def test_without_the_tools_the_mode_says_so_in_one_line_and_exits_2(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
+@pytest.mark.parametrize(
+    ("args", "path", "said"),
+    [
+        # A machine without the tools: one line, exit 2, nothing started.
+        (("--netns",), "no-tools", "lab: --netns needs unshare, nsenter, ip, nft"),
+        (("--capture",), None, "lab: --capture records the lab's own network: give --netns too"),
+    ],
+)
+def test_what_the_mode_cannot_do_is_said_in_one_line_with_exit_2(
+    tmp_path: Path, args: tuple[str, ...], path: str | None, said: str
+) -> None:
+    env = {**os.environ, "PATH": str(tmp_path / path)} if path else None
     done = subprocess.run(
-        lab_cmd(config, tmp_path / "state", "up", "--netns"),
+        lab_cmd(write_config(tmp_path), tmp_path / "state", "up", *args),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, "PATH": str(tmp_path / "no-tools")},
+        env=env,
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("lab: --netns needs unshare, nsenter, ip, nft")
+    assert done.stderr.startswith(said)
     assert not (tmp_path / "state" / "run.json").exists()
 
 
-def test_capture_needs_the_network_mode(tmp_path: Path) -> None:
+def test_the_console_can_start_its_lab_in_a_network_of_its_own(
+    require_netns: None, tmp_path: Path
+) -> None:
     config = write_config(tmp_path)
-    done = subprocess.run(
-        lab_cmd(config, tmp_path / "state", "up", "--capture"),
-        capture_output=True,
+    state = tmp_path / "state"
+    console = subprocess.Popen(
+        lab_cmd(config, state, "console", "--port", "0", "--netns", "--capture", "console"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-        check=False,
     )
-    assert done.returncode == 2
-    assert "--capture records the lab's own network: give --netns too" in done.stderr
+    try:
+        assert console.stdout is not None
+        # Blocking reads: the console prints its login link once it serves.
+        for line in console.stdout:
+            if "log in with this link" in line:
+                break
+        else:
+            raise AssertionError(
+                f"the console ended: {console.stderr.read() if console.stderr else ''}"
+            )
+        status = json.loads(
+            subprocess.run(
+                lab_cmd(config, state, "status", "--json"),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+        )
+        assert status["endpoints"]["edge"]["https"] == f"{EDGE}:443"
+        assert status["network"]["capture"]["running"] is True
+    finally:
+        console.terminate()
+        console.wait(timeout=30)
+        for stream in (console.stdout, console.stderr):
+            if stream is not None:
+                stream.close()
+    # Stopped with the lab, the capture is complete.
+    assert (state / "captures" / "console.pcap").stat().st_size >= 24
