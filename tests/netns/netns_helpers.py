@@ -28,7 +28,7 @@ else:
 """
 
 
-def connect_from(state: Path, source: str, host: str, port: int, *, timeout: float = 1.0) -> str:
+def connect_from(state: Path, source: str, host: str, port: int, *, timeout: float = 0.5) -> str:
     """A TCP connection from ``source`` (a phone's address) to ``host:port`` in the lab's
     network: "connected", "refused" (a reset) or "timed out" (no answer at all)."""
     done = subprocess.run(
