@@ -66,6 +66,12 @@ class PacketCapture:
             raise NetnsError(f"a capture needs {self.tool} (Debian: {package})")
         self.pcap.parent.mkdir(parents=True, exist_ok=True)
         process = await asyncio.create_subprocess_exec(
+            # Ended with the lab, even a killed one: the namespace it listens in would
+            # otherwise outlive the lab, held open by the capture alone.
+            "setpriv",
+            "--pdeathsig",
+            "TERM",
+            "--",
             "nsenter",
             f"--net={self.network.router_path}",
             "--",

@@ -51,7 +51,7 @@ OUTSIDE = ipaddress.IPv4Network("198.19.0.0/16")
 PERIMETER = ipaddress.IPv4Network("203.0.113.0/24")
 # Host numbers below this are the lab's servers; phone n takes x.y.1.n (as on loopback).
 PHONE_HOSTS = 256
-TOOLS = ("unshare", "nsenter", "ip", "nft")
+TOOLS = ("unshare", "nsenter", "setpriv", "ip", "nft")
 # The router's table until the lab applies its own rules: nothing is forwarded.
 CLOSED = """table inet lab {
   chain forward {

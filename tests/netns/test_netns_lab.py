@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -238,7 +239,7 @@ def test_a_lab_on_loopback_has_no_network_to_capture(tmp_path: Path) -> None:
     ("args", "path", "said"),
     [
         # A machine without the tools: one line, exit 2, nothing started.
-        (("--netns",), "no-tools", "lab: --netns needs unshare, nsenter, ip, nft"),
+        (("--netns",), "no-tools", "lab: --netns needs unshare, nsenter, setpriv, ip, nft"),
         (("--capture",), None, "lab: --capture records the lab's own network: give --netns too"),
     ],
 )
@@ -300,3 +301,44 @@ def test_the_console_can_start_its_lab_in_a_network_of_its_own(
                 stream.close()
     # Stopped with the lab, the capture is complete.
     assert (state / "captures" / "console.pcap").stat().st_size >= 24
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ends within ``timeout`` seconds (told by its pidfd)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def test_a_killed_lab_takes_its_network_and_capture_with_it(
+    require_netns: None, tmp_path: Path
+) -> None:
+    up = start_lab(tmp_path / "lab", up_args=("--netns", "--capture", "killed"))
+    network = up.info["network"]
+    holders = [int(network["router"].split("/")[2])] + [
+        int(segment["netns"].split("/")[2]) for segment in network["segments"].values()
+    ]
+    pcap = str(up.state / "captures" / "killed.pcap")
+    [capture] = [
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and pcap.encode() in _cmdline(int(pid))
+    ]
+    up.proc.kill()
+    up.proc.wait(timeout=30)
+    assert up.proc.stdout is not None
+    up.proc.stdout.close()
+    for pid in [*holders, capture]:
+        assert _exited(pid, timeout=10), f"process {pid} outlived the killed lab"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
