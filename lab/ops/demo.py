@@ -797,7 +797,10 @@ async def run_demo(
     """
     began = time.perf_counter()
     phones = demo_fleet(config)
-    check_ports(config)
+    if network is None:
+        # In a network of its own the servers' ports are in new namespaces, and the admin
+        # API's is bound already (by the network, which said so if it could not).
+        check_ports(config)
     if isinstance(narration, Narrator):
         narrator = narration
         narrator.phones = list(phones)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -342,3 +343,28 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_the_demo_runs_in_a_network_of_its_own(require_netns: None, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    # A fixed admin port, as the default config has: the network binds it before the demo
+    # looks for ports in use, which must not take it for another lab's.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        admin = probe.getsockname()[1]
+    config = write_config(tmp_path, {"ports": {"admin": admin}})
+    done = subprocess.run(
+        lab_cmd(config, state, "demo", "--scale", "600", "--netns", "--capture"),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "DNS 198.18.0.2:53 (ucupdates-r2 at pool01.contoso.test)" in done.stdout
+    assert f"edge edge01.contoso.test {EDGE}:443" in done.stdout
+    assert "Every phone ended as it should." in done.stdout
+    [pcap] = (state / "captures").glob("capture-*.pcap")
+    # The demo's outside phones went through the router to the edge.
+    assert tshark(pcap, f"ip.dst=={EDGE} && tcp.dstport==443", ["ip.src"])
