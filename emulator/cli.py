@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -150,6 +151,16 @@ _count = _whole_number(MAX_INDEX)
 _workers = _whole_number(MAX_WORKERS, "--workers")
 
 
+def _metrics_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return port
+
+
 def _share(text: str) -> float:
     try:
         value = float(text)
@@ -213,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_workers,
         default=1,
         help="processes to spread the fleet over, each with its own loop (default 1)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_metrics_port,
+        default=None,
+        metavar="PORT",
+        help="serve the fleet's figures for Prometheus on http://127.0.0.1:PORT/metrics while "
+        "it runs (0: any free port; with --workers, each worker on the next port)",
     )
     # Set by a run with --workers for each of its worker processes.
     run.add_argument("--address-offset", type=int, default=0, help=argparse.SUPPRESS)
@@ -516,12 +535,19 @@ async def run_fleet(
             address_offset=getattr(args, "address_offset", 0),
         )
         display = ProgressDisplay(console or Console(stderr=True), args.duration)
-        with display:
-            result = await fleet.run(
-                duration=args.duration,
-                until_settled=not args.full,
-                progress=display.update if display.enabled else None,
-            )
+        async with contextlib.AsyncExitStack() as stack:
+            port = getattr(args, "metrics_port", None)
+            if port is not None:
+                from emulator.metrics import served
+
+                bound = await stack.enter_async_context(served(fleet, port))
+                print(f"metrics: http://127.0.0.1:{bound}/metrics", file=sys.stderr, flush=True)
+            with display:
+                result = await fleet.run(
+                    duration=args.duration,
+                    until_settled=not args.full,
+                    progress=display.update if display.enabled else None,
+                )
         if not getattr(args, "upload_logs", False):
             return RunOutcome(result)
         return RunOutcome(result, await upload_logs(fleet.drivers))
@@ -628,9 +654,12 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
             "--json",
             "--compact-json",
             "--worker",
+            "--metrics-port",
         },
     )
     workers = min(args.workers, args.phones)
+    if args.metrics_port and args.metrics_port + workers - 1 > 65535:
+        raise FleetError(f"--metrics-port {args.metrics_port} leaves no port for {workers} workers")
     sizes = [
         args.phones // workers + (1 if i < args.phones % workers else 0) for i in range(workers)
     ]
@@ -649,6 +678,11 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
             str(args.first_index + offset),
             "--address-offset",
             str(offset),
+            *(
+                ["--metrics-port", str(_worker_port(args.metrics_port, len(processes)))]
+                if args.metrics_port is not None
+                else []
+            ),
             *(["--start", to_datetime(start).isoformat()] if start is not None else []),
             "--worker",
             # Their JSON goes to a pipe: indenting it would cost CPU for nothing.
@@ -708,6 +742,12 @@ def _write_fully(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
             select.select([], [fd], [])
+
+
+def _worker_port(port: int, worker: int) -> int:
+    """The metrics port of worker number ``worker`` (from 0): the next after the previous
+    worker's, or any free one (0) for each."""
+    return port + worker if port else 0
 
 
 def _without(argv: list[str], options: set[str]) -> list[str]:

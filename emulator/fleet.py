@@ -410,7 +410,7 @@ def _addresses(specs: Sequence[PhoneSpec], builder: PhoneBuilder, offset: int = 
 def _phone_result(spec: PhoneSpec, driver: PhoneDriver, start: float) -> PhoneResult:
     phone = driver.phone
     identity = phone.identity
-    converged = _converged_at(driver.timeline) if driver.settled and driver.error is None else None
+    converged = converged_at(driver.timeline) if driver.settled and driver.error is None else None
     return PhoneResult(
         index=identity.index,
         model=identity.model.name,
@@ -433,7 +433,7 @@ def _phone_result(spec: PhoneSpec, driver: PhoneDriver, start: float) -> PhoneRe
     )
 
 
-def _converged_at(timeline: Sequence[Change]) -> float | None:
+def converged_at(timeline: Sequence[Change]) -> float | None:
     """The first time the phone was idle after its last change of version."""
     last_change = 0
     for i in range(1, len(timeline)):

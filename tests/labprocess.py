@@ -9,6 +9,7 @@ never by sleeping.
 
 from __future__ import annotations
 
+import http.client
 import json
 import resource
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from lab.net.config import default_text
 
@@ -72,6 +74,23 @@ class LabProcess:
         assert result.returncode == 0, result.stderr
         data: dict[str, Any] = json.loads(result.stdout)
         return data
+
+    def metrics(self) -> dict[str, float]:
+        """``GET /metrics`` of the admin API, read with prometheus_client's own parser:
+        each sample's value by its name and labels, as ``lab_x_total{a="1",b="2"}``."""
+        host, port = self.endpoint("admin", "http")
+        token = (self.state / "admin.token").read_text().strip()
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+            response = connection.getresponse()
+            assert response.status == 200
+            # The Prometheus text format, as the client library writes it.
+            assert response.headers["Content-Type"].startswith("text/plain; version=")
+            text = response.read().decode()
+        finally:
+            connection.close()
+        return samples(text)
 
     @property
     def stderr_path(self) -> Path:
@@ -186,3 +205,14 @@ def run_phone(
     [phone] = json.loads(done.stdout)["phones"]
     result: dict[str, Any] = phone
     return result
+
+
+def samples(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition, by ``name{label="value",...}`` with
+    the labels sorted."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found

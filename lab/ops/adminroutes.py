@@ -16,12 +16,17 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from lab.ops import capture_api, store_api, wall_api
+from lab.ops import capture_api, metrics_api, store_api, wall_api
 from lab.ops.operated import OperatedLab
 
 Register = Callable[[web.Application, OperatedLab], None]
 
-ROUTES: tuple[Register, ...] = (store_api.register, wall_api.register, capture_api.register)
+ROUTES: tuple[Register, ...] = (
+    store_api.register,
+    wall_api.register,
+    capture_api.register,
+    metrics_api.register,
+)
 """Every module's ``register``, in the order their routes are added."""
 
 

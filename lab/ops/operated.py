@@ -13,6 +13,7 @@ from typing import Protocol
 from lab.clock import LabClock
 from lab.net.config import LabConfig
 from lab.net.pki import LabPKI
+from lab.ops.metrics import LabMetrics
 from lab.ops.netmode import NetworkMode
 from lab.ops.wall import PhoneWall
 from lab.service.admin import AdministeredLab
@@ -50,4 +51,9 @@ class OperatedLab(AdministeredLab, Protocol):
     @property
     def network(self) -> NetworkMode | None:
         """The lab's own network (`--netns`): its rules and captures; None on loopback."""
+        ...
+
+    @property
+    def metrics(self) -> LabMetrics:
+        """The lab's figures for Prometheus (``GET /metrics``)."""
         ...

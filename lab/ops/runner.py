@@ -38,6 +38,7 @@ from lab.net.guard import ConnectionBudget
 from lab.net.netns import LabNetwork
 from lab.net.pki import FAULTS, VENDORS, CertPair, FaultKind, LabPKI
 from lab.ops import adminroutes
+from lab.ops.metrics import LabMetrics
 from lab.ops.netmode import NetworkMode
 from lab.ops.runfile import RUN_FILE as RUN_FILE
 from lab.ops.runfile import read_run_file as read_run_file
@@ -173,6 +174,8 @@ class Lab(Service):
             else None
         )
         self._capture_at_start = capture
+        # GET /metrics (lab.ops.metrics): every audit record is counted as it is written.
+        self.metrics = LabMetrics(config, state_dir, self.pool, self.dns, self.clock)
         self._stack = AsyncExitStack()
         self.admin_address: tuple[str, int] = ("127.0.0.1", config.ports.admin)
         self.started_at: float | None = None
@@ -243,6 +246,7 @@ class Lab(Service):
 
     def _audit(self, record: AuditRecord) -> None:
         self.audit[record.server].write(record)
+        self.metrics.record(record)
 
     def _close_audit(self) -> None:
         for log in self.audit.values():

@@ -185,6 +185,10 @@ class FrontEndServer:
         self.ssl_context = ssl_context
         self.mode = Mode.PRODUCTION
         self.transfers: set[Transfer] = set()
+        # Since start: image bytes sent, and transfers that sent their file whole or not.
+        self.bytes_sent = 0
+        self.transfers_done = 0
+        self.transfers_cut = 0
         self.internal: TLSSite | None = None
         self.external: TLSSite | None = None
         self._make_handler = make_handler
@@ -286,6 +290,11 @@ class FrontEndServer:
         try:
             yield item
         finally:
+            self.bytes_sent += item.sent
+            if item.sent >= item.size:
+                self.transfers_done += 1
+            else:
+                self.transfers_cut += 1
             self.transfers.discard(item)
             if not self.transfers:
                 self._drained.set()

@@ -32,6 +32,7 @@ import hmac
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,6 +89,7 @@ _WINDOWS_VERSION = struct.pack("<BBH3xB", 6, 3, 9600, 15)
 
 LOGON_FAILURE = "the user name or password is incorrect"
 LOCKED_OUT = "the account is locked out after failed sign-ins"
+NTLM_OUTCOMES = ("success", "failure", "lockout", "throttled")
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,8 @@ class Directory:
         self._on_lockout = on_lockout
         self._accounts: dict[str, _Failures] = {}
         self._addresses: dict[str, _Failures] = {}
+        # Sign-ins since start: good, failed, accounts locked by a failure, throttled tries.
+        self.outcomes: Counter[str] = Counter(dict.fromkeys(NTLM_OUTCOMES, 0))
         self._hashes = {user.name.lower(): bytes.fromhex(user.nt_hash) for user in self.users}
         # An unknown user's answer is checked too, against this, so that it takes as long.
         self._nobody = os.urandom(16)
@@ -376,6 +380,7 @@ class Directory:
         is now locked."""
         policy = self.lockout
         locked = False
+        self.outcomes["failure"] += 1
         if user is not None:
             locked = self._count(
                 self._accounts, user.name.lower(), policy.threshold, policy.duration, "account"
@@ -407,6 +412,7 @@ class Directory:
 
     def record_success(self, user: User) -> None:
         """A good sign-in clears the failures counted against the account so far."""
+        self.outcomes["success"] += 1
         self._accounts.pop(user.name.lower(), None)
 
     def unlock(self, user: User) -> None:
@@ -500,6 +506,7 @@ class NtlmSession:
         # A throttled address is refused before its answer is looked at: no guess counts.
         blocked = directory.address_blocked(self.address) if self.address else 0.0
         if blocked > 0:
+            directory.outcomes["throttled"] += 1
             return Throttled(self.address, max(1, round(blocked)))
         try:
             info = read_authenticate(token)
@@ -524,5 +531,6 @@ class NtlmSession:
     def _failed(self, user: User | None, reason: str) -> NtlmOutcome:
         locked = self._directory.record_failure(user, self.address)
         if locked:
+            self._directory.outcomes["lockout"] += 1
             return Rejected(LOCKED_OUT, locked=True)
         return Rejected(reason)

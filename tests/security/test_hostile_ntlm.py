@@ -52,6 +52,10 @@ def test_the_domain_inside_the_user_field_is_counted_and_locked(guarded_lab: Lab
         assert sign_in(guarded_lab, "127.20.1.2", form, "Passw0rd!") == 403
     status = guarded_lab.status()
     assert "alice" in status["pool"]["ntlm"]["locked_accounts"]
+    # Counted for Prometheus: the failures, and the one that locked the account.
+    metrics = guarded_lab.metrics()
+    assert metrics['lab_ntlm_signins_total{outcome="failure"}'] >= 6
+    assert metrics['lab_ntlm_signins_total{outcome="lockout"}'] == 1
 
 
 def test_wrong_password_and_unknown_user_answer_alike(guarded_lab: LabProcess) -> None:
@@ -88,6 +92,11 @@ def test_one_address_is_throttled_and_cannot_lock_every_account(
     assert OUTSIDE_ATTACKER in ntlm["throttled_addresses"]
     shown = lab.lab("status")
     assert OUTSIDE_ATTACKER in shown.stdout
+    metrics = lab.metrics()
+    assert metrics['lab_ntlm_signins_total{outcome="failure"}'] == 4
+    assert metrics['lab_ntlm_signins_total{outcome="throttled"}'] == 1
+    assert metrics['lab_ntlm_signins_total{outcome="success"}'] == 1
+    assert metrics['lab_ntlm_signins_total{outcome="lockout"}'] == 0
 
 
 def test_the_authenticated_user_is_recorded(lab_factory: Callable[..., LabProcess]) -> None:

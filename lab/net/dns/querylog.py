@@ -106,6 +106,8 @@ class Counters:
         self.queries = dict.fromkeys(TRANSPORTS, 0)
         self.rcodes: dict[str, int] = {}
         self.views: dict[str, int] = {}
+        # Answered queries by view and response code together (what a dashboard splits by).
+        self.answers: dict[tuple[str, str], int] = {}
         self.faults: dict[str, int] = {}
         self.malformed_reasons: dict[str, int] = {}
         self.malformed = 0
@@ -125,6 +127,8 @@ class Counters:
             self.dropped += 1
         else:
             self.rcodes[outcome.rcode] = self.rcodes.get(outcome.rcode, 0) + 1
+            key = (outcome.view, outcome.rcode)
+            self.answers[key] = self.answers.get(key, 0) + 1
         if outcome.fault is not None:
             self.faults[outcome.fault] = self.faults.get(outcome.fault, 0) + 1
         if outcome.truncated:
