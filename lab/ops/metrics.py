@@ -85,6 +85,7 @@ class _Sample:
     ntlm: dict[str, int]
     dns_answers: dict[tuple[str, str], int]
     dns_malformed: int
+    pools: tuple[str, ...]
 
 
 class LabMetrics:
@@ -139,6 +140,7 @@ class LabMetrics:
             ntlm=dict(self.pool.directory.outcomes),
             dns_answers=dict(counters.answers),
             dns_malformed=counters.malformed,
+            pools=tuple(pool.fqdn for pool in self.config.pools),
         )
 
     def _inventory(self) -> list[PhoneStatus]:
@@ -242,7 +244,8 @@ def families(sample: _Sample, phones: list[PhoneStatus]) -> Iterator[Metric]:
     )
     yield _counter("lab_dns_malformed", "Malformed DNS packets.", [], [((), sample.dns_malformed)])
     by_kind: Counter[tuple[str, str, str, str]] = Counter()
-    behind: Counter[tuple[str]] = Counter()
+    # Every pool has its figure, 0 included: a dashboard's sum is then 0, not "no data".
+    behind: Counter[tuple[str]] = Counter({(pool,): 0 for pool in sample.pools})
     for status in phones:
         phone = status.phone
         by_kind[phone.pool, phone.kind.model, phone.version, _state(status)] += 1
