@@ -64,6 +64,13 @@ DEFAULT_SCALE = 3600.0
 """Phone seconds per wall-clock second by default: an hour a second, a day in 24 s."""
 DEFAULT_MAX_CLIENTS = 128
 """Phones with an HTTPS exchange in progress at once: bounds a large fleet's memory."""
+
+# Against a lease written by hand (a real deployment): real time, a few phones talking at
+# once, and two new phones a second, so that a fleet started by mistake is a trickle.
+GENTLE_SCALE = 1.0
+GENTLE_MAX_CLIENTS = 16
+GENTLE_RATE = 2.0
+PASSWORD_ENV = "EMULATOR_PASSWORD"  # noqa: S105 (a variable's name)
 MAX_WORKERS = 64
 MIXED = "mixed"
 TABLE_LIMIT = 20
@@ -119,6 +126,16 @@ def _non_negative_duration(text: str) -> float:
     value = parse_duration(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be a negative duration")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
     return value
 
 
@@ -255,6 +272,33 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir", type=Path, default=Path("state"), help="the lab's state directory"
     )
+    target = parser.add_argument_group(
+        "a real deployment (docs/real-deployment.md): gentle defaults apply with --lease"
+    )
+    target.add_argument(
+        "--lease",
+        type=Path,
+        help="a lease written by hand (docs/wire-protocol.md) instead of the lab's in "
+        f"--state-dir; then --scale defaults to {GENTLE_SCALE:g}, --max-clients to "
+        f"{GENTLE_MAX_CLIENTS} and --rate to {GENTLE_RATE:g}",
+    )
+    target.add_argument(
+        "--source",
+        help="every phone sends from this address, the machine's own (default: x.y.1.n of "
+        "the lease's segments)",
+    )
+    target.add_argument(
+        "--password-file",
+        type=Path,
+        help=f"read the --user's password from this file (or set {PASSWORD_ENV}; never on "
+        "the command line); without either it is asked for",
+    )
+    target.add_argument(
+        "--rate",
+        type=_positive_number,
+        help="at most this many phones power on per real second (default: no limit against a "
+        f"lab, {GENTLE_RATE:g} with --lease)",
+    )
     parser.add_argument(
         "--model",
         dest="models",
@@ -313,9 +357,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-clients",
         type=_count,
-        default=DEFAULT_MAX_CLIENTS,
+        default=None,
         help="most phones talking HTTPS at once; the others wait their turn "
-        f"(default {DEFAULT_MAX_CLIENTS})",
+        f"(default {DEFAULT_MAX_CLIENTS}, {GENTLE_MAX_CLIENTS} with --lease)",
     )
     faults = parser.add_argument_group("faults")
     faults.add_argument(
@@ -371,10 +415,32 @@ def credentials_from(args: argparse.Namespace, lease: Lease, stdin: TextIO) -> C
     try:
         if args.nt_hash:
             return Credentials(user, domain, nt_hash=args.nt_hash)
-        password = _ask_password(f"{domain}\\{user}", stdin)
+        password = _given_password(args) or _ask_password(f"{domain}\\{user}", stdin)
         return Credentials(user, domain, password=password)
     except CredentialsError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _limits(args: argparse.Namespace) -> tuple[float | None, int]:
+    """Power-ons per real second (None: no limit) and phones talking at once: as given, else
+    gentle against a lease written by hand (a real deployment), else a lab's defaults."""
+    gentle = args.lease is not None
+    rate = args.rate or (GENTLE_RATE if gentle else None)
+    return rate, args.max_clients or (GENTLE_MAX_CLIENTS if gentle else DEFAULT_MAX_CLIENTS)
+
+
+def _given_password(args: argparse.Namespace) -> str | None:
+    """The password from ``--password-file`` (its first line) or the environment, if given."""
+    path: Path | None = args.password_file
+    if path is not None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --password-file {path}: {exc}") from None
+        if not lines or not lines[0]:
+            raise UsageError(f"--password-file {path} holds no password")
+        return lines[0]
+    return os.environ.get(PASSWORD_ENV) or None
 
 
 def _ask_password(account: str, stdin: TextIO) -> str:
@@ -493,7 +559,8 @@ def phone_time(lease: Lease, args: argparse.Namespace) -> tuple[float, float]:
     lab = lease.clock
     if lab is None:
         start = args.start if args.start is not None else time.time()
-        return start, args.scale if args.scale is not None else DEFAULT_SCALE
+        default = GENTLE_SCALE if args.lease is not None else DEFAULT_SCALE
+        return start, args.scale if args.scale is not None else default
     if args.scale is not None and args.scale != lab.scale:
         raise UsageError(
             f"the lab runs its clock at {lab.scale:g} times real time and phones follow it: "
@@ -522,7 +589,8 @@ async def run_fleet(
     # ever see the scaled clock made from it.
     start, scale = phone_time(lease, args)
     clock = ScaledClock(loop.time, start=start, scale=scale)
-    network = LeaseNetwork(lease, clock, max_clients=args.max_clients)
+    rate, max_clients = _limits(args)
+    network = LeaseNetwork(lease, clock, max_clients=max_clients)
     with tempfile.TemporaryDirectory(prefix="emulator-", dir=_scratch_dir()) as workdir:
         fleet = Fleet(
             specs,
@@ -533,6 +601,9 @@ async def run_fleet(
             seed=args.seed,
             stagger=args.stagger if len(specs) > 1 else 0.0,
             address_offset=getattr(args, "address_offset", 0),
+            source=args.source,
+            # Phone seconds between two power-ons: at most ``rate`` a real second.
+            spacing=scale / rate if rate else 0.0,
         )
         display = ProgressDisplay(console or Console(stderr=True), args.duration)
         async with contextlib.AsyncExitStack() as stack:
@@ -598,7 +669,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         raise UsageError("--phone picks a phone of a run's JSON: give --from too")
     if args.nt_hash and not args.user:
         raise UsageError("--nt-hash needs --user")
-    lease = _lease(args.state_dir)
+    lease = _lease(args)
     credentials = credentials_from(args, lease, sys.stdin)
     count = args.phones if args.command == "run" else 1
     specs = specs_from(args, count, credentials)
@@ -638,7 +709,7 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
     and the password (if one is asked for) on its standard input; each prints its share
     as JSON, which is merged into one result as one process would have printed it.
     """
-    lease = _lease(args.state_dir)
+    lease = _lease(args)
     credentials = credentials_from(args, lease, sys.stdin)
     specs_from(args, args.phones, None)  # the indexes must fit before anything starts
     # Workers of a lab that keeps its own clock each follow it; otherwise they share a start.
@@ -655,9 +726,13 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
             "--compact-json",
             "--worker",
             "--metrics-port",
+            "--rate",
+            "--max-clients",
         },
     )
     workers = min(args.workers, args.phones)
+    # The run's limits are shared out: together the workers keep to them.
+    rate, max_clients = _limits(args)
     if args.metrics_port and args.metrics_port + workers - 1 > 65535:
         raise FleetError(f"--metrics-port {args.metrics_port} leaves no port for {workers} workers")
     sizes = [
@@ -684,6 +759,9 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
                 else []
             ),
             *(["--start", to_datetime(start).isoformat()] if start is not None else []),
+            *(["--rate", repr(rate / workers)] if rate else []),
+            "--max-clients",
+            str(max(1, max_clients // workers)),
             "--worker",
             # Their JSON goes to a pipe: indenting it would cost CPU for nothing.
             "--json",
@@ -766,12 +844,16 @@ def _without(argv: list[str], options: set[str]) -> list[str]:
     return kept
 
 
-def _lease(state_dir: Path) -> Lease:
+def _lease(args: argparse.Namespace) -> Lease:
+    """The lease of ``--lease``, or of the lab in ``--state-dir``."""
+    if args.lease is not None:
+        return load_lease(args.lease)
+    state_dir: Path = args.state_dir
     path = state_dir / LEASE_FILE
     if not path.exists():
         raise LeaseError(
             f"no {LEASE_FILE} in {state_dir}: is a lab running there? (lab up --state-dir "
-            f"{state_dir})"
+            f"{state_dir}), or give a lease written by hand with --lease"
         )
     lease = load_lease(path)
     if lease.netns is not None:

@@ -207,13 +207,20 @@ class Fleet:
         hash_in_thread_from: int = LARGE_IMAGE,
         max_clients: int | None = None,
         address_offset: int = 0,
+        source: str | None = None,
+        spacing: float = 0.0,
     ) -> None:
         """``address_offset``: phones take their segment's addresses from that many further on
-        (a worker's share of a larger fleet must not take the addresses of another's)."""
+        (a worker's share of a larger fleet must not take the addresses of another's).
+        ``source``: every phone sends from this one address instead (a real machine's own,
+        against a real deployment). ``spacing``: phone seconds between one phone's power-on
+        and the next's, before the stagger's random share (a rate limit)."""
         if not specs:
             raise FleetError("a fleet needs at least one phone")
         if not (math.isfinite(stagger) and stagger >= 0):
             raise FleetError(f"the stagger must be a time in seconds >= 0, not {stagger}")
+        if not (math.isfinite(spacing) and spacing >= 0):
+            raise FleetError(f"the spacing must be a time in seconds >= 0, not {spacing}")
         macs = Counter(spec.model.mac(spec.index) for spec in specs)
         twice = [mac for mac, count in macs.items() if count > 1]
         if twice:
@@ -233,8 +240,14 @@ class Fleet:
         self.stagger = stagger
         self.network = builder.network
         rng = random.Random(seed)
-        self.offsets = [rng.uniform(0.0, stagger) if stagger else 0.0 for _ in specs]
-        addresses = _addresses(specs, builder, address_offset)
+        self.offsets = [
+            i * spacing + (rng.uniform(0.0, stagger) if stagger else 0.0) for i in range(len(specs))
+        ]
+        addresses = (
+            [source] * len(specs)
+            if source is not None
+            else _addresses(specs, builder, address_offset)
+        )
         self.specs = tuple(specs)
         self.drivers: list[PhoneDriver] = []
         for spec, address in zip(specs, addresses, strict=True):
