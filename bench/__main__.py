@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import console, dns, fleet, install, service, startup
+from bench import console, dns, fleet, install, scale, service, startup
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LEGEND = (
@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "download": Benchmark(service.run_download, ("nginx", "curl")),
     "startup": Benchmark(startup.run, ()),
     "fleet": Benchmark(fleet.run, ()),
+    "scale": Benchmark(scale.run, ()),
     "console": Benchmark(console.run, ("wrk",)),
 }
 

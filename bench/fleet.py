@@ -153,8 +153,11 @@ def stagger_seconds(phones: int) -> float:
     return max(phones / BOOTS_PER_SECOND, 60.0 / SCALE)
 
 
-def run_fleet(state_dir: Path, lab: LabProcess, phones: int, workers: int) -> dict[str, Any]:
-    """One ``emulator run`` of ``phones`` over ``workers`` processes; its figures."""
+def run_fleet(
+    state_dir: Path, lab: LabProcess, phones: int, workers: int, wall_limit: float = WALL_LIMIT
+) -> dict[str, Any]:
+    """One ``emulator run`` of ``phones`` over ``workers`` processes, given ``wall_limit``
+    seconds; its figures (with the lab's peak memory during the run)."""
     command = [
         sys.executable,
         "-m",
@@ -169,7 +172,7 @@ def run_fleet(state_dir: Path, lab: LabProcess, phones: int, workers: int) -> di
         "--scale",
         f"{SCALE:g}",
         "--duration",
-        f"{WALL_LIMIT * SCALE:g}s",
+        f"{wall_limit * SCALE:g}s",
         "--max-clients",
         str(MAX_CLIENTS),
         "--stagger",
@@ -185,15 +188,18 @@ def run_fleet(state_dir: Path, lab: LabProcess, phones: int, workers: int) -> di
             command, stdout=output, stdin=subprocess.DEVNULL, cwd=ROOT, env=_env()
         )
         memory = _PeakMemory(process.pid)
+        lab_memory = _PeakMemory(lab.pid)
         memory.start()
+        lab_memory.start()
         try:
-            status = process.wait(timeout=WALL_LIMIT + 60)
+            status = process.wait(timeout=wall_limit + 60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
             raise RuntimeError(f"the fleet of {phones} did not end within the limit") from None
         finally:
             memory.stop()
+            lab_memory.stop()
         wall = time.monotonic() - started
         output.seek(0)
         raw = output.read()
@@ -219,6 +225,7 @@ def run_fleet(state_dir: Path, lab: LabProcess, phones: int, workers: int) -> di
         "emulator_cpu_ms_per_phone": round(emulator_cpu * 1000 / phones, 3),
         "lab_cpu_ms_per_phone": round(lab_cpu * 1000 / phones, 3),
         "emulator_peak_rss_mib": round(memory.peak / 2**20, 1),
+        "lab_peak_rss_mib": round(lab_memory.peak / 2**20, 1),
         "failures_by_stage": _failures(phone_list),
         "by_state": summary["by_state"],
         "by_version": summary["by_version"],

@@ -54,7 +54,7 @@ from emulator.fleet import (
     format_span,
     merge_runs,
 )
-from emulator.lease import Lease, load_lease
+from emulator.lease import Lease, load_lease, parse_lease
 from emulator.models import MAX_INDEX, MODELS, PhoneModel, get_model
 from emulator.states import PhoneState
 
@@ -283,6 +283,25 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         f"{GENTLE_MAX_CLIENTS} and --rate to {GENTLE_RATE:g}",
     )
     target.add_argument(
+        "--dns",
+        metavar="HOST[:PORT]",
+        help="instead of a lease, the DNS server phones ask (with --dhcp-domain, --sip-server "
+        "and --ca-cert; port 53 unless given)",
+    )
+    target.add_argument("--dhcp-domain", help="the DNS domain DHCP hands out (with --dns)")
+    target.add_argument("--sip-server", help="the pool's FQDN, DHCP option 120 (with --dns)")
+    target.add_argument("--ca-cert", type=Path, help="the CA phones trust, PEM (with --dns)")
+    target.add_argument(
+        "--vendor-cert",
+        action="append",
+        default=[],
+        metavar="VENDOR=PATH",
+        help="a vendor's firmware signing certificate, repeatable (with --dns)",
+    )
+    target.add_argument(
+        "--https-port", type=int, default=443, help="the port of URLs phones build (with --dns)"
+    )
+    target.add_argument(
         "--source",
         help="every phone sends from this address, the machine's own (default: x.y.1.n of "
         "the lease's segments)",
@@ -424,7 +443,7 @@ def credentials_from(args: argparse.Namespace, lease: Lease, stdin: TextIO) -> C
 def _limits(args: argparse.Namespace) -> tuple[float | None, int]:
     """Power-ons per real second (None: no limit) and phones talking at once: as given, else
     gentle against a lease written by hand (a real deployment), else a lab's defaults."""
-    gentle = args.lease is not None
+    gentle = _real_target(args)
     rate = args.rate or (GENTLE_RATE if gentle else None)
     return rate, args.max_clients or (GENTLE_MAX_CLIENTS if gentle else DEFAULT_MAX_CLIENTS)
 
@@ -553,14 +572,15 @@ async def upload_logs(drivers: Sequence[PhoneDriver]) -> tuple[LogUpload, ...]:
     return tuple(await asyncio.gather(*(upload(driver) for driver in drivers)))
 
 
-def phone_time(lease: Lease, args: argparse.Namespace) -> tuple[float, float]:
+def phone_time(
+    lease: Lease, args: argparse.Namespace, default_scale: float = DEFAULT_SCALE
+) -> tuple[float, float]:
     """Phone time at the start of a run, and its scale: the lab's clock from the lease
     (phones and servers keep one time), else ``--start`` (default now) and ``--scale``."""
     lab = lease.clock
     if lab is None:
         start = args.start if args.start is not None else time.time()
-        default = GENTLE_SCALE if args.lease is not None else DEFAULT_SCALE
-        return start, args.scale if args.scale is not None else default
+        return start, args.scale if args.scale is not None else default_scale
     if args.scale is not None and args.scale != lab.scale:
         raise UsageError(
             f"the lab runs its clock at {lab.scale:g} times real time and phones follow it: "
@@ -587,7 +607,7 @@ async def run_fleet(
     loop = asyncio.get_running_loop()
     # The date a run starts at is the one place the system clock is read: phones only
     # ever see the scaled clock made from it.
-    start, scale = phone_time(lease, args)
+    start, scale = phone_time(lease, args, _default_scale(args))
     clock = ScaledClock(loop.time, start=start, scale=scale)
     rate, max_clients = _limits(args)
     network = LeaseNetwork(lease, clock, max_clients=max_clients)
@@ -713,7 +733,8 @@ def _run_workers(args: argparse.Namespace, argv: list[str]) -> int:
     credentials = credentials_from(args, lease, sys.stdin)
     specs_from(args, args.phones, None)  # the indexes must fit before anything starts
     # Workers of a lab that keeps its own clock each follow it; otherwise they share a start.
-    lab_start, _ = phone_time(lease, args)  # refuses --start/--scale against a lab clock
+    # (phone_time refuses --start and --scale against a lab clock.)
+    lab_start, _ = phone_time(lease, args, _default_scale(args))
     start = lab_start if lease.clock is None else None
     base = _without(
         argv,
@@ -844,10 +865,62 @@ def _without(argv: list[str], options: set[str]) -> list[str]:
     return kept
 
 
+def _default_scale(args: argparse.Namespace) -> float:
+    """Real time against a real deployment; an hour a second against a lab."""
+    return GENTLE_SCALE if _real_target(args) else DEFAULT_SCALE
+
+
+def _real_target(args: argparse.Namespace) -> bool:
+    """Whether the run is against a deployment known only from a lease written by hand or
+    its values on the command line (then the gentle defaults apply)."""
+    return args.lease is not None or args.dns is not None
+
+
+def _lease_from_flags(args: argparse.Namespace) -> Lease:
+    """The lease that --dns, --dhcp-domain, --sip-server, --ca-cert and --vendor-cert
+    give, checked as a lease file is."""
+    missing = [
+        flag
+        for flag, value in (
+            ("--dhcp-domain", args.dhcp_domain),
+            ("--sip-server", args.sip_server),
+            ("--ca-cert", args.ca_cert),
+        )
+        if value is None
+    ]
+    if missing:
+        raise UsageError(f"--dns needs {', '.join(missing)} too (or write a lease: --lease)")
+    host, _, port = str(args.dns).rpartition(":") if ":" in args.dns else (args.dns, "", "53")
+    if not port.isdigit():
+        raise UsageError(f"--dns {args.dns!r} is not HOST or HOST:PORT")
+    vendors: dict[str, str] = {}
+    for given in args.vendor_cert:
+        vendor, _, path = given.partition("=")
+        if not vendor or not path:
+            raise UsageError(f"--vendor-cert {given!r} is not VENDOR=PATH")
+        vendors[vendor] = str(Path(path).resolve())
+    return parse_lease(
+        {
+            "domain": args.dhcp_domain,
+            "sip_server": args.sip_server,
+            "dns": [host, int(port)],
+            "https_port": args.https_port,
+            "ca_cert": str(Path(args.ca_cert).resolve()),
+            "vendor_certs": vendors,
+        }
+    )
+
+
 def _lease(args: argparse.Namespace) -> Lease:
     """The lease of ``--lease``, or of the lab in ``--state-dir``."""
+    if args.lease is not None and args.dns is not None:
+        raise UsageError(
+            "give a lease written by hand (--lease) or its values (--dns ...), not both"
+        )
     if args.lease is not None:
         return load_lease(args.lease)
+    if args.dns is not None:
+        return _lease_from_flags(args)
     state_dir: Path = args.state_dir
     path = state_dir / LEASE_FILE
     if not path.exists():

@@ -194,7 +194,7 @@ def test_no_lab_is_not_a_bad_argument_but_a_failure(
     err = capsys.readouterr().err
     assert err == (
         f"emulator: no lease.json in {tmp_path}: is a lab running there? "
-        f"(lab up --state-dir {tmp_path})\n"
+        f"(lab up --state-dir {tmp_path}), or give a lease written by hand with --lease\n"
     )
 
 

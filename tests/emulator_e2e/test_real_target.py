@@ -110,6 +110,36 @@ def test_the_password_comes_from_a_file_or_the_environment(
     assert phone["version"] == NEW  # through the edge, with alice's NTLM sign-in
 
 
+def test_the_lease_may_be_given_as_flags(pool: LabProcess) -> None:
+    lab = json.loads((pool.state / "lease.json").read_text())
+    host, port = lab["dns"]
+    done = emulator(
+        "--dns",
+        f"{host}:{port}",
+        "--dhcp-domain",
+        lab["domain"],
+        "--sip-server",
+        lab["sip_server"],
+        "--ca-cert",
+        lab["ca_cert"],
+        "--vendor-cert",
+        f"Polycom={lab['vendor_certs']['Polycom']}",
+        "--https-port",
+        str(lab["https_port"]),
+        "--source",
+        "127.10.1.201",
+        "--first-index",
+        "30",
+        "--scale",
+        "600",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    [phone] = json.loads(done.stdout)["phones"]
+    assert phone["version"] == NEW
+    assert phone["address"] == "127.10.1.201"
+
+
 def test_what_a_real_run_cannot_use_is_refused(pool: LabProcess, tmp_path: Path) -> None:
     lease = hand_lease(pool, tmp_path / "lease.json")
     empty = tmp_path / "empty"
@@ -125,6 +155,36 @@ def test_what_a_real_run_cannot_use_is_refused(pool: LabProcess, tmp_path: Path)
             "cannot read --password-file",
         ),
         (["--lease", str(lease), "--rate", "0"], "'0' is not a number > 0"),
+        (["--dns", "127.10.0.2"], "--dns needs --dhcp-domain, --sip-server, --ca-cert too"),
+        (["--lease", str(lease), "--dns", "127.10.0.2"], "not both"),
+        (
+            [
+                "--dns",
+                "127.10.0.2:x",
+                "--dhcp-domain",
+                "contoso.test",
+                "--sip-server",
+                "pool01.contoso.test",
+                "--ca-cert",
+                str(lease),
+            ],
+            "is not HOST or HOST:PORT",
+        ),
+        (
+            [
+                "--dns",
+                "127.10.0.2",
+                "--dhcp-domain",
+                "contoso.test",
+                "--sip-server",
+                "pool01.contoso.test",
+                "--ca-cert",
+                str(lease),
+                "--vendor-cert",
+                "Polycom",
+            ],
+            "is not VENDOR=PATH",
+        ),
     ]:
         done = emulator(*args)
         assert done.returncode in (1, 2), done.stdout
