@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import console, dns, fleet, install, scale, service, startup
+from bench import console, dns, fleet, install, locust_fleet, scale, service, startup
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LEGEND = (
@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "startup": Benchmark(startup.run, ()),
     "fleet": Benchmark(fleet.run, ()),
     "scale": Benchmark(scale.run, ()),
+    "locust": Benchmark(locust_fleet.run, ()),
     "console": Benchmark(console.run, ("wrk",)),
 }
 

@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(screen)
 
     commands.add_parser("models", help="the phone models the emulator can be")
+    commands.add_parser(
+        "locustfile", help='where the locustfile is: locust -f "$(emulator locustfile)" ...'
+    )
     return parser
 
 
@@ -676,6 +679,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "locustfile":
+        # Its path only: importing it would pull in Locust and gevent.
+        print(Path(__file__).with_name("locustfile.py"))
+        return 0
     if args.command == "models":
         for model in MODELS.values():
             print(

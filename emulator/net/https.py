@@ -272,7 +272,7 @@ class PhoneHTTPSClient:
         far the file got, kept on disk for the next try.
         """
         target = self._target(url, address)
-        have = _file_size(path)
+        have = file_size(path)
         start = have if offset is None else max(0, min(offset, have))
         if etag is None:
             # Without the ETag nothing says the bytes kept are of the same file.
@@ -436,7 +436,7 @@ class PhoneHTTPSClient:
         progress: Progress | None,
     ) -> Download:
         size = keep
-        sink = _FileSink(path, keep)
+        sink = FileSink(path, keep)
         try:
             # Whatever has arrived, in one piece: fewer, larger writes than fixed chunks.
             async for chunk in response.content.iter_any():
@@ -649,7 +649,7 @@ class _PhoneConnector(aiohttp.TCPConnector):
         return connection
 
 
-class _FileSink:
+class FileSink:
     """The file a download writes to, opened to keep its first ``keep`` bytes, and the
     SHA-256 of all of it, hashed as it is written (so verifying needs no second read)."""
 
@@ -703,7 +703,7 @@ async def _discard(response: aiohttp.ClientResponse) -> None:
         response.release()
 
 
-def _file_size(path: Path) -> int:
+def file_size(path: Path) -> int:
     try:
         return os.stat(path).st_size
     except FileNotFoundError:

@@ -21,6 +21,7 @@ import asyncio
 import random
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -97,6 +98,78 @@ class DNSResolver:
         if reply.truncated:
             reply = await self._tcp(name, query)
         return self._records(name, qtype, reply)
+
+    def resolve_blocking(self, name: str, qtype: str = "A") -> list[str]:
+        """`resolve` in blocking calls, for cooperative workers (gevent's patched sockets
+        yield while they wait; emulator.cooperative): UDP, then TCP for a truncated answer."""
+        name = name.strip().rstrip(".").lower()
+        if is_address(name):
+            return [name]
+        query = self._query(name, qtype)
+        reply = self._udp_blocking(name, query)
+        if reply.truncated:
+            reply = self._tcp_blocking(name, query)
+        return self._records(name, qtype, reply)
+
+    def _udp_blocking(self, name: str, query: _Query) -> _Reply:
+        detail = ""
+        try:
+            sock = self._new_socket(socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise self._error(name, f"cannot send a DNS query for {name}: {exc.strerror}") from None
+        with sock:
+            try:
+                sock.bind((self.source, 0))
+                sock.connect(self.server)
+            except OSError as exc:
+                raise self._error(
+                    name, f"cannot send a DNS query for {name} from {self.source}: {exc.strerror}"
+                ) from None
+            for _ in range(self.tries):
+                sock.settimeout(self.timeout)
+                try:
+                    sock.send(query.packet)
+                    deadline = time.monotonic() + self.timeout
+                    while (left := deadline - time.monotonic()) > 0:
+                        sock.settimeout(left)
+                        answer = query.answer(sock.recv(_MAX_MESSAGE))
+                        if answer is not None:
+                            return answer
+                except TimeoutError:
+                    continue
+                except OSError as exc:
+                    detail = f" ({exc.strerror or exc})"
+                    continue
+        raise self._error(
+            name,
+            f"no answer from the DNS server {self.server_text} for {name} after {self.tries} "
+            f"tries of {self.timeout:g} s{detail}",
+        )
+
+    def _tcp_blocking(self, name: str, query: _Query) -> _Reply:
+        packet = query.packet
+        try:
+            with self._new_socket(socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.bind((self.source, 0))
+                sock.connect(self.server)
+                sock.sendall(len(packet).to_bytes(2, "big") + packet)
+                size = int.from_bytes(_read_exactly(sock, 2), "big")
+                answer = query.answer(_read_exactly(sock, size))
+        except TimeoutError:
+            problem = f"no answer within {self.timeout:g} s"
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        else:
+            if answer is not None:
+                return answer
+            problem = "the answer over TCP is not for the query sent"
+        raise self._error(
+            name,
+            f"the answer for {name} from {self.server_text} was truncated and asking again "
+            f"over TCP failed: {problem}",
+            "truncated",
+        )
 
     # -- one exchange ------------------------------------------------------------------------
 
@@ -307,6 +380,17 @@ class _Query(NamedTuple):
         except (struct.error, ValueError, IndexError, OSError, dnslib.DNSError):
             return None
         return _Reply(flags & 0xF, bool(flags & _TC), records)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    """``size`` bytes from ``sock``; OSError if it closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("the server closed the connection before answering")
+        data += chunk
+    return data
 
 
 def _read_name(data: bytes, offset: int) -> tuple[str, int]:
