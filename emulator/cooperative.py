@@ -28,9 +28,14 @@ from gevent.queue import Queue
 
 from emulator.clock import ScaledClock
 from emulator.core import Phone
-from emulator.driver import LeaseNetwork
+from emulator.driver import (
+    LeaseNetwork,
+    catalog_event,
+    connection_failed,
+    image_event,
+    status_event,
+)
 from emulator.errors import (
-    CertificateError,
     DownloadInterruptedError,
     FirmwareError,
     MalformedAnswerError,
@@ -42,14 +47,12 @@ from emulator.events import (
     Action,
     Boot,
     CancelTimer,
-    CatalogVerified,
     ConnectionFailed,
     Credentials,
     DiscardDownloads,
     DownloadFinished,
     DownloadInterrupted,
     Event,
-    ImageVerified,
     PowerOn,
     Purpose,
     ResolutionFailed,
@@ -66,7 +69,7 @@ from emulator.events import (
     VerifyCatalog,
     VerifyImage,
 )
-from emulator.firmware import CatalogEntry, check_received, verify_catalog
+from emulator.firmware import CatalogEntry, check_received
 from emulator.lease import Lease
 from emulator.net.blocking_https import BlockingHTTPSClient
 from emulator.net.https import DEFAULT_USER_AGENT
@@ -265,12 +268,10 @@ class CooperativePhone:
             )
         except ServiceStatusError as exc:
             self._report(action.method, name, started, len(exc.body), f"{exc.status}")
-            return ResponseReceived(
-                self.clock.now(), exc.status, exc.body, exc.diagnostics, exc.retry_after
-            )
+            return status_event(self.clock.now(), exc)
         except (NetworkError, MalformedAnswerError) as exc:
             self._report(action.method, name, started, 0, type(exc).__name__)
-            return _connection_failed(self.clock.now(), exc)
+            return connection_failed(self.clock.now(), exc)
         self._report(action.method, name, started, len(answer.body), None)
         return ResponseReceived(self.clock.now(), answer.status, answer.body)
 
@@ -294,12 +295,10 @@ class CooperativePhone:
             return DownloadInterrupted(self.clock.now(), exc.offset, exc.etag, str(exc))
         except ServiceStatusError as exc:
             self._report("GET", "download", started, 0, f"{exc.status}")
-            return ResponseReceived(
-                self.clock.now(), exc.status, exc.body, exc.diagnostics, exc.retry_after
-            )
+            return status_event(self.clock.now(), exc)
         except (NetworkError, MalformedAnswerError) as exc:
             self._report("GET", "download", started, 0, type(exc).__name__)
-            return _connection_failed(self.clock.now(), exc)
+            return connection_failed(self.clock.now(), exc)
         except OSError as exc:
             return ConnectionFailed(self.clock.now(), f"cannot write {path}: {exc.strerror}")
         self._report("GET", "download", started, result.received, None)
@@ -308,35 +307,17 @@ class CooperativePhone:
         return DownloadFinished(self.clock.now(), result.size, result.etag)
 
     def _verify_catalog(self, action: VerifyCatalog) -> Event:
-        now = self.clock.now()
-        try:
-            catalog = verify_catalog(
-                (self.directory / action.module).read_bytes(),
-                self.network.vendor_certificate(action.vendor),
-                vendor=action.vendor,
-                model=action.model,
-                revision=action.revision,
-                locale=action.locale,
-                version=action.version,
-            )
-        except OSError as exc:
-            return VerificationFailed(now, f"cannot read {action.module}: {exc.strerror}")
-        except FirmwareError as exc:
-            return VerificationFailed(now, str(exc), problem=exc.problem)
-        return CatalogVerified(now, catalog.files)
+        path = self.directory / action.module
+        return catalog_event(self.clock.now(), path, self.network.vendor_certificate, action)
 
     def _verify_image(self, action: VerifyImage) -> Event:
         now = self.clock.now()
         received = self._received.get(action.module)
         if received is None:
             return VerificationFailed(now, f"{action.module} was not received whole")
+        entry = CatalogEntry(action.module, action.size, action.sha256)
         try:
-            check_received(*received, CatalogEntry(action.module, action.size, action.sha256))
+            check_received(*received, entry)
         except FirmwareError as exc:
-            return VerificationFailed(now, str(exc), problem=exc.problem)
-        return ImageVerified(now)
-
-
-def _connection_failed(now: float, exc: NetworkError | MalformedAnswerError) -> ConnectionFailed:
-    certificate = exc.kind if isinstance(exc, CertificateError) else None
-    return ConnectionFailed(now, str(exc), certificate=certificate)
+            return image_event(now, exc)
+        return image_event(now, None)

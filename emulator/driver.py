@@ -856,9 +856,9 @@ class PhoneDriver:
                 clock_offset=target.clock_offset,
             )
         except ServiceStatusError as exc:
-            return _status(self._now(), exc)
+            return status_event(self._now(), exc)
         except (NetworkError, MalformedAnswerError) as exc:
-            return _connection_failed(self._now(), exc)
+            return connection_failed(self._now(), exc)
         return ResponseReceived(self._now(), answer.status, answer.body)
 
     async def _download(self, action: StartDownload) -> Event:
@@ -880,9 +880,9 @@ class PhoneDriver:
         except DownloadInterruptedError as exc:
             return DownloadInterrupted(self._now(), exc.offset, exc.etag, str(exc))
         except ServiceStatusError as exc:
-            return _status(self._now(), exc)
+            return status_event(self._now(), exc)
         except (NetworkError, MalformedAnswerError) as exc:
-            return _connection_failed(self._now(), exc)
+            return connection_failed(self._now(), exc)
         except OSError as exc:
             reason = f"cannot write {action.module} to {path}: {exc.strerror or exc}"
             return ConnectionFailed(self._now(), reason)
@@ -893,23 +893,9 @@ class PhoneDriver:
         return DownloadFinished(self._now(), result.size, result.etag)
 
     def _verify_catalog(self, action: VerifyCatalog) -> Event:
-        now = self._now()
-        try:
-            data = self._file(action.module).read_bytes()
-            catalog = verify_catalog(
-                data,
-                self.network.vendor_certificate(action.vendor),
-                vendor=action.vendor,
-                model=action.model,
-                revision=action.revision,
-                locale=action.locale,
-                version=action.version,
-            )
-        except OSError as exc:
-            return VerificationFailed(now, f"cannot read {action.module}: {exc.strerror}")
-        except FirmwareError as exc:
-            return VerificationFailed(now, str(exc), problem=exc.problem)
-        return CatalogVerified(now, catalog.files)
+        return catalog_event(
+            self._now(), self._file(action.module), self.network.vendor_certificate, action
+        )
 
     def _verify_image(self, action: VerifyImage) -> None:
         entry = CatalogEntry(action.module, action.size, action.sha256)
@@ -917,15 +903,15 @@ class PhoneDriver:
         received = self._received.get(action.module)
         if received is not None:
             # Hashed as it was written: the same bytes, without reading them again.
-            self._answer(_image_event(self._now(), _problem(check_received, *received, entry)))
+            self._answer(image_event(self._now(), _problem(check_received, *received, entry)))
         elif action.size < self.hash_in_thread_from:
-            self._answer(_image_event(self._now(), _problem(check_image_file, path, entry)))
+            self._answer(image_event(self._now(), _problem(check_image_file, path, entry)))
         else:
             self._start(lambda: self._verify_image_in_thread(path, entry))
 
     async def _verify_image_in_thread(self, path: Path, entry: CatalogEntry) -> Event:
         problem = await asyncio.to_thread(_problem, check_image_file, path, entry)
-        return _image_event(self._now(), problem)
+        return image_event(self._now(), problem)
 
     def _discard(self, modules: tuple[str, ...]) -> None:
         for module in modules:
@@ -963,13 +949,37 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _status(now: float, exc: ServiceStatusError) -> ResponseReceived:
+def status_event(now: float, exc: ServiceStatusError) -> ResponseReceived:
+    """What an error status the service answered tells the core."""
     return ResponseReceived(now, exc.status, exc.body, exc.diagnostics, exc.retry_after)
 
 
-def _connection_failed(now: float, exc: NetworkError | MalformedAnswerError) -> ConnectionFailed:
+def connection_failed(now: float, exc: NetworkError | MalformedAnswerError) -> ConnectionFailed:
+    """What a failed exchange (no connection, TLS, a malformed answer) tells the core."""
     certificate = exc.kind if isinstance(exc, CertificateError) else None
     return ConnectionFailed(now, str(exc), certificate=certificate)
+
+
+def catalog_event(
+    now: float, path: Path, certificate: Callable[[str], bytes], action: VerifyCatalog
+) -> Event:
+    """Verify the catalog downloaded to ``path`` as ``action`` asks, with the certificate of
+    its vendor; CatalogVerified, or VerificationFailed saying why."""
+    try:
+        catalog = verify_catalog(
+            path.read_bytes(),
+            certificate(action.vendor),
+            vendor=action.vendor,
+            model=action.model,
+            revision=action.revision,
+            locale=action.locale,
+            version=action.version,
+        )
+    except OSError as exc:
+        return VerificationFailed(now, f"cannot read {action.module}: {exc.strerror}")
+    except FirmwareError as exc:
+        return VerificationFailed(now, str(exc), problem=exc.problem)
+    return CatalogVerified(now, catalog.files)
 
 
 def _problem(check: Callable[..., object], *args: object) -> FirmwareError | None:
@@ -982,7 +992,8 @@ def _problem(check: Callable[..., object], *args: object) -> FirmwareError | Non
     return None
 
 
-def _image_event(now: float, problem: FirmwareError | None) -> Event:
+def image_event(now: float, problem: FirmwareError | None) -> Event:
+    """ImageVerified, or VerificationFailed with ``problem``."""
     if problem is None:
         return ImageVerified(now)
     return VerificationFailed(now, str(problem), problem=problem.problem)

@@ -75,6 +75,18 @@ class LabProcess:
         data: dict[str, Any] = json.loads(result.stdout)
         return data
 
+    def publish(self, version: str, model: str = "CX600", pool: str = "pool01") -> None:
+        """Build a vendor cab of ``model`` at ``version``, import it into ``pool`` and approve
+        it, with the `lab` command as an administrator does."""
+        cab = self.state.parent / f"{model}-{version}.cab"
+        for args in (
+            ("cab", "build", "--model", model, "--version", version, "-o", str(cab)),
+            ("update", "import", str(cab), "--pool", pool),
+            ("update", "approve", "--pool", pool, "--model", model),
+        ):
+            done = self.lab(*args)
+            assert done.returncode == 0, done.stderr
+
     def metrics(self) -> dict[str, float]:
         """``GET /metrics`` of the admin API, read with prometheus_client's own parser:
         each sample's value by its name and labels, as ``lab_x_total{a="1",b="2"}``."""

@@ -158,19 +158,14 @@ class _Families(Collector):
         return self.made
 
 
-def _counter(
-    name: str, doc: str, labels: list[str], values: Iterable[tuple[tuple[str, ...], float]]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=labels)
-    for key, value in sorted(values):
-        family.add_metric(list(key), value)
-    return family
-
-
-def _gauge(
-    name: str, doc: str, labels: list[str], values: Iterable[tuple[tuple[str, ...], float]]
-) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=labels)
+def _family(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    doc: str,
+    labels: list[str],
+    values: Iterable[tuple[tuple[str, ...], float]],
+) -> Metric:
+    family = kind(name, doc, labels=labels)
     for key, value in sorted(values):
         family.add_metric(list(key), value)
     return family
@@ -178,32 +173,37 @@ def _gauge(
 
 def families(sample: _Sample, phones: list[PhoneStatus]) -> Iterator[Metric]:
     """Every metric family of one scrape."""
-    yield _counter(
+    yield _family(
+        CounterMetricFamily,
         "lab_update_checks",
         "Update checks answered, by decision: approved or pending (a version offered), "
         "none, challenged (NTLM's 401), unavailable (503), refused (any other answer).",
         ["pool", "front_end", "site", "decision"],
         sample.checks.items(),
     )
-    yield _counter(
+    yield _family(
+        CounterMetricFamily,
         "lab_http_responses",
         "Requests the front ends answered, by status.",
         ["front_end", "site", "status"],
         sample.responses.items(),
     )
-    yield _counter(
+    yield _family(
+        CounterMetricFamily,
         "lab_downloads",
         "Image downloads answered, whole (200) or resumed (206).",
         ["pool", "front_end", "site", "kind"],
         sample.downloads.items(),
     )
-    yield _counter(
+    yield _family(
+        CounterMetricFamily,
         "lab_download_bytes",
         "Image bytes the front ends sent.",
         ["pool", "front_end"],
         (((pool, name), sent) for pool, name, _, _, sent, _, _ in sample.servers),
     )
-    yield _counter(
+    yield _family(
+        CounterMetricFamily,
         "lab_transfers",
         "Image transfers ended, with the whole file sent (done) or not (cut).",
         ["pool", "front_end", "result"],
@@ -213,13 +213,15 @@ def families(sample: _Sample, phones: list[PhoneStatus]) -> Iterator[Metric]:
             for item in (((pool, name, "done"), done), ((pool, name, "cut"), cut))
         ],
     )
-    yield _gauge(
+    yield _family(
+        GaugeMetricFamily,
         "lab_transfers_in_progress",
         "Image downloads in progress.",
         ["pool", "front_end"],
         (((pool, name), count) for pool, name, _, count, _, _, _ in sample.servers),
     )
-    yield _gauge(
+    yield _family(
+        GaugeMetricFamily,
         "lab_front_end_mode",
         "1 for the mode each front end is in (production, draining, maintenance), else 0.",
         ["pool", "front_end", "mode"],
@@ -229,20 +231,28 @@ def families(sample: _Sample, phones: list[PhoneStatus]) -> Iterator[Metric]:
             for mode in Mode
         ],
     )
-    yield _counter(
+    yield _family(
+        CounterMetricFamily,
         "lab_ntlm_signins",
         "NTLM sign-ins: success, failure, lockout (a failure that locked the account), "
         "throttled (refused before checking, for too many failures from the address).",
         ["outcome"],
         (((outcome,), count) for outcome, count in sample.ntlm.items()),
     )
-    yield _counter(
+    yield _family(
+        CounterMetricFamily,
         "lab_dns_queries",
         "DNS queries answered, by view and response code.",
         ["view", "rcode"],
         sample.dns_answers.items(),
     )
-    yield _counter("lab_dns_malformed", "Malformed DNS packets.", [], [((), sample.dns_malformed)])
+    yield _family(
+        CounterMetricFamily,
+        "lab_dns_malformed",
+        "Malformed DNS packets.",
+        [],
+        [((), sample.dns_malformed)],
+    )
     by_kind: Counter[tuple[str, str, str, str]] = Counter()
     # Every pool has its figure, 0 included: a dashboard's sum is then 0, not "no data".
     behind: Counter[tuple[str]] = Counter({(pool,): 0 for pool in sample.pools})
@@ -251,7 +261,8 @@ def families(sample: _Sample, phones: list[PhoneStatus]) -> Iterator[Metric]:
         by_kind[phone.pool, phone.kind.model, phone.version, _state(status)] += 1
         if Flag.LEFT_BEHIND in status.flags:
             behind[(phone.pool,)] += 1
-    yield _gauge(
+    yield _family(
+        GaugeMetricFamily,
         "lab_phones",
         "Phones of the inventory by pool, model, version and state: approved (runs its "
         "rule's approved version), not_approved, left_behind (not approved for longer than "
@@ -259,7 +270,8 @@ def families(sample: _Sample, phones: list[PhoneStatus]) -> Iterator[Metric]:
         ["pool", "model", "version", "state"],
         by_kind.items(),
     )
-    yield _gauge(
+    yield _family(
+        GaugeMetricFamily,
         "lab_phones_out_of_support_window",
         "Phones not on their rule's approved version for longer than the support window.",
         ["pool"],

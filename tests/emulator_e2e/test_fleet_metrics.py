@@ -69,63 +69,28 @@ async def test_phones_by_state_and_their_time_to_converge_are_served(
     assert after["emulator_downloaded_bytes_total"] == 3 * device_lab.stored_bytes("CX600", NEW)
 
 
+def emulator_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "emulator.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_each_worker_serves_its_share(tmp_path: Path) -> None:
     up = start_lab(tmp_path / "lab", up_args=("--scale", "3600"))
     try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "emulator.cli",
-                "run",
-                "--state-dir",
-                str(up.state),
-                "--phones",
-                "4",
-                "--workers",
-                "2",
-                "--metrics-port",
-                "0",
-                "--json",
-                "--compact-json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        state = ("--state-dir", str(up.state), "--phones", "4", "--workers", "2")
+        done = emulator_run(*state, "--metrics-port", "0", "--json", "--compact-json")
         assert done.returncode == 0, done.stderr
         ports = re.findall(r"metrics: http://127\.0\.0\.1:(\d+)/metrics", done.stderr)
         assert len(set(ports)) == 2, done.stderr
-        refused = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "emulator.cli",
-                "run",
-                "--state-dir",
-                str(up.state),
-                "--phones",
-                "4",
-                "--workers",
-                "2",
-                "--metrics-port",
-                "65535",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        refused = emulator_run(*state, "--metrics-port", "65535")
         assert refused.returncode != 0
         assert "--metrics-port 65535 leaves no port for 2 workers" in refused.stderr
-        bad = subprocess.run(
-            [sys.executable, "-m", "emulator.cli", "run", "--metrics-port", "http"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        bad = emulator_run("--metrics-port", "http")
         assert bad.returncode == 2
         assert "'http' is not a port (0-65535)" in bad.stderr
     finally:

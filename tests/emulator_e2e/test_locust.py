@@ -39,14 +39,7 @@ def free_port() -> int:
 def test_a_master_and_two_workers_converge_a_thousand_phones(tmp_path: Path) -> None:
     up = start_lab(tmp_path / "lab", up_args=("--scale", "3600"))
     try:
-        cab = tmp_path / "UCUpdates.cab"
-        for args in (
-            ("cab", "build", "--model", "CX600", "--version", NEW, "-o", str(cab)),
-            ("update", "import", str(cab), "--pool", "pool01"),
-            ("update", "approve", "--pool", "pool01", "--all"),
-        ):
-            done = up.lab(*args)
-            assert done.returncode == 0, done.stderr
+        up.publish(NEW)
         port = str(free_port())
         logs = contextlib.ExitStack()
         stats = tmp_path / "fleet"

@@ -29,14 +29,7 @@ PHONE_SECONDS_APART = 600 / 2  # --scale 600, and the gentle default of 2 phones
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Any:
     up = start_lab(tmp_path_factory.mktemp("pool") / "lab")
     try:
-        cab = up.state.parent / "UCUpdates.cab"
-        for args in (
-            ("cab", "build", "--model", "CX600", "--version", NEW, "-o", str(cab)),
-            ("update", "import", str(cab), "--pool", "pool01"),
-            ("update", "approve", "--pool", "pool01", "--all"),
-        ):
-            done = up.lab(*args)
-            assert done.returncode == 0, done.stderr
+        up.publish(NEW)
         yield up
     finally:
         stop_lab(up)

@@ -56,12 +56,5 @@ def published(netns_lab: LabProcess, tmp_path_factory: pytest.TempPathFactory) -
     """A CX600 version built, imported into pool01 and approved, once; the version."""
     from lab.ops.harness import NEW
 
-    cab = tmp_path_factory.mktemp("cab") / "UCUpdates.cab"
-    for args in (
-        ("cab", "build", "--model", "CX600", "--version", NEW, "-o", str(cab)),
-        ("update", "import", str(cab), "--pool", "pool01"),
-        ("update", "approve", "--pool", "pool01", "--all"),
-    ):
-        done = netns_lab.lab(*args)
-        assert done.returncode == 0, done.stderr
+    netns_lab.publish(NEW)
     return NEW
