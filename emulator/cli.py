@@ -425,15 +425,7 @@ def credentials_from(args: argparse.Namespace, lease: Lease, stdin: TextIO) -> C
     """The credentials a user types on the phones, or None without ``--user``."""
     if not args.user:
         return None
-    user, domain = args.user, args.domain
-    if "\\" in user:
-        domain, user = user.split("\\", 1)
-    elif "@" in user:
-        user, _, realm = user.partition("@")
-        domain = domain or realm.split(".")[0]
-    domain = (domain or lease.sip_domain.split(".")[0]).upper()
-    if not user:
-        raise UsageError(f"--user {args.user!r} names no user")
+    user, domain = account_of(args.user, args.domain, lease)
     try:
         if args.nt_hash:
             return Credentials(user, domain, nt_hash=args.nt_hash)
@@ -441,6 +433,28 @@ def credentials_from(args: argparse.Namespace, lease: Lease, stdin: TextIO) -> C
         return Credentials(user, domain, password=password)
     except CredentialsError as exc:
         raise UsageError(str(exc)) from None
+
+
+def account_of(given: str, domain: str | None, lease: Lease) -> tuple[str, str]:
+    """The user name and NTLM domain of ``given`` (alice, CONTOSO\\alice or alice@realm):
+    the domain it names, else ``domain``, else the first label of the SIP domain."""
+    user = given
+    if "\\" in user:
+        domain, user = user.split("\\", 1)
+    elif "@" in user:
+        user, _, realm = user.partition("@")
+        domain = domain or realm.split(".")[0]
+    if not user:
+        raise UsageError(f"--user {given!r} names no user")
+    return user, (domain or lease.sip_domain.split(".")[0]).upper()
+
+
+def location_of(choice: str, i: int) -> Location:
+    """The location of the ``i``-th phone (from 0) of a run: ``mixed`` alternates, inside
+    first."""
+    if choice == MIXED:
+        return Location.INSIDE if i % 2 == 0 else Location.OUTSIDE
+    return Location(choice)
 
 
 def _limits(args: argparse.Namespace) -> tuple[float | None, int]:
@@ -508,10 +522,7 @@ def specs_from(
     )
     specs = []
     for i in range(count):
-        if args.location == MIXED:
-            location = Location.INSIDE if i % 2 == 0 else Location.OUTSIDE
-        else:
-            location = Location(args.location)
+        location = location_of(args.location, i)
         specs.append(
             PhoneSpec(
                 model=models[i % len(models)],
@@ -925,7 +936,7 @@ def _lease(args: argparse.Namespace) -> Lease:
             "give a lease written by hand (--lease) or its values (--dns ...), not both"
         )
     if args.lease is not None:
-        return load_lease(args.lease)
+        return joined_lease(args.lease)
     if args.dns is not None:
         return _lease_from_flags(args)
     state_dir: Path = args.state_dir
@@ -935,15 +946,20 @@ def _lease(args: argparse.Namespace) -> Lease:
             f"no {LEASE_FILE} in {state_dir}: is a lab running there? (lab up --state-dir "
             f"{state_dir}), or give a lease written by hand with --lease"
         )
+    return joined_lease(path)
+
+
+def joined_lease(path: Path) -> Lease:
+    """The lease at ``path``; when it names a lab's own network, this process has joined
+    the user namespace that owns it (if any), as making the phones' sockets there needs.
+    Called before any thread starts: a process joins a user namespace only with one."""
     lease = load_lease(path)
     if lease.netns is not None:
-        # A lab in its own network: its phones' sockets are made in its namespaces, which
-        # this process may enter only from the user namespace that owns them (if any).
         try:
             lease.netns.join_user()
         except OSError as exc:
             raise LeaseError(
-                f"cannot join the network of the lab in {state_dir}: {exc.strerror or exc}"
+                f"cannot join the network of the lab of {path}: {exc.strerror or exc}"
             ) from None
     return lease
 

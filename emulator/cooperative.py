@@ -32,6 +32,7 @@ from emulator.driver import (
     LeaseNetwork,
     catalog_event,
     connection_failed,
+    download_failed,
     image_event,
     status_event,
 )
@@ -47,11 +48,9 @@ from emulator.events import (
     Action,
     Boot,
     CancelTimer,
-    ConnectionFailed,
     Credentials,
     DiscardDownloads,
     DownloadFinished,
-    DownloadInterrupted,
     Event,
     PowerOn,
     Purpose,
@@ -267,10 +266,10 @@ class CooperativePhone:
                 clock_offset=target.clock_offset,
             )
         except ServiceStatusError as exc:
-            self._report(action.method, name, started, len(exc.body), f"{exc.status}")
+            self._report(action.method, name, started, len(exc.body), _failure(exc))
             return status_event(self.clock.now(), exc)
         except (NetworkError, MalformedAnswerError) as exc:
-            self._report(action.method, name, started, 0, type(exc).__name__)
+            self._report(action.method, name, started, 0, _failure(exc))
             return connection_failed(self.clock.now(), exc)
         self._report(action.method, name, started, len(answer.body), None)
         return ResponseReceived(self.clock.now(), answer.status, answer.body)
@@ -290,17 +289,10 @@ class CooperativePhone:
                 credentials=action.credentials,
                 clock_offset=target.clock_offset,
             )
-        except DownloadInterruptedError as exc:
-            self._report("GET", "download", started, exc.offset, "interrupted")
-            return DownloadInterrupted(self.clock.now(), exc.offset, exc.etag, str(exc))
-        except ServiceStatusError as exc:
-            self._report("GET", "download", started, 0, f"{exc.status}")
-            return status_event(self.clock.now(), exc)
-        except (NetworkError, MalformedAnswerError) as exc:
-            self._report("GET", "download", started, 0, type(exc).__name__)
-            return connection_failed(self.clock.now(), exc)
-        except OSError as exc:
-            return ConnectionFailed(self.clock.now(), f"cannot write {path}: {exc.strerror}")
+        except (NetworkError, MalformedAnswerError, OSError) as exc:
+            got = exc.offset if isinstance(exc, DownloadInterruptedError) else 0
+            self._report("GET", "download", started, got, _failure(exc))
+            return download_failed(self.clock.now(), exc, action.module, path)
         self._report("GET", "download", started, result.received, None)
         if result.sha256 is not None:
             self._received[action.module] = (result.size, result.sha256)
@@ -321,3 +313,13 @@ class CooperativePhone:
         except FirmwareError as exc:
             return image_event(now, exc)
         return image_event(now, None)
+
+
+def _failure(exc: Exception) -> str:
+    """A failed exchange as a load tester's statistics name it: the status the service
+    answered, ``interrupted`` for a cut download, else the kind of error."""
+    if isinstance(exc, ServiceStatusError):
+        return str(exc.status)
+    if isinstance(exc, DownloadInterruptedError):
+        return "interrupted"
+    return type(exc).__name__

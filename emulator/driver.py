@@ -877,15 +877,8 @@ class PhoneDriver:
                 credentials=action.credentials,
                 clock_offset=target.clock_offset,
             )
-        except DownloadInterruptedError as exc:
-            return DownloadInterrupted(self._now(), exc.offset, exc.etag, str(exc))
-        except ServiceStatusError as exc:
-            return status_event(self._now(), exc)
-        except (NetworkError, MalformedAnswerError) as exc:
-            return connection_failed(self._now(), exc)
-        except OSError as exc:
-            reason = f"cannot write {action.module} to {path}: {exc.strerror or exc}"
-            return ConnectionFailed(self._now(), reason)
+        except (NetworkError, MalformedAnswerError, OSError) as exc:
+            return download_failed(self._now(), exc, action.module, path)
         self.bytes_downloaded += result.received
         self.files_downloaded += 1
         if result.sha256 is not None:
@@ -958,6 +951,20 @@ def connection_failed(now: float, exc: NetworkError | MalformedAnswerError) -> C
     """What a failed exchange (no connection, TLS, a malformed answer) tells the core."""
     certificate = exc.kind if isinstance(exc, CertificateError) else None
     return ConnectionFailed(now, str(exc), certificate=certificate)
+
+
+def download_failed(
+    now: float, exc: NetworkError | MalformedAnswerError | OSError, module: str, path: Path
+) -> Event:
+    """What a download of ``module`` into ``path`` that did not finish tells the core: cut
+    (it can resume), an error status, a failed exchange, or a file it could not write."""
+    if isinstance(exc, DownloadInterruptedError):
+        return DownloadInterrupted(now, exc.offset, exc.etag, str(exc))
+    if isinstance(exc, ServiceStatusError):
+        return status_event(now, exc)
+    if isinstance(exc, NetworkError | MalformedAnswerError):
+        return connection_failed(now, exc)
+    return ConnectionFailed(now, f"cannot write {module} to {path}: {exc.strerror or exc}")
 
 
 def catalog_event(

@@ -37,21 +37,27 @@ from locust import User, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from emulator.build import Location, PhoneBuilder
+from emulator.build import PhoneBuilder
+from emulator.cli import (
+    DEFAULT_SCALE,
+    GENTLE_SCALE,
+    LEASE_FILE,
+    PASSWORD_ENV,
+    account_of,
+    joined_lease,
+    location_of,
+)
 from emulator.clock import ScaledClock
 from emulator.cooperative import CooperativePhone, RequestReport
 from emulator.core import Phone
 from emulator.driver import LeaseNetwork
 from emulator.events import Credentials
-from emulator.lease import Lease, load_lease
+from emulator.lease import Lease
 from emulator.models import get_model
 from emulator.states import PhoneState
 
 PHONES_PER_WORKER = 10_000
 """Phone numbers (and x.y.1.n addresses) each worker process takes a block of."""
-DEFAULT_SCALE = 3600.0
-LEASE_FILE = "lease.json"
-PASSWORD_ENV = "EMULATOR_PASSWORD"  # noqa: S105 (a variable's name)
 
 
 def _options(parser: Any) -> None:
@@ -111,14 +117,12 @@ class _Fleet:
             if options.phone_lease
             else Path(options.phone_state_dir) / LEASE_FILE
         )
-        lease = load_lease(lease_path)
-        if lease.netns is not None:
-            lease.netns.join_user()
+        lease = joined_lease(lease_path)
         if lease.clock is not None:
             start, scale = lease.clock.at_wall(time.time()), lease.clock.scale
         else:
             start = time.time()
-            scale = options.phone_scale or (1.0 if options.phone_lease else DEFAULT_SCALE)
+            scale = options.phone_scale or (GENTLE_SCALE if options.phone_lease else DEFAULT_SCALE)
         clock = ScaledClock(time.monotonic, start=start, scale=scale)
         network = LeaseNetwork(lease, clock)
         workdir = Path(tempfile.mkdtemp(prefix="emulator-locust-"))
@@ -141,7 +145,7 @@ class LyncPhone(User):
         number = next(fleet.numbers)
         models = [get_model(name.strip()) for name in options.phone_model.split(",")]
         model = models[number % len(models)]
-        location = _location(options.phone_location, number)
+        location = location_of(options.phone_location, number - 1)
         address = options.phone_source or fleet.builder.address(location, number)
         core = Phone(model.identity(number), rng=random.Random(f"{options.phone_seed}/{number}"))
         phone = CooperativePhone(
@@ -186,20 +190,14 @@ class LyncPhone(User):
         )
 
 
-def _location(chosen: str, number: int) -> Location:
-    if chosen == "mixed":
-        return Location.INSIDE if number % 2 else Location.OUTSIDE
-    return Location(chosen)
-
-
 def _credentials(user: str, lease: Lease) -> Credentials | None:
     if not user:
         return None
     password = os.environ.get(PASSWORD_ENV)
     if not password:
         raise RuntimeError(f"--phone-user {user} needs the password in {PASSWORD_ENV}")
-    domain, _, name = user.rpartition("\\")
-    return Credentials(name, (domain or lease.sip_domain.split(".")[0]).upper(), password=password)
+    name, domain = account_of(user, None, lease)
+    return Credentials(name, domain, password=password)
 
 
 def _end_when_converged(environment: Environment, **_: Any) -> None:

@@ -23,11 +23,10 @@ from urllib.parse import urlsplit
 
 import h11
 
-from emulator.codec import ANSWER_LIMIT, describe_status, parse_diagnostics, parse_retry_after
+from emulator.codec import ANSWER_LIMIT, parse_retry_after
 from emulator.errors import (
     CertificateError,
     ConnectError,
-    CredentialsRefusedError,
     DownloadInterruptedError,
     MalformedAnswerError,
     NTLMError,
@@ -37,7 +36,7 @@ from emulator.errors import (
 from emulator.events import Credentials
 from emulator.net import ntlm
 from emulator.net.client import Answer, Download
-from emulator.net.https import ERROR_BODY_LIMIT, FileSink, file_size
+from emulator.net.https import ERROR_BODY_LIMIT, FileSink, file_size, service_error
 from emulator.net.tls import PhoneTLSContext
 from emulator.netns import Namespaces
 
@@ -314,26 +313,14 @@ class BlockingHTTPSClient:
     def _failure(
         self, conn: _Connection, response: _Response, account: str | None
     ) -> ServiceStatusError:
-        body = self._read(conn, ERROR_BODY_LIMIT)
-        raw = response.header("x-ms-diagnostics")
-        diagnostics = parse_diagnostics(raw)
-        reason = diagnostics.reason if diagnostics is not None else None
-        status = response.status
-        retry_after = parse_retry_after(response.header("retry-after"), None)
-        kind = ServiceStatusError
-        if status == 401 and account is not None:
-            kind = CredentialsRefusedError
-            message = f"the service refused the credentials of {account} ({status})"
-            message += f": {reason}" if reason else ""
-        else:
-            message = f"{conn.host} answered {describe_status(status, diagnostics)}"
-        return kind(
-            message,
-            status=status,
-            reason=reason,
-            diagnostics=raw,
-            retry_after=retry_after,
-            body=body,
+        return service_error(
+            conn.host,
+            response.status,
+            self._read(conn, ERROR_BODY_LIMIT),
+            diagnostics=response.header("x-ms-diagnostics"),
+            retry_after=parse_retry_after(response.header("retry-after")),
+            challenges=response.headers.get("www-authenticate", []),
+            account=account,
         )
 
     # -- connections ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -466,27 +466,14 @@ class PhoneHTTPSClient:
         """The error for an answer that is not what was asked for, with the service's reason."""
         response = exchange.response
         body, _ = await _read_bounded(response, ERROR_BODY_LIMIT)
-        raw = response.headers.get("X-Ms-Diagnostics")
-        diagnostics = parse_diagnostics(raw)
-        reason = diagnostics.reason if diagnostics is not None else None
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), self.phone_time())
-        status = response.status
-        kind = ServiceStatusError
-        if status == 401 and exchange.account is not None:
-            kind = CredentialsRefusedError
-            message = f"the service refused the credentials of {exchange.account} ({status})"
-            message += f": {reason}" if reason else ""
-        else:
-            message = f"{target.host} answered {describe_status(status, diagnostics)}"
-            if status == 401 and ntlm.offered(response.headers.getall("WWW-Authenticate", [])):
-                message += " (the phone has no credentials to sign in with)"
-        return kind(
-            message,
-            status=status,
-            reason=reason,
-            diagnostics=raw,
-            retry_after=retry_after,
-            body=body,
+        return service_error(
+            target.host,
+            response.status,
+            body,
+            diagnostics=response.headers.get("X-Ms-Diagnostics"),
+            retry_after=parse_retry_after(response.headers.get("Retry-After"), self.phone_time()),
+            challenges=response.headers.getall("WWW-Authenticate", []),
+            account=exchange.account,
         )
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -701,6 +688,39 @@ async def _discard(response: aiohttp.ClientResponse) -> None:
         await _read_bounded(response, ERROR_BODY_LIMIT)
     finally:
         response.release()
+
+
+def service_error(
+    host: str,
+    status: int,
+    body: bytes,
+    *,
+    diagnostics: str | None,
+    retry_after: float | None,
+    challenges: Sequence[str],
+    account: str | None,
+) -> ServiceStatusError:
+    """The error for an answer that is not what was asked for, with the service's reason
+    (``X-Ms-Diagnostics``): CredentialsRefusedError when NTLM refused ``account``."""
+    parsed = parse_diagnostics(diagnostics)
+    reason = parsed.reason if parsed is not None else None
+    kind = ServiceStatusError
+    if status == 401 and account is not None:
+        kind = CredentialsRefusedError
+        message = f"the service refused the credentials of {account} ({status})"
+        message += f": {reason}" if reason else ""
+    else:
+        message = f"{host} answered {describe_status(status, parsed)}"
+        if status == 401 and ntlm.offered(challenges):
+            message += " (the phone has no credentials to sign in with)"
+    return kind(
+        message,
+        status=status,
+        reason=reason,
+        diagnostics=diagnostics,
+        retry_after=retry_after,
+        body=body,
+    )
 
 
 def file_size(path: Path) -> int:

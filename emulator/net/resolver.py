@@ -114,19 +114,11 @@ class DNSResolver:
     def _udp_blocking(self, name: str, query: _Query) -> _Reply:
         detail = ""
         try:
-            sock = self._new_socket(socket.SOCK_DGRAM)
+            sock = self._socket(timeout=self.timeout)
         except OSError as exc:
-            raise self._error(name, f"cannot send a DNS query for {name}: {exc.strerror}") from None
+            raise self._cannot_send(name, exc) from None
         with sock:
-            try:
-                sock.bind((self.source, 0))
-                sock.connect(self.server)
-            except OSError as exc:
-                raise self._error(
-                    name, f"cannot send a DNS query for {name} from {self.source}: {exc.strerror}"
-                ) from None
             for _ in range(self.tries):
-                sock.settimeout(self.timeout)
                 try:
                     sock.send(query.packet)
                     deadline = time.monotonic() + self.timeout
@@ -140,19 +132,12 @@ class DNSResolver:
                 except OSError as exc:
                     detail = f" ({exc.strerror or exc})"
                     continue
-        raise self._error(
-            name,
-            f"no answer from the DNS server {self.server_text} for {name} after {self.tries} "
-            f"tries of {self.timeout:g} s{detail}",
-        )
+        raise self._unanswered(name, detail)
 
     def _tcp_blocking(self, name: str, query: _Query) -> _Reply:
         packet = query.packet
         try:
-            with self._new_socket(socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.bind((self.source, 0))
-                sock.connect(self.server)
+            with self._socket(socket.SOCK_STREAM, timeout=self.timeout) as sock:
                 sock.sendall(len(packet).to_bytes(2, "big") + packet)
                 size = int.from_bytes(_read_exactly(sock, 2), "big")
                 answer = query.answer(_read_exactly(sock, size))
@@ -164,12 +149,7 @@ class DNSResolver:
             if answer is not None:
                 return answer
             problem = "the answer over TCP is not for the query sent"
-        raise self._error(
-            name,
-            f"the answer for {name} from {self.server_text} was truncated and asking again "
-            f"over TCP failed: {problem}",
-            "truncated",
-        )
+        raise self._tcp_failed(name, problem)
 
     # -- one exchange ------------------------------------------------------------------------
 
@@ -191,9 +171,7 @@ class DNSResolver:
                 lambda: protocol, sock=self._socket()
             )
         except OSError as exc:
-            raise self._error(
-                name, f"cannot send a DNS query for {name} from {self.source}: {exc.strerror}"
-            ) from None
+            raise self._cannot_send(name, exc) from None
         detail = ""
         try:
             for _ in range(self.tries):
@@ -209,17 +187,17 @@ class DNSResolver:
                     continue
         finally:
             transport.close()
-        raise self._error(
-            name,
-            f"no answer from the DNS server {self.server_text} for {name} after {self.tries} "
-            f"tries of {self.timeout:g} s{detail}",
-        )
+        raise self._unanswered(name, detail)
 
-    def _socket(self) -> socket.socket:
-        """A non-blocking UDP socket from the phone's address (any port) to the server."""
-        sock = self._new_socket(socket.SOCK_DGRAM)
+    def _socket(
+        self, kind: socket.SocketKind = socket.SOCK_DGRAM, *, timeout: float | None = None
+    ) -> socket.socket:
+        """A socket from the phone's address (any port), connected to the server: non-blocking
+        for the loop, or with ``timeout`` for blocking calls."""
+        sock = self._new_socket(kind)
         try:
-            sock.setblocking(False)
+            # 0: non-blocking, for the loop; a timeout: blocking calls that give up after it.
+            sock.settimeout(0.0 if timeout is None else timeout)
             sock.bind((self.source, 0))
             sock.connect(self.server)
         except BaseException:
@@ -268,12 +246,7 @@ class DNSResolver:
         finally:
             if writer is not None:
                 writer.close()
-        raise self._error(
-            name,
-            f"the answer for {name} from {self.server_text} was truncated and asking again "
-            f"over TCP failed: {problem}",
-            "truncated",
-        )
+        raise self._tcp_failed(name, problem)
 
     def _records(self, name: str, qtype: str, reply: _Reply) -> list[str]:
         rcode = reply.rcode
@@ -297,6 +270,26 @@ class DNSResolver:
                 name, f"{name} has no {qtype.upper()} record (NODATA from {where})", "NODATA"
             )
         return records
+
+    def _cannot_send(self, name: str, exc: OSError) -> ResolutionError:
+        return self._error(
+            name, f"cannot send a DNS query for {name} from {self.source}: {exc.strerror}"
+        )
+
+    def _unanswered(self, name: str, detail: str) -> ResolutionError:
+        return self._error(
+            name,
+            f"no answer from the DNS server {self.server_text} for {name} after {self.tries} "
+            f"tries of {self.timeout:g} s{detail}",
+        )
+
+    def _tcp_failed(self, name: str, problem: str) -> ResolutionError:
+        return self._error(
+            name,
+            f"the answer for {name} from {self.server_text} was truncated and asking again "
+            f"over TCP failed: {problem}",
+            "truncated",
+        )
 
     def _error(self, name: str, message: str, answer: str = "no answer") -> ResolutionError:
         return ResolutionError(message, name=name, server=self.server_text, answer=answer)
