@@ -37,7 +37,13 @@ class PacketCapture:
         self.tool = "tcpdump" if network.as_root else "dumpcap"
         self.packets: int | None = None
         self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
         self._said: list[str] = []
+
+    @property
+    def keys(self) -> Path:
+        """The TLS key log that goes with the capture, beside it (``NAME.keys``)."""
+        return self.pcap.with_suffix(".keys")
 
     def command(self) -> list[str]:
         """The capture command, run in the router's namespace."""
@@ -111,7 +117,8 @@ class PacketCapture:
         except TimeoutError:
             process.kill()
             await process.wait()
-        await self._reader
+        if self._reader is not None:
+            await self._reader
         for line in self._said:
             # tcpdump: "12 packets captured"; dumpcap: "Packets captured: 12".
             found = re.search(r"(\d+) packets? captured|Packets captured: (\d+)", line)

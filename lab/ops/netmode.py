@@ -103,7 +103,7 @@ class NetworkMode(Service):
         if pcap.exists():
             raise CaptureError(f"{pcap} exists already; choose another name")
         capture = PacketCapture(self.network, pcap)
-        keys = pcap.with_suffix(".keys")
+        keys = capture.keys
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys.touch(mode=0o600)
         self.pool.log_keys(keys)
@@ -125,7 +125,7 @@ class NetworkMode(Service):
         packets = await capture.stop()
         self.last = {
             "file": str(capture.pcap),
-            "keys": str(capture.pcap.with_suffix(".keys")),
+            "keys": str(capture.keys),
             "tool": capture.tool,
             "packets": packets,
         }
@@ -138,7 +138,7 @@ class NetworkMode(Service):
             return {
                 "running": True,
                 "file": str(self.capture.pcap),
-                "keys": str(self.capture.pcap.with_suffix(".keys")),
+                "keys": str(self.capture.keys),
                 "tool": self.capture.tool,
             }
         return {"running": False, **(self.last or {})}
