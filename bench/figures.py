@@ -62,6 +62,20 @@ def limit(
     }
 
 
+def reported(name: str, subject: str, value: float | None, unit: str) -> dict[str, Any]:
+    """A figure reported without a baseline or a target."""
+    return {
+        "name": name,
+        "subject": subject,
+        "baseline": None,
+        "unit": unit,
+        "subject_value": value,
+        "baseline_value": None,
+        "ratio": None,
+        "passed": None,
+    }
+
+
 def passed(figures: Iterable[dict[str, Any]]) -> bool:
     """True when no figure with a target missed it."""
     return all(f["passed"] is not False for f in figures)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chart import fleet_chart
-from bench.figures import limit, passed
+from bench.figures import limit, passed, reported
 from bench.rig import ROOT, LabProcess, make_lab_files
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -185,7 +185,7 @@ def run_fleet(
     with tempfile.TemporaryFile() as output:
         started = time.monotonic()
         process = subprocess.Popen(
-            command, stdout=output, stdin=subprocess.DEVNULL, cwd=ROOT, env=_env()
+            command, stdout=output, stdin=subprocess.DEVNULL, cwd=ROOT, env=child_env()
         )
         memory = _PeakMemory(process.pid)
         lab_memory = _PeakMemory(lab.pid)
@@ -237,7 +237,8 @@ def run_fleet(
     }
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a benchmark's child process: the repository on its path."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
@@ -289,18 +290,30 @@ def run(quick: bool = False, results_dir: Path = RESULTS_DIR) -> dict[str, Any]:
             "MiB",
             TARGET_MEMORY_MIB,
         ),
-        _reported("fleet: phones per second", main["phones_per_second"], "phones/s"),
-        _reported("fleet: time to converge p50", main["converge_wall_seconds"]["p50"], "s"),
-        _reported("fleet: time to converge p95", main["converge_wall_seconds"]["p95"], "s"),
-        _reported("fleet: time to converge max", last, "s"),
-        _reported("fleet: emulator CPU per phone", main["emulator_cpu_ms_per_phone"], "ms"),
-        _reported("fleet: lab CPU per phone", main["lab_cpu_ms_per_phone"], "ms"),
-        _reported("fleet: failures", float(sum(main["failures_by_stage"].values())), "events"),
+        reported("fleet: phones per second", "emulator run", main["phones_per_second"], "phones/s"),
+        reported(
+            "fleet: time to converge p50", "emulator run", main["converge_wall_seconds"]["p50"], "s"
+        ),
+        reported(
+            "fleet: time to converge p95", "emulator run", main["converge_wall_seconds"]["p95"], "s"
+        ),
+        reported("fleet: time to converge max", "emulator run", last, "s"),
+        reported(
+            "fleet: emulator CPU per phone", "emulator run", main["emulator_cpu_ms_per_phone"], "ms"
+        ),
+        reported("fleet: lab CPU per phone", "emulator run", main["lab_cpu_ms_per_phone"], "ms"),
+        reported(
+            "fleet: failures",
+            "emulator run",
+            float(sum(main["failures_by_stage"].values())),
+            "events",
+        ),
     ]
     for result in scaling:
         figures.append(
-            _reported(
+            reported(
                 f"fleet {result['phones']:,}, {result['workers']} worker(s)",
+                "emulator run",
                 result["phones_per_second"],
                 "phones/s",
             )
@@ -332,16 +345,3 @@ def _repo_path(path: Path) -> str:
         return path.resolve().relative_to(ROOT).as_posix()
     except ValueError:
         return str(path)
-
-
-def _reported(name: str, value: float | None, unit: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "subject": "emulator run",
-        "baseline": None,
-        "unit": unit,
-        "subject_value": value,
-        "baseline_value": None,
-        "ratio": None,
-        "passed": None,
-    }

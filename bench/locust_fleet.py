@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.figures import passed
-from bench.fleet import IMAGE_SIZE, SCALE, _env, _reported, run_fleet
+from bench.figures import passed, reported
+from bench.fleet import IMAGE_SIZE, SCALE, child_env, run_fleet
 from bench.rig import ROOT, LabProcess, make_lab_files
 
 SETTINGS = {"full": 2_000, "quick": 500}
@@ -53,7 +53,12 @@ def run_locust(state_dir: Path, phones: int, workdir: Path) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=WALL_LIMIT + 60, cwd=workdir, env=_env()
+        command,
+        capture_output=True,
+        text=True,
+        timeout=WALL_LIMIT + 60,
+        cwd=workdir,
+        env=child_env(),
     )
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -86,11 +91,16 @@ def run(quick: bool = False) -> dict[str, Any]:
         raise RuntimeError(f"Locust converged {locust_run['converged']} of {phones} phones")
     ratio = locust_run["cpu_ms_per_phone"] / asyncio_run["emulator_cpu_ms_per_phone"]
     figures = [
-        _reported("locust: CPU per phone", locust_run["cpu_ms_per_phone"], "ms"),
-        _reported("emulator run: CPU per phone", asyncio_run["emulator_cpu_ms_per_phone"], "ms"),
-        _reported("locust over emulator run, CPU per phone", round(ratio, 3), "x"),
-        _reported("locust: wall time", locust_run["wall_seconds"], "s"),
-        _reported("emulator run: wall time", asyncio_run["wall_seconds"], "s"),
+        reported("locust: CPU per phone", "locust", locust_run["cpu_ms_per_phone"], "ms"),
+        reported(
+            "emulator run: CPU per phone",
+            "emulator run",
+            asyncio_run["emulator_cpu_ms_per_phone"],
+            "ms",
+        ),
+        reported("locust over emulator run, CPU per phone", "locust", round(ratio, 3), "x"),
+        reported("locust: wall time", "locust", locust_run["wall_seconds"], "s"),
+        reported("emulator run: wall time", "emulator run", asyncio_run["wall_seconds"], "s"),
     ]
     return {
         "figures": figures,

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.figures import limit, passed
-from bench.fleet import IMAGE_SIZE, SCALE, _reported, run_fleet
+from bench.figures import limit, passed, reported
+from bench.fleet import IMAGE_SIZE, SCALE, run_fleet
 from bench.rig import LabProcess, make_lab_files
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -68,13 +68,28 @@ def run(quick: bool = False) -> dict[str, Any]:
             "x",
             TARGET_GROWTH,
         ),
-        _reported("scale: emulator CPU per phone, big over small", round(emulator_growth, 3), "x"),
-        _reported(f"scale {phones:,}: lab CPU per phone", big["lab_cpu_ms_per_phone"], "ms"),
-        _reported(
-            f"scale {phones:,}: emulator CPU per phone", big["emulator_cpu_ms_per_phone"], "ms"
+        reported(
+            "scale: emulator CPU per phone, big over small",
+            "emulator run",
+            round(emulator_growth, 3),
+            "x",
         ),
-        _reported(f"scale {phones:,}: lab peak memory", big["lab_peak_rss_mib"], "MiB"),
-        _reported(f"scale {phones:,}: phones per second", big["phones_per_second"], "phones/s"),
+        reported(
+            f"scale {phones:,}: lab CPU per phone", "lab up", big["lab_cpu_ms_per_phone"], "ms"
+        ),
+        reported(
+            f"scale {phones:,}: emulator CPU per phone",
+            "emulator run",
+            big["emulator_cpu_ms_per_phone"],
+            "ms",
+        ),
+        reported(f"scale {phones:,}: lab peak memory", "lab up", big["lab_peak_rss_mib"], "MiB"),
+        reported(
+            f"scale {phones:,}: phones per second",
+            "emulator run",
+            big["phones_per_second"],
+            "phones/s",
+        ),
     ]
     return {
         "figures": figures,
